@@ -1,0 +1,874 @@
+//! The TOML configuration: schema, defaults, validation and derived limits.
+//!
+//! Invariants a loaded [`Config`] guarantees to the rest of the crate:
+//! - no unknown keys anywhere (a typo is an error, never a silently ignored setting);
+//! - every rule names an existing destination, rule ids are unique, and priorities
+//!   are unique among the rules that share a destination (so "highest priority
+//!   wins" is always decidable);
+//! - no destination is the source bucket itself, and none sits in the source's
+//!   region and endpoint unless it says `allow_same_region = true`;
+//! - sizes and durations are parsed ("10GiB", "5m") and within their bounds.
+//!
+//! Every error names the field (`rule[1].destination`) and, where the TOML parser
+//! knows it, the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::ConfigError;
+
+/// S3 limits that shape multipart uploads.
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+pub const MAX_PART_SIZE: u64 = 5 * GIB;
+pub const MAX_PARTS: u64 = 10_000;
+/// Largest object S3 accepts (5 TiB).
+pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * GIB;
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+pub const GIB: u64 = 1024 * MIB;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: BucketConfig,
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<BucketConfig>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub upload: UploadConfig,
+    #[serde(default)]
+    pub durability: DurabilityConfig,
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
+    pub read: ReadConfig,
+    #[serde(default)]
+    pub mount: MountConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// One bucket in one region at one endpoint: the source or a destination.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    /// Label used in status, metrics and xattrs.
+    pub name: String,
+    pub region: String,
+    pub bucket: String,
+    /// Only meaningful for the source: mount a subtree of the bucket.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Defaults to true when `endpoint` is set (IP and localhost endpoints need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Static credentials, for stores outside the aws-config chain. Never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub secret_access_key: Option<String>,
+    /// `when_supported` (default, the SDK's CRC32 on every upload) or
+    /// `when_required` for stores that reject aws-chunked trailing checksums.
+    #[serde(default)]
+    pub checksums: ChecksumMode,
+    /// Lets a destination share the source's region and endpoint (S3 itself
+    /// refuses that for cross-region replication).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_same_region: bool,
+}
+
+impl BucketConfig {
+    pub fn path_style(&self) -> bool {
+        self.path_style.unwrap_or(self.endpoint.is_some())
+    }
+
+    /// Where this bucket lives, for messages: `app-data (us-east-1 at http://…)`.
+    pub fn describe(&self) -> String {
+        match &self.endpoint {
+            Some(e) => format!("`{}` ({} at {})", self.bucket, self.region, e),
+            None => format!("`{}` ({})", self.bucket, self.region),
+        }
+    }
+}
+
+fn redact<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMode {
+    #[default]
+    WhenSupported,
+    WhenRequired,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub id: String,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    pub destination: String,
+    #[serde(default)]
+    pub delete_markers: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_cache_size")]
+    pub max_size: ByteSize,
+    #[serde(default)]
+    pub write_back_delay: HumanDuration,
+    /// How long a writer waits for space (with no upload progress) before ENOSPC.
+    #[serde(default = "default_space_wait")]
+    pub space_wait: HumanDuration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: default_cache_dir(),
+            max_size: default_cache_size(),
+            write_back_delay: HumanDuration::default(),
+            space_wait: default_space_wait(),
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("/var/cache/regionfs")
+}
+fn default_cache_size() -> ByteSize {
+    ByteSize(10 * GIB)
+}
+fn default_space_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Files at least this large are uploaded in parts.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    /// Smallest part; grown per file so that no upload needs more than 10,000 parts.
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// Files uploaded at once, and parts in flight per file.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            multipart_threshold: default_multipart_threshold(),
+            part_size: default_part_size(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize(16 * MIB)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize(8 * MIB)
+}
+fn default_concurrency() -> usize {
+    16
+}
+
+impl UploadConfig {
+    /// The part size for an object of `size` bytes: the configured part size, grown
+    /// to the next MiB when the object would otherwise need more than 10,000 parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        plan_part_size(self.part_size.0, size)
+    }
+}
+
+/// Part size for `size` bytes starting from `preferred`: at least 5 MiB, at most
+/// 10,000 parts, rounded up to whole MiB.
+pub fn plan_part_size(preferred: u64, size: u64) -> u64 {
+    let needed = size.div_ceil(MAX_PARTS);
+    let part = preferred.max(needed).max(MIN_PART_SIZE);
+    part.div_ceil(MIB) * MIB
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncDurability {
+    Local,
+    #[default]
+    Source,
+    AllRegions,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurabilityConfig {
+    #[serde(default)]
+    pub fsync: FsyncDurability,
+    #[serde(default = "default_drain")]
+    pub drain_on_unmount: HumanDuration,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            fsync: FsyncDurability::default(),
+            drain_on_unmount: default_drain(),
+        }
+    }
+}
+
+fn default_drain() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    #[serde(default = "default_time_target")]
+    pub time_target: HumanDuration,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            time_target: default_time_target(),
+            workers: default_workers(),
+        }
+    }
+}
+
+fn default_time_target() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_workers() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadConfig {
+    /// `nearest`, `source` or the name of a destination.
+    #[serde(default = "default_prefer")]
+    pub prefer: String,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        ReadConfig {
+            prefer: default_prefer(),
+        }
+    }
+}
+
+fn default_prefer() -> String {
+    "nearest".to_string()
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    #[serde(default)]
+    pub allow_other: bool,
+    /// Mode for objects and directories that carry no `mode` metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_file_mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_dir_mode: Option<Mode>,
+    /// Seconds the kernel may cache attributes and names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attr_ttl: Option<HumanDuration>,
+}
+
+impl MountConfig {
+    pub fn file_mode(&self) -> u32 {
+        self.default_file_mode.map(|m| m.0).unwrap_or(0o644)
+    }
+    pub fn dir_mode(&self) -> u32 {
+        self.default_dir_mode.map(|m| m.0).unwrap_or(0o755)
+    }
+    pub fn attr_ttl(&self) -> Duration {
+        self.attr_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(1))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: String,
+}
+
+/// A byte count written as `10GiB`, `512MiB`, `100MB`, `4096` or `4k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let bad = || format!("invalid size {s:?}: write e.g. \"10GiB\", \"512MiB\" or \"4096\"");
+        if num.is_empty() {
+            return Err(bad());
+        }
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" | "ki" => KIB,
+            "m" | "mb" => 1000 * 1000,
+            "mib" | "mi" => MIB,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" | "gi" => GIB,
+            "t" | "tb" => 1000u64.pow(4),
+            "tib" | "ti" => 1024 * GIB,
+            _ => return Err(bad()),
+        };
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let bytes = value * mult as f64;
+        if !bytes.is_finite() || bytes > u64::MAX as f64 {
+            return Err(bad());
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, size) in [("TiB", 1024 * GIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
+            if b >= size && b % size == 0 {
+                return write!(f, "{}{}", b / size, unit);
+            }
+        }
+        if b >= MIB {
+            write!(f, "{:.1}MiB", b as f64 / MIB as f64)
+        } else {
+            write!(f, "{b}")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size such as \"10GiB\" or a number of bytes")
+        })? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A duration written as `0s`, `500ms`, `5m`, `1h30m` or `2d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid duration {s:?}: write e.g. \"0s\", \"500ms\", \"5m\" or \"1h30m\"");
+        let mut rest = s.trim();
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        let mut total = Duration::ZERO;
+        while !rest.is_empty() {
+            let n_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            if n_end == 0 {
+                return Err(bad());
+            }
+            let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
+            rest = &rest[n_end..];
+            let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit = &rest[..u_end];
+            rest = &rest[u_end..];
+            let part = match unit {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n * 60),
+                "h" => Duration::from_secs(n * 3600),
+                "d" => Duration::from_secs(n * 86400),
+                _ => return Err(bad()),
+            };
+            total += part;
+        }
+        Ok(HumanDuration(total))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.subsec_millis() != 0 || d.is_zero() && d.as_nanos() != 0 {
+            return write!(f, "{}ms", d.as_millis());
+        }
+        let s = d.as_secs();
+        if s != 0 && s % 3600 == 0 {
+            write!(f, "{}h", s / 3600)
+        } else if s != 0 && s % 60 == 0 {
+            write!(f, "{}m", s / 60)
+        } else {
+            write!(f, "{s}s")
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+/// A permission mode written as an octal string, `"0644"` or `"755"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .map(Mode)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid mode {s:?}: write an octal mode such as \"0644\"")))
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            ConfigError::Field {
+                field: display_path(&field),
+                line,
+                message: inner.message().to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Field {
+            field,
+            line: None,
+            message,
+        };
+        check_bucket("source", &self.source)?;
+        if self.source.prefix.starts_with('/') {
+            return Err(invalid(
+                "source.prefix".into(),
+                "must not start with `/` (keys have no leading slash)".into(),
+            ));
+        }
+        let mut names = vec![self.source.name.as_str()];
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = format!("destination[{i}]");
+            check_bucket(&at, d)?;
+            if names.contains(&d.name.as_str()) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    format!("`{}` is already used by the source or another destination", d.name),
+                ));
+            }
+            names.push(&d.name);
+            if !d.prefix.is_empty() {
+                return Err(invalid(
+                    format!("{at}.prefix"),
+                    "destinations keep the source's keys; a prefix is only valid on [source]".into(),
+                ));
+            }
+            let same_endpoint = d.endpoint == self.source.endpoint;
+            if same_endpoint && d.bucket == self.source.bucket {
+                return Err(invalid(
+                    format!("{at}.bucket"),
+                    format!("`{}` is the source bucket itself: a destination must be another bucket", d.bucket),
+                ));
+            }
+            if same_endpoint && d.region == self.source.region && !d.allow_same_region {
+                return Err(invalid(
+                    format!("{at}.region"),
+                    format!(
+                        "`{}` is the source's region at the same endpoint; replication goes to another region. Set `allow_same_region = true` in this [[destination]] to allow it",
+                        d.region
+                    ),
+                ));
+            }
+        }
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut priorities: BTreeMap<(&str, i64), &str> = BTreeMap::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = format!("rule[{i}]");
+            if r.id.is_empty() {
+                return Err(invalid(format!("{at}.id"), "must not be empty".into()));
+            }
+            if let Some(first) = ids.insert(&r.id, i) {
+                return Err(invalid(
+                    format!("{at}.id"),
+                    format!("`{}` is also the id of rule[{first}]: rule ids must be unique", r.id),
+                ));
+            }
+            if !self.destinations.iter().any(|d| d.name == r.destination) {
+                let known: Vec<&str> = self.destinations.iter().map(|d| d.name.as_str()).collect();
+                return Err(invalid(
+                    format!("{at}.destination"),
+                    format!(
+                        "no [[destination]] is named `{}` (known: {})",
+                        r.destination,
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                ));
+            }
+            if let Some(other) = priorities.insert((&r.destination, r.priority), &r.id) {
+                return Err(invalid(
+                    format!("{at}.priority"),
+                    format!(
+                        "rules `{other}` and `{}` both send to `{}` with priority {}: priorities must differ among rules that share a destination",
+                        r.id, r.destination, r.priority
+                    ),
+                ));
+            }
+        }
+        let prefer = self.read.prefer.as_str();
+        if prefer != "nearest" && prefer != "source" && !self.destinations.iter().any(|d| d.name == prefer) {
+            return Err(invalid(
+                "read.prefer".into(),
+                format!("`{prefer}` is not `nearest`, `source` or the name of a destination"),
+            ));
+        }
+        if self.cache.max_size.0 < 64 * MIB {
+            return Err(invalid(
+                "cache.max_size".into(),
+                format!("{} is too small: at least 64MiB", self.cache.max_size),
+            ));
+        }
+        let part = self.upload.part_size.0;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part) {
+            return Err(invalid(
+                "upload.part_size".into(),
+                format!("{} is outside S3's part sizes (5MiB to 5GiB)", self.upload.part_size),
+            ));
+        }
+        if self.upload.multipart_threshold.0 < MIN_PART_SIZE {
+            return Err(invalid(
+                "upload.multipart_threshold".into(),
+                "must be at least 5MiB (S3's smallest part)".into(),
+            ));
+        }
+        if self.upload.concurrency == 0 {
+            return Err(invalid("upload.concurrency".into(), "must be at least 1".into()));
+        }
+        if self.replication.workers == 0 {
+            return Err(invalid("replication.workers".into(), "must be at least 1".into()));
+        }
+        if let Some(m) = &self.metrics {
+            if m.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(
+                    "metrics.listen".into(),
+                    format!("`{}` is not an address such as 127.0.0.1:9464", m.listen),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The bucket a rule's destination names.
+    pub fn destination(&self, name: &str) -> Option<&BucketConfig> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// The effective configuration (defaults filled in, secrets redacted) as TOML.
+    pub fn to_effective_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Limits that follow from the settings, one `name = value` line each.
+    pub fn derived_limits(&self) -> Vec<(String, String)> {
+        let up = &self.upload;
+        let max_object = (up.part_size_for(MAX_OBJECT_SIZE) * MAX_PARTS).min(MAX_OBJECT_SIZE);
+        let mut v = vec![
+            ("upload.single_put_below".into(), up.multipart_threshold.to_string()),
+            ("upload.part_size(1GiB file)".into(), ByteSize(up.part_size_for(GIB)).to_string()),
+            ("upload.part_size(100GiB file)".into(), ByteSize(up.part_size_for(100 * GIB)).to_string()),
+            ("upload.max_object_size".into(), ByteSize(max_object).to_string()),
+            ("cache.max_dirty_bytes".into(), self.cache.max_size.to_string()),
+        ];
+        for r in &self.rules {
+            v.push((
+                format!("rule.{}", r.id),
+                format!(
+                    "prefix={:?} tags={:?} -> {} (priority {}, delete markers {})",
+                    r.prefix,
+                    r.tags,
+                    r.destination,
+                    r.priority,
+                    if r.delete_markers { "replicated" } else { "not replicated" }
+                ),
+            ));
+        }
+        v
+    }
+}
+
+fn check_bucket(at: &str, b: &BucketConfig) -> Result<(), ConfigError> {
+    let empty = |f: &str| ConfigError::Field {
+        field: format!("{at}.{f}"),
+        line: None,
+        message: "must not be empty".into(),
+    };
+    if b.name.is_empty() {
+        return Err(empty("name"));
+    }
+    if b.region.is_empty() {
+        return Err(empty("region"));
+    }
+    if b.bucket.is_empty() {
+        return Err(empty("bucket"));
+    }
+    if let Some(e) = &b.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(ConfigError::Field {
+                field: format!("{at}.endpoint"),
+                line: None,
+                message: format!("`{e}` must start with http:// or https://"),
+            });
+        }
+    }
+    if b.access_key_id.is_some() != b.secret_access_key.is_some() {
+        return Err(ConfigError::Field {
+            field: format!("{at}.secret_access_key"),
+            line: None,
+            message: "access_key_id and secret_access_key go together".into(),
+        });
+    }
+    Ok(())
+}
+
+fn syntax_error(text: &str, e: toml::de::Error) -> ConfigError {
+    ConfigError::Syntax {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().to_string(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// serde_path_to_error writes `destination[0].name` as `destination[0].name` already,
+/// and the root as `.`: keep it readable.
+fn display_path(p: &str) -> String {
+    if p == "." || p.is_empty() {
+        "(top level)".to_string()
+    } else {
+        p.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[source]
+name = "us-east"
+region = "us-east-1"
+bucket = "src"
+endpoint = "http://127.0.0.1:8333"
+
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "dst"
+endpoint = "http://127.0.0.1:8334"
+
+[[rule]]
+id = "all"
+destination = "eu"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.cache.max_size, ByteSize(10 * GIB));
+        assert_eq!(c.durability.fsync, FsyncDurability::Source);
+        assert_eq!(c.replication.time_target.0, Duration::from_secs(900));
+        assert!(c.source.path_style());
+        assert_eq!(c.read.prefer, "nearest");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!("10GiB".parse::<ByteSize>().unwrap().0, 10 * GIB);
+        assert_eq!("512MiB".parse::<ByteSize>().unwrap().0, 512 * MIB);
+        assert_eq!("100MB".parse::<ByteSize>().unwrap().0, 100_000_000);
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert!("ten".parse::<ByteSize>().is_err());
+        assert!("10XB".parse::<ByteSize>().is_err());
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!("1h30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("0s".parse::<HumanDuration>().unwrap().0, Duration::ZERO);
+        assert!("5 minutes".parse::<HumanDuration>().is_err());
+        assert!("".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_field_and_line() {
+        let e = err(&MINIMAL.replace("bucket = \"src\"", "bucket = \"src\"\nbukcet = 1"));
+        assert!(e.contains("bukcet"), "{e}");
+        assert!(e.contains("line 6"), "{e}");
+    }
+
+    #[test]
+    fn bad_size_names_the_field() {
+        let e = err(&format!("{MINIMAL}\n[cache]\nmax_size = \"ten\"\n"));
+        assert!(e.contains("cache.max_size"), "{e}");
+        assert!(e.contains("\"ten\""), "{e}");
+    }
+
+    #[test]
+    fn rule_with_missing_destination_is_rejected() {
+        let e = err(&MINIMAL.replace("destination = \"eu\"", "destination = \"ap\""));
+        assert!(e.contains("rule[0].destination"), "{e}");
+        assert!(e.contains("`ap`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_rule_ids_are_rejected() {
+        let e = err(&format!("{MINIMAL}\n[[rule]]\nid = \"all\"\npriority = 1\ndestination = \"eu\"\n"));
+        assert!(e.contains("rule[1].id"), "{e}");
+    }
+
+    #[test]
+    fn equal_priorities_for_one_destination_are_rejected() {
+        let e = err(&format!("{MINIMAL}\n[[rule]]\nid = \"two\"\ndestination = \"eu\"\n"));
+        assert!(e.contains("rule[1].priority"), "{e}");
+    }
+
+    #[test]
+    fn destination_equal_to_source_is_rejected() {
+        let same = MINIMAL
+            .replace("region = \"eu-west-1\"", "region = \"us-east-1\"")
+            .replace("8334", "8333");
+        let e = err(&same);
+        assert!(e.contains("destination[0].region"), "{e}");
+        assert!(e.contains("allow_same_region"), "{e}");
+        let allowed = same.replace("bucket = \"dst\"", "bucket = \"dst\"\nallow_same_region = true");
+        Config::parse(&allowed).unwrap();
+        let itself = allowed.replace("bucket = \"dst\"", "bucket = \"src\"");
+        assert!(err(&itself).contains("source bucket itself"));
+    }
+
+    #[test]
+    fn secrets_are_never_rendered() {
+        let c = Config::parse(&MINIMAL.replace(
+            "bucket = \"src\"",
+            "bucket = \"src\"\naccess_key_id = \"AK\"\nsecret_access_key = \"TOPSECRET\"",
+        ))
+        .unwrap();
+        let out = c.to_effective_toml();
+        assert!(!out.contains("TOPSECRET"), "{out}");
+        assert!(out.contains("<redacted>"), "{out}");
+    }
+
+    #[test]
+    fn part_size_keeps_uploads_within_ten_thousand_parts() {
+        assert_eq!(plan_part_size(8 * MIB, GIB), 8 * MIB);
+        let big = 200 * GIB;
+        let p = plan_part_size(8 * MIB, big);
+        assert!(big.div_ceil(p) <= MAX_PARTS);
+        assert_eq!(p % MIB, 0);
+        assert_eq!(plan_part_size(MIB, 10), MIN_PART_SIZE);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_size_plans_a_legal_part_size(size in 0u64..=MAX_OBJECT_SIZE, pref in MIN_PART_SIZE..=MAX_PART_SIZE) {
+            let p = plan_part_size(pref, size);
+            proptest::prop_assert!(p >= MIN_PART_SIZE && p <= MAX_PART_SIZE);
+            proptest::prop_assert!(size.div_ceil(p) <= MAX_PARTS);
+        }
+    }
+}

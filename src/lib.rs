@@ -1,0 +1,20 @@
+//! regionfs: a FUSE filesystem whose every written file becomes a new version in a
+//! versioned *source* S3 bucket, replicated to other regions by S3 replication rules.
+//!
+//! ```text
+//! write(2) ─> fs (FUSE adapter) ─> cache (local file, fsync on close) ─> journal: "staged"
+//!                                                  │
+//!                              uploader ───────────┘  PUT / multipart ─> source bucket
+//!                                   │  (new version id)
+//!                                   └─> journal: replication tasks, one per matching rule
+//!                                                  │
+//!                              replicator ─────────┘  bytes from cache or GET ?versionId
+//!                                                     ─> destination bucket(s)
+//! read(2)  ─> fs ─> cache hit? ─> else nearest region holding the current version
+//! ```
+//!
+//! Modules follow that flow: [`config`] → [`store`] (one bucket, one region).
+
+pub mod config;
+pub mod error;
+pub mod store;

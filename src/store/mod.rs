@@ -1,0 +1,290 @@
+//! One S3 bucket in one region: the [`ObjectStore`] capability and its types.
+//!
+//! `s3.rs` implements it over aws-sdk-s3 for any S3-compatible endpoint (the
+//! product); `memory.rs` is an in-process model used only by unit tests. Every
+//! method returns a typed [`StoreError`] whose `is_permanent()` drives retries.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+pub mod memory;
+pub mod probe;
+pub mod s3;
+
+pub use memory::MemoryStore;
+pub use s3::S3Store;
+
+/// User metadata key that marks a replica and names the source version it copies.
+pub const SOURCE_VERSION_META: &str = "regionfs-source-version";
+
+/// Bucket versioning as S3 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never enabled.
+    Off,
+    Enabled,
+    Suspended,
+}
+
+/// What a HEAD (or a GET) says about one version of an object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub version_id: Option<String>,
+    pub last_modified: Option<SystemTime>,
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`), keys lower-case without the prefix.
+    pub metadata: BTreeMap<String, String>,
+    pub storage_class: Option<String>,
+}
+
+/// Options written with a new version (PUT, multipart, copy with REPLACE).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PutOptions {
+    pub content_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub tags: BTreeMap<String, String>,
+    pub storage_class: Option<String>,
+}
+
+/// The bytes of a PUT or an upload part.
+pub enum PutBody {
+    Bytes(Bytes),
+    /// A slice of a local file; the SDK can rewind and retry it.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    /// A stream of known length (e.g. a GET from another region). It cannot be
+    /// rewound, so a failed request is retried by the caller from the start.
+    Stream { body: ByteStream, len: u64 },
+}
+
+impl PutBody {
+    pub fn len(&self) -> u64 {
+        match self {
+            PutBody::Bytes(b) => b.len() as u64,
+            PutBody::File { len, .. } | PutBody::Stream { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole of a local file.
+    pub fn whole_file(path: impl Into<PathBuf>) -> std::io::Result<PutBody> {
+        let path = path.into();
+        let len = std::fs::metadata(&path)?.len();
+        Ok(PutBody::File {
+            path,
+            offset: 0,
+            len,
+        })
+    }
+}
+
+/// The result of writing a version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutResult {
+    /// `None` only on buckets without versioning.
+    pub version_id: Option<String>,
+    pub etag: String,
+}
+
+/// A part of a multipart upload, as complete_multipart needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedPart {
+    pub number: i32,
+    pub etag: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GetRequest {
+    pub version_id: Option<String>,
+    /// Inclusive byte range `start..=end`; `None` reads the whole object.
+    pub range: Option<(u64, u64)>,
+}
+
+pub struct GetObject {
+    pub info: ObjectInfo,
+    pub body: ByteStream,
+}
+
+impl GetObject {
+    pub async fn bytes(self) -> Result<Bytes, StoreError> {
+        let key = self.info.key.clone();
+        self.body
+            .collect()
+            .await
+            .map(|d| d.into_bytes())
+            .map_err(|e| StoreError::Unreachable {
+                bucket: String::new(),
+                message: format!("reading the body of `{key}`: {e}"),
+            })
+    }
+}
+
+/// What a DeleteObject without version id did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteResult {
+    /// The version id of the delete marker written (versioned buckets).
+    pub version_id: Option<String>,
+    pub delete_marker: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListEntry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListPage {
+    pub objects: Vec<ListEntry>,
+    /// With a delimiter: the "directories" directly under the prefix, with the
+    /// trailing delimiter.
+    pub common_prefixes: Vec<String>,
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionEntry {
+    pub key: String,
+    pub version_id: String,
+    pub is_latest: bool,
+    pub is_delete_marker: bool,
+    pub size: u64,
+    pub etag: String,
+    pub last_modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VersionPage {
+    pub versions: Vec<VersionEntry>,
+    /// Continue with these markers while `Some`.
+    pub next: Option<(String, Option<String>)>,
+}
+
+/// One bucket in one region. Object keys are full keys (the source prefix is
+/// applied by the caller).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// The bucket and where it lives, for messages.
+    fn describe(&self) -> String;
+
+    async fn versioning(&self) -> Result<Versioning, StoreError>;
+    async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError>;
+    async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError>;
+    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError>;
+
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: PutBody,
+    ) -> Result<CompletedPart, StoreError>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult, StoreError>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError>;
+
+    /// Server-side copy of `src_key` (at `src_version`, else the current version)
+    /// within this bucket, replacing metadata and tags with `opts`.
+    async fn copy(
+        &self,
+        src_key: &str,
+        src_version: Option<&str>,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError>;
+
+    /// Deletes the current version: on a versioned bucket this writes a delete marker.
+    async fn delete(&self, key: &str) -> Result<DeleteResult, StoreError>;
+    /// Permanently removes one version (never replicated).
+    async fn delete_version(&self, key: &str, version_id: &str) -> Result<(), StoreError>;
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError>;
+
+    /// Every version and delete marker under `prefix`, newest first within a key.
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        from: Option<(String, Option<String>)>,
+        max_keys: Option<i32>,
+    ) -> Result<VersionPage, StoreError>;
+
+    async fn get_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, StoreError>;
+    async fn put_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError>;
+}
+
+/// `k=v&k2=v2`, URL-encoded, as the `x-amz-tagging` header wants it.
+pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
+    tags.iter()
+        .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when
+/// `keep_slash`).
+pub fn url_encode_path(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn url_encode(s: &str) -> String {
+    url_encode_path(s, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_url_encoded() {
+        let mut t = BTreeMap::new();
+        t.insert("class".to_string(), "critical data".to_string());
+        t.insert("a&b".to_string(), "x=y".to_string());
+        assert_eq!(encode_tags(&t), "a%26b=x%3Dy&class=critical%20data");
+    }
+}

@@ -1,0 +1,64 @@
+//! `check-config --probe`: is a configured bucket reachable, are the credentials
+//! accepted, and is versioning enabled? Each failure says how to fix it.
+
+use super::{ObjectStore, S3Store, Versioning};
+use crate::config::BucketConfig;
+use crate::error::StoreError;
+
+/// What probing one bucket found.
+#[derive(Debug)]
+pub struct ProbeReport {
+    pub name: String,
+    pub bucket: String,
+    pub outcome: Result<(), String>,
+}
+
+impl std::fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(()) => write!(f, "ok    {}: {} reachable, credentials accepted, versioning Enabled", self.name, self.bucket),
+            Err(e) => write!(f, "FAIL  {}: {}", self.name, e),
+        }
+    }
+}
+
+/// The command that turns versioning on, for messages.
+pub fn enable_versioning_hint(cfg: &BucketConfig) -> String {
+    let endpoint = cfg.endpoint.as_ref().map(|e| format!(" --endpoint-url {e}")).unwrap_or_default();
+    format!(
+        "aws s3api put-bucket-versioning --bucket {} --versioning-configuration Status=Enabled --region {}{}",
+        cfg.bucket, cfg.region, endpoint
+    )
+}
+
+/// Why a bucket's versioning state makes it unusable, or `None` when Enabled.
+pub fn versioning_problem(cfg: &BucketConfig, v: Versioning) -> Option<String> {
+    let state = match v {
+        Versioning::Enabled => return None,
+        Versioning::Suspended => "Suspended",
+        Versioning::Off => "never enabled",
+    };
+    Some(format!(
+        "bucket {} has versioning {state}: regionfs needs it Enabled (every write is a version). Enable it: {}",
+        cfg.describe(),
+        enable_versioning_hint(cfg)
+    ))
+}
+
+pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
+    let store = S3Store::connect(cfg).await;
+    let outcome = match store.versioning().await {
+        Ok(v) => match versioning_problem(cfg, v) {
+            None => Ok(()),
+            Some(p) => Err(p),
+        },
+        Err(e @ StoreError::NoSuchBucket { .. }) => Err(format!("{e}")),
+        Err(e @ StoreError::AccessDenied { .. }) => Err(format!("credentials not accepted: {e}")),
+        Err(e) => Err(format!("{e}")),
+    };
+    ProbeReport {
+        name: cfg.name.clone(),
+        bucket: cfg.describe(),
+        outcome,
+    }
+}
