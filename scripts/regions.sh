@@ -49,7 +49,7 @@ JSON
     -s3.port.https=0 -s3.port.iceberg=0 -s3.port.lance=0 \
     -metricsPort=0 -s3.metricsPort=0 -webdav=false -admin.ui=false -master.telemetry=false \
     -filer.localSocket="$d/filer.sock" -s3.localSocket="$d/s3.sock" \
-    -s3.config="$d/s3.json" -bucket="$buckets"
+    -s3.config="$d/s3.json" -s3.autoCreateBucket=false -bucket="$buckets"
 }
 
 wait_port() {

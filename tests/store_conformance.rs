@@ -1,0 +1,277 @@
+//! The S3 layer against two real S3 implementations: each body runs against
+//! SeaweedFS (`weed mini`) and against moto's server, so the store depends on no
+//! single vendor's quirks.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use bytes::Bytes;
+use common::{bucket_name, Region};
+use regionfs::config::{plan_part_size, BucketConfig, MIB};
+use regionfs::error::StoreError;
+use regionfs::store::{GetRequest, ObjectStore, PutBody, PutOptions, S3Store, Versioning};
+
+async fn put_bytes(s: &S3Store, key: &str, data: &[u8]) -> String {
+    s.put(key, PutBody::Bytes(Bytes::copy_from_slice(data)), &PutOptions::default())
+        .await
+        .unwrap()
+        .version_id
+        .expect("a versioned bucket returns a version id")
+}
+
+async fn read(s: &S3Store, key: &str, version: Option<&str>) -> Bytes {
+    s.get(key, GetRequest { version_id: version.map(str::to_string), range: None })
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
+async fn every_version_is_readable_by_id_and_delete_writes_a_marker(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("versions")).await;
+    let v1 = put_bytes(&s, "dir/a.txt", b"one").await;
+    let v2 = put_bytes(&s, "dir/a.txt", b"two").await;
+    let v3 = put_bytes(&s, "dir/a.txt", b"three").await;
+    assert!(v1 != v2 && v2 != v3);
+    assert_eq!(read(&s, "dir/a.txt", Some(&v1)).await, "one");
+    assert_eq!(read(&s, "dir/a.txt", Some(&v2)).await, "two");
+    assert_eq!(read(&s, "dir/a.txt", None).await, "three");
+
+    let del = s.delete("dir/a.txt").await.unwrap();
+    assert!(del.delete_marker, "a delete on a versioned bucket writes a marker");
+    let marker = del.version_id.expect("the marker has a version id");
+    let err = s.head("dir/a.txt", None).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(read(&s, "dir/a.txt", Some(&v2)).await, "two", "old versions survive a delete");
+
+    let page = s.list_versions("dir/", None, None).await.unwrap();
+    let ids: Vec<(&str, bool, bool)> = page
+        .versions
+        .iter()
+        .map(|v| (v.version_id.as_str(), v.is_delete_marker, v.is_latest))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![(marker.as_str(), true, true), (v3.as_str(), false, false), (v2.as_str(), false, false), (v1.as_str(), false, false)],
+        "versions newest first with the marker latest"
+    );
+
+    s.delete_version("dir/a.txt", &v1).await.unwrap();
+    assert!(s.head("dir/a.txt", Some(&v1)).await.is_err(), "a deleted version is gone");
+}
+
+async fn list_versions_pages_with_a_tiny_page_size(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("pages")).await;
+    let mut expected = Vec::new();
+    for k in 0..4 {
+        for n in 0..2 {
+            let key = format!("p/k{k}");
+            let v = put_bytes(&s, &key, format!("{k}-{n}").as_bytes()).await;
+            expected.push((key, v));
+        }
+    }
+    s.delete("p/k1").await.unwrap();
+    let mut seen = Vec::new();
+    let mut from = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list_versions("p/", from, Some(2)).await.unwrap();
+        assert!(page.versions.len() <= 2);
+        pages += 1;
+        seen.extend(page.versions.into_iter().map(|v| (v.key, v.version_id, v.is_delete_marker)));
+        match page.next {
+            Some(n) => from = Some(n),
+            None => break,
+        }
+    }
+    assert!(pages >= 5, "9 entries at 2 a page need 5 pages, got {pages}");
+    assert_eq!(seen.len(), 9, "{seen:?}");
+    for (key, v) in &expected {
+        assert!(seen.iter().any(|(k, id, _)| k == key && id == v), "missing {key} {v}");
+    }
+    assert_eq!(seen.iter().filter(|s| s.2).count(), 1);
+}
+
+async fn list_pages_and_groups_by_delimiter(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("list")).await;
+    for k in ["a/1", "a/2", "b/x/1", "c", "d", "e"] {
+        put_bytes(&s, k, b"x").await;
+    }
+    let top = s.list("", Some("/"), None, None).await.unwrap();
+    assert_eq!(top.common_prefixes, vec!["a/".to_string(), "b/".to_string()]);
+    let keys: Vec<_> = top.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, vec!["c", "d", "e"]);
+
+    let mut all = Vec::new();
+    let mut token = None;
+    loop {
+        let p = s.list("", None, token, Some(2)).await.unwrap();
+        all.extend(p.objects.into_iter().map(|o| o.key));
+        match p.next_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(all, vec!["a/1", "a/2", "b/x/1", "c", "d", "e"]);
+}
+
+async fn multipart_upload_of_64_mib_round_trips(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("multipart")).await;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let size = 64 * MIB;
+    let chunk: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
+    for i in 0..64u8 {
+        let mut c = chunk.clone();
+        c[0] = i;
+        file.write_all(&c).unwrap();
+    }
+    file.flush().unwrap();
+    let part = plan_part_size(8 * MIB, size);
+    let mut opts = PutOptions::default();
+    opts.metadata.insert("mode".into(), "33188".into());
+    let id = s.create_multipart("big.bin", &opts).await.unwrap();
+    let mut parts = Vec::new();
+    for (n, offset) in (0..size).step_by(part as usize).enumerate() {
+        let body = PutBody::File { path: file.path().to_path_buf(), offset, len: part.min(size - offset) };
+        parts.push(s.upload_part("big.bin", &id, n as i32 + 1, body).await.unwrap());
+    }
+    let done = s.complete_multipart("big.bin", &id, parts).await.unwrap();
+    let version = done.version_id.expect("version id");
+    let head = s.head("big.bin", Some(&version)).await.unwrap();
+    assert_eq!(head.size, size);
+    assert_eq!(head.metadata.get("mode").map(String::as_str), Some("33188"));
+    let got = read(&s, "big.bin", Some(&version)).await;
+    let want = std::fs::read(file.path()).unwrap();
+    assert!(got == want, "multipart body differs from the file");
+    let tail = s
+        .get("big.bin", GetRequest { version_id: None, range: Some((size - 10, size - 1)) })
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &want[want.len() - 10..], "ranged GET");
+
+    let id2 = s.create_multipart("aborted.bin", &PutOptions::default()).await.unwrap();
+    s.upload_part("aborted.bin", &id2, 1, PutBody::Bytes(Bytes::from(vec![1u8; 1024]))).await.unwrap();
+    s.abort_multipart("aborted.bin", &id2).await.unwrap();
+    assert!(s.head("aborted.bin", None).await.unwrap_err().is_not_found());
+}
+
+async fn user_metadata_content_type_and_tags_round_trip(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("meta")).await;
+    let mut opts = PutOptions { content_type: Some("text/plain".into()), ..Default::default() };
+    opts.metadata.insert("mode".into(), "33188".into());
+    opts.metadata.insert("uid".into(), "1000".into());
+    opts.tags.insert("class".into(), "critical".into());
+    opts.tags.insert("team".into(), "a b".into());
+    let v = s.put("m.txt", PutBody::Bytes(Bytes::from_static(b"hello")), &opts).await.unwrap();
+    let head = s.head("m.txt", None).await.unwrap();
+    assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(head.metadata, opts.metadata);
+    assert_eq!(head.version_id, v.version_id);
+    assert_eq!(s.get_tags("m.txt", None).await.unwrap(), opts.tags);
+
+    let mut newer = BTreeMap::new();
+    newer.insert("class".to_string(), "archive".to_string());
+    s.put_tags("m.txt", v.version_id.as_deref(), &newer).await.unwrap();
+    assert_eq!(s.get_tags("m.txt", v.version_id.as_deref()).await.unwrap(), newer);
+}
+
+async fn copy_writes_a_new_version_with_replaced_metadata(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("copy")).await;
+    let mut opts = PutOptions::default();
+    opts.metadata.insert("mode".into(), "33188".into());
+    let v1 = s.put("dir/file name+1.txt", PutBody::Bytes(Bytes::from_static(b"body")), &opts).await.unwrap();
+    put_bytes(&s, "dir/file name+1.txt", b"newer").await;
+
+    let mut replaced = PutOptions { content_type: Some("application/x-test".into()), ..Default::default() };
+    replaced.metadata.insert("mode".into(), "33261".into());
+    replaced.tags.insert("k".into(), "v".into());
+    let c = s
+        .copy("dir/file name+1.txt", v1.version_id.as_deref(), "copied.txt", &replaced)
+        .await
+        .unwrap();
+    assert!(c.version_id.is_some());
+    assert_eq!(read(&s, "copied.txt", None).await, "body", "copied from the named version");
+    let head = s.head("copied.txt", None).await.unwrap();
+    assert_eq!(head.metadata.get("mode").map(String::as_str), Some("33261"));
+    assert_eq!(head.content_type.as_deref(), Some("application/x-test"));
+    assert_eq!(s.get_tags("copied.txt", None).await.unwrap(), replaced.tags);
+}
+
+async fn missing_bucket_and_key_give_typed_errors(r: Region) {
+    let s = r.versioned_bucket(&bucket_name("errors")).await;
+    let e = s.head("nope", None).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e:?}");
+    let e = s.get("nope", GetRequest::default()).await.err().unwrap();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e:?}");
+    assert!(e.is_permanent());
+
+    let missing = S3Store::connect(&r.bucket_config("x", &bucket_name("missing"))).await;
+    let e = missing.versioning().await.unwrap_err();
+    assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e:?}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = missing.put("k", PutBody::Bytes(Bytes::new()), &PutOptions::default()).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e:?}");
+}
+
+async fn versioning_state_is_reported(r: Region) {
+    let name = bucket_name("vers");
+    let s = r.versioned_bucket(&name).await;
+    assert_eq!(s.versioning().await.unwrap(), Versioning::Enabled);
+    s.set_versioning(false).await.unwrap();
+    assert_eq!(s.versioning().await.unwrap(), Versioning::Suspended);
+}
+
+async fn unreachable_endpoint_is_transient(r: Region) {
+    let mut cfg: BucketConfig = r.bucket_config("x", "any");
+    drop(r);
+    cfg.endpoint = Some(format!("http://127.0.0.1:{}", 1));
+    let s = S3Store::connect(&cfg).await;
+    let e = s.head("k", None).await.unwrap_err();
+    assert!(matches!(e, StoreError::Unreachable { .. }), "{e:?}");
+    assert!(!e.is_permanent());
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod seaweedfs {
+            $( #[tokio::test] async fn $name() { super::$name(super::Region::seaweed("us-east-1")).await } )*
+        }
+        mod moto {
+            $( #[tokio::test] async fn $name() { super::$name(super::Region::moto("us-east-1")).await } )*
+        }
+    };
+}
+
+conformance!(
+    every_version_is_readable_by_id_and_delete_writes_a_marker,
+    list_versions_pages_with_a_tiny_page_size,
+    list_pages_and_groups_by_delimiter,
+    multipart_upload_of_64_mib_round_trips,
+    user_metadata_content_type_and_tags_round_trip,
+    copy_writes_a_new_version_with_replaced_metadata,
+    missing_bucket_and_key_give_typed_errors,
+    versioning_state_is_reported,
+    unreachable_endpoint_is_transient,
+);
+
+/// moto accepts any credentials unless its IAM emulation is switched on, so bad
+/// credentials are checked against SeaweedFS, which has identities configured.
+#[tokio::test]
+async fn bad_credentials_are_access_denied_on_seaweedfs() {
+    let r = Region::seaweed("us-east-1");
+    let name = bucket_name("creds");
+    let _ = r.versioned_bucket(&name).await;
+    let mut cfg = r.bucket_config("x", &name);
+    cfg.secret_access_key = Some("wrong".into());
+    let s = S3Store::connect(&cfg).await;
+    let e = s.versioning().await.unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied { .. }), "{e:?}");
+    assert!(e.is_permanent());
+    assert!(e.to_string().contains("credentials"), "{e}");
+}
