@@ -17,4 +17,5 @@
 
 pub mod config;
 pub mod error;
+pub mod journal;
 pub mod store;

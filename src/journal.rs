@@ -1,0 +1,524 @@
+//! Crash-safe state: the operations waiting to reach the source bucket, and what
+//! the last finished one per key produced (its version id).
+//!
+//! # Overview
+//! Every change the mount makes to the bucket is an *operation* row (`ops`): put a
+//! staged cache file, delete, copy (metadata change or rename of a clean object),
+//! or a directory marker. Operations on one key run in `seq` order; operations
+//! on different keys are independent (a copy names its source version).
+//!
+//! # Consistency
+//! One SQLite database in WAL mode with `synchronous=FULL`: a commit that returned
+//! is on disk. A single actor thread owns the connection and commits the requests
+//! that queued up meanwhile in one transaction (group commit); each request runs
+//! under its own savepoint, so one failing request does not fail the others.
+//! Callers are answered only after the commit, so nothing is acknowledged that
+//! is not durable.
+//!
+//! # Crash consistency
+//! The steps of a write, in order, and what recovery does after a crash at each:
+//! 1. Data written to `data/<file>` in the cache: not acknowledged; after a crash
+//!    the file is unknown to the journal and is quarantined, never uploaded.
+//! 2. `fsync(data/<file>)`, `fsync(data/)`, then `stage()` commits a `pending` put:
+//!    only now does close()/fsync() return. After a crash the row is re-queued.
+//! 3. Upload (PUT, or multipart with its upload id recorded first): a crash leaves
+//!    the row pending; recovery aborts a recorded multipart upload and uploads
+//!    again. A PUT that landed but was not recorded is uploaded again: at worst a
+//!    duplicate version with identical bytes, never a lost one.
+//! 4. `complete()` records the version id and marks the row done, in one commit.
+//!    After that the cache file is no longer needed by the journal.
+//!
+//! Recovery reads only rows that are not done: its cost is O(pending work).
+//! Done rows are pruned to the latest per key (status needs its version id).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// Why the journal could not do what was asked. Any of these on a write means
+/// the write was NOT made durable and must not be acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("journal {0} is closed")]
+    Closed(String),
+    #[error("journal {0}: injected disk failure")]
+    Injected(String),
+}
+
+/// What an operation does to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// Upload the staged cache file as a new version.
+    Put,
+    /// Write a delete marker.
+    Delete,
+    /// Copy `src_key` (at `src_version`, else current) onto the key with new metadata.
+    Copy,
+}
+
+impl OpKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Put => "put",
+            OpKind::Delete => "delete",
+            OpKind::Copy => "copy",
+        }
+    }
+    fn parse(s: &str) -> OpKind {
+        match s {
+            "put" => OpKind::Put,
+            "delete" => OpKind::Delete,
+            _ => OpKind::Copy,
+        }
+    }
+}
+
+/// An operation to stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOp {
+    pub key: String,
+    pub kind: OpKind,
+    /// Put: the cache file name under `data/`.
+    pub file: Option<String>,
+    pub size: u64,
+    /// JSON of the object's metadata (see `fs::meta`).
+    pub meta: String,
+    pub src_key: Option<String>,
+    pub src_version: Option<String>,
+}
+
+/// A staged operation as the journal holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Op {
+    pub seq: i64,
+    pub key: String,
+    pub kind: OpKind,
+    pub file: Option<String>,
+    pub size: u64,
+    pub meta: String,
+    pub src_key: Option<String>,
+    pub src_version: Option<String>,
+    pub state: OpState,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub multipart_id: Option<String>,
+    pub version_id: Option<String>,
+    pub staged_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpState {
+    Pending,
+    Failed,
+    Done,
+}
+
+/// Totals for `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UploadSummary {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub failed: u64,
+    pub oldest_pending_s: f64,
+}
+
+type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completer) + Send>;
+
+/// Handle to the journal actor. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Job>,
+    path: Arc<String>,
+    fail_after: Arc<AtomicI64>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS ops (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    file TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{}',
+    src_key TEXT,
+    src_version TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    multipart_id TEXT,
+    version_id TEXT,
+    staged_at INTEGER NOT NULL,
+    done_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS ops_open ON ops(state) WHERE state != 'done';
+CREATE INDEX IF NOT EXISTS ops_key ON ops(key, seq);
+";
+
+const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at";
+
+fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
+    let state: String = r.get(8)?;
+    Ok(Op {
+        seq: r.get(0)?,
+        key: r.get(1)?,
+        kind: OpKind::parse(&r.get::<_, String>(2)?),
+        file: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        meta: r.get(5)?,
+        src_key: r.get(6)?,
+        src_version: r.get(7)?,
+        state: match state.as_str() {
+            "done" => OpState::Done,
+            "failed" => OpState::Failed,
+            _ => OpState::Pending,
+        },
+        attempts: r.get::<_, i64>(9)? as u32,
+        error: r.get(10)?,
+        multipart_id: r.get(11)?,
+        version_id: r.get(12)?,
+        staged_at_ms: r.get(13)?,
+    })
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path` and starts its actor thread.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let p = path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
+        let conn = Connection::open(path).map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(sq)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(sq)?;
+        conn.execute_batch(SCHEMA).map_err(sq)?;
+        Ok(Self::spawn(conn, p))
+    }
+
+    /// Opens an existing journal for reading (another process may own it).
+    pub fn open_readonly(path: &Path) -> Result<Journal, JournalError> {
+        let p = path.display().to_string();
+        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
+        Ok(Self::spawn(conn, p))
+    }
+
+    fn spawn(conn: Connection, path: String) -> Journal {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let fail_after = Arc::new(AtomicI64::new(-1));
+        let fa = fail_after.clone();
+        std::thread::Builder::new()
+            .name("regionfs-journal".into())
+            .spawn(move || actor(conn, rx, fa))
+            .expect("spawn journal thread");
+        Journal {
+            tx,
+            path: Arc::new(path),
+            fail_after,
+        }
+    }
+
+    /// Fault injection for tests: the next `n` commits succeed, every later one fails.
+    pub fn fail_commits_after(&self, n: i64) {
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Runs `f` inside the next group commit and returns its result once committed.
+    async fn run<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
+        let path = self.path.clone();
+        let job: Job = Box::new(move |conn| {
+            let r = f(conn);
+            let ok = r.is_ok();
+            let done: Completer = Box::new(move |commit| {
+                let out = match (r, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(source), _) => Err(JournalError::Sqlite {
+                        path: path.to_string(),
+                        source,
+                    }),
+                    (Ok(_), Err(msg)) if msg == "injected" => Err(JournalError::Injected(path.to_string())),
+                    (Ok(_), Err(msg)) => Err(JournalError::Sqlite {
+                        path: path.to_string(),
+                        source: rusqlite::Error::InvalidParameterName(msg),
+                    }),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, done)
+        });
+        self.tx.send(job).map_err(|_| JournalError::Closed(self.path.to_string()))?;
+        rx.await.map_err(|_| JournalError::Closed(self.path.to_string()))?
+    }
+
+    /// Makes an operation durable; returns its sequence number.
+    pub async fn stage(&self, op: NewOp) -> Result<i64, JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Records that operation `seq` reached the bucket as `version_id`, and prunes
+    /// older finished rows of the same key.
+    pub async fn complete(&self, seq: i64, version_id: Option<String>) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE ops SET state = 'done', version_id = ?2, done_at = ?3, error = NULL, multipart_id = NULL WHERE seq = ?1",
+                params![seq, version_id, now_ms()],
+            )?;
+            c.execute(
+                "DELETE FROM ops WHERE state = 'done' AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
+                params![seq],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a failed attempt. `permanent` marks the row failed (visible in
+    /// status) until a later attempt succeeds.
+    pub async fn record_failure(&self, seq: i64, error: String, permanent: bool) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE ops SET attempts = attempts + 1, error = ?2, state = CASE WHEN ?3 THEN 'failed' ELSE 'pending' END WHERE seq = ?1",
+                params![seq, error, permanent],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remembers (or forgets, with None) the multipart upload of an operation so
+    /// that recovery can abort it.
+    pub async fn set_multipart(&self, seq: i64, upload_id: Option<String>) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute("UPDATE ops SET multipart_id = ?2 WHERE seq = ?1", params![seq, upload_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every operation not yet done, in sequence order.
+    pub async fn open_ops(&self) -> Result<Vec<Op>, JournalError> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!("SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' ORDER BY seq"))?;
+            let rows = st.query_map([], op_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The newest operation on `key`, done or not.
+    pub async fn latest(&self, key: String) -> Result<Option<Op>, JournalError> {
+        self.run(move |c| {
+            c.query_row(
+                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 ORDER BY seq DESC LIMIT 1"),
+                params![key],
+                op_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// The newest finished operation on `key` (its version id is the one in the bucket).
+    pub async fn latest_done(&self, key: String) -> Result<Option<Op>, JournalError> {
+        self.run(move |c| {
+            c.query_row(
+                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 AND state = 'done' ORDER BY seq DESC LIMIT 1"),
+                params![key],
+                op_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn upload_summary(&self) -> Result<UploadSummary, JournalError> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(state = 'failed'), 0), MIN(staged_at) FROM ops WHERE state != 'done'",
+                [],
+                |r| {
+                    let oldest: Option<i64> = r.get(3)?;
+                    Ok(UploadSummary {
+                        pending: r.get::<_, i64>(0)? as u64,
+                        pending_bytes: r.get::<_, i64>(1)? as u64,
+                        failed: r.get::<_, i64>(2)? as u64,
+                        oldest_pending_s: oldest.map(|t| (now_ms() - t).max(0) as f64 / 1000.0).unwrap_or(0.0),
+                    })
+                },
+            )
+        })
+        .await
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(self.path.as_str())
+    }
+}
+
+/// The actor: takes every job that is waiting, runs each under a savepoint in one
+/// transaction, commits once, then answers them all.
+fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = began {
+            for job in batch {
+                let (_, complete) = job(&conn);
+                complete(Err(e.to_string()));
+            }
+            continue;
+        }
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, complete) = job(&conn);
+            if ok {
+                let _ = conn.execute_batch("RELEASE job");
+            } else {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+            done.push(complete);
+        }
+        let left = fail_after.load(Ordering::SeqCst);
+        let commit = if left == 0 {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err("injected".to_string())
+        } else {
+            if left > 0 {
+                fail_after.store(left - 1, Ordering::SeqCst);
+            }
+            conn.execute_batch("COMMIT").map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                e.to_string()
+            })
+        };
+        for complete in done {
+            complete(commit.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, file: &str) -> NewOp {
+        NewOp {
+            key: key.into(),
+            kind: OpKind::Put,
+            file: Some(file.into()),
+            size: 10,
+            meta: "{}".into(),
+            src_key: None,
+            src_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn staged_ops_survive_reopen_in_order_until_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        {
+            let j = Journal::open(&path).unwrap();
+            let a = j.stage(put("a", "f1")).await.unwrap();
+            let b = j.stage(put("b", "f2")).await.unwrap();
+            j.stage(put("a", "f3")).await.unwrap();
+            j.complete(a, Some("v1".into())).await.unwrap();
+            j.record_failure(b, "AccessDenied".into(), true).await.unwrap();
+        }
+        let j = Journal::open(&path).unwrap();
+        let open = j.open_ops().await.unwrap();
+        let files: Vec<_> = open.iter().map(|o| o.file.clone().unwrap()).collect();
+        assert_eq!(files, vec!["f2", "f3"]);
+        assert_eq!(open[0].state, OpState::Failed);
+        assert_eq!(open[0].error.as_deref(), Some("AccessDenied"));
+        assert_eq!(j.latest_done("a".into()).await.unwrap().unwrap().version_id.as_deref(), Some("v1"));
+        let s = j.upload_summary().await.unwrap();
+        assert_eq!((s.pending, s.pending_bytes, s.failed), (2, 20, 1));
+    }
+
+    #[tokio::test]
+    async fn completing_prunes_older_done_rows_of_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        for i in 0..5 {
+            let s = j.stage(put("k", &format!("f{i}"))).await.unwrap();
+            j.complete(s, Some(format!("v{i}"))).await.unwrap();
+        }
+        let count = j
+            .run(|c| c.query_row("SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0)))
+            .await
+            .unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(j.latest("k".into()).await.unwrap().unwrap().version_id.as_deref(), Some("v4"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_stages_are_group_committed_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let j = Journal::open(&path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let j = j.clone();
+            tasks.push(tokio::spawn(async move { j.stage(put(&format!("k{i}"), "f")).await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.open_ops().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn an_injected_commit_failure_acknowledges_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let j = Journal::open(&path).unwrap();
+        j.fail_commits_after(2);
+        assert!(j.stage(put("a", "1")).await.is_ok());
+        assert!(j.stage(put("b", "2")).await.is_ok());
+        let e = j.stage(put("c", "3")).await.unwrap_err();
+        assert!(matches!(e, JournalError::Injected(_)), "{e}");
+        drop(j);
+        let keys: Vec<_> = Journal::open(&path).unwrap().open_ops().await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["a", "b"], "the failed stage left no row");
+    }
+}
