@@ -247,6 +247,16 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.send(f).await
+    }
+
+    /// Queues `f` for the next group commit *now* (jobs commit in the order they
+    /// were sent) and returns a future for its committed result.
+    fn send<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
         let path = self.path.clone();
         let job: Job = Box::new(move |conn| {
@@ -269,20 +279,29 @@ impl Journal {
             });
             (ok, done)
         });
-        self.tx.send(job).map_err(|_| JournalError::Closed(self.path.to_string()))?;
-        rx.await.map_err(|_| JournalError::Closed(self.path.to_string()))?
+        let sent = self.tx.send(job);
+        let path = self.path.clone();
+        async move {
+            sent.map_err(|_| JournalError::Closed(path.to_string()))?;
+            rx.await.map_err(|_| JournalError::Closed(path.to_string()))?
+        }
     }
 
-    /// Makes an operation durable; returns its sequence number.
-    pub async fn stage(&self, op: NewOp) -> Result<i64, JournalError> {
-        self.run(move |c| {
+    /// Stages an operation, queued for commit before this returns, so operations
+    /// staged one after the other get increasing sequence numbers.
+    pub fn stage_in_order(&self, op: NewOp) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
+        self.send(move |c| {
             c.execute(
                 "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms()],
             )?;
             Ok(c.last_insert_rowid())
         })
-        .await
+    }
+
+    /// Makes an operation durable; returns its sequence number.
+    pub async fn stage(&self, op: NewOp) -> Result<i64, JournalError> {
+        self.stage_in_order(op).await
     }
 
     /// Records that operation `seq` reached the bucket as `version_id`, and prunes

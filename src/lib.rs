@@ -15,7 +15,10 @@
 //!
 //! Modules follow that flow: [`config`] → [`store`] (one bucket, one region).
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod meta;
 pub mod store;
+pub mod uploader;

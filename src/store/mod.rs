@@ -288,3 +288,6 @@ mod tests {
         assert_eq!(encode_tags(&t), "a%26b=x%3Dy&class=critical%20data");
     }
 }
+
+pub mod faulty;
+pub use faulty::FaultyStore;

@@ -1,0 +1,471 @@
+//! The local data files: working and staged copies of written files (`data/`),
+//! clean copies of downloaded objects (`clean/`, LRU by bytes), space accounting
+//! with back-pressure, the one-mount-per-directory lock, and start-up recovery.
+//!
+//! Invariants:
+//! - A file in `data/` is either the working copy of an open or dirty file, or
+//!   the content of a journaled put (then it is never written again: a writer
+//!   copies it first). Files in `data/` are never evicted.
+//! - A file in `clean/` is an exact copy of one object version; it may be
+//!   evicted (LRU) whenever it is not open. Losing it loses nothing.
+//! - `data/` files the journal does not know after a crash held unacknowledged
+//!   writes; they are moved to `quarantine/` (never deleted silently).
+//! - When data + clean bytes would exceed `max_size`, clean files are evicted;
+//!   when only dirty data is left, writers wait for uploads to free space and
+//!   get ENOSPC after `space_wait` without progress.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Why the cache cannot serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache directory {dir} is in use by another regionfs mount{}: one mount per cache dir", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("cache is full of data not yet uploaded ({used} of {max} bytes) and no upload made progress for {waited:?}")]
+    NoSpace { used: u64, max: u64, waited: Duration },
+    #[error("cache file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl CacheError {
+    fn io(path: &Path, source: io::Error) -> CacheError {
+        CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+struct CleanEntry {
+    name: String,
+    /// Identifies the object version the copy holds (version id or etag).
+    tag: String,
+    size: u64,
+    open: u32,
+}
+
+struct Space {
+    /// Bytes per `data/` file.
+    data: HashMap<String, u64>,
+    data_total: u64,
+    /// key -> clean copy; `lru` orders keys oldest first.
+    clean: HashMap<String, CleanEntry>,
+    lru: lru::LruCache<String, ()>,
+    clean_total: u64,
+    last_progress: Instant,
+}
+
+pub struct Cache {
+    root: PathBuf,
+    max_size: u64,
+    space_wait: Duration,
+    next_id: AtomicU64,
+    prefix: String,
+    space: Mutex<Space>,
+    freed: Notify,
+    _lock: File,
+}
+
+impl Cache {
+    /// Opens the cache directory (creating it 0700), taking its lock.
+    pub fn open(root: &Path, max_size: u64, space_wait: Duration) -> Result<Arc<Cache>, CacheError> {
+        for d in ["", "data", "clean", "quarantine"] {
+            let p = root.join(d);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&p)
+                .map_err(|e| CacheError::io(&p, e))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| CacheError::io(&lock_path, e))?;
+        use std::os::fd::AsRawFd;
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok());
+            return Err(CacheError::Locked {
+                dir: root.to_path_buf(),
+                pid,
+            });
+        }
+        let _ = lock.set_len(0);
+        let _ = std::fs::write(&lock_path, std::process::id().to_string());
+        // Clean copies from an earlier run may be stale: drop them all, off the
+        // start-up path (a rename, then a background delete).
+        let clean = root.join("clean");
+        let old = root.join(format!("clean.old.{}", std::process::id()));
+        if std::fs::rename(&clean, &old).is_ok() {
+            let _ = std::fs::DirBuilder::new().mode(0o700).create(&clean);
+            std::thread::spawn(move || std::fs::remove_dir_all(old));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Ok(Arc::new(Cache {
+            root: root.to_path_buf(),
+            max_size,
+            space_wait,
+            next_id: AtomicU64::new(0),
+            prefix: format!("{nanos:x}"),
+            space: Mutex::new(Space {
+                data: HashMap::new(),
+                data_total: 0,
+                clean: HashMap::new(),
+                lru: lru::LruCache::unbounded(),
+                clean_total: 0,
+                last_progress: Instant::now(),
+            }),
+            freed: Notify::new(),
+            _lock: lock,
+        }))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.root.join("journal.db")
+    }
+
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.root.join("data").join(name)
+    }
+
+    fn clean_path(&self, name: &str) -> PathBuf {
+        self.root.join("clean").join(name)
+    }
+
+    fn new_name(&self) -> String {
+        format!("{}-{}", self.prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Creates an empty working file in `data/`.
+    pub fn create_data_file(&self) -> Result<String, CacheError> {
+        let name = self.new_name();
+        let path = self.data_path(&name);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| CacheError::io(&path, e))?;
+        self.space.lock().unwrap().data.insert(name.clone(), 0);
+        Ok(name)
+    }
+
+    /// Copies a data file (one that a staged put references) into a new working
+    /// file, so the staged content stays exactly as acknowledged.
+    pub fn copy_data_file(&self, from: &str) -> Result<String, CacheError> {
+        let name = self.new_name();
+        let src = self.data_path(from);
+        let dst = self.data_path(&name);
+        let n = std::fs::copy(&src, &dst).map_err(|e| CacheError::io(&src, e))?;
+        let mut s = self.space.lock().unwrap();
+        s.data.insert(name.clone(), n);
+        s.data_total += n;
+        Ok(name)
+    }
+
+    /// Moves a clean copy into `data/` as a working file (opening a clean file
+    /// for write).
+    pub fn adopt_clean(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let entry = {
+            let mut s = self.space.lock().unwrap();
+            match s.clean.remove(key) {
+                Some(e) => {
+                    s.lru.pop(key);
+                    s.clean_total -= e.size;
+                    e
+                }
+                None => return Ok(None),
+            }
+        };
+        let name = self.new_name();
+        let src = self.clean_path(&entry.name);
+        let dst = self.data_path(&name);
+        if entry.open > 0 {
+            std::fs::copy(&src, &dst).map_err(|e| CacheError::io(&src, e))?;
+        } else {
+            std::fs::rename(&src, &dst).map_err(|e| CacheError::io(&src, e))?;
+        }
+        let mut s = self.space.lock().unwrap();
+        s.data.insert(name.clone(), entry.size);
+        s.data_total += entry.size;
+        Ok(Some(name))
+    }
+
+    /// Records the new size of a data file, waiting for space first when it grows
+    /// past `max_size` (back-pressure), and failing with NoSpace after
+    /// `space_wait` without upload progress.
+    pub async fn resize_data(&self, name: &str, new_size: u64) -> Result<(), CacheError> {
+        loop {
+            let notified = self.freed.notified();
+            {
+                let mut s = self.space.lock().unwrap();
+                let old = s.data.get(name).copied().unwrap_or(0);
+                let grow = new_size.saturating_sub(old);
+                if grow == 0 || s.data_total + grow <= self.max_size {
+                    self.evict_clean(&mut s, grow);
+                    s.data_total = s.data_total + new_size - old;
+                    s.data.insert(name.to_string(), new_size);
+                    return Ok(());
+                }
+                let waited = s.last_progress.elapsed();
+                if waited >= self.space_wait {
+                    return Err(CacheError::NoSpace {
+                        used: s.data_total,
+                        max: self.max_size,
+                        waited,
+                    });
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
+        }
+    }
+
+    /// Evicts clean copies (oldest first, not open) until `need` more bytes fit.
+    fn evict_clean(&self, s: &mut Space, need: u64) {
+        let mut skipped = Vec::new();
+        while s.data_total + s.clean_total + need > self.max_size {
+            let Some((key, ())) = s.lru.pop_lru() else { break };
+            let open = s.clean.get(&key).map(|e| e.open > 0).unwrap_or(false);
+            if open {
+                skipped.push(key);
+                continue;
+            }
+            if let Some(e) = s.clean.remove(&key) {
+                s.clean_total -= e.size;
+                let _ = std::fs::remove_file(self.clean_path(&e.name));
+            }
+        }
+        for k in skipped {
+            s.lru.put(k, ());
+        }
+    }
+
+    /// A data file is no longer needed (uploaded and superseded, or unlinked).
+    pub fn remove_data(&self, name: &str) {
+        let _ = std::fs::remove_file(self.data_path(name));
+        let mut s = self.space.lock().unwrap();
+        if let Some(n) = s.data.remove(name) {
+            s.data_total -= n;
+        }
+        s.last_progress = Instant::now();
+        drop(s);
+        self.freed.notify_waiters();
+    }
+
+    /// An upload made progress: writers waiting for space keep waiting.
+    pub fn note_progress(&self) {
+        self.space.lock().unwrap().last_progress = Instant::now();
+        self.freed.notify_waiters();
+    }
+
+    /// Turns an uploaded data file into the clean copy of `key` at `tag`.
+    pub fn make_clean(&self, name: &str, key: &str, tag: &str) {
+        let name_clean = self.new_name();
+        let ok = std::fs::rename(self.data_path(name), self.clean_path(&name_clean)).is_ok();
+        let mut s = self.space.lock().unwrap();
+        let size = s.data.remove(name).unwrap_or(0);
+        s.data_total -= size;
+        s.last_progress = Instant::now();
+        if ok {
+            self.insert_clean(&mut s, key, tag, name_clean, size);
+        }
+        drop(s);
+        self.freed.notify_waiters();
+    }
+
+    fn insert_clean(&self, s: &mut Space, key: &str, tag: &str, name: String, size: u64) {
+        if let Some(old) = s.clean.remove(key) {
+            s.clean_total -= old.size;
+            let _ = std::fs::remove_file(self.clean_path(&old.name));
+        }
+        s.clean_total += size;
+        s.clean.insert(
+            key.to_string(),
+            CleanEntry {
+                name,
+                tag: tag.to_string(),
+                size,
+                open: 0,
+            },
+        );
+        s.lru.put(key.to_string(), ());
+        self.evict_clean(s, 0);
+    }
+
+    /// Opens the clean copy of `key` if it holds version `tag`; pins it while open.
+    pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
+        let mut s = self.space.lock().unwrap();
+        let e = s.clean.get_mut(key).filter(|e| e.tag == tag)?;
+        e.open += 1;
+        let out = (self.clean_path(&e.name), e.size);
+        s.lru.get(key);
+        Some(out)
+    }
+
+    pub fn close_clean(&self, key: &str) {
+        let mut s = self.space.lock().unwrap();
+        if let Some(e) = s.clean.get_mut(key) {
+            e.open = e.open.saturating_sub(1);
+        }
+    }
+
+    /// Drops the clean copy of `key` (the object changed or was deleted).
+    pub fn forget_clean(&self, key: &str) {
+        let mut s = self.space.lock().unwrap();
+        if let Some(e) = s.clean.remove(key) {
+            s.lru.pop(key);
+            s.clean_total -= e.size;
+            if e.open == 0 {
+                let _ = std::fs::remove_file(self.clean_path(&e.name));
+            }
+        }
+    }
+
+    /// A new file in `clean/` to download `key` into; registered (and pinned
+    /// once, for the downloader) right away so readers can share it.
+    pub fn begin_clean(&self, key: &str, tag: &str, size: u64) -> Result<(PathBuf, File), CacheError> {
+        let name = self.new_name();
+        let path = self.clean_path(&name);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| CacheError::io(&path, e))?;
+        let mut s = self.space.lock().unwrap();
+        self.evict_clean(&mut s, size);
+        self.insert_clean(&mut s, key, tag, name, size);
+        if let Some(e) = s.clean.get_mut(key) {
+            e.open += 1;
+        }
+        Ok((path, f))
+    }
+
+    /// Bytes used: (data not yet uploaded or open for write, clean copies).
+    pub fn usage(&self) -> (u64, u64) {
+        let s = self.space.lock().unwrap();
+        (s.data_total, s.clean_total)
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// Makes a data file and its directory entry durable.
+    pub fn sync_data(&self, name: &str) -> Result<(), CacheError> {
+        let path = self.data_path(name);
+        let f = File::open(&path).map_err(|e| CacheError::io(&path, e))?;
+        f.sync_all().map_err(|e| CacheError::io(&path, e))?;
+        let dir = self.root.join("data");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| CacheError::io(&dir, e))
+    }
+
+    /// Recovery: registers the data files the journal still needs, and moves
+    /// every other `data/` file to `quarantine/` with a warning.
+    pub fn recover(&self, needed: &HashSet<String>) -> Result<Vec<String>, CacheError> {
+        let dir = self.root.join("data");
+        let mut quarantined = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| CacheError::io(&dir, e))?;
+        let mut s = self.space.lock().unwrap();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if needed.contains(&name) {
+                let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                s.data.insert(name, size);
+                s.data_total += size;
+            } else {
+                let to = self.root.join("quarantine").join(&name);
+                let _ = std::fs::rename(e.path(), &to);
+                quarantined.push(name);
+            }
+        }
+        Ok(quarantined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MIB;
+
+    #[test]
+    fn a_second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        let e = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).err().unwrap();
+        assert!(matches!(e, CacheError::Locked { pid: Some(_), .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn dirty_data_beyond_max_waits_then_fails_with_no_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 10, Duration::from_millis(300)).unwrap();
+        let a = c.create_data_file().unwrap();
+        c.resize_data(&a, 8).await.unwrap();
+        let b = c.create_data_file().unwrap();
+        let t = Instant::now();
+        let e = c.resize_data(&b, 5).await.unwrap_err();
+        assert!(matches!(e, CacheError::NoSpace { .. }), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        c.remove_data(&a);
+        c.resize_data(&b, 5).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_proceeds_when_an_upload_frees_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 10, Duration::from_secs(30)).unwrap();
+        let a = c.create_data_file().unwrap();
+        c.resize_data(&a, 10).await.unwrap();
+        let b = c.create_data_file().unwrap();
+        let c2 = c.clone();
+        let waiter = tokio::spawn(async move { c2.resize_data(&b, 4).await });
+        tokio::task::yield_now().await;
+        c.make_clean(&a, "k", "v1");
+        waiter.await.unwrap().unwrap();
+        assert_eq!(c.usage().0, 4);
+        assert!(c.open_clean("k", "v1").is_none() || c.usage().1 <= 6, "clean copies are evicted to fit");
+    }
+
+    #[test]
+    fn unknown_data_files_are_quarantined_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+            let keep = c.create_data_file().unwrap();
+            let lost = c.create_data_file().unwrap();
+            std::fs::write(c.data_path(&keep), b"acked").unwrap();
+            std::fs::write(c.data_path(&lost), b"never acked").unwrap();
+            std::fs::write(dir.path().join("needed"), &keep).unwrap();
+        }
+        let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        let keep = std::fs::read_to_string(dir.path().join("needed")).unwrap();
+        let q = c.recover(&HashSet::from([keep.clone()])).unwrap();
+        assert_eq!(q.len(), 1);
+        assert_eq!(std::fs::read(dir.path().join("quarantine").join(&q[0])).unwrap(), b"never acked");
+        assert_eq!(std::fs::read(c.data_path(&keep)).unwrap(), b"acked");
+    }
+}

@@ -1,0 +1,211 @@
+//! POSIX attributes ↔ S3 user metadata, with the names s3fs uses (`mode`, `uid`,
+//! `gid`, `mtime`) so buckets written by s3fs mount with the right modes, plus
+//! rclone's fractional `mtime`. Extended attributes travel as s3fs does: one
+//! `xattr` entry holding percent-encoded JSON of base64 values.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ObjectInfo, PutOptions};
+
+pub const S_IFMT: u32 = libc::S_IFMT;
+pub const S_IFREG: u32 = libc::S_IFREG;
+pub const S_IFDIR: u32 = libc::S_IFDIR;
+pub const S_IFLNK: u32 = libc::S_IFLNK;
+pub const S_IFIFO: u32 = libc::S_IFIFO;
+
+/// The attributes regionfs keeps with every object version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Full `st_mode`: type bits and permissions.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_s: i64,
+    pub mtime_ns: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl ObjectMeta {
+    pub fn new(mode: u32, uid: u32, gid: u32) -> ObjectMeta {
+        let mut m = ObjectMeta {
+            mode,
+            uid,
+            gid,
+            mtime_s: 0,
+            mtime_ns: 0,
+            content_type: None,
+            xattrs: BTreeMap::new(),
+        };
+        m.set_mtime(SystemTime::now());
+        m
+    }
+
+    pub fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+
+    pub fn mtime(&self) -> SystemTime {
+        if self.mtime_s >= 0 {
+            UNIX_EPOCH + Duration::new(self.mtime_s as u64, self.mtime_ns)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.mtime_s.unsigned_abs()) + Duration::from_nanos(self.mtime_ns as u64)
+        }
+    }
+
+    pub fn set_mtime(&mut self, t: SystemTime) {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => {
+                self.mtime_s = d.as_secs() as i64;
+                self.mtime_ns = d.subsec_nanos();
+            }
+            Err(e) => {
+                let d = e.duration();
+                let ns = d.subsec_nanos();
+                self.mtime_s = -(d.as_secs() as i64) - i64::from(ns > 0);
+                self.mtime_ns = if ns > 0 { 1_000_000_000 - ns } else { 0 };
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    pub fn from_json(s: &str) -> Option<ObjectMeta> {
+        serde_json::from_str(s).ok()
+    }
+
+    /// What to send with a new version.
+    pub fn to_put_options(&self) -> PutOptions {
+        let mut md = BTreeMap::new();
+        md.insert("mode".to_string(), self.mode.to_string());
+        md.insert("uid".to_string(), self.uid.to_string());
+        md.insert("gid".to_string(), self.gid.to_string());
+        md.insert("mtime".to_string(), self.mtime_s.to_string());
+        if self.mtime_ns != 0 {
+            md.insert("mtime-nsec".to_string(), self.mtime_ns.to_string());
+        }
+        if !self.xattrs.is_empty() {
+            let map: BTreeMap<&String, String> = self
+                .xattrs
+                .iter()
+                .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+                .collect();
+            let json = serde_json::to_string(&map).unwrap_or_default();
+            md.insert("xattr".to_string(), crate::store::url_encode_path(&json, false));
+        }
+        PutOptions {
+            content_type: self.content_type.clone(),
+            metadata: md,
+            tags: BTreeMap::new(),
+            storage_class: None,
+        }
+    }
+
+    /// Reads the attributes of an object written by regionfs, s3fs or rclone;
+    /// whatever is missing comes from `default` (the mount's defaults) and the
+    /// object's Last-Modified.
+    pub fn from_object(info: &ObjectInfo, default: &ObjectMeta) -> ObjectMeta {
+        let md = &info.metadata;
+        let num = |k: &str| md.get(k).and_then(|v| v.trim().parse::<u32>().ok());
+        let mut m = default.clone();
+        if let Some(mode) = num("mode") {
+            m.mode = if mode & S_IFMT == 0 { (default.mode & S_IFMT) | (mode & 0o7777) } else { mode };
+        }
+        if let Some(u) = num("uid") {
+            m.uid = u;
+        }
+        if let Some(g) = num("gid") {
+            m.gid = g;
+        }
+        match md.get("mtime").and_then(|v| v.trim().parse::<f64>().ok()) {
+            Some(t) => {
+                m.mtime_s = t.floor() as i64;
+                m.mtime_ns = num("mtime-nsec").unwrap_or(((t - t.floor()) * 1e9) as u32).min(999_999_999);
+            }
+            None => {
+                if let Some(t) = info.last_modified {
+                    m.set_mtime(t);
+                }
+            }
+        }
+        m.content_type = info.content_type.clone();
+        if let Some(x) = md.get("xattr") {
+            m.xattrs = decode_xattrs(x);
+        }
+        m
+    }
+}
+
+fn decode_xattrs(v: &str) -> BTreeMap<String, Vec<u8>> {
+    let json = percent_decode(v);
+    let map: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
+    map.into_iter()
+        .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v).ok().map(|b| (k, b)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_round_trip_through_s3fs_style_metadata() {
+        let mut m = ObjectMeta::new(S_IFREG | 0o640, 1000, 100);
+        m.mtime_ns = 123;
+        m.xattrs.insert("user.note".into(), b"hi \x00there".to_vec());
+        let opts = m.to_put_options();
+        assert_eq!(opts.metadata["mode"], (S_IFREG | 0o640).to_string());
+        let info = ObjectInfo {
+            metadata: opts.metadata,
+            ..Default::default()
+        };
+        let back = ObjectMeta::from_object(&info, &ObjectMeta::new(S_IFREG | 0o644, 0, 0));
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn objects_without_metadata_get_defaults_and_last_modified() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let info = ObjectInfo {
+            last_modified: Some(t),
+            ..Default::default()
+        };
+        let d = ObjectMeta::new(S_IFREG | 0o644, 5, 6);
+        let m = ObjectMeta::from_object(&info, &d);
+        assert_eq!((m.mode, m.uid, m.gid, m.mtime()), (S_IFREG | 0o644, 5, 6, t));
+    }
+
+    #[test]
+    fn rclone_fractional_mtime_is_read() {
+        let mut info = ObjectInfo::default();
+        info.metadata.insert("mtime".into(), "1700000000.5".into());
+        let m = ObjectMeta::from_object(&info, &ObjectMeta::new(S_IFREG | 0o644, 0, 0));
+        assert_eq!((m.mtime_s, m.mtime_ns), (1_700_000_000, 500_000_000));
+    }
+}

@@ -1,0 +1,125 @@
+//! Fault injection for tests: wraps a store and fails calls on command, either
+//! the next N writes with a transient error, or every write with a permanent one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    CompletedPart, DeleteResult, GetObject, GetRequest, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions,
+    PutResult, VersionPage, Versioning,
+};
+use crate::error::StoreError;
+
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    transient_left: AtomicU64,
+    permanent: AtomicBool,
+    /// Writes attempted (failed or not).
+    pub attempts: AtomicU64,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> FaultyStore {
+        FaultyStore {
+            inner,
+            transient_left: AtomicU64::new(0),
+            permanent: AtomicBool::new(false),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// The next `n` writes fail with a 503.
+    pub fn fail_next(&self, n: u64) {
+        self.transient_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Every write fails with AccessDenied until switched off.
+    pub fn fail_permanently(&self, on: bool) {
+        self.permanent.store(on, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.permanent.load(Ordering::SeqCst) {
+            return Err(StoreError::AccessDenied {
+                bucket: self.inner.describe(),
+                code: "AccessDenied".into(),
+                message: "injected".into(),
+            });
+        }
+        let left = self.transient_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.transient_left.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Server {
+                bucket: self.inner.describe(),
+                status: 503,
+                code: "ServiceUnavailable".into(),
+                message: "injected".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn versioning(&self) -> Result<Versioning, StoreError> {
+        self.inner.versioning().await
+    }
+    async fn head(&self, key: &str, v: Option<&str>) -> Result<ObjectInfo, StoreError> {
+        self.inner.head(key, v).await
+    }
+    async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
+        self.inner.get(key, req).await
+    }
+    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError> {
+        self.check()?;
+        self.inner.put(key, body, opts).await
+    }
+    async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        self.check()?;
+        self.inner.create_multipart(key, opts).await
+    }
+    async fn upload_part(&self, key: &str, id: &str, n: i32, body: PutBody) -> Result<CompletedPart, StoreError> {
+        self.check()?;
+        self.inner.upload_part(key, id, n, body).await
+    }
+    async fn complete_multipart(&self, key: &str, id: &str, parts: Vec<CompletedPart>) -> Result<PutResult, StoreError> {
+        self.check()?;
+        self.inner.complete_multipart(key, id, parts).await
+    }
+    async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        self.inner.abort_multipart(key, id).await
+    }
+    async fn copy(&self, s: &str, v: Option<&str>, d: &str, o: &PutOptions) -> Result<PutResult, StoreError> {
+        self.check()?;
+        self.inner.copy(s, v, d, o).await
+    }
+    async fn delete(&self, key: &str) -> Result<DeleteResult, StoreError> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+    async fn delete_version(&self, key: &str, v: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_version(key, v).await
+    }
+    async fn list(&self, p: &str, d: Option<&str>, t: Option<String>, m: Option<i32>) -> Result<ListPage, StoreError> {
+        self.inner.list(p, d, t, m).await
+    }
+    async fn list_versions(&self, p: &str, f: Option<(String, Option<String>)>, m: Option<i32>) -> Result<VersionPage, StoreError> {
+        self.inner.list_versions(p, f, m).await
+    }
+    async fn get_tags(&self, key: &str, v: Option<&str>) -> Result<BTreeMap<String, String>, StoreError> {
+        self.inner.get_tags(key, v).await
+    }
+    async fn put_tags(&self, key: &str, v: Option<&str>, t: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_tags(key, v, t).await
+    }
+}

@@ -1,0 +1,553 @@
+//! Write-back: runs the journal's operations against the source bucket — per key
+//! in journal order, across keys concurrently — and records each resulting
+//! version.
+//!
+//! # Ordering
+//! Operations on one key run one at a time in `seq` order (a later version never
+//! lands before an earlier one). [`Uploader::submit`] sends the journal insert
+//! and queues the operation under one lock, so queue order equals `seq` order
+//! in memory and after a restart alike.
+//!
+//! # Crash consistency
+//! An operation leaves the queue only after `journal.complete()` committed its
+//! version id; a crash before that re-runs it at the next start (see
+//! `journal`). A multipart upload id is journaled before its first part, so
+//! recovery aborts it instead of leaking it. The file a put uploads is immutable
+//! once staged (writers copy it first), so the bytes uploaded are exactly the
+//! bytes acknowledged at close()/fsync(), however often the file is written
+//! meanwhile.
+//!
+//! # Retries
+//! Transient errors (network, throttling, 5xx) retry with jittered exponential
+//! backoff, capped at 30 s, forever. Permanent errors (AccessDenied,
+//! NoSuchBucket, …) mark the operation failed in the journal — visible in
+//! `status` — and retry every minute, so fixing the bucket or the credentials
+//! resumes the upload without losing it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::cache::Cache;
+use crate::config::UploadConfig;
+use crate::error::StoreError;
+use crate::journal::{now_ms, Journal, JournalError, NewOp, Op, OpKind, OpState};
+use crate::meta::ObjectMeta;
+use crate::store::{CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
+
+/// An operation that reached the bucket.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub op: Op,
+    pub result: PutResult,
+}
+
+/// What waiting for an operation ended with.
+pub type WaitResult = Result<(), String>;
+
+struct Queue {
+    by_key: BTreeMap<String, VecDeque<Op>>,
+    running: HashSet<String>,
+    retry_at: HashMap<i64, Instant>,
+    waiters: HashMap<i64, Vec<oneshot::Sender<WaitResult>>>,
+    /// Next queue position of a submitted op whose seq is not known yet.
+    next_ticket: u64,
+    tickets: HashMap<String, VecDeque<u64>>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    journal: Journal,
+    cache: Arc<Cache>,
+    cfg: UploadConfig,
+    delay: Duration,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    pending: watch::Sender<usize>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    parts: Arc<Semaphore>,
+}
+
+/// Handle to the write-back worker.
+#[derive(Clone)]
+pub struct Uploader {
+    inner: Arc<Inner>,
+}
+
+impl Uploader {
+    /// Starts the worker with the operations recovered from the journal. Every
+    /// finished operation is also sent on the returned channel.
+    pub fn start(
+        store: Arc<dyn ObjectStore>,
+        journal: Journal,
+        cache: Arc<Cache>,
+        cfg: UploadConfig,
+        delay: Duration,
+        recovered: Vec<Op>,
+    ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut by_key: BTreeMap<String, VecDeque<Op>> = BTreeMap::new();
+        let n = recovered.len();
+        for op in recovered {
+            by_key.entry(op.key.clone()).or_default().push_back(op);
+        }
+        let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let inner = Arc::new(Inner {
+            store,
+            journal,
+            cache,
+            cfg,
+            delay,
+            queue: Mutex::new(Queue {
+                by_key,
+                running: HashSet::new(),
+                retry_at: HashMap::new(),
+                waiters: HashMap::new(),
+                next_ticket: 0,
+                tickets: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            pending: watch::channel(n).0,
+            done_tx,
+            parts,
+        });
+        tokio::spawn(run(inner.clone()));
+        (Uploader { inner }, done_rx)
+    }
+
+    /// Journals `op` durably and queues it behind earlier operations on its key.
+    /// Returns once committed: the caller may acknowledge the write.
+    pub async fn submit(&self, op: NewOp) -> Result<i64, JournalError> {
+        let key = op.key.clone();
+        let (fut, ticket) = {
+            let mut q = self.inner.queue.lock().unwrap();
+            let ticket = q.next_ticket;
+            q.next_ticket += 1;
+            q.tickets.entry(key.clone()).or_default().push_back(ticket);
+            (self.inner.journal.stage_in_order(op.clone()), ticket)
+        };
+        let res = fut.await;
+        let mut q = self.inner.queue.lock().unwrap();
+        if let Some(t) = q.tickets.get_mut(&key) {
+            t.retain(|x| *x != ticket);
+            if t.is_empty() {
+                q.tickets.remove(&key);
+            }
+        }
+        if let Ok(seq) = res {
+            let staged = Op {
+                seq,
+                key: op.key,
+                kind: op.kind,
+                file: op.file,
+                size: op.size,
+                meta: op.meta,
+                src_key: op.src_key,
+                src_version: op.src_version,
+                state: OpState::Pending,
+                attempts: 0,
+                error: None,
+                multipart_id: None,
+                version_id: None,
+                staged_at_ms: now_ms(),
+            };
+            let list = q.by_key.entry(key).or_default();
+            let pos = list.iter().position(|o| o.seq > seq).unwrap_or(list.len());
+            list.insert(pos, staged);
+            let total = q.by_key.values().map(VecDeque::len).sum();
+            drop(q);
+            self.inner.pending.send_replace(total);
+        }
+        self.inner.wake.notify_one();
+        res
+    }
+
+    /// Waits until operation `seq` reached the bucket (Ok) or failed permanently (Err).
+    pub async fn wait(&self, seq: i64) -> WaitResult {
+        let rx = {
+            let mut q = self.inner.queue.lock().unwrap();
+            let queued = q.by_key.values().any(|ops| ops.iter().any(|o| o.seq == seq));
+            if !queued {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            q.waiters.entry(seq).or_default().push(tx);
+            rx
+        };
+        rx.await.unwrap_or_else(|_| Err("the uploader stopped".into()))
+    }
+
+    /// The operations still queued for `key`, oldest first.
+    pub fn pending_for(&self, key: &str) -> Vec<Op> {
+        let q = self.inner.queue.lock().unwrap();
+        q.by_key.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The newest queued operation of every key under `prefix`.
+    pub fn pending_under(&self, prefix: &str) -> Vec<Op> {
+        let q = self.inner.queue.lock().unwrap();
+        q.by_key
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(_, ops)| ops.back().cloned())
+            .collect()
+    }
+
+    /// Whether an operation on `key` is being submitted right now.
+    pub fn submitting(&self, key: &str) -> bool {
+        self.inner.queue.lock().unwrap().tickets.contains_key(key)
+    }
+
+    pub fn pending_count(&self) -> usize {
+        *self.inner.pending.borrow()
+    }
+
+    /// Waits until no operation is queued, or `timeout` passes; returns how many
+    /// are left. `progress` is called whenever the count changes.
+    pub async fn drain(&self, timeout: Duration, mut progress: impl FnMut(usize)) -> usize {
+        let mut rx = self.inner.pending.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = *rx.borrow_and_update();
+            progress(n);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return *rx.borrow();
+            }
+        }
+    }
+}
+
+/// The scheduler: starts the head operation of every idle key whose write-back
+/// delay and retry backoff have passed, up to `concurrency` at once.
+async fn run(inner: Arc<Inner>) {
+    let slots = Arc::new(Semaphore::new(inner.cfg.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    loop {
+        let mut next_wake = Duration::from_secs(1);
+        let ready: Vec<Op> = {
+            let mut q = inner.queue.lock().unwrap();
+            let now = Instant::now();
+            let now_ms = now_ms();
+            let mut ready = Vec::new();
+            let keys: Vec<String> = q.by_key.keys().filter(|k| !q.running.contains(*k)).cloned().collect();
+            for key in keys {
+                if ready.len() >= slots.available_permits() {
+                    break;
+                }
+                let Some(op) = q.by_key.get(&key).and_then(|v| v.front()).cloned() else { continue };
+                if let Some(at) = q.retry_at.get(&op.seq) {
+                    if *at > now {
+                        next_wake = next_wake.min(*at - now);
+                        continue;
+                    }
+                }
+                let due = op.staged_at_ms + inner.delay.as_millis() as i64;
+                if due > now_ms {
+                    next_wake = next_wake.min(Duration::from_millis((due - now_ms) as u64));
+                    continue;
+                }
+                q.running.insert(key);
+                ready.push(op);
+            }
+            ready
+        };
+        for op in ready {
+            let permit = slots.clone().acquire_owned().await.expect("semaphore open");
+            let inner = inner.clone();
+            tasks.spawn(async move {
+                execute(&inner, op).await;
+                drop(permit);
+                inner.wake.notify_one();
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+        let _ = tokio::time::timeout(next_wake, inner.wake.notified()).await;
+    }
+}
+
+fn backoff(attempts: u32, permanent: bool) -> Duration {
+    if permanent {
+        return Duration::from_secs(60);
+    }
+    let base = 250u64.saturating_mul(1u64 << attempts.min(7)).min(30_000);
+    let jitter = rand::random::<u64>() % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+async fn execute(inner: &Arc<Inner>, op: Op) {
+    let result = perform(inner, &op).await;
+    match result {
+        Ok(res) => {
+            if let Err(e) = inner.journal.complete(op.seq, res.version_id.clone()).await {
+                // The version is in the bucket but not recorded: the op stays queued
+                // and runs again (a duplicate version with the same bytes).
+                tracing::error!(key = %op.key, error = %e, "cannot record an upload in the journal; will retry");
+                let mut q = inner.queue.lock().unwrap();
+                q.running.remove(&op.key);
+                q.retry_at.insert(op.seq, Instant::now() + backoff(op.attempts, false));
+                return;
+            }
+            let waiters = {
+                let mut q = inner.queue.lock().unwrap();
+                q.running.remove(&op.key);
+                q.retry_at.remove(&op.seq);
+                if let Some(list) = q.by_key.get_mut(&op.key) {
+                    if list.front().map(|o| o.seq) == Some(op.seq) {
+                        list.pop_front();
+                    }
+                    if list.is_empty() {
+                        q.by_key.remove(&op.key);
+                    }
+                }
+                let total = q.by_key.values().map(VecDeque::len).sum();
+                inner.pending.send_replace(total);
+                q.waiters.remove(&op.seq).unwrap_or_default()
+            };
+            inner.cache.note_progress();
+            let _ = inner.done_tx.send(Completion { op, result: res });
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            let permanent = e.is_permanent();
+            let msg = e.to_string();
+            if permanent {
+                tracing::error!(key = %op.key, error = %msg, "upload failed permanently; retrying every minute until the cause is fixed");
+            } else {
+                tracing::warn!(key = %op.key, error = %msg, "upload failed; retrying");
+            }
+            let _ = inner.journal.record_failure(op.seq, msg.clone(), permanent).await;
+            let waiters = {
+                let mut q = inner.queue.lock().unwrap();
+                q.running.remove(&op.key);
+                let attempts = if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
+                    o.attempts += 1;
+                    o.error = Some(msg.clone());
+                    o.state = if permanent { OpState::Failed } else { OpState::Pending };
+                    o.attempts
+                } else {
+                    op.attempts + 1
+                };
+                q.retry_at.insert(op.seq, Instant::now() + backoff(attempts, permanent));
+                if permanent {
+                    q.waiters.remove(&op.seq).unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            };
+            for w in waiters {
+                let _ = w.send(Err(msg.clone()));
+            }
+        }
+    }
+}
+
+fn options(op: &Op) -> PutOptions {
+    ObjectMeta::from_json(&op.meta).map(|m| m.to_put_options()).unwrap_or_default()
+}
+
+async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
+    let store = &inner.store;
+    match op.kind {
+        OpKind::Delete => {
+            let d = store.delete(&op.key).await?;
+            Ok(PutResult {
+                version_id: d.version_id,
+                etag: String::new(),
+            })
+        }
+        OpKind::Copy => {
+            let src = op.src_key.as_deref().unwrap_or(&op.key);
+            store.copy(src, op.src_version.as_deref(), &op.key, &options(op)).await
+        }
+        OpKind::Put => {
+            let name = op.file.as_deref().unwrap_or_default();
+            let path = inner.cache.data_path(name);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| StoreError::LocalIo {
+                    bucket: store.describe(),
+                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                })?
+                .len();
+            if let Some(old) = &op.multipart_id {
+                store.abort_multipart(&op.key, old).await?;
+                let _ = inner.journal.set_multipart(op.seq, None).await;
+            }
+            if size < inner.cfg.multipart_threshold.0 {
+                return store
+                    .put(&op.key, PutBody::File { path, offset: 0, len: size }, &options(op))
+                    .await;
+            }
+            multipart(inner, op, path, size).await
+        }
+    }
+}
+
+async fn multipart(inner: &Arc<Inner>, op: &Op, path: std::path::PathBuf, size: u64) -> Result<PutResult, StoreError> {
+    let store = inner.store.clone();
+    let upload_id = store.create_multipart(&op.key, &options(op)).await?;
+    if let Err(e) = inner.journal.set_multipart(op.seq, Some(upload_id.clone())).await {
+        let _ = store.abort_multipart(&op.key, &upload_id).await;
+        return Err(StoreError::LocalIo {
+            bucket: store.describe(),
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    let part = inner.cfg.part_size_for(size);
+    let mut set = JoinSet::new();
+    for (i, offset) in (0..size).step_by(part as usize).enumerate() {
+        let permit = inner.parts.clone().acquire_owned().await.expect("semaphore open");
+        let store = store.clone();
+        let key = op.key.clone();
+        let id = upload_id.clone();
+        let path = path.clone();
+        let len = part.min(size - offset);
+        set.spawn(async move {
+            let mut attempt = 0;
+            let result = loop {
+                let body = PutBody::File { path: path.clone(), offset, len };
+                match store.upload_part(&key, &id, i as i32 + 1, body).await {
+                    Ok(p) => break Ok::<CompletedPart, StoreError>(p),
+                    Err(e) if !e.is_permanent() && attempt < 5 => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt, false)).await;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(permit);
+            result
+        });
+    }
+    let mut parts = Vec::new();
+    let mut failure = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(p)) => parts.push(p),
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+                set.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                failure.get_or_insert(StoreError::LocalIo {
+                    bucket: store.describe(),
+                    source: std::io::Error::other(e.to_string()),
+                });
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let _ = store.abort_multipart(&op.key, &upload_id).await;
+        let _ = inner.journal.set_multipart(op.seq, None).await;
+        return Err(e);
+    }
+    parts.sort_by_key(|p| p.number);
+    store.complete_multipart(&op.key, &upload_id, parts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MIB;
+    use crate::store::{FaultyStore, MemoryStore};
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        mem: Arc<MemoryStore>,
+        faulty: Arc<FaultyStore>,
+        cache: Arc<Cache>,
+        journal: Journal,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 256 * MIB, Duration::from_secs(5)).unwrap();
+        let journal = Journal::open(&cache.journal_path()).unwrap();
+        let mem = Arc::new(MemoryStore::new("src"));
+        let faulty = Arc::new(FaultyStore::new(mem.clone()));
+        Rig { _dir: dir, mem, faulty, cache, journal }
+    }
+
+    fn start(r: &Rig, recovered: Vec<Op>) -> Uploader {
+        let cfg = UploadConfig { multipart_threshold: crate::config::ByteSize(5 * MIB), ..Default::default() };
+        Uploader::start(r.faulty.clone(), r.journal.clone(), r.cache.clone(), cfg, Duration::ZERO, recovered).0
+    }
+
+    fn staged_file(r: &Rig, content: &[u8]) -> String {
+        let name = r.cache.create_data_file().unwrap();
+        std::fs::write(r.cache.data_path(&name), content).unwrap();
+        name
+    }
+
+    fn put(key: &str, file: &str, size: u64) -> NewOp {
+        NewOp {
+            key: key.into(),
+            kind: OpKind::Put,
+            file: Some(file.into()),
+            size,
+            meta: ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0).to_json(),
+            src_key: None,
+            src_version: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_of_one_key_land_in_staging_order_despite_transient_failures() {
+        let r = rig();
+        let up = start(&r, vec![]);
+        r.faulty.fail_next(3);
+        let mut last = 0;
+        for i in 0..10u8 {
+            let f = staged_file(&r, &[i; 100]);
+            last = up.submit(put("k", &f, 100)).await.unwrap();
+        }
+        up.wait(last).await.unwrap();
+        let history: Vec<u8> = r.mem.history("k").iter().map(|(_, b)| b.as_ref().unwrap()[0]).collect();
+        assert_eq!(history, (0..10).collect::<Vec<u8>>());
+        assert_eq!(up.drain(Duration::from_secs(5), |_| {}).await, 0);
+        assert!(r.journal.open_ops().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_keeps_the_upload_visible_and_resumes_when_fixed() {
+        let r = rig();
+        let up = start(&r, vec![]);
+        r.faulty.fail_permanently(true);
+        let f = staged_file(&r, b"precious");
+        let seq = up.submit(put("p", &f, 8)).await.unwrap();
+        let e = up.wait(seq).await.unwrap_err();
+        assert!(e.contains("AccessDenied") || e.contains("denied"), "{e}");
+        let s = r.journal.upload_summary().await.unwrap();
+        assert_eq!((s.pending, s.failed), (1, 1));
+        assert!(r.mem.history("p").is_empty());
+        r.faulty.fail_permanently(false);
+        // The retry comes a minute later; in the test, nudge by restarting from the journal.
+        drop(up);
+        let up = start(&r, r.journal.open_ops().await.unwrap());
+        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+        assert_eq!(r.mem.history("p")[0].1.as_deref(), Some(&b"precious"[..]));
+    }
+
+    #[tokio::test]
+    async fn recovered_operations_run_and_a_recorded_multipart_is_aborted_and_redone() {
+        let r = rig();
+        let big: Vec<u8> = (0..6 * MIB).map(|i| (i % 253) as u8).collect();
+        let f = staged_file(&r, &big);
+        let seq = r.journal.stage(put("big", &f, big.len() as u64)).await.unwrap();
+        let stale = r.mem.create_multipart("big", &PutOptions::default()).await.unwrap();
+        r.journal.set_multipart(seq, Some(stale)).await.unwrap();
+        let up = start(&r, r.journal.open_ops().await.unwrap());
+        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+        let h = r.mem.history("big");
+        assert_eq!(h.len(), 1);
+        assert!(h[0].1.as_deref() == Some(&big[..]));
+    }
+}
