@@ -33,6 +33,7 @@ missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v rsync >/dev/null || missing+=(rsync)
+command -v setfattr >/dev/null || missing+=(attr)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]} from Debian"
   sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -q

@@ -185,9 +185,12 @@ impl Cache {
 
     /// Moves a clean copy into `data/` as a working file (opening a clean file
     /// for write).
-    pub fn adopt_clean(&self, key: &str) -> Result<Option<String>, CacheError> {
+    pub fn adopt_clean(&self, key: &str, tag: &str) -> Result<Option<String>, CacheError> {
         let entry = {
             let mut s = self.space.lock().unwrap();
+            if tag.is_empty() || s.clean.get(key).is_some_and(|e| e.tag != tag) {
+                return Ok(None);
+            }
             match s.clean.remove(key) {
                 Some(e) => {
                     s.lru.pop(key);

@@ -18,7 +18,9 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fs;
 pub mod journal;
 pub mod meta;
+pub mod service;
 pub mod store;
 pub mod uploader;

@@ -3,8 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use regionfs::config::Config;
+use regionfs::fs::fuse::FuseFs;
+use regionfs::fs::Caller;
+use regionfs::journal::{Journal, OpState};
+use regionfs::service;
 use regionfs::store::probe::probe_bucket;
 
 #[derive(Parser)]
@@ -23,6 +28,24 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Mount the source bucket at MOUNTPOINT (foreground unless --daemon).
+    Mount {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        /// Detach from the terminal once mounted; logs go to <cache.dir>/regionfs.log.
+        #[arg(long)]
+        daemon: bool,
+        mountpoint: PathBuf,
+    },
+    /// What is pending, failed or done, read from the journal (mounted or not).
+    Status {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// A file under the mountpoint, or a path relative to the mount root.
+        path: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,9 +56,189 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { file, probe } => check_config(&file, probe),
+    let result = match cli.command {
+        Command::CheckConfig { file, probe } => return check_config(&file, probe),
+        Command::Mount {
+            config,
+            daemon,
+            mountpoint,
+        } => load(&config).and_then(|c| if daemon { daemonize(&config, &c, &mountpoint) } else { mount(c, &mountpoint) }),
+        Command::Status { config, json, path } => load(&config).and_then(|c| status(&c, json, path.as_deref())),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regionfs: {e:#}");
+            ExitCode::from(1)
+        }
     }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let owner = Caller {
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
+    service::clear_stale_mount(mountpoint)?;
+    let svc = rt.block_on(service::start(&config, owner))?;
+    let mountpoint = std::fs::canonicalize(mountpoint)?;
+    let _ = std::fs::write(config.cache.dir.join("mountpoint"), mountpoint.as_os_str().as_encoded_bytes());
+    let mut opts = fuser::Config::default();
+    opts.mount_options = vec![
+        fuser::MountOption::FSName("regionfs".into()),
+        fuser::MountOption::Subtype("regionfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if config.mount.allow_other {
+        opts.acl = fuser::SessionACL::All;
+    }
+    opts.n_threads = Some(2);
+    let session = fuser::spawn_mount(FuseFs::new(svc.core.clone(), rt.handle().clone()), &mountpoint, &opts)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    eprintln!(
+        "regionfs: mounted {} at {} (cache {})",
+        config.source.describe(),
+        mountpoint.display(),
+        config.cache.dir.display()
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    let joined = tx.clone();
+    let joiner = std::thread::spawn(move || {
+        let r = session.join();
+        let _ = joined.send("unmounted");
+        r
+    });
+    rt.spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+        let _ = tx.send("signal");
+    });
+    if rx.recv() == Ok("signal") {
+        eprintln!("regionfs: unmounting {}", mountpoint.display());
+        service::detach(&mountpoint);
+    }
+    let _ = joiner.join();
+    let left = rt.block_on(svc.drain(config.durability.drain_on_unmount.0));
+    if left == 0 {
+        eprintln!("regionfs: unmounted; everything is uploaded");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the mount in a new session with output to a log file and returns once
+/// it is mounted (or says why it failed).
+fn daemonize(config_path: &std::path::Path, config: &Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&config.cache.dir)?;
+    let log_path = config.cache.dir.join("regionfs.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("mount")
+        .arg("--config")
+        .arg(config_path)
+        .arg(mountpoint)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    let target = std::fs::canonicalize(mountpoint)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if is_mounted(&target) {
+            println!("regionfs: mounted at {} (pid {}, log {})", target.display(), child.id(), log_path.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the mount exited ({status}); see {}", log_path.display());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("not mounted after 60 s; see {}", log_path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn is_mounted(path: &std::path::Path) -> bool {
+    let p = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&p) && l.contains("regionfs")))
+        .unwrap_or(false)
+}
+
+fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let db = config.cache.dir.join("journal.db");
+    if !db.exists() {
+        bail!("no journal at {}: nothing was mounted with this cache dir yet", db.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let journal = Journal::open_readonly(&db)?;
+        match path {
+            None => {
+                let s = service::status(&journal).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    let u = &s.uploads;
+                    println!(
+                        "uploads: {} pending ({} bytes), {} failed, oldest pending {:.1}s",
+                        u.pending, u.pending_bytes, u.failed, u.oldest_pending_s
+                    );
+                }
+            }
+            Some(p) => {
+                let rel = relative_path(config, p);
+                let key = format!("{}{}", config.source.prefix, rel);
+                let latest = journal.latest(key.clone()).await?;
+                let done = journal.latest_done(key.clone()).await?;
+                let (local, error) = match &latest {
+                    Some(op) if op.state == OpState::Failed => ("failed", op.error.clone()),
+                    Some(op) if op.state == OpState::Pending => ("uploading", op.error.clone()),
+                    _ => ("clean", None),
+                };
+                let version = done.and_then(|o| o.version_id);
+                if json {
+                    let v = serde_json::json!({"path": rel, "key": key, "local": local, "version": version, "error": error});
+                    println!("{v}");
+                } else {
+                    println!("{rel}: {local}, source version {}", version.as_deref().unwrap_or("-"));
+                    if let Some(e) = error {
+                        println!("  last error: {e}");
+                    }
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A path under the recorded mountpoint, or already relative to the mount root.
+fn relative_path(config: &Config, p: &std::path::Path) -> String {
+    let recorded = std::fs::read_to_string(config.cache.dir.join("mountpoint")).ok();
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Some(mp) = recorded {
+        if let Ok(rel) = abs.strip_prefix(mp.trim()) {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    p.to_string_lossy().trim_start_matches('/').to_string()
 }
 
 fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {

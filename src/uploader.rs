@@ -196,6 +196,12 @@ impl Uploader {
             .collect()
     }
 
+    /// Whether a queued operation still needs the cache file `name`.
+    pub fn references(&self, name: &str) -> bool {
+        let q = self.inner.queue.lock().unwrap();
+        q.by_key.values().any(|ops| ops.iter().any(|o| o.file.as_deref() == Some(name)))
+    }
+
     /// Whether an operation on `key` is being submitted right now.
     pub fn submitting(&self, key: &str) -> bool {
         self.inner.queue.lock().unwrap().tickets.contains_key(key)
@@ -368,7 +374,10 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
             store.copy(src, op.src_version.as_deref(), &op.key, &options(op)).await
         }
         OpKind::Put => {
-            let name = op.file.as_deref().unwrap_or_default();
+            let Some(name) = op.file.as_deref() else {
+                // A directory marker (or an empty object with no cache file).
+                return store.put(&op.key, PutBody::Bytes(bytes::Bytes::new()), &options(op)).await;
+            };
             let path = inner.cache.data_path(name);
             let size = std::fs::metadata(&path)
                 .map_err(|e| StoreError::LocalIo {

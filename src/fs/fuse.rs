@@ -1,0 +1,436 @@
+//! The thin fuser adapter: decode a request, call one method of [`Core`] on the
+//! tokio runtime, reply (mapping errors through `FsError::errno`). It makes no
+//! decisions. Replies are `Send + 'static`, so every request runs as its own
+//! task and the FUSE threads return at once.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+
+use super::{Attr, Caller, Core, DirEntry, SetAttr};
+use crate::error::FsError;
+use crate::meta::{S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT};
+
+pub struct FuseFs {
+    core: Arc<Core>,
+    rt: tokio::runtime::Handle,
+}
+
+impl FuseFs {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> FuseFs {
+        FuseFs { core, rt }
+    }
+
+    fn spawn<F>(&self, f: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f);
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & S_IFMT {
+        S_IFDIR => FileType::Directory,
+        S_IFLNK => FileType::Symlink,
+        S_IFIFO => FileType::NamedPipe,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: kind(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: if a.mode & S_IFMT == S_IFDIR { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time(t: TimeOrNow) -> SystemTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    }
+}
+
+/// Replies with an entry, counting the kernel's new reference.
+fn entry(core: &Core, r: Result<Attr, FsError>, reply: ReplyEntry) {
+    match r.and_then(|a| core.remember(a.ino)) {
+        Ok(a) => reply.entry(&core.ttl(), &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (core, name) = (self.core.clone(), name.as_bytes().to_vec());
+        self.spawn(async move { entry(&core, core.lookup(parent.0, &name).await, reply) });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.getattr(ino.0).await {
+                Ok(a) => reply.attr(&core.ttl(), &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let core = self.core.clone();
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime: mtime.map(time),
+        };
+        self.spawn(async move {
+            match core.setattr(ino.0, set).await {
+                Ok(a) => reply.attr(&core.ttl(), &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.readlink(ino.0).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+        let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
+        self.spawn(async move { entry(&core, core.mknod(parent.0, &name, mode & !umask, who).await, reply) });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
+        self.spawn(async move { entry(&core, core.mkdir(parent.0, &name, mode & !umask, who).await, reply) });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, name) = (self.core.clone(), name.as_bytes().to_vec());
+        self.spawn(async move { empty(core.unlink(parent.0, &name).await, reply) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, name) = (self.core.clone(), name.as_bytes().to_vec());
+        self.spawn(async move { empty(core.rmdir(parent.0, &name).await, reply) });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (core, name, who) = (self.core.clone(), link_name.as_bytes().to_vec(), caller(req));
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(async move { entry(&core, core.symlink(parent.0, &name, &target, who).await, reply) });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let core = self.core.clone();
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.spawn(async move { empty(core.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await, reply) });
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        // Objects cannot share a body: hard links are not supported.
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.open(ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.read(fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (core, data) = (self.core.clone(), data.to_vec());
+        self.spawn(async move {
+            match core.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(async move { empty(core.flush(fh.0).await, reply) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let core = self.core.clone();
+        self.spawn(async move { empty(core.release(fh.0).await, reply) });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let core = self.core.clone();
+        self.spawn(async move { empty(core.fsync(fh.0).await, reply) });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(self.core.opendir(ino.0)), FopenFlags::empty());
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.readdir_at(ino.0, fh.0, offset).await {
+                Ok(entries) => {
+                    let all = dots(ino.0, (*entries).clone());
+                    for (i, e) in all.iter().enumerate().skip(offset as usize) {
+                        if reply.add(INodeNo(e.ino), i as u64 + 1, kind(e.mode), &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.readdir_at(ino.0, fh.0, offset).await {
+                Ok(entries) => {
+                    let all = dots(ino.0, (*entries).clone());
+                    for (i, e) in all.iter().enumerate().skip(offset as usize) {
+                        let Ok(a) = core.getattr(e.ino).await else { continue };
+                        if reply.add(INodeNo(e.ino), i as u64 + 1, &e.name, &core.ttl(), &file_attr(&a), Generation(0)) {
+                            break;
+                        }
+                        if e.name != "." && e.name != ".." {
+                            let _ = core.remember(e.ino);
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (used, _) = self.core.statfs();
+        // A bucket has no size limit: report a large, mostly free volume.
+        let blocks: u64 = 1 << 40;
+        let used_blocks = used.div_ceil(4096);
+        reply.statfs(blocks, blocks - used_blocks, blocks - used_blocks, 1 << 32, 1 << 32, 4096, 255, 4096);
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (core, name, value) = (self.core.clone(), name.to_string_lossy().into_owned(), value.to_vec());
+        self.spawn(async move { empty(core.setxattr(ino.0, &name, Some(&value), flags).await, reply) });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let (core, name) = (self.core.clone(), name.to_string_lossy().into_owned());
+        self.spawn(async move {
+            match core.getxattr(ino.0, &name).await {
+                Ok(v) => xattr_reply(&v, size, reply),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let core = self.core.clone();
+        self.spawn(async move {
+            match core.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    xattr_reply(&buf, size, reply)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let (core, name) = (self.core.clone(), name.to_string_lossy().into_owned());
+        self.spawn(async move { empty(core.setxattr(ino.0, &name, None, 0).await, reply) });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are checked by the kernel (default_permissions).
+        let core = self.core.clone();
+        self.spawn(async move { empty(core.getattr(ino.0).await.map(|_| ()), reply) });
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
+        self.spawn(async move {
+            match core.create(parent.0, &name, mode & !umask, flags, who).await {
+                Ok((a, fh)) => match core.remember(a.ino) {
+                    Ok(a) => reply.created(&core.ttl(), &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(errno(&e)),
+                },
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+fn xattr_reply(v: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if (size as usize) < v.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(v);
+    }
+}
+
+/// `.` and `..` first, as readdir expects.
+fn dots(ino: u64, entries: Vec<DirEntry>) -> Vec<DirEntry> {
+    let mut all = vec![
+        DirEntry {
+            ino,
+            name: ".".into(),
+            mode: S_IFDIR,
+        },
+        DirEntry {
+            ino,
+            name: "..".into(),
+            mode: S_IFDIR,
+        },
+    ];
+    all.extend(entries);
+    all
+}

@@ -1,0 +1,1450 @@
+//! The filesystem core: POSIX operations over the source bucket, the cache and
+//! the uploader, written against no FUSE binding (`fuse.rs` is the thin
+//! adapter). Every method returns a typed [`FsError`]; the adapter maps it to an
+//! errno.
+//!
+//! What is true at any moment:
+//! - A path exists if its newest local state says so: a node created here and
+//!   not yet staged, else the newest queued operation on its key, else the bucket.
+//! - A file's bytes are its working file when it has one (written here, or
+//!   copied in to be written), else a clean copy of the object version in the
+//!   bucket, downloaded on first read.
+//! - close() (flush) and fsync() stage the working file: fsync it, journal a put,
+//!   and only then return. From then on the file is shared with that put and the
+//!   next write copies it first, so the staged bytes never change.
+
+pub mod fuse;
+pub mod inode;
+pub mod names;
+mod read;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::Cache;
+use crate::config::{Config, FsyncDurability};
+use crate::error::{FsError, StoreError};
+use crate::journal::{Journal, NewOp, Op, OpKind};
+use crate::meta::{ObjectMeta, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG};
+use crate::store::{GetRequest, ObjectStore};
+use crate::uploader::{Completion, Uploader};
+
+use inode::{Inodes, Node, Working, ROOT};
+use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry};
+
+pub use read::Download;
+
+/// Attributes as the adapter needs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: String,
+    pub mode: u32,
+}
+
+/// Changes asked by setattr.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Who is asking (for ownership of new files).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+struct Handle {
+    ino: u64,
+    write: bool,
+    /// A clean copy being read (pinned while open).
+    download: Option<Arc<Download>>,
+}
+
+/// The mount-free filesystem.
+pub struct Core {
+    store: Arc<dyn ObjectStore>,
+    uploader: Uploader,
+    cache: Arc<Cache>,
+    journal: Journal,
+    prefix: String,
+    fsync: FsyncDurability,
+    ttl: Duration,
+    default_file: ObjectMeta,
+    default_dir: ObjectMeta,
+    read_only: bool,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open directory handles: the listing taken when reading started at offset 0.
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    downloads: Mutex<HashMap<String, std::sync::Weak<Download>>>,
+    hidden_keys: Mutex<HashSet<String>>,
+    pub hidden_count: AtomicU64,
+}
+
+impl Core {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn ObjectStore>,
+        uploader: Uploader,
+        cache: Arc<Cache>,
+        journal: Journal,
+        owner: Caller,
+    ) -> Arc<Core> {
+        let m = &config.mount;
+        let default_file = ObjectMeta::new(S_IFREG | m.file_mode(), owner.uid, owner.gid);
+        let default_dir = ObjectMeta::new(S_IFDIR | m.dir_mode(), owner.uid, owner.gid);
+        Arc::new(Core {
+            store,
+            uploader,
+            cache,
+            journal,
+            prefix: config.source.prefix.clone(),
+            fsync: config.durability.fsync,
+            ttl: m.attr_ttl(),
+            inodes: Mutex::new(Inodes::new(default_dir.clone())),
+            default_file,
+            default_dir,
+            read_only: false,
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            downloads: Mutex::new(HashMap::new()),
+            hidden_keys: Mutex::new(HashSet::new()),
+            hidden_count: AtomicU64::new(0),
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn uploader(&self) -> &Uploader {
+        &self.uploader
+    }
+
+    fn attr_of(n: &Node) -> Attr {
+        Attr {
+            ino: n.ino,
+            size: if n.is_dir() { 4096 } else { n.size },
+            mode: n.meta.mode,
+            uid: n.meta.uid,
+            gid: n.meta.gid,
+            mtime: n.meta.mtime(),
+            ctime: n.ctime,
+        }
+    }
+
+    fn node_attr(&self, ino: u64) -> Result<Attr, FsError> {
+        let t = self.inodes.lock().unwrap();
+        t.get(ino).map(Self::attr_of).ok_or(FsError::NotFound)
+    }
+
+    /// The path of a directory node.
+    fn dir_path(&self, ino: u64) -> Result<String, FsError> {
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        if !n.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        Ok(n.path.clone())
+    }
+
+    fn child(&self, parent: u64, name: &[u8]) -> Result<(String, String), FsError> {
+        let name = check_name(name)?;
+        let dir = self.dir_path(parent)?;
+        let path = child_path(&dir, name);
+        check_key(&file_key(&self.prefix, &path))?;
+        check_key(&dir_key(&self.prefix, &path))?;
+        Ok((dir, path))
+    }
+
+    fn key(&self, path: &str) -> String {
+        file_key(&self.prefix, path)
+    }
+
+    fn dkey(&self, path: &str) -> String {
+        dir_key(&self.prefix, path)
+    }
+
+    /// Counts a new kernel reference to the node and returns its attributes.
+    pub fn remember(&self, ino: u64) -> Result<Attr, FsError> {
+        let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.lookups += 1;
+        Ok(Self::attr_of(n))
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.lock().unwrap().forget(ino, count);
+    }
+
+    // ----- namespace -----
+
+    /// Finds `name` in `parent`; returns its attributes (the caller calls
+    /// [`Core::remember`] when it hands the entry to the kernel).
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, FsError> {
+        let (_, path) = self.child(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        self.node_attr(ino)
+    }
+
+    /// The node at `path`, consulting local state first and the bucket last.
+    async fn resolve(&self, path: &str) -> Result<u64, FsError> {
+        {
+            let t = self.inodes.lock().unwrap();
+            if let Some(ino) = t.lookup_path(path) {
+                let n = &t.nodes[&ino];
+                let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
+                if n.local_only || n.working.is_some() || n.dirty || fresh {
+                    return Ok(ino);
+                }
+            }
+        }
+        let key = self.key(path);
+        // The newest queued operation on the key decides before the bucket does.
+        if let Some(op) = self.uploader.pending_for(&key).pop() {
+            if op.kind != OpKind::Delete {
+                return Ok(self.adopt_pending(path, &op).await);
+            }
+        } else {
+            match self.store.head(&key, None).await {
+                Ok(info) => {
+                    let meta = ObjectMeta::from_object(&info, &self.default_file);
+                    let mut t = self.inodes.lock().unwrap();
+                    let ino = t.upsert(path, meta.clone());
+                    let n = t.get_mut(ino).unwrap();
+                    if n.working.is_none() && !n.dirty {
+                        n.meta = meta;
+                        n.size = info.size;
+                        if n.etag != info.etag {
+                            n.etag = info.etag;
+                            n.version = info.version_id;
+                        }
+                    }
+                    n.meta_known = true;
+                    n.fetched = Some(Instant::now());
+                    return Ok(ino);
+                }
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.dir_exists(path).await? {
+            let dkey = self.dkey(path);
+            let meta = self.dir_meta(&dkey).await;
+            let mut t = self.inodes.lock().unwrap();
+            let ino = t.upsert(path, meta.clone());
+            let n = t.get_mut(ino).unwrap();
+            n.meta = meta;
+            n.fetched = Some(Instant::now());
+            n.meta_known = true;
+            return Ok(ino);
+        }
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(ino) = t.lookup_path(path) {
+            t.detach(ino);
+        }
+        Err(FsError::NotFound)
+    }
+
+    /// A node for a key whose newest state is a queued put or copy (after a
+    /// restart, or after the kernel forgot the node).
+    async fn adopt_pending(&self, path: &str, op: &Op) -> u64 {
+        let meta = ObjectMeta::from_json(&op.meta).unwrap_or_else(|| self.default_file.clone());
+        let size = match (op.kind, &op.file) {
+            (OpKind::Put, _) => op.size,
+            _ => {
+                let src = op.src_key.clone().unwrap_or_else(|| op.key.clone());
+                self.store
+                    .head(&src, op.src_version.as_deref())
+                    .await
+                    .map(|i| i.size)
+                    .unwrap_or(0)
+            }
+        };
+        let working = match (op.kind, &op.file) {
+            (OpKind::Put, Some(name)) => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.cache.data_path(name))
+                .ok()
+                .map(|f| Working {
+                    name: name.clone(),
+                    file: Arc::new(f),
+                }),
+            _ => None,
+        };
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.upsert(path, meta.clone());
+        let n = t.get_mut(ino).unwrap();
+        if n.working.is_none() && !n.dirty {
+            n.meta = meta;
+            n.size = size;
+            if working.is_some() {
+                n.working = working;
+                n.shared = true;
+            }
+            n.last_seq = Some(op.seq);
+        }
+        n.meta_known = true;
+        n.fetched = Some(Instant::now());
+        ino
+    }
+
+    /// Whether a directory exists at `path`: a queued marker or file below it,
+    /// a local child, or anything in the bucket below its prefix.
+    async fn dir_exists(&self, path: &str) -> Result<bool, FsError> {
+        let dkey = self.dkey(path);
+        let pending = self.uploader.pending_under(&dkey);
+        if pending.iter().any(|o| o.kind != OpKind::Delete) {
+            return Ok(true);
+        }
+        if !self.inodes.lock().unwrap().local_children(path).is_empty() {
+            return Ok(true);
+        }
+        let deleted: HashSet<String> = pending.into_iter().map(|o| o.key).collect();
+        let page = self.store.list(&dkey, None, None, Some(1 + deleted.len().min(999) as i32)).await?;
+        Ok(page.objects.iter().any(|o| !deleted.contains(&o.key)))
+    }
+
+    /// A directory's attributes from its marker object, else the defaults.
+    async fn dir_meta(&self, dkey: &str) -> ObjectMeta {
+        if let Some(op) = self.uploader.pending_for(dkey).pop() {
+            if let Some(m) = ObjectMeta::from_json(&op.meta) {
+                return m;
+            }
+        }
+        match self.store.head(dkey, None).await {
+            Ok(info) => {
+                let mut m = ObjectMeta::from_object(&info, &self.default_dir);
+                m.mode = S_IFDIR | (m.mode & 0o7777);
+                m
+            }
+            Err(_) => self.default_dir.clone(),
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        self.node_attr(ino)
+    }
+
+    /// Lists a directory: the bucket's listing merged with queued operations and
+    /// local-only nodes. Every entry gets a node (and the kernel a reference,
+    /// by the caller, for readdirplus).
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let dir = self.dir_path(ino)?;
+        let dkey = self.dkey(&dir);
+        let mut files: BTreeMap<String, (u64, String, Option<SystemTime>)> = BTreeMap::new();
+        let mut dirs: HashSet<String> = HashSet::new();
+        let mut token = None;
+        loop {
+            let page = self.store.list(&dkey, Some("/"), token, None).await?;
+            for o in &page.objects {
+                match listed_entry(&dkey, &o.key) {
+                    Some((name, false)) => {
+                        files.insert(name.to_string(), (o.size, o.etag.clone(), o.last_modified));
+                    }
+                    Some((name, true)) => {
+                        dirs.insert(name.to_string());
+                    }
+                    None => self.hide(&o.key, &dkey),
+                }
+            }
+            for p in &page.common_prefixes {
+                match listed_entry(&dkey, p) {
+                    Some((name, _)) => {
+                        dirs.insert(name.to_string());
+                    }
+                    None => self.hide(p, &dkey),
+                }
+            }
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        // Queued operations are newer than the listing.
+        for op in self.uploader.pending_under(&dkey) {
+            let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else { continue };
+            let deeper = op.key.len() > dkey.len() + name.len() + 1;
+            match (op.kind, is_dir) {
+                (OpKind::Delete, false) => {
+                    files.remove(name);
+                }
+                (OpKind::Delete, true) if !deeper => {
+                    dirs.remove(name);
+                }
+                (OpKind::Delete, true) => {}
+                (_, false) => {
+                    files.insert(name.to_string(), (op.size, String::new(), None));
+                }
+                (_, true) => {
+                    dirs.insert(name.to_string());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(files.len() + dirs.len());
+        let mut t = self.inodes.lock().unwrap();
+        for ino in t.local_children(&dir) {
+            let n = &t.nodes[&ino];
+            let name = names::name_of(&n.path).to_string();
+            if n.is_dir() {
+                dirs.insert(name);
+            } else {
+                files.insert(name, (n.size, String::new(), None));
+            }
+        }
+        for name in dirs {
+            let path = child_path(&dir, &name);
+            let existing = t.lookup_path(&path).filter(|i| t.nodes[i].is_dir());
+            let ino = match existing {
+                Some(i) => i,
+                None => t.upsert(&path, self.default_dir.clone()),
+            };
+            out.push(DirEntry {
+                ino,
+                name,
+                mode: t.nodes[&ino].meta.mode,
+            });
+        }
+        for (name, (size, etag, modified)) in files {
+            let path = child_path(&dir, &name);
+            if out.iter().any(|e| e.name == name) {
+                continue;
+            }
+            let ino = match t.lookup_path(&path) {
+                Some(i) if !t.nodes[&i].is_dir() => i,
+                _ => {
+                    let mut meta = self.default_file.clone();
+                    if let Some(m) = modified {
+                        meta.set_mtime(m);
+                    }
+                    let i = t.upsert(&path, meta);
+                    let n = t.get_mut(i).unwrap();
+                    n.size = size;
+                    n.etag = etag.clone();
+                    i
+                }
+            };
+            let n = t.get_mut(ino).unwrap();
+            if n.working.is_none() && !n.dirty && !etag.is_empty() && n.etag != etag {
+                // Changed in the bucket since we looked: sizes from the listing,
+                // attributes again at the next lookup.
+                n.etag = etag;
+                n.size = size;
+                n.meta_known = false;
+                n.fetched = None;
+            }
+            out.push(DirEntry {
+                ino,
+                name,
+                mode: n.meta.mode,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn opendir(&self, _ino: u64) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().unwrap().remove(&fh);
+    }
+
+    /// The listing for a directory handle: taken afresh at offset 0, reused for
+    /// the following pages so a large directory is listed once per pass.
+    pub async fn readdir_at(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+        if offset > 0 {
+            if let Some(l) = self.dir_handles.lock().unwrap().get(&fh) {
+                return Ok(l.clone());
+            }
+        }
+        let l = Arc::new(self.readdir(ino).await?);
+        self.dir_handles.lock().unwrap().insert(fh, l.clone());
+        Ok(l)
+    }
+
+    /// Counts and logs (once per key) a key that cannot be a path.
+    fn hide(&self, key: &str, dir: &str) {
+        if self.hidden_keys.lock().unwrap().insert(key.to_string()) {
+            self.hidden_count.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key, dir, "key cannot be a path (empty segment, `.`/`..`, or a segment over 255 bytes): hidden from the listing");
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), FsError> {
+        if self.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Fails with EEXIST when `path` exists.
+    async fn ensure_absent(&self, path: &str) -> Result<(), FsError> {
+        match self.resolve(path).await {
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr, FsError> {
+        self.check_writable()?;
+        let (_, path) = self.child(parent, name)?;
+        self.ensure_absent(&path).await?;
+        let meta = ObjectMeta::new(S_IFDIR | (mode & 0o7777), who.uid, who.gid);
+        self.uploader
+            .submit(NewOp {
+                key: self.dkey(&path),
+                kind: OpKind::Put,
+                file: None,
+                size: 0,
+                meta: meta.to_json(),
+                src_key: None,
+                src_version: None,
+            })
+            .await?;
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.upsert(&path, meta.clone());
+        let n = t.get_mut(ino).unwrap();
+        n.meta = meta;
+        n.meta_known = true;
+        n.fetched = Some(Instant::now());
+        n.unlinked = false;
+        Ok(Self::attr_of(n))
+    }
+
+    /// Creates a regular file (or fifo) that exists at once, locally, and is
+    /// uploaded at its first close even if nothing is written.
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Caller) -> Result<(Attr, u64), FsError> {
+        self.check_writable()?;
+        let (_, path) = self.child(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(ino) => {
+                if flags & libc::O_EXCL != 0 {
+                    return Err(FsError::Exists);
+                }
+                let fh = self.open(ino, flags | libc::O_TRUNC).await?;
+                return Ok((self.node_attr(ino)?, fh));
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let kind = if mode & S_IFMT == S_IFIFO { S_IFIFO } else { S_IFREG };
+        let meta = ObjectMeta::new(kind | (mode & 0o7777), who.uid, who.gid);
+        let working = self.new_working()?;
+        let ino = {
+            let mut t = self.inodes.lock().unwrap();
+            let ino = t.upsert(&path, meta.clone());
+            let n = t.get_mut(ino).unwrap();
+            n.meta = meta;
+            n.size = 0;
+            n.etag.clear();
+            n.version = None;
+            n.working = Some(working);
+            n.dirty = true;
+            n.shared = false;
+            n.local_only = true;
+            n.unlinked = false;
+            n.meta_known = true;
+            n.fetched = Some(Instant::now());
+            n.ctime = SystemTime::now();
+            t.local_only.insert(ino);
+            ino
+        };
+        let fh = self.new_handle(ino, flags);
+        Ok((self.node_attr(ino)?, fh))
+    }
+
+    /// mknod: fifos and regular files; devices and sockets cannot be objects.
+    pub async fn mknod(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr, FsError> {
+        match mode & S_IFMT {
+            S_IFIFO | S_IFREG | 0 => {}
+            _ => return Err(FsError::NotPermitted("only regular files and fifos can be stored as objects")),
+        }
+        let (attr, fh) = self.create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, who).await?;
+        self.flush(fh).await?;
+        self.release(fh).await?;
+        Ok(attr)
+    }
+
+    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Caller) -> Result<Attr, FsError> {
+        self.check_writable()?;
+        let (_, path) = self.child(parent, name)?;
+        self.ensure_absent(&path).await?;
+        let working = self.new_working()?;
+        working.file.write_all_at(target, 0)?;
+        self.cache.resize_data(&working.name, target.len() as u64).await?;
+        let meta = ObjectMeta::new(S_IFLNK | 0o777, who.uid, who.gid);
+        let ino = {
+            let mut t = self.inodes.lock().unwrap();
+            let ino = t.upsert(&path, meta.clone());
+            let n = t.get_mut(ino).unwrap();
+            n.meta = meta;
+            n.size = target.len() as u64;
+            n.working = Some(working);
+            n.dirty = true;
+            n.unlinked = false;
+            n.meta_known = true;
+            n.fetched = Some(Instant::now());
+            ino
+        };
+        self.stage(ino).await?;
+        self.node_attr(ino)
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (working, key, size) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            if !n.is_symlink() {
+                return Err(FsError::Invalid("not a symlink"));
+            }
+            (n.working.clone(), self.key(&n.path), n.size)
+        };
+        if let Some(w) = working {
+            let mut buf = vec![0; size as usize];
+            let n = w.file.read_at(&mut buf, 0)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        let obj = self.store.get(&key, GetRequest::default()).await?;
+        Ok(obj.bytes().await?.to_vec())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.check_writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        let (local_only, io) = {
+            let t = self.inodes.lock().unwrap();
+            let n = &t.nodes[&ino];
+            if n.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            (n.local_only, n.io.clone())
+        };
+        let _g = io.lock().await;
+        let key = self.key(&path);
+        let never_uploaded = local_only && self.uploader.pending_for(&key).is_empty();
+        if !never_uploaded {
+            self.uploader.submit(self.delete_op(key.clone())).await?;
+        }
+        self.cache.forget_clean(&key);
+        let mut t = self.inodes.lock().unwrap();
+        t.detach(ino);
+        let drop_file = t.get_mut(ino).and_then(|n| {
+            n.dirty = false;
+            (n.open == 0 && !n.shared).then(|| n.working.take()).flatten()
+        });
+        drop(t);
+        if let Some(w) = drop_file {
+            self.cache.remove_data(&w.name);
+        }
+        Ok(())
+    }
+
+    fn delete_op(&self, key: String) -> NewOp {
+        NewOp {
+            key,
+            kind: OpKind::Delete,
+            file: None,
+            size: 0,
+            meta: "{}".into(),
+            src_key: None,
+            src_version: None,
+        }
+    }
+
+    /// Whether a directory has no entries (queued deletes count as gone).
+    async fn dir_is_empty(&self, ino: u64) -> Result<bool, FsError> {
+        Ok(self.readdir(ino).await?.is_empty())
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+        self.check_writable()?;
+        let (_, path) = self.child(parent, name)?;
+        let ino = self.resolve(&path).await?;
+        if !self.inodes.lock().unwrap().nodes[&ino].is_dir() {
+            return Err(FsError::NotDir);
+        }
+        if !self.dir_is_empty(ino).await? {
+            return Err(FsError::NotEmpty);
+        }
+        self.uploader.submit(self.delete_op(self.dkey(&path))).await?;
+        self.inodes.lock().unwrap().detach(ino);
+        Ok(())
+    }
+
+    /// rename(2). A file is copied server-side (or, with local data, uploaded
+    /// under its new key) and the old key deleted; a directory is renamed key
+    /// by key, which is not atomic.
+    pub async fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<(), FsError> {
+        self.check_writable()?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::Invalid("RENAME_EXCHANGE is not supported"));
+        }
+        let (_, from) = self.child(parent, name)?;
+        let (_, to) = self.child(newparent, newname)?;
+        let src = self.resolve(&from).await?;
+        if from == to {
+            return Ok(());
+        }
+        let src_is_dir = self.inodes.lock().unwrap().nodes[&src].is_dir();
+        if src_is_dir && (to.starts_with(&format!("{from}/"))) {
+            return Err(FsError::Invalid("cannot move a directory into itself"));
+        }
+        match self.resolve(&to).await {
+            Ok(dst) => {
+                if flags & libc::RENAME_NOREPLACE != 0 {
+                    return Err(FsError::Exists);
+                }
+                let dst_is_dir = self.inodes.lock().unwrap().nodes[&dst].is_dir();
+                match (src_is_dir, dst_is_dir) {
+                    (false, true) => return Err(FsError::IsDir),
+                    (true, false) => return Err(FsError::NotDir),
+                    (true, true) => {
+                        if !self.dir_is_empty(dst).await? {
+                            return Err(FsError::NotEmpty);
+                        }
+                        self.uploader.submit(self.delete_op(self.dkey(&to))).await?;
+                    }
+                    (false, false) => {}
+                }
+                self.inodes.lock().unwrap().detach(dst);
+            }
+            Err(FsError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        if src_is_dir {
+            self.rename_dir(src, &from, &to).await
+        } else {
+            self.rename_file(src, &from, &to).await?;
+            self.inodes.lock().unwrap().rename(src, &to);
+            Ok(())
+        }
+    }
+
+    /// Queues the new key's content and the old key's delete for one file.
+    async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
+        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let _g = io.lock().await;
+        let (working, dirty, local_only, meta, size, version) = {
+            let t = self.inodes.lock().unwrap();
+            let n = &t.nodes[&ino];
+            (n.working.clone(), n.dirty, n.local_only, n.meta.clone(), n.size, n.version.clone())
+        };
+        let (from_key, to_key) = (self.key(from), self.key(to));
+        let pending_src = self.uploader.pending_for(&from_key);
+        let op = match &working {
+            Some(w) => {
+                if dirty {
+                    self.cache.sync_data(&w.name)?;
+                }
+                NewOp {
+                    key: to_key.clone(),
+                    kind: OpKind::Put,
+                    file: Some(w.name.clone()),
+                    size,
+                    meta: meta.to_json(),
+                    src_key: None,
+                    src_version: None,
+                }
+            }
+            None => NewOp {
+                key: to_key.clone(),
+                kind: OpKind::Copy,
+                file: None,
+                size,
+                meta: meta.to_json(),
+                src_key: Some(from_key.clone()),
+                // A named version stays copyable after the delete below; an
+                // unknown one is the current version, copied before the delete
+                // only if nothing is queued on the old key.
+                src_version: version.or_else(|| pending_src.last().and_then(|o| o.version_id.clone())),
+            },
+        };
+        let seq = self.uploader.submit(op).await?;
+        if !(local_only && pending_src.is_empty()) {
+            self.uploader.submit(self.delete_op(from_key.clone())).await?;
+        }
+        self.cache.forget_clean(&from_key);
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(n) = t.get_mut(ino) {
+            n.last_seq = Some(seq);
+            if n.working.is_some() {
+                n.shared = true;
+                n.dirty = false;
+            }
+            n.local_only = false;
+        }
+        t.local_only.remove(&ino);
+        Ok(())
+    }
+
+    async fn rename_dir(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
+        let (from_prefix, to_prefix) = (self.dkey(from), self.dkey(to));
+        // Every key below the old prefix: the bucket's and the queued ones.
+        let mut keys: BTreeMap<String, ()> = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = self.store.list(&from_prefix, None, token, None).await?;
+            keys.extend(page.objects.into_iter().map(|o| (o.key, ())));
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        for op in self.uploader.pending_under(&from_prefix) {
+            if op.kind == OpKind::Delete {
+                keys.remove(&op.key);
+            } else {
+                keys.insert(op.key, ());
+            }
+        }
+        let meta = self.inodes.lock().unwrap().nodes[&ino].meta.clone();
+        self.uploader
+            .submit(NewOp {
+                key: to_prefix.clone(),
+                kind: OpKind::Put,
+                file: None,
+                size: 0,
+                meta: meta.to_json(),
+                src_key: None,
+                src_version: None,
+            })
+            .await?;
+        for key in keys.keys() {
+            if *key == from_prefix {
+                continue;
+            }
+            let rel = &key[self.prefix.len()..];
+            let new_rel = format!("{}{}", names::child_path(to, ""), &rel[from.len() + 1..]);
+            let new_rel = new_rel.trim_start_matches('/').to_string();
+            if key.ends_with('/') {
+                // A subdirectory marker.
+                let m = self.dir_meta(key).await;
+                self.uploader
+                    .submit(NewOp {
+                        key: format!("{}{}", self.prefix, new_rel),
+                        kind: OpKind::Put,
+                        file: None,
+                        size: 0,
+                        meta: m.to_json(),
+                        src_key: None,
+                        src_version: None,
+                    })
+                    .await?;
+                self.uploader.submit(self.delete_op(key.clone())).await?;
+                continue;
+            }
+            let path = rel.to_string();
+            let child = match self.resolve(&path).await {
+                Ok(i) => i,
+                Err(FsError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            if !self.inodes.lock().unwrap().nodes[&child].meta_known {
+                // Attributes travel with the copy: read them first.
+                let _ = self.refresh_meta(child).await;
+            }
+            self.rename_file(child, &path, &new_rel).await?;
+        }
+        self.uploader.submit(self.delete_op(from_prefix)).await?;
+        self.inodes.lock().unwrap().rename(ino, to);
+        Ok(())
+    }
+
+    /// Reads the object's metadata (HEAD) into a node listed without it.
+    async fn refresh_meta(&self, ino: u64) -> Result<(), FsError> {
+        let path = self.inodes.lock().unwrap().get(ino).map(|n| n.path.clone()).ok_or(FsError::NotFound)?;
+        let info = self.store.head(&self.key(&path), None).await?;
+        let meta = ObjectMeta::from_object(&info, &self.default_file);
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(n) = t.get_mut(ino) {
+            if n.working.is_none() && !n.dirty {
+                n.meta = meta;
+                n.size = info.size;
+                n.etag = info.etag;
+                n.version = info.version_id;
+            }
+            n.meta_known = true;
+            n.fetched = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr, FsError> {
+        let needs_meta = { !self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.meta_known };
+        if needs_meta {
+            let _ = self.refresh_meta(ino).await;
+        }
+        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.size.is_some() || set.mtime.is_some() {
+            self.check_writable()?;
+        }
+        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let _g = io.lock().await;
+        if let Some(size) = set.size {
+            self.truncate_locked(ino, size).await?;
+        }
+        let meta_changed = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        let (stage_now, copy_meta) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            if let Some(m) = set.mode {
+                n.meta.mode = (n.meta.mode & S_IFMT) | (m & 0o7777);
+            }
+            if let Some(u) = set.uid {
+                n.meta.uid = u;
+            }
+            if let Some(g) = set.gid {
+                n.meta.gid = g;
+            }
+            if let Some(m) = set.mtime {
+                n.meta.set_mtime(m);
+            } else if set.size.is_some() {
+                n.meta.set_mtime(SystemTime::now());
+            }
+            if meta_changed || set.size.is_some() {
+                n.ctime = SystemTime::now();
+            }
+            let open_for_write = n.open_writers > 0;
+            if n.dirty {
+                // Folded into the upload at close (or now, for truncate(2) of a
+                // file nobody has open for writing).
+                (!open_for_write, false)
+            } else {
+                (false, meta_changed)
+            }
+        };
+        if stage_now {
+            drop(_g);
+            self.stage(ino).await?;
+        } else if copy_meta {
+            self.store_meta_locked(ino).await?;
+        }
+        self.node_attr(ino)
+    }
+
+    /// Writes a metadata change of a clean (or staged) node as a new version:
+    /// a copy onto itself, or a fresh marker for a directory.
+    async fn store_meta_locked(&self, ino: u64) -> Result<(), FsError> {
+        let (path, is_dir, meta, version, size) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.path.clone(), n.is_dir(), n.meta.clone(), n.version.clone(), n.size)
+        };
+        if ino == ROOT {
+            return Ok(());
+        }
+        let op = if is_dir {
+            NewOp {
+                key: self.dkey(&path),
+                kind: OpKind::Put,
+                file: None,
+                size: 0,
+                meta: meta.to_json(),
+                src_key: None,
+                src_version: None,
+            }
+        } else {
+            let key = self.key(&path);
+            let queued = !self.uploader.pending_for(&key).is_empty();
+            NewOp {
+                src_key: Some(key.clone()),
+                // With uploads queued the copy must take what they produce.
+                src_version: if queued { None } else { version },
+                key,
+                kind: OpKind::Copy,
+                file: None,
+                size,
+                meta: meta.to_json(),
+            }
+        };
+        let seq = self.uploader.submit(op).await?;
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.last_seq = Some(seq);
+        }
+        Ok(())
+    }
+
+    // ----- file data -----
+
+    fn new_working(&self) -> Result<Working, FsError> {
+        let name = self.cache.create_data_file()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.cache.data_path(&name))?;
+        Ok(Working {
+            name,
+            file: Arc::new(file),
+        })
+    }
+
+    fn open_working(&self, name: String) -> Result<Working, FsError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.cache.data_path(&name))?;
+        Ok(Working {
+            name,
+            file: Arc::new(file),
+        })
+    }
+
+    fn new_handle(&self, ino: u64, flags: i32) -> u64 {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                ino,
+                write,
+                download: None,
+            },
+        );
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(n) = t.get_mut(ino) {
+            n.open += 1;
+            if write {
+                n.open_writers += 1;
+            }
+        }
+        fh
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if write || flags & libc::O_TRUNC != 0 {
+            self.check_writable()?;
+            let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+            let _g = io.lock().await;
+            if flags & libc::O_TRUNC != 0 {
+                self.truncate_locked(ino, 0).await?;
+            } else {
+                self.ensure_working(ino).await?;
+            }
+        }
+        Ok(self.new_handle(ino, flags))
+    }
+
+    /// Gives the node a private working file holding its current content (copied
+    /// from a staged file, a clean copy, or downloaded). Caller holds `io`.
+    async fn ensure_working(&self, ino: u64) -> Result<Working, FsError> {
+        let (working, shared, key, etag, version, size) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            if n.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            (n.working.clone(), n.shared, self.key(&n.path), n.etag.clone(), n.version.clone(), n.size)
+        };
+        let fresh = match working {
+            Some(w) if !shared => return Ok(w),
+            Some(w) => self.open_working(self.cache.copy_data_file(&w.name)?)?,
+            None => match self.cache.adopt_clean(&key, &etag)? {
+                Some(name) => self.open_working(name)?,
+                None => {
+                    let w = self.new_working()?;
+                    if size > 0 || version.is_some() || !etag.is_empty() {
+                        self.download_into(&key, version, &w).await?;
+                    }
+                    w
+                }
+            },
+        };
+        let len = fresh.file.metadata()?.len();
+        self.cache.resize_data(&fresh.name, len).await?;
+        let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.working = Some(fresh.clone());
+        n.shared = false;
+        n.size = len;
+        Ok(fresh)
+    }
+
+    /// Streams one object version into a working file.
+    async fn download_into(&self, key: &str, version: Option<String>, w: &Working) -> Result<(), FsError> {
+        let obj = self
+            .store
+            .get(
+                key,
+                GetRequest {
+                    version_id: version,
+                    range: None,
+                },
+            )
+            .await?;
+        let mut body = obj.body;
+        let mut offset = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Unreachable {
+                bucket: self.store.describe(),
+                message: format!("reading `{key}`: {e}"),
+            })?;
+            w.file.write_all_at(&chunk, offset)?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Sets the size of a node's content. Caller holds `io`.
+    async fn truncate_locked(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        let is_dir = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.is_dir();
+        if is_dir {
+            return Err(FsError::IsDir);
+        }
+        let w = if size == 0 {
+            let (working, shared) = {
+                let t = self.inodes.lock().unwrap();
+                let n = &t.nodes[&ino];
+                (n.working.clone(), n.shared)
+            };
+            match working {
+                Some(w) if !shared => w,
+                _ => self.new_working()?,
+            }
+        } else {
+            self.ensure_working(ino).await?
+        };
+        self.cache.resize_data(&w.name, size).await?;
+        w.file.set_len(size)?;
+        let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.working = Some(w);
+        n.shared = false;
+        n.size = size;
+        n.dirty = true;
+        n.meta.set_mtime(SystemTime::now());
+        Ok(())
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let ino = self.handle_ino(fh)?;
+        let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+        let _g = io.lock().await;
+        let w = self.ensure_working(ino).await?;
+        let end = offset + data.len() as u64;
+        let size = self.inodes.lock().unwrap().nodes[&ino].size;
+        if end > size {
+            self.cache.resize_data(&w.name, end).await?;
+        }
+        w.file.write_all_at(data, offset)?;
+        let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.size = n.size.max(end);
+        n.dirty = true;
+        n.meta.set_mtime(SystemTime::now());
+        Ok(data.len() as u32)
+    }
+
+    fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
+        self.handles.lock().unwrap().get(&fh).map(|h| h.ino).ok_or(FsError::BadHandle)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let ino = self.handle_ino(fh)?;
+        let (working, file_size, key, etag, version) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.working.clone(), n.size, self.key(&n.path), n.etag.clone(), n.version.clone())
+        };
+        if let Some(w) = working {
+            let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
+            let mut buf = vec![0; len];
+            let n = w.file.read_at(&mut buf, offset)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        if offset >= file_size {
+            return Ok(Vec::new());
+        }
+        let dl = self.download_for(fh, &key, &etag, version, file_size)?;
+        dl.read(offset, size).await
+    }
+
+    /// The shared download (clean copy) a handle reads from.
+    fn download_for(&self, fh: u64, key: &str, etag: &str, version: Option<String>, size: u64) -> Result<Arc<Download>, FsError> {
+        if let Some(d) = self.handles.lock().unwrap().get(&fh).and_then(|h| h.download.clone()) {
+            if d.tag == etag {
+                return Ok(d);
+            }
+        }
+        let dl = {
+            let mut map = self.downloads.lock().unwrap();
+            match map.get(key).and_then(|w| w.upgrade()).filter(|d| d.tag == etag && !d.failed()) {
+                Some(d) => d,
+                None => {
+                    let d = match self.cache.open_clean(key, etag) {
+                        Some((path, len)) => Download::complete(self.cache.clone(), key, etag, path, len)?,
+                        None => Download::start(self.store.clone(), self.cache.clone(), key, etag, version, size)?,
+                    };
+                    map.insert(key.to_string(), Arc::downgrade(&d));
+                    d
+                }
+            }
+        };
+        if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
+            h.download = Some(dl.clone());
+        }
+        Ok(dl)
+    }
+
+    /// Stages the node's working file: fsync it, journal a put, return the seq.
+    /// Only after this may close()/fsync() return.
+    async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
+        let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+        let _g = io.lock().await;
+        let (working, path, meta, size, unlinked) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            if !n.dirty {
+                return Ok(n.last_seq);
+            }
+            (n.working.clone(), n.path.clone(), n.meta.clone(), n.size, n.unlinked)
+        };
+        if unlinked {
+            return Ok(None);
+        }
+        let Some(w) = working else { return Ok(None) };
+        w.file.sync_all()?;
+        self.cache.sync_data(&w.name)?;
+        let seq = self
+            .uploader
+            .submit(NewOp {
+                key: self.key(&path),
+                kind: OpKind::Put,
+                file: Some(w.name.clone()),
+                size,
+                meta: meta.to_json(),
+                src_key: None,
+                src_version: None,
+            })
+            .await?;
+        let mut t = self.inodes.lock().unwrap();
+        if let Some(n) = t.get_mut(ino) {
+            n.dirty = false;
+            n.shared = true;
+            n.local_only = false;
+            n.last_seq = Some(seq);
+        }
+        t.local_only.remove(&ino);
+        Ok(Some(seq))
+    }
+
+    /// close(): a writer's (or a new file's) data becomes durable locally.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (ino, write) = {
+            let h = self.handles.lock().unwrap();
+            let h = h.get(&fh).ok_or(FsError::BadHandle)?;
+            (h.ino, h.write)
+        };
+        let local_only = self.inodes.lock().unwrap().get(ino).is_some_and(|n| n.local_only);
+        if write || local_only {
+            self.stage(ino).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        let ino = self.handle_ino(fh)?;
+        let seq = self.stage(ino).await?;
+        if self.fsync == FsyncDurability::Local {
+            return Ok(());
+        }
+        if let Some(seq) = seq {
+            self.uploader.wait(seq).await.map_err(FsError::Upload)?;
+        }
+        Ok(())
+    }
+
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let h = self.handles.lock().unwrap().remove(&fh).ok_or(FsError::BadHandle)?;
+        if h.write {
+            // Writes after the last flush (rare: mmap) still get staged.
+            self.stage(h.ino).await?;
+        }
+        let mut t = self.inodes.lock().unwrap();
+        let mut drop_file = None;
+        if let Some(n) = t.get_mut(h.ino) {
+            n.open = n.open.saturating_sub(1);
+            if h.write {
+                n.open_writers = n.open_writers.saturating_sub(1);
+            }
+            if n.unlinked && n.open == 0 && !n.shared {
+                drop_file = n.working.take();
+            }
+        }
+        drop(t);
+        if let Some(w) = drop_file {
+            self.cache.remove_data(&w.name);
+        }
+        drop(h.download);
+        Ok(())
+    }
+
+    // ----- extended attributes -----
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        if name == "user.regionfs.version" {
+            return self.version_of(ino).await.map(|v| v.into_bytes());
+        }
+        self.ensure_meta(ino).await?;
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        n.meta.xattrs.get(name).cloned().ok_or(FsError::NoAttribute)
+    }
+
+    async fn ensure_meta(&self, ino: u64) -> Result<(), FsError> {
+        let known = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.meta_known;
+        if !known {
+            self.refresh_meta(ino).await?;
+        }
+        Ok(())
+    }
+
+    /// The source version id of the node's current content, or `pending`/`local`.
+    async fn version_of(&self, ino: u64) -> Result<String, FsError> {
+        let (path, dirty, shared) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.path.clone(), n.dirty, n.shared)
+        };
+        if dirty {
+            return Ok("local".into());
+        }
+        let key = self.key(&path);
+        if shared || !self.uploader.pending_for(&key).is_empty() {
+            return Ok("pending".into());
+        }
+        if let Some(op) = self.journal.latest_done(key.clone()).await? {
+            if let Some(v) = op.version_id {
+                return Ok(v);
+            }
+        }
+        let info = self.store.head(&key, None).await?;
+        Ok(info.version_id.unwrap_or_default())
+    }
+
+    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
+        self.ensure_meta(ino).await?;
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        Ok(n.meta.xattrs.keys().cloned().collect())
+    }
+
+    pub async fn setxattr(&self, ino: u64, name: &str, value: Option<&[u8]>, flags: i32) -> Result<(), FsError> {
+        self.check_writable()?;
+        if !name.starts_with("user.") {
+            return Err(FsError::NotSupported("only user.* attributes can be stored"));
+        }
+        if name.starts_with("user.regionfs.") {
+            return Err(FsError::NotPermitted("user.regionfs.* attributes are read-only"));
+        }
+        self.ensure_meta(ino).await?;
+        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let _g = io.lock().await;
+        let dirty = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            let exists = n.meta.xattrs.contains_key(name);
+            match value {
+                Some(v) => {
+                    if flags & libc::XATTR_CREATE != 0 && exists {
+                        return Err(FsError::Exists);
+                    }
+                    if flags & libc::XATTR_REPLACE != 0 && !exists {
+                        return Err(FsError::NoAttribute);
+                    }
+                    n.meta.xattrs.insert(name.to_string(), v.to_vec());
+                }
+                None => {
+                    if n.meta.xattrs.remove(name).is_none() {
+                        return Err(FsError::NoAttribute);
+                    }
+                }
+            }
+            n.ctime = SystemTime::now();
+            n.dirty
+        };
+        if !dirty {
+            self.store_meta_locked(ino).await?;
+        }
+        Ok(())
+    }
+
+    // ----- upload completions -----
+
+    /// Applies a finished upload to the node and the cache: the staged file
+    /// becomes the clean copy of that version, or is removed when superseded.
+    pub fn on_uploaded(&self, c: &Completion) {
+        let key = &c.op.key;
+        let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
+        let still_queued = !self.uploader.pending_for(key).is_empty();
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.lookup_path(rel.trim_end_matches('/'));
+        let mut keep_file = false;
+        let mut make_clean = false;
+        if let Some(n) = ino.and_then(|i| t.get_mut(i)) {
+            if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
+                n.version = c.result.version_id.clone();
+                if !c.result.etag.is_empty() {
+                    n.etag = c.result.etag.clone();
+                }
+                n.fetched = Some(Instant::now());
+            }
+            if let (Some(f), Some(w)) = (&c.op.file, &n.working) {
+                if &w.name == f {
+                    keep_file = true;
+                    if !still_queued && n.shared && n.open_writers == 0 && !c.result.etag.is_empty() {
+                        n.working = None;
+                        n.shared = false;
+                        make_clean = true;
+                    } else if !still_queued {
+                        n.shared = false;
+                    }
+                }
+            }
+        }
+        drop(t);
+        let Some(f) = &c.op.file else { return };
+        if self.uploader.references(f) {
+            return;
+        }
+        if make_clean {
+            self.cache.make_clean(f, key, &c.result.etag);
+        } else if !keep_file {
+            self.cache.remove_data(f);
+        }
+    }
+
+    pub fn statfs(&self) -> (u64, u64) {
+        self.cache.usage()
+    }
+}

@@ -1,0 +1,168 @@
+//! Wiring: check the source bucket, open the cache and the journal, recover,
+//! start the uploader, mount, and on unmount drain what is pending.
+//!
+//! Start-up order matters for durability: recovery (journal → cache files →
+//! uploader queue) completes before the mount accepts a single request, so an
+//! operation acknowledged before a crash is always ahead of new ones on its key.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::fs::{Caller, Core};
+use crate::journal::{Journal, UploadSummary};
+use crate::store::probe::versioning_problem;
+use crate::store::{ObjectStore, S3Store};
+use crate::uploader::Uploader;
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("source bucket: {0}")]
+    Source(String),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("mountpoint {path}: {message}")]
+    Mountpoint { path: PathBuf, message: String },
+}
+
+/// A running filesystem core with its background work.
+pub struct Service {
+    pub core: Arc<Core>,
+    pub uploader: Uploader,
+    pub journal: Journal,
+    pub cache: Arc<Cache>,
+    pub quarantined: Vec<String>,
+}
+
+/// Opens everything the mount needs. Fails, with a message that says what to
+/// fix, when the source bucket is missing, unreachable, refuses the
+/// credentials or has versioning off.
+pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceError> {
+    let store = S3Store::connect(&config.source).await;
+    match store.versioning().await {
+        Ok(v) => {
+            if let Some(p) = versioning_problem(&config.source, v) {
+                return Err(ServiceError::Source(p));
+            }
+        }
+        // Unreachable at start: the cache still takes writes; uploads wait.
+        Err(e) if !e.is_permanent() => {
+            tracing::warn!(error = %e, "source bucket unreachable at start; writes stay in the cache until it returns");
+        }
+        Err(e) => return Err(ServiceError::Source(e.to_string())),
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    start_with_store(config, store, owner).await
+}
+
+/// As [`start`], with a given store (tests wrap it with fault injection).
+pub async fn start_with_store(config: &Config, store: Arc<dyn ObjectStore>, owner: Caller) -> Result<Service, ServiceError> {
+    let cache = Cache::open(&config.cache.dir, config.cache.max_size.0, config.cache.space_wait.0)?;
+    let journal = Journal::open(&cache.journal_path())?;
+    let ops = journal.open_ops().await?;
+    let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
+    let quarantined = cache.recover(&needed)?;
+    if !quarantined.is_empty() {
+        tracing::warn!(
+            count = quarantined.len(),
+            dir = %cache.root().join("quarantine").display(),
+            "cache files with writes never acknowledged (the daemon stopped before close/fsync returned) were moved to quarantine"
+        );
+    }
+    if !ops.is_empty() {
+        tracing::info!(count = ops.len(), "resuming operations from the journal");
+    }
+    let (uploader, mut done) = Uploader::start(
+        store.clone(),
+        journal.clone(),
+        cache.clone(),
+        config.upload.clone(),
+        config.cache.write_back_delay.0,
+        ops,
+    );
+    let core = Core::new(config, store, uploader.clone(), cache.clone(), journal.clone(), owner);
+    let c = core.clone();
+    tokio::spawn(async move {
+        while let Some(completion) = done.recv().await {
+            c.on_uploaded(&completion);
+        }
+    });
+    Ok(Service {
+        core,
+        uploader,
+        journal,
+        cache,
+        quarantined,
+    })
+}
+
+impl Service {
+    /// Waits up to `timeout` for queued operations, printing progress; returns
+    /// how many are left (they stay in the journal for the next start).
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let mut last = usize::MAX;
+        let left = self
+            .uploader
+            .drain(timeout, |n| {
+                if n != last && n > 0 {
+                    eprintln!("regionfs: waiting for {n} pending upload(s)…");
+                }
+                last = n;
+            })
+            .await;
+        if left > 0 {
+            eprintln!(
+                "regionfs: {left} upload(s) still pending after {timeout:?}; they stay in the journal and resume at the next start"
+            );
+        }
+        left
+    }
+}
+
+/// A mountpoint left by a crashed daemon answers ENOTCONN: detach it.
+pub fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(ServiceError::Mountpoint {
+            path: path.to_path_buf(),
+            message: "is not a directory".into(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(path = %path.display(), "clearing a stale mount left by a stopped daemon");
+            detach(path);
+            Ok(())
+        }
+        Err(e) => Err(ServiceError::Mountpoint {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Lazy unmount (fuser 0.18's own unmount can hang).
+pub fn detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// What `status` prints for the whole mount.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub uploads: UploadSummary,
+}
+
+pub async fn status(journal: &Journal) -> Result<Status, crate::journal::JournalError> {
+    Ok(Status {
+        uploads: journal.upload_summary().await?,
+    })
+}
