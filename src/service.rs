@@ -86,7 +86,8 @@ pub async fn start_with_store(config: &Config, store: Arc<dyn ObjectStore>, owne
         config.cache.write_back_delay.0,
         ops,
     );
-    let core = Core::new(config, store, uploader.clone(), cache.clone(), journal.clone(), owner);
+    let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
+    let core = Core::new(config, store, uploader.clone(), cache.clone(), journal.clone(), owner, dir_sidecar);
     let c = core.clone();
     tokio::spawn(async move {
         while let Some(completion) = done.recv().await {
@@ -100,6 +101,28 @@ pub async fn start_with_store(config: &Config, store: Arc<dyn ObjectStore>, owne
         cache,
         quarantined,
     })
+}
+
+/// Detects once per cache dir (the answer is remembered there) whether directory
+/// attributes need their own object. Unknown (store unreachable) means yes: the
+/// extra object is harmless, lost attributes are not.
+async fn dir_attrs_need_sidecar(cache: &Cache, store: &dyn ObjectStore, prefix: &str) -> bool {
+    let remembered = cache.root().join("dir-attrs");
+    match std::fs::read_to_string(&remembered).as_deref() {
+        Ok("marker") => return false,
+        Ok("sidecar") => return true,
+        _ => {}
+    }
+    match crate::store::probe::markers_keep_metadata(store, prefix).await {
+        Ok(kept) => {
+            let _ = std::fs::write(&remembered, if kept { "marker" } else { "sidecar" });
+            if !kept {
+                tracing::info!("this store drops metadata on directory markers: directory attributes go to `.regionfs-dir` objects");
+            }
+            !kept
+        }
+        Err(_) => true,
+    }
 }
 
 impl Service {

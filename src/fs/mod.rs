@@ -33,7 +33,7 @@ use crate::store::{GetRequest, ObjectStore};
 use crate::uploader::{Completion, Uploader};
 
 use inode::{Inodes, Node, Working, ROOT};
-use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry};
+use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry, DIR_ATTRS};
 
 pub use read::Download;
 
@@ -93,6 +93,9 @@ pub struct Core {
     default_file: ObjectMeta,
     default_dir: ObjectMeta,
     read_only: bool,
+    /// Directory attributes go to a `.regionfs-dir` object too, because the
+    /// store drops metadata on `dir/` markers.
+    dir_sidecar: bool,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     /// Open directory handles: the listing taken when reading started at offset 0.
@@ -111,6 +114,7 @@ impl Core {
         cache: Arc<Cache>,
         journal: Journal,
         owner: Caller,
+        dir_sidecar: bool,
     ) -> Arc<Core> {
         let m = &config.mount;
         let default_file = ObjectMeta::new(S_IFREG | m.file_mode(), owner.uid, owner.gid);
@@ -127,6 +131,7 @@ impl Core {
             default_file,
             default_dir,
             read_only: false,
+            dir_sidecar,
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -252,8 +257,7 @@ impl Core {
             }
         }
         if self.dir_exists(path).await? {
-            let dkey = self.dkey(path);
-            let meta = self.dir_meta(&dkey).await;
+            let meta = self.dir_meta(path).await;
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(path, meta.clone());
             let n = t.get_mut(ino).unwrap();
@@ -330,20 +334,62 @@ impl Core {
     }
 
     /// A directory's attributes from its marker object, else the defaults.
-    async fn dir_meta(&self, dkey: &str) -> ObjectMeta {
-        if let Some(op) = self.uploader.pending_for(dkey).pop() {
-            if let Some(m) = ObjectMeta::from_json(&op.meta) {
-                return m;
+    async fn dir_meta(&self, path: &str) -> ObjectMeta {
+        let dkey = self.dkey(path);
+        let sidecar = format!("{dkey}{DIR_ATTRS}");
+        for key in [&sidecar, &dkey] {
+            if let Some(op) = self.uploader.pending_for(key).pop() {
+                if let Some(m) = ObjectMeta::from_json(&op.meta) {
+                    return m;
+                }
             }
         }
-        match self.store.head(dkey, None).await {
-            Ok(info) => {
-                let mut m = ObjectMeta::from_object(&info, &self.default_dir);
-                m.mode = S_IFDIR | (m.mode & 0o7777);
-                m
+        let as_dir = |info: &crate::store::ObjectInfo| {
+            let mut m = ObjectMeta::from_object(info, &self.default_dir);
+            m.mode = S_IFDIR | (m.mode & 0o7777);
+            m
+        };
+        if let Ok(info) = self.store.head(&dkey, None).await {
+            if info.metadata.contains_key("mode") || !self.dir_sidecar {
+                return as_dir(&info);
             }
-            Err(_) => self.default_dir.clone(),
         }
+        if self.dir_sidecar {
+            if let Ok(info) = self.store.head(&sidecar, None).await {
+                return as_dir(&info);
+            }
+        }
+        self.default_dir.clone()
+    }
+
+    /// Writes a directory's marker (and, where markers lose metadata, its
+    /// attributes object).
+    async fn put_dir_attrs(&self, path: &str, meta: &ObjectMeta) -> Result<i64, FsError> {
+        let dkey = self.dkey(path);
+        let put = |key: String| NewOp {
+            key,
+            kind: OpKind::Put,
+            file: None,
+            size: 0,
+            meta: meta.to_json(),
+            src_key: None,
+            src_version: None,
+        };
+        let mut seq = self.uploader.submit(put(dkey.clone())).await?;
+        if self.dir_sidecar {
+            seq = self.uploader.submit(put(format!("{dkey}{DIR_ATTRS}"))).await?;
+        }
+        Ok(seq)
+    }
+
+    /// Deletes a directory's marker (and attributes object).
+    async fn delete_dir_keys(&self, path: &str) -> Result<(), FsError> {
+        let dkey = self.dkey(path);
+        if self.dir_sidecar {
+            self.uploader.submit(self.delete_op(format!("{dkey}{DIR_ATTRS}"))).await?;
+        }
+        self.uploader.submit(self.delete_op(dkey)).await?;
+        Ok(())
     }
 
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -369,6 +415,7 @@ impl Core {
                     Some((name, true)) => {
                         dirs.insert(name.to_string());
                     }
+                    None if o.key.ends_with(DIR_ATTRS) => {}
                     None => self.hide(&o.key, &dkey),
                 }
             }
@@ -518,17 +565,7 @@ impl Core {
         let (_, path) = self.child(parent, name)?;
         self.ensure_absent(&path).await?;
         let meta = ObjectMeta::new(S_IFDIR | (mode & 0o7777), who.uid, who.gid);
-        self.uploader
-            .submit(NewOp {
-                key: self.dkey(&path),
-                kind: OpKind::Put,
-                file: None,
-                size: 0,
-                meta: meta.to_json(),
-                src_key: None,
-                src_version: None,
-            })
-            .await?;
+        self.put_dir_attrs(&path, &meta).await?;
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(&path, meta.clone());
         let n = t.get_mut(ino).unwrap();
@@ -696,7 +733,7 @@ impl Core {
         if !self.dir_is_empty(ino).await? {
             return Err(FsError::NotEmpty);
         }
-        self.uploader.submit(self.delete_op(self.dkey(&path))).await?;
+        self.delete_dir_keys(&path).await?;
         self.inodes.lock().unwrap().detach(ino);
         Ok(())
     }
@@ -732,7 +769,7 @@ impl Core {
                         if !self.dir_is_empty(dst).await? {
                             return Err(FsError::NotEmpty);
                         }
-                        self.uploader.submit(self.delete_op(self.dkey(&to))).await?;
+                        self.delete_dir_keys(&to).await?;
                     }
                     (false, false) => {}
                 }
@@ -828,39 +865,19 @@ impl Core {
             }
         }
         let meta = self.inodes.lock().unwrap().nodes[&ino].meta.clone();
-        self.uploader
-            .submit(NewOp {
-                key: to_prefix.clone(),
-                kind: OpKind::Put,
-                file: None,
-                size: 0,
-                meta: meta.to_json(),
-                src_key: None,
-                src_version: None,
-            })
-            .await?;
+        self.put_dir_attrs(to, &meta).await?;
         for key in keys.keys() {
-            if *key == from_prefix {
+            let rel = &key[self.prefix.len()..];
+            let Some(below) = rel.strip_prefix(from).and_then(|r| r.strip_prefix('/')) else { continue };
+            if below.is_empty() || below == DIR_ATTRS || below.ends_with(&format!("/{DIR_ATTRS}")) {
                 continue;
             }
-            let rel = &key[self.prefix.len()..];
-            let new_rel = format!("{}{}", names::child_path(to, ""), &rel[from.len() + 1..]);
-            let new_rel = new_rel.trim_start_matches('/').to_string();
-            if key.ends_with('/') {
-                // A subdirectory marker.
-                let m = self.dir_meta(key).await;
-                self.uploader
-                    .submit(NewOp {
-                        key: format!("{}{}", self.prefix, new_rel),
-                        kind: OpKind::Put,
-                        file: None,
-                        size: 0,
-                        meta: m.to_json(),
-                        src_key: None,
-                        src_version: None,
-                    })
-                    .await?;
-                self.uploader.submit(self.delete_op(key.clone())).await?;
+            let new_rel = format!("{to}/{below}");
+            if let Some(sub) = rel.strip_suffix('/') {
+                // A subdirectory marker: its attributes travel with it.
+                let m = self.dir_meta(sub).await;
+                self.put_dir_attrs(new_rel.trim_end_matches('/'), &m).await?;
+                self.delete_dir_keys(sub).await?;
                 continue;
             }
             let path = rel.to_string();
@@ -875,7 +892,9 @@ impl Core {
             }
             self.rename_file(child, &path, &new_rel).await?;
         }
-        self.uploader.submit(self.delete_op(from_prefix)).await?;
+        let _ = to_prefix;
+        let _ = from_prefix;
+        self.delete_dir_keys(from).await?;
         self.inodes.lock().unwrap().rename(ino, to);
         Ok(())
     }
@@ -963,15 +982,11 @@ impl Core {
             return Ok(());
         }
         let op = if is_dir {
-            NewOp {
-                key: self.dkey(&path),
-                kind: OpKind::Put,
-                file: None,
-                size: 0,
-                meta: meta.to_json(),
-                src_key: None,
-                src_version: None,
+            let seq = self.put_dir_attrs(&path, &meta).await?;
+            if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                n.last_seq = Some(seq);
             }
+            return Ok(());
         } else {
             let key = self.key(&path);
             let queued = !self.uploader.pending_for(&key).is_empty();

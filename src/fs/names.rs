@@ -10,6 +10,11 @@ pub const NAME_MAX: usize = 255;
 /// Longest S3 key.
 pub const KEY_MAX: usize = 1024;
 
+/// The hidden object that carries a directory's attributes on stores that drop
+/// metadata on `dir/` marker objects (SeaweedFS). Reserved: never listed, never
+/// creatable.
+pub const DIR_ATTRS: &str = ".regionfs-dir";
+
 /// Why a name cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameError {
@@ -23,7 +28,7 @@ pub fn check_name(name: &[u8]) -> Result<&str, NameError> {
         return Err(NameError::TooLong);
     }
     let s = std::str::from_utf8(name).map_err(|_| NameError::Invalid)?;
-    if s.is_empty() || s == "." || s == ".." || s.contains('/') {
+    if s.is_empty() || s == "." || s == ".." || s.contains('/') || s == DIR_ATTRS {
         return Err(NameError::Invalid);
     }
     Ok(s)
@@ -83,7 +88,7 @@ pub fn listed_entry<'a>(dir_prefix: &str, key: &'a str) -> Option<(&'a str, bool
         Some(i) => (&rest[..i], true),
         None => (rest, false),
     };
-    valid_segment(name).then_some((name, is_dir))
+    (valid_segment(name) && !(name == DIR_ATTRS && !is_dir)).then_some((name, is_dir))
 }
 
 fn valid_segment(s: &str) -> bool {

@@ -62,3 +62,16 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
         outcome,
     }
 }
+
+/// Whether the store keeps user metadata on `dir/` marker objects (S3 and moto
+/// do; SeaweedFS turns such keys into directories and drops it). Writes and
+/// deletes one probe marker under `prefix`.
+pub async fn markers_keep_metadata(store: &dyn ObjectStore, prefix: &str) -> Result<bool, StoreError> {
+    let key = format!("{prefix}.regionfs-probe/");
+    let mut opts = super::PutOptions::default();
+    opts.metadata.insert("mode".into(), "16877".into());
+    store.put(&key, super::PutBody::Bytes(bytes::Bytes::new()), &opts).await?;
+    let kept = store.head(&key, None).await.map(|i| i.metadata.contains_key("mode")).unwrap_or(false);
+    let _ = store.delete(&key).await;
+    Ok(kept)
+}

@@ -236,3 +236,234 @@ impl Drop for Region {
 pub fn bucket_name(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
+
+/// Two regions (SeaweedFS), a source and a destination bucket, and a config.
+pub struct Regions {
+    pub a: Region,
+    pub b: Region,
+    pub src_bucket: String,
+    pub dst_bucket: String,
+    pub src: S3Store,
+    pub dst: S3Store,
+}
+
+impl Regions {
+    pub async fn start() -> Regions {
+        Self::with(Region::seaweed("us-east-1"), Region::seaweed("eu-west-1")).await
+    }
+
+    pub async fn with(a: Region, b: Region) -> Regions {
+        let (src_bucket, dst_bucket) = (bucket_name("src"), bucket_name("dst"));
+        let src = a.versioned_bucket(&src_bucket).await;
+        let dst = b.versioned_bucket(&dst_bucket).await;
+        Regions { a, b, src_bucket, dst_bucket, src, dst }
+    }
+
+    /// A config for these regions with `extra` TOML appended (sections only).
+    pub fn config(&self, cache_dir: &Path, extra: &str) -> String {
+        format!(
+            r#"[source]
+name = "us-east"
+region = "us-east-1"
+bucket = "{}"
+endpoint = "{}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "{}"
+endpoint = "{}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+
+[[rule]]
+id = "all"
+destination = "eu"
+delete_markers = true
+
+[cache]
+dir = "{}"
+max_size = "4GiB"
+{extra}
+"#,
+            self.src_bucket,
+            self.a.endpoint,
+            self.dst_bucket,
+            self.b.endpoint,
+            cache_dir.display()
+        )
+    }
+}
+
+fn mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*p)))
+        .unwrap_or(false)
+}
+
+pub fn detach(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+pub fn regionfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_regionfs")
+}
+
+/// The real `regionfs mount` binary on a temp mountpoint. Drop detaches the
+/// mount and kills the process (by PID), also when a test fails.
+pub struct Mount {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    process: Option<ProcessGuard>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Writes `config_text` and mounts; the cache dir named in it is kept across
+    /// remounts of this guard.
+    pub fn start(config_text: &str) -> Mount {
+        let tmp = tempfile::Builder::new().prefix("regionfs-mnt-").tempdir().unwrap();
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir(&dir).unwrap();
+        let config = tmp.path().join("regionfs.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let log = tmp.path().join("mount.log");
+        let mut m = Mount {
+            dir,
+            config,
+            log,
+            process: None,
+            _tmp: tmp,
+        };
+        m.remount();
+        m
+    }
+
+    /// Starts the daemon again (after a kill or an unmount).
+    pub fn remount(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(regionfs_bin())
+            .args(["mount", "--config"])
+            .arg(&self.config)
+            .arg(&self.dir)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("REGIONFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut guard = ProcessGuard {
+            child,
+            name: "regionfs".into(),
+        };
+        let dir = self.dir.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !mounted(&dir) {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                panic!("regionfs mount exited with {status}: {}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "not mounted after 60 s: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.process = Some(guard);
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("mounted").pid()
+    }
+
+    /// kill -9 of the daemon: the mount is left dead ("transport endpoint is
+    /// not connected") as after a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// A clean unmount (SIGTERM), waiting for the daemon to drain and exit.
+    pub fn unmount(&mut self) -> std::process::ExitStatus {
+        let mut p = self.process.take().expect("mounted");
+        p.signal(libc::SIGTERM);
+        let status = p.child.wait().unwrap();
+        assert!(!mounted(&self.dir), "still mounted after the daemon exited");
+        status
+    }
+
+    /// `regionfs status --json [PATH]` as parsed JSON.
+    pub fn status(&self, path: Option<&str>) -> serde_json::Value {
+        let mut cmd = Command::new(regionfs_bin());
+        cmd.args(["status", "--json", "--config"]).arg(&self.config);
+        if let Some(p) = path {
+            cmd.arg(p);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the journal shows no pending upload.
+    pub fn wait_uploaded(&self, timeout: Duration) {
+        wait_for("uploads to drain", timeout, || {
+            let s = self.status(None);
+            (s["uploads"]["pending"] == 0).then_some(())
+        });
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        detach(&self.dir);
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+}
+
+/// Every current object (key → bytes) under `prefix` in a bucket.
+pub async fn bucket_contents(s: &S3Store, prefix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use regionfs::store::{GetRequest, ObjectStore};
+    let mut out = std::collections::BTreeMap::new();
+    let mut token = None;
+    loop {
+        let page = s.list(prefix, None, token, None).await.unwrap();
+        for o in page.objects {
+            let body = s.get(&o.key, GetRequest::default()).await.unwrap().bytes().await.unwrap();
+            out.insert(o.key, body.to_vec());
+        }
+        match page.next_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Runs a shell command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

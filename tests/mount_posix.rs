@@ -1,0 +1,213 @@
+//! The real binary mounted through /dev/fuse over a real SeaweedFS region:
+//! ordinary tools on the mount, checked against the bucket.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use common::{bucket_contents, sh, Mount, Regions};
+use regionfs::store::ObjectStore;
+
+const DRAIN: Duration = Duration::from_secs(120);
+
+async fn setup(extra: &str) -> (Regions, Mount, tempfile::TempDir) {
+    let r = Regions::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(cache.path(), extra));
+    (r, m, cache)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordinary_tools_write_the_exact_bytes_modes_and_links_to_the_bucket() {
+    let (r, mut m, _c) = setup("").await;
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().display();
+    sh(&format!(
+        "mkdir -p {s}/tree/sub && echo hello > {s}/tree/a.txt && head -c 300000 /dev/urandom > {s}/tree/sub/blob \
+         && chmod 640 {s}/tree/a.txt && chmod 711 {s}/tree/sub && ln -s a.txt {s}/tree/link"
+    ));
+    let mnt = m.dir.display().to_string();
+    sh(&format!("cp -a {s}/tree {mnt}/cp"));
+    sh(&format!("tar -C {s} -cf {s}/t.tar tree && mkdir {mnt}/tar && tar -C {mnt}/tar -xf {s}/t.tar"));
+    sh(&format!("rsync -a {s}/tree/ {mnt}/rsync/"));
+    // An editor's save: write a temp file, fsync, rename over the original.
+    sh(&format!(
+        "echo v1 > {mnt}/doc.txt && echo v2 > {mnt}/.doc.tmp && sync {mnt}/.doc.tmp && mv {mnt}/.doc.tmp {mnt}/doc.txt"
+    ));
+    for i in 0..20 {
+        sh(&format!("echo line{i} >> {mnt}/append.log"));
+    }
+    sh(&format!("head -c 5000 /dev/zero > {mnt}/trunc && truncate -s 1234 {mnt}/trunc"));
+    sh(&format!("mkdir -p {mnt}/scratch/d && for i in $(seq 50); do head -c 2000 /dev/urandom > {mnt}/scratch/d/f$i; done && rm -rf {mnt}/scratch"));
+
+    // What the mount shows right away.
+    assert_eq!(std::fs::read_to_string(m.path("cp/a.txt")).unwrap(), "hello\n");
+    assert_eq!(std::fs::metadata(m.path("cp/a.txt")).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(std::fs::metadata(m.path("cp/sub")).unwrap().permissions().mode() & 0o777, 0o711);
+    assert_eq!(std::fs::read_link(m.path("rsync/link")).unwrap().to_str(), Some("a.txt"));
+    assert_eq!(std::fs::read_to_string(m.path("doc.txt")).unwrap(), "v2\n");
+    assert_eq!(std::fs::metadata(m.path("trunc")).unwrap().len(), 1234);
+    assert!(!m.path("scratch").exists(), "rm -rf right after writes");
+
+    assert!(m.unmount().success());
+    let objects = bucket_contents(&r.src, "").await;
+    let blob = std::fs::read(src.path().join("tree/sub/blob")).unwrap();
+    for tool in ["cp", "tar/tree", "rsync"] {
+        assert_eq!(objects[&format!("{tool}/a.txt")], b"hello\n", "{tool}");
+        assert!(objects[&format!("{tool}/sub/blob")] == blob, "{tool} blob bytes");
+        assert_eq!(objects[&format!("{tool}/link")], b"a.txt", "{tool} symlink body");
+        let head = r.src.head(&format!("{tool}/a.txt"), None).await.unwrap();
+        assert_eq!(head.metadata["mode"], (libc::S_IFREG | 0o640).to_string(), "{tool} mode");
+        let link = r.src.head(&format!("{tool}/link"), None).await.unwrap();
+        assert_eq!(link.metadata["mode"].parse::<u32>().unwrap() & libc::S_IFMT, libc::S_IFLNK);
+    }
+    assert_eq!(objects["doc.txt"], b"v2\n");
+    assert!(!objects.contains_key(".doc.tmp"));
+    let expected: String = (0..20).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(objects["append.log"], expected.as_bytes());
+    assert_eq!(objects["trunc"], vec![0u8; 1234]);
+    assert!(objects.keys().all(|k| !k.starts_with("scratch/")), "deleted files stay deleted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_close_is_a_version_and_status_reports_the_source_version() {
+    let (r, m, _c) = setup("").await;
+    for i in 0..5 {
+        std::fs::write(m.path("v.txt"), format!("version {i}")).unwrap();
+    }
+    m.wait_uploaded(DRAIN);
+    let page = r.src.list_versions("v.txt", None, None).await.unwrap();
+    assert_eq!(page.versions.len(), 5, "one version per close: {:?}", page.versions);
+    let st = m.status(Some(&m.path("v.txt").display().to_string()));
+    assert_eq!(st["local"], "clean");
+    assert_eq!(st["version"].as_str(), page.versions.iter().find(|v| v.is_latest).map(|v| v.version_id.as_str()));
+    let x = sh(&format!("getfattr --only-values -n user.regionfs.version {}", m.path("v.txt").display()));
+    assert_eq!(Some(x.as_str()), st["version"].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsync_returns_only_when_the_version_is_in_the_source_bucket() {
+    let (r, m, _c) = setup("[durability]\nfsync = \"source\"\n").await;
+    let mut f = std::fs::File::create(m.path("synced.bin")).unwrap();
+    f.write_all(b"durable bytes").unwrap();
+    f.sync_all().unwrap();
+    let body = r.src.get("synced.bin", Default::default()).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"durable bytes");
+    drop(f);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_creates_and_updates_a_database_on_the_mount() {
+    let (r, mut m, _c) = setup("").await;
+    let db = m.path("app.db").display().to_string();
+    sh(&format!(
+        "sqlite3 {db} 'CREATE TABLE t(x); INSERT INTO t VALUES (1),(2),(3);' && sqlite3 {db} 'UPDATE t SET x = x * 10; INSERT INTO t VALUES (4);'"
+    ));
+    assert_eq!(sh(&format!("sqlite3 {db} 'SELECT sum(x) FROM t'")).trim(), "64");
+    assert!(m.unmount().success());
+    let bytes = bucket_contents(&r.src, "app.db").await.remove("app.db").expect("database uploaded");
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(local.path(), bytes).unwrap();
+    assert_eq!(sh(&format!("sqlite3 {} 'SELECT sum(x) FROM t'", local.path().display())).trim(), "64");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remount_shows_the_tree_with_its_attributes() {
+    let (_r, mut m, _c) = setup("").await;
+    sh(&format!(
+        "mkdir {0}/d && echo x > {0}/d/f && chmod 604 {0}/d/f && chown 1234:5678 {0}/d/f && touch -d @1700000000 {0}/d/f",
+        m.dir.display()
+    ));
+    assert!(m.unmount().success());
+    m.remount();
+    let md = std::fs::metadata(m.path("d/f")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o604);
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!(md.mtime(), 1_700_000_000);
+    assert_eq!(std::fs::read_to_string(m.path("d/f")).unwrap(), "x\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_over_255_bytes_and_hard_links_are_refused_with_exact_errnos() {
+    let (_r, m, _c) = setup("").await;
+    let long = m.path(&"n".repeat(256));
+    let e = std::fs::write(&long, b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+    std::fs::write(m.path("f"), b"x").unwrap();
+    let e = std::fs::hard_link(m.path("f"), m.path("g")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    std::fs::create_dir(m.path("d")).unwrap();
+    std::fs::write(m.path("d/x"), b"x").unwrap();
+    let e = std::fs::remove_dir(m.path("d")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_created_file_exists_at_once_even_opened_read_only() {
+    let (r, m, _c) = setup("").await;
+    let p = std::ffi::CString::new(m.path("empty").display().to_string()).unwrap();
+    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY, 0o644) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    assert!(m.path("empty").exists());
+    unsafe { libc::close(fd) };
+    m.wait_uploaded(DRAIN);
+    assert_eq!(r.src.head("empty", None).await.unwrap().size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_written_by_others_are_listed_and_read_and_bad_keys_hidden() {
+    use bytes::Bytes;
+    use regionfs::store::{PutBody, PutOptions};
+    // SeaweedFS refuses such keys itself; moto, like S3, stores them.
+    let r = Regions::with(common::Region::moto("us-east-1"), common::Region::seaweed("eu-west-1")).await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), ""));
+    let long = format!("ext/{}", "l".repeat(300));
+    for k in ["ext/one.txt", "ext/two/three.txt", "ext//bad", "ext/./dot", "ext/../up", long.as_str()] {
+        r.src.put(k, PutBody::Bytes(Bytes::from(k.to_string())), &PutOptions::default()).await.unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(m.path("ext")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, vec!["one.txt", "two"]);
+    assert_eq!(std::fs::read_to_string(m.path("ext/two/three.txt")).unwrap(), "ext/two/three.txt");
+    assert!(m.log_text().contains("cannot be a path"), "{}", m.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_mount_on_the_same_cache_dir_is_refused() {
+    let (r, _m, c) = setup("").await;
+    let other = tempfile::tempdir().unwrap();
+    let cfg = other.path().join("c.toml");
+    std::fs::write(&cfg, r.config(c.path(), "")).unwrap();
+    std::fs::create_dir(other.path().join("mnt")).unwrap();
+    let out = std::process::Command::new(common::regionfs_bin())
+        .args(["mount", "--config"])
+        .arg(&cfg)
+        .arg(other.path().join("mnt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another regionfs mount"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mounting_a_bucket_with_versioning_off_is_refused_with_the_fix() {
+    let r = Regions::start().await;
+    r.src.set_versioning(false).await.unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let cfg = c.path().join("c.toml");
+    std::fs::write(&cfg, r.config(&c.path().join("cache"), "")).unwrap();
+    std::fs::create_dir(c.path().join("mnt")).unwrap();
+    let out = std::process::Command::new(common::regionfs_bin())
+        .args(["mount", "--config"])
+        .arg(&cfg)
+        .arg(c.path().join("mnt"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("versioning Suspended") && err.contains("put-bucket-versioning"), "{err}");
+}
