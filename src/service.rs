@@ -148,23 +148,23 @@ impl Service {
     }
 }
 
-/// A mountpoint left by a crashed daemon answers ENOTCONN: detach it.
+/// A mountpoint left by a crashed daemon answers ENOTCONN: detach it. (Its
+/// attributes may still be cached, so ask for something only a live daemon
+/// answers: the directory's entries.)
 pub fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(ServiceError::Mountpoint {
-            path: path.to_path_buf(),
-            message: "is not a directory".into(),
-        }),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    let err = |message: String| ServiceError::Mountpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    match std::fs::read_dir(path) {
+        Ok(_) if !path.is_dir() => Err(err("is not a directory".into())),
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)) => {
             tracing::warn!(path = %path.display(), "clearing a stale mount left by a stopped daemon");
             detach(path);
             Ok(())
         }
-        Err(e) => Err(ServiceError::Mountpoint {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 

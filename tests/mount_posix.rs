@@ -113,20 +113,40 @@ async fn sqlite_creates_and_updates_a_database_on_the_mount() {
     assert_eq!(sh(&format!("sqlite3 {} 'SELECT sum(x) FROM t'", local.path().display())).trim(), "64");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn remount_shows_the_tree_with_its_attributes() {
-    let (_r, mut m, _c) = setup("").await;
+async fn remount_shows_the_tree_with_its_attributes(r: Regions) {
+    let c = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&r.config(c.path(), ""));
     sh(&format!(
-        "mkdir {0}/d && echo x > {0}/d/f && chmod 604 {0}/d/f && chown 1234:5678 {0}/d/f && touch -d @1700000000 {0}/d/f",
+        "mkdir {0}/d && echo x > {0}/d/f && chmod 604 {0}/d/f && chown 1234:5678 {0}/d/f && touch -d @1700000000 {0}/d/f \
+         && mkdir -m 750 {0}/d/sub && chown 42:43 {0}/d/sub && mkdir {0}/e && chmod 701 {0}/e",
         m.dir.display()
     ));
     assert!(m.unmount().success());
     m.remount();
+    for (dir, mode, owner) in [("d/sub", 0o750, (42, 43)), ("e", 0o701, (0, 0))] {
+        let md = std::fs::metadata(m.path(dir)).unwrap();
+        assert!(md.is_dir());
+        assert_eq!(md.mode() & 0o7777, mode, "{dir} mode after remount");
+        assert_eq!((md.uid(), md.gid()), owner, "{dir} owner after remount");
+    }
+    let names: Vec<String> = std::fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!names.iter().any(|n| n.starts_with(".regionfs")), "{names:?}");
     let md = std::fs::metadata(m.path("d/f")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o604);
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
     assert_eq!(md.mtime(), 1_700_000_000);
     assert_eq!(std::fs::read_to_string(m.path("d/f")).unwrap(), "x\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remount_keeps_file_and_directory_attributes_on_seaweedfs() {
+    remount_shows_the_tree_with_its_attributes(Regions::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remount_keeps_file_and_directory_attributes_on_moto() {
+    let r = Regions::with(common::Region::moto("us-east-1"), common::Region::seaweed("eu-west-1")).await;
+    remount_shows_the_tree_with_its_attributes(r).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

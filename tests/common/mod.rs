@@ -367,11 +367,19 @@ impl Mount {
         };
         let dir = self.dir.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !mounted(&dir) {
+        // A dead mount left by kill -9 is still listed until the new daemon
+        // clears it: wait for the new daemon to say it mounted.
+        let said = |log: &str| log.matches("regionfs: mounted").count();
+        let before = said(&self.log_text());
+        while !(mounted(&dir) && said(&self.log_text()) > before) {
             if let Ok(Some(status)) = guard.child.try_wait() {
                 panic!("regionfs mount exited with {status}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "not mounted after 60 s: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after 60 s: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.process = Some(guard);

@@ -1,0 +1,142 @@
+//! kill -9 of the real binary, again and again, while a writer works: every file
+//! whose close() or fsync() returned must end up in the source bucket with
+//! exactly the bytes acknowledged, never torn.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{bucket_contents, wait_for, Mount, Regions};
+
+#[derive(Default)]
+struct Ledger {
+    /// key → bytes of the last write whose close()/fsync() returned.
+    acked: HashMap<String, Vec<u8>>,
+    /// key → bytes of a write in flight when the daemon died (may or may not land).
+    in_flight: HashMap<String, Vec<Vec<u8>>>,
+    /// Every content ever written per key (a torn body matches none of them).
+    written: HashMap<String, Vec<Vec<u8>>>,
+}
+
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Writes files until the mount dies; records what was acknowledged.
+fn writer(dir: std::path::PathBuf, round: u64, ledger: Arc<Mutex<Ledger>>, acked: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> String {
+    for i in 0u64.. {
+        if stop.load(Ordering::SeqCst) {
+            return "stopped".into();
+        }
+        // A few keys are overwritten across rounds; most are new.
+        let key = if i % 4 == 0 { format!("hot/k{}", i % 8) } else { format!("r{round}/f{i}") };
+        let len = match i % 13 {
+            0 => 6 * 1024 * 1024 + 12345, // multipart
+            n => (n as usize) * 3001,
+        };
+        let body = content(round * 1_000_003 + i, len);
+        {
+            let mut l = ledger.lock().unwrap();
+            l.written.entry(key.clone()).or_default().push(body.clone());
+            l.in_flight.entry(key.clone()).or_default().push(body.clone());
+        }
+        let path = dir.join(&key);
+        let result = (|| -> std::io::Result<()> {
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(&body)?;
+            if i % 3 == 0 {
+                f.sync_all()?; // acknowledged by fsync
+            }
+            // close() itself, not drop (which ignores its error): its success is the ack.
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+            if unsafe { libc::close(fd) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            return format!("{key}: {e}"); // the daemon died: this write stays "in flight"
+        }
+        let mut l = ledger.lock().unwrap();
+        l.in_flight.remove(&key);
+        l.acked.insert(key, body);
+        acked.fetch_add(1, Ordering::SeqCst);
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_acknowledged_write_survives_repeated_kill_9() {
+    let r = Regions::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&r.config(
+        cache.path(),
+        "[upload]\nmultipart_threshold = \"5MiB\"\npart_size = \"5MiB\"\n[durability]\nfsync = \"local\"\n",
+    ));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let rounds = 20u64;
+    let mut kills = 0;
+    for round in 0..rounds {
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = {
+            let (dir, ledger, acked, stop) = (m.dir.clone(), ledger.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || writer(dir, round, ledger, acked, stop))
+        };
+        // Kill at a different point each round: after 1..=12 acknowledged files.
+        let target = 1 + (round as usize * 7) % 12;
+        wait_for("the writer to make progress", Duration::from_secs(120), || {
+            if t.is_finished() && acked.load(Ordering::SeqCst) < target {
+                return Some(());
+            }
+            (acked.load(Ordering::SeqCst) >= target).then_some(())
+        });
+        if t.is_finished() {
+            let why = t.join().unwrap();
+            panic!("round {round}: the writer stopped early at {why}\n{}", m.log_text());
+        }
+        m.kill9();
+        kills += 1;
+        stop.store(true, Ordering::SeqCst);
+        let why = t.join().unwrap();
+        eprintln!("round {round}: writer stopped at: {why}");
+        m.remount();
+    }
+    m.wait_uploaded(Duration::from_secs(300));
+    let bucket: BTreeMap<String, Vec<u8>> = bucket_contents(&r.src, "").await;
+    let l = ledger.lock().unwrap();
+    assert!(l.acked.len() > 50, "only {} files acknowledged", l.acked.len());
+    for (key, want) in &l.acked {
+        let got = bucket.get(key).unwrap_or_else(|| panic!("acknowledged {key} is missing from the bucket"));
+        let newer_in_flight = l.in_flight.get(key).is_some_and(|v| v.iter().any(|b| b == got));
+        assert!(
+            got == want || newer_in_flight,
+            "{key}: bucket holds {} bytes that are not the acknowledged {} bytes",
+            got.len(),
+            want.len()
+        );
+    }
+    for (key, got) in &bucket {
+        if key.ends_with('/') || key.contains(".regionfs") {
+            continue;
+        }
+        let known = l.written.get(key).is_some_and(|v| v.iter().any(|b| b == got));
+        assert!(known, "{key}: torn or foreign content ({} bytes)", got.len());
+    }
+    eprintln!("kill -9 rounds: {kills}; acknowledged files checked: {}; objects in bucket: {}", l.acked.len(), bucket.len());
+}
