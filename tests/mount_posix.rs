@@ -231,3 +231,68 @@ async fn mounting_a_bucket_with_versioning_off_is_refused_with_the_fix() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("versioning Suspended") && err.contains("put-bucket-versioning"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_source_down_writers_fill_the_cache_then_get_enospc_and_nothing_closed_is_lost() {
+    let (mut r, mut m, _c) = setup("[cache]\nmax_size = \"64MiB\"\nspace_wait = \"3s\"\n").await;
+    std::fs::create_dir(m.path("fill")).unwrap();
+    m.wait_uploaded(DRAIN);
+    r.a.stop();
+    let chunk = vec![7u8; 1 << 20];
+    let mut closed = Vec::new();
+    let mut enospc = false;
+    for i in 0..100 {
+        let path = m.path(&format!("fill/f{i}"));
+        let res = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            for _ in 0..8 {
+                f.write_all(&chunk)?;
+            }
+            let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+            if unsafe { libc::close(fd) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => closed.push(format!("fill/f{i}")),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+                enospc = true;
+                break;
+            }
+        }
+    }
+    assert!(enospc, "the cache never filled");
+    assert!(closed.len() >= 5, "closed {}", closed.len());
+    let st = m.status(None);
+    assert!(st["uploads"]["pending"].as_u64().unwrap() >= closed.len() as u64, "{st}");
+    r.a.restart();
+    m.wait_uploaded(DRAIN);
+    let objects = bucket_contents(&r.src, "fill/").await;
+    for k in &closed {
+        assert_eq!(objects.get(k).map(Vec::len), Some(8 << 20), "{k} closed before the outage ended");
+    }
+    assert!(m.unmount().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dd_of_1_gib_lands_as_one_multipart_version_with_the_same_bytes() {
+    let (r, m, _c) = setup("").await;
+    let src = tempfile::tempdir().unwrap();
+    let local = src.path().join("big");
+    sh(&format!("head -c 1073741824 /dev/urandom > {}", local.display()));
+    let t = std::time::Instant::now();
+    sh(&format!("dd if={} of={} bs=1M conv=fsync status=none", local.display(), m.path("big").display()));
+    let closed = t.elapsed();
+    m.wait_uploaded(Duration::from_secs(600));
+    eprintln!("dd 1 GiB: close {closed:?}, durable in the bucket {:?}", t.elapsed());
+    let head = r.src.head("big", None).await.unwrap();
+    assert_eq!(head.size, 1 << 30);
+    assert!(head.etag.contains('-'), "multipart ETag: {}", head.etag);
+    let want = sh(&format!("md5sum < {}", local.display()));
+    let got = sh(&format!("md5sum < {}", m.path("big").display()));
+    assert_eq!(want, got, "read back through the mount");
+    let versions = r.src.list_versions("big", None, None).await.unwrap();
+    assert_eq!(versions.versions.len(), 1, "one close, one version");
+}

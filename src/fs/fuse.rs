@@ -139,7 +139,7 @@ impl Filesystem for FuseFs {
         _atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -148,6 +148,7 @@ impl Filesystem for FuseFs {
     ) {
         let core = self.core.clone();
         let set = SetAttr {
+            fh: fh.map(|f| f.0),
             mode,
             uid,
             gid,

@@ -60,6 +60,8 @@ pub struct DirEntry {
 /// Changes asked by setattr.
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
+    /// The handle of an ftruncate/fchmod, if any.
+    pub fh: Option<u64>,
     pub mode: Option<u32>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -77,6 +79,9 @@ pub struct Caller {
 struct Handle {
     ino: u64,
     write: bool,
+    /// Data was written (or truncated) through this handle since it was opened:
+    /// its close() stages the file.
+    wrote: bool,
     /// A clean copy being read (pinned while open).
     download: Option<Arc<Download>>,
 }
@@ -217,6 +222,19 @@ impl Core {
 
     /// The node at `path`, consulting local state first and the bucket last.
     async fn resolve(&self, path: &str) -> Result<u64, FsError> {
+        match self.resolve_remote(path).await {
+            Err(FsError::Store(e)) if !e.is_permanent() => {
+                // The source is unreachable: answer from what this mount knows,
+                // so that new files can still be created (and uploaded later).
+                tracing::warn!(path, error = %e, "source unreachable: answering from local state");
+                let t = self.inodes.lock().unwrap();
+                t.lookup_path(path).filter(|i| !t.nodes[i].unlinked).ok_or(FsError::NotFound)
+            }
+            other => other,
+        }
+    }
+
+    async fn resolve_remote(&self, path: &str) -> Result<u64, FsError> {
         {
             let t = self.inodes.lock().unwrap();
             if let Some(ino) = t.lookup_path(path) {
@@ -451,6 +469,19 @@ impl Core {
                     dirs.insert(name.to_string());
                 }
             }
+        }
+        // A directory listed only because of keys whose deletes are still queued
+        // is already gone (rm -rf right after writes must find it empty).
+        let mut gone = Vec::new();
+        for name in &dirs {
+            let sub = child_path(&dir, name);
+            let below = self.uploader.pending_under(&self.dkey(&sub));
+            if below.iter().any(|o| o.kind == OpKind::Delete) && !self.dir_exists(&sub).await? {
+                gone.push(name.clone());
+            }
+        }
+        for name in gone {
+            dirs.remove(&name);
         }
         let mut out = Vec::with_capacity(files.len() + dirs.len());
         let mut t = self.inodes.lock().unwrap();
@@ -930,6 +961,9 @@ impl Core {
         let _g = io.lock().await;
         if let Some(size) = set.size {
             self.truncate_locked(ino, size).await?;
+            if let Some(fh) = set.fh {
+                self.mark_written(fh);
+            }
         }
         let meta_changed = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
         let (stage_now, copy_meta) = {
@@ -1041,6 +1075,7 @@ impl Core {
             Handle {
                 ino,
                 write,
+                wrote: false,
                 download: None,
             },
         );
@@ -1171,6 +1206,7 @@ impl Core {
             self.cache.resize_data(&w.name, end).await?;
         }
         w.file.write_all_at(data, offset)?;
+        self.mark_written(fh);
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.size = n.size.max(end);
@@ -1274,17 +1310,25 @@ impl Core {
     }
 
     /// close(): a writer's (or a new file's) data becomes durable locally.
+    /// close(): data written through this handle becomes durable locally. A
+    /// close that wrote nothing (the first close of `dup2`-style redirections,
+    /// as in dd and shells) stages nothing; the file is staged at release.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let (ino, write) = {
+        let (ino, wrote) = {
             let h = self.handles.lock().unwrap();
             let h = h.get(&fh).ok_or(FsError::BadHandle)?;
-            (h.ino, h.write)
+            (h.ino, h.wrote)
         };
-        let local_only = self.inodes.lock().unwrap().get(ino).is_some_and(|n| n.local_only);
-        if write || local_only {
+        if wrote {
             self.stage(ino).await?;
         }
         Ok(())
+    }
+
+    fn mark_written(&self, fh: u64) {
+        if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
+            h.wrote = true;
+        }
     }
 
     pub async fn fsync(&self, fh: u64) -> Result<(), FsError> {
@@ -1301,8 +1345,15 @@ impl Core {
 
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
         let h = self.handles.lock().unwrap().remove(&fh).ok_or(FsError::BadHandle)?;
-        if h.write {
-            // Writes after the last flush (rare: mmap) still get staged.
+        let (local_only, dirty_unopened) = {
+            let t = self.inodes.lock().unwrap();
+            t.get(h.ino)
+                .map(|n| (n.local_only, n.dirty && n.open_writers <= u32::from(h.write)))
+                .unwrap_or((false, false))
+        };
+        if h.write || local_only || dirty_unopened {
+            // Created or truncated but never written, or written after the
+            // last flush (mmap): staged now, when the last descriptor is gone.
             self.stage(h.ino).await?;
         }
         let mut t = self.inodes.lock().unwrap();

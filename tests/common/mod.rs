@@ -261,6 +261,20 @@ impl Regions {
 
     /// A config for these regions with `extra` TOML appended (sections only).
     pub fn config(&self, cache_dir: &Path, extra: &str) -> String {
+        // Keys of a `[cache]` section in `extra` join the one written here.
+        let (mut cache_keys, mut rest, mut in_cache) = (String::new(), String::new(), false);
+        for line in extra.lines() {
+            if line.starts_with('[') {
+                in_cache = line.trim() == "[cache]";
+                if in_cache {
+                    continue;
+                }
+            }
+            let target = if in_cache { &mut cache_keys } else { &mut rest };
+            target.push_str(line);
+            target.push('\n');
+        }
+        let extra = rest;
         format!(
             r#"[source]
 name = "us-east"
@@ -285,7 +299,7 @@ delete_markers = true
 
 [cache]
 dir = "{}"
-max_size = "4GiB"
+{cache_keys}
 {extra}
 "#,
             self.src_bucket,
