@@ -31,7 +31,11 @@ pub enum CacheError {
     #[error("cache directory {dir} is in use by another regionfs mount{}: one mount per cache dir", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error("cache is full of data not yet uploaded ({used} of {max} bytes) and no upload made progress for {waited:?}")]
-    NoSpace { used: u64, max: u64, waited: Duration },
+    NoSpace {
+        used: u64,
+        max: u64,
+        waited: Duration,
+    },
     #[error("cache file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -77,7 +81,11 @@ pub struct Cache {
 
 impl Cache {
     /// Opens the cache directory (creating it 0700), taking its lock.
-    pub fn open(root: &Path, max_size: u64, space_wait: Duration) -> Result<Arc<Cache>, CacheError> {
+    pub fn open(
+        root: &Path,
+        max_size: u64,
+        space_wait: Duration,
+    ) -> Result<Arc<Cache>, CacheError> {
         for d in ["", "data", "clean", "quarantine"] {
             let p = root.join(d);
             std::fs::DirBuilder::new()
@@ -97,7 +105,9 @@ impl Cache {
             .map_err(|e| CacheError::io(&lock_path, e))?;
         use std::os::fd::AsRawFd;
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let pid = std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok());
+            let pid = std::fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
             return Err(CacheError::Locked {
                 dir: root.to_path_buf(),
                 pid,
@@ -153,7 +163,11 @@ impl Cache {
     }
 
     fn new_name(&self) -> String {
-        format!("{}-{}", self.prefix, self.next_id.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Creates an empty working file in `data/`.
@@ -247,7 +261,9 @@ impl Cache {
     fn evict_clean(&self, s: &mut Space, need: u64) {
         let mut skipped = Vec::new();
         while s.data_total + s.clean_total + need > self.max_size {
-            let Some((key, ())) = s.lru.pop_lru() else { break };
+            let Some((key, ())) = s.lru.pop_lru() else {
+                break;
+            };
             let open = s.clean.get(&key).map(|e| e.open > 0).unwrap_or(false);
             if open {
                 skipped.push(key);
@@ -346,7 +362,12 @@ impl Cache {
 
     /// A new file in `clean/` to download `key` into; registered (and pinned
     /// once, for the downloader) right away so readers can share it.
-    pub fn begin_clean(&self, key: &str, tag: &str, size: u64) -> Result<(PathBuf, File), CacheError> {
+    pub fn begin_clean(
+        &self,
+        key: &str,
+        tag: &str,
+        size: u64,
+    ) -> Result<(PathBuf, File), CacheError> {
         let name = self.new_name();
         let path = self.clean_path(&name);
         let f = OpenOptions::new()
@@ -418,7 +439,9 @@ mod tests {
     fn a_second_open_of_the_same_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _a = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
-        let e = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).err().unwrap();
+        let e = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1))
+            .err()
+            .unwrap();
         assert!(matches!(e, CacheError::Locked { pid: Some(_), .. }), "{e}");
     }
 
@@ -450,7 +473,10 @@ mod tests {
         c.make_clean(&a, "k", "v1");
         waiter.await.unwrap().unwrap();
         assert_eq!(c.usage().0, 4);
-        assert!(c.open_clean("k", "v1").is_none() || c.usage().1 <= 6, "clean copies are evicted to fit");
+        assert!(
+            c.open_clean("k", "v1").is_none() || c.usage().1 <= 6,
+            "clean copies are evicted to fit"
+        );
     }
 
     #[test]
@@ -468,7 +494,10 @@ mod tests {
         let keep = std::fs::read_to_string(dir.path().join("needed")).unwrap();
         let q = c.recover(&HashSet::from([keep.clone()])).unwrap();
         assert_eq!(q.len(), 1);
-        assert_eq!(std::fs::read(dir.path().join("quarantine").join(&q[0])).unwrap(), b"never acked");
+        assert_eq!(
+            std::fs::read(dir.path().join("quarantine").join(&q[0])).unwrap(),
+            b"never acked"
+        );
         assert_eq!(std::fs::read(c.data_path(&keep)).unwrap(), b"acked");
     }
 }

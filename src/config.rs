@@ -374,8 +374,13 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, size) in [("TiB", 1024 * GIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-            if b >= size && b % size == 0 {
+        for (unit, size) in [
+            ("TiB", 1024 * GIB),
+            ("GiB", GIB),
+            ("MiB", MIB),
+            ("KiB", KIB),
+        ] {
+            if b >= size && b.is_multiple_of(size) {
                 return write!(f, "{}{}", b / size, unit);
             }
         }
@@ -417,7 +422,8 @@ pub struct HumanDuration(pub Duration);
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid duration {s:?}: write e.g. \"0s\", \"500ms\", \"5m\" or \"1h30m\"");
+        let bad =
+            || format!("invalid duration {s:?}: write e.g. \"0s\", \"500ms\", \"5m\" or \"1h30m\"");
         let mut rest = s.trim();
         if rest.is_empty() {
             return Err(bad());
@@ -430,7 +436,9 @@ impl FromStr for HumanDuration {
             }
             let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
             rest = &rest[n_end..];
-            let u_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let u_end = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit = &rest[..u_end];
             rest = &rest[u_end..];
             let part = match unit {
@@ -454,9 +462,9 @@ impl fmt::Display for HumanDuration {
             return write!(f, "{}ms", d.as_millis());
         }
         let s = d.as_secs();
-        if s != 0 && s % 3600 == 0 {
+        if s != 0 && s.is_multiple_of(3600) {
             write!(f, "{}h", s / 3600)
-        } else if s != 0 && s % 60 == 0 {
+        } else if s != 0 && s.is_multiple_of(60) {
             write!(f, "{}m", s / 60)
         } else {
             write!(f, "{s}s")
@@ -488,7 +496,11 @@ impl<'de> Deserialize<'de> for Mode {
             .ok()
             .filter(|m| *m <= 0o7777)
             .map(Mode)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid mode {s:?}: write an octal mode such as \"0644\"")))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid mode {s:?}: write an octal mode such as \"0644\""
+                ))
+            })
     }
 }
 
@@ -545,21 +557,28 @@ impl Config {
             if names.contains(&d.name.as_str()) {
                 return Err(invalid(
                     format!("{at}.name"),
-                    format!("`{}` is already used by the source or another destination", d.name),
+                    format!(
+                        "`{}` is already used by the source or another destination",
+                        d.name
+                    ),
                 ));
             }
             names.push(&d.name);
             if !d.prefix.is_empty() {
                 return Err(invalid(
                     format!("{at}.prefix"),
-                    "destinations keep the source's keys; a prefix is only valid on [source]".into(),
+                    "destinations keep the source's keys; a prefix is only valid on [source]"
+                        .into(),
                 ));
             }
             let same_endpoint = d.endpoint == self.source.endpoint;
             if same_endpoint && d.bucket == self.source.bucket {
                 return Err(invalid(
                     format!("{at}.bucket"),
-                    format!("`{}` is the source bucket itself: a destination must be another bucket", d.bucket),
+                    format!(
+                        "`{}` is the source bucket itself: a destination must be another bucket",
+                        d.bucket
+                    ),
                 ));
             }
             if same_endpoint && d.region == self.source.region && !d.allow_same_region {
@@ -582,7 +601,10 @@ impl Config {
             if let Some(first) = ids.insert(&r.id, i) {
                 return Err(invalid(
                     format!("{at}.id"),
-                    format!("`{}` is also the id of rule[{first}]: rule ids must be unique", r.id),
+                    format!(
+                        "`{}` is also the id of rule[{first}]: rule ids must be unique",
+                        r.id
+                    ),
                 ));
             }
             if !self.destinations.iter().any(|d| d.name == r.destination) {
@@ -592,7 +614,11 @@ impl Config {
                     format!(
                         "no [[destination]] is named `{}` (known: {})",
                         r.destination,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -607,7 +633,10 @@ impl Config {
             }
         }
         let prefer = self.read.prefer.as_str();
-        if prefer != "nearest" && prefer != "source" && !self.destinations.iter().any(|d| d.name == prefer) {
+        if prefer != "nearest"
+            && prefer != "source"
+            && !self.destinations.iter().any(|d| d.name == prefer)
+        {
             return Err(invalid(
                 "read.prefer".into(),
                 format!("`{prefer}` is not `nearest`, `source` or the name of a destination"),
@@ -623,7 +652,10 @@ impl Config {
         if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&part) {
             return Err(invalid(
                 "upload.part_size".into(),
-                format!("{} is outside S3's part sizes (5MiB to 5GiB)", self.upload.part_size),
+                format!(
+                    "{} is outside S3's part sizes (5MiB to 5GiB)",
+                    self.upload.part_size
+                ),
             ));
         }
         if self.upload.multipart_threshold.0 < MIN_PART_SIZE {
@@ -633,10 +665,16 @@ impl Config {
             ));
         }
         if self.upload.concurrency == 0 {
-            return Err(invalid("upload.concurrency".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "upload.concurrency".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.replication.workers == 0 {
-            return Err(invalid("replication.workers".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "replication.workers".into(),
+                "must be at least 1".into(),
+            ));
         }
         if let Some(m) = &self.metrics {
             if m.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -664,11 +702,26 @@ impl Config {
         let up = &self.upload;
         let max_object = (up.part_size_for(MAX_OBJECT_SIZE) * MAX_PARTS).min(MAX_OBJECT_SIZE);
         let mut v = vec![
-            ("upload.single_put_below".into(), up.multipart_threshold.to_string()),
-            ("upload.part_size(1GiB file)".into(), ByteSize(up.part_size_for(GIB)).to_string()),
-            ("upload.part_size(100GiB file)".into(), ByteSize(up.part_size_for(100 * GIB)).to_string()),
-            ("upload.max_object_size".into(), ByteSize(max_object).to_string()),
-            ("cache.max_dirty_bytes".into(), self.cache.max_size.to_string()),
+            (
+                "upload.single_put_below".into(),
+                up.multipart_threshold.to_string(),
+            ),
+            (
+                "upload.part_size(1GiB file)".into(),
+                ByteSize(up.part_size_for(GIB)).to_string(),
+            ),
+            (
+                "upload.part_size(100GiB file)".into(),
+                ByteSize(up.part_size_for(100 * GIB)).to_string(),
+            ),
+            (
+                "upload.max_object_size".into(),
+                ByteSize(max_object).to_string(),
+            ),
+            (
+                "cache.max_dirty_bytes".into(),
+                self.cache.max_size.to_string(),
+            ),
         ];
         for r in &self.rules {
             v.push((
@@ -679,7 +732,11 @@ impl Config {
                     r.tags,
                     r.destination,
                     r.priority,
-                    if r.delete_markers { "replicated" } else { "not replicated" }
+                    if r.delete_markers {
+                        "replicated"
+                    } else {
+                        "not replicated"
+                    }
                 ),
             ));
         }
@@ -786,9 +843,18 @@ destination = "eu"
         assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
         assert!("ten".parse::<ByteSize>().is_err());
         assert!("10XB".parse::<ByteSize>().is_err());
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
-        assert_eq!("1h30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
-        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            "1h30m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("0s".parse::<HumanDuration>().unwrap().0, Duration::ZERO);
         assert!("5 minutes".parse::<HumanDuration>().is_err());
         assert!("".parse::<HumanDuration>().is_err());
@@ -817,13 +883,17 @@ destination = "eu"
 
     #[test]
     fn duplicate_rule_ids_are_rejected() {
-        let e = err(&format!("{MINIMAL}\n[[rule]]\nid = \"all\"\npriority = 1\ndestination = \"eu\"\n"));
+        let e = err(&format!(
+            "{MINIMAL}\n[[rule]]\nid = \"all\"\npriority = 1\ndestination = \"eu\"\n"
+        ));
         assert!(e.contains("rule[1].id"), "{e}");
     }
 
     #[test]
     fn equal_priorities_for_one_destination_are_rejected() {
-        let e = err(&format!("{MINIMAL}\n[[rule]]\nid = \"two\"\ndestination = \"eu\"\n"));
+        let e = err(&format!(
+            "{MINIMAL}\n[[rule]]\nid = \"two\"\ndestination = \"eu\"\n"
+        ));
         assert!(e.contains("rule[1].priority"), "{e}");
     }
 
@@ -835,7 +905,10 @@ destination = "eu"
         let e = err(&same);
         assert!(e.contains("destination[0].region"), "{e}");
         assert!(e.contains("allow_same_region"), "{e}");
-        let allowed = same.replace("bucket = \"dst\"", "bucket = \"dst\"\nallow_same_region = true");
+        let allowed = same.replace(
+            "bucket = \"dst\"",
+            "bucket = \"dst\"\nallow_same_region = true",
+        );
         Config::parse(&allowed).unwrap();
         let itself = allowed.replace("bucket = \"dst\"", "bucket = \"src\"");
         assert!(err(&itself).contains("source bucket itself"));
@@ -867,7 +940,7 @@ destination = "eu"
         #[test]
         fn any_size_plans_a_legal_part_size(size in 0u64..=MAX_OBJECT_SIZE, pref in MIN_PART_SIZE..=MAX_PART_SIZE) {
             let p = plan_part_size(pref, size);
-            proptest::prop_assert!(p >= MIN_PART_SIZE && p <= MAX_PART_SIZE);
+            proptest::prop_assert!((MIN_PART_SIZE..=MAX_PART_SIZE).contains(&p));
             proptest::prop_assert!(size.div_ceil(p) <= MAX_PARTS);
         }
     }

@@ -15,7 +15,10 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("config syntax error{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
-    Syntax { line: Option<usize>, message: String },
+    Syntax {
+        line: Option<usize>,
+        message: String,
+    },
     #[error("config field `{field}`{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
     Field {
         field: String,
@@ -64,7 +67,11 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("object too large for {bucket}: {size} bytes (limit {limit})")]
-    TooLarge { bucket: String, size: u64, limit: u64 },
+    TooLarge {
+        bucket: String,
+        size: u64,
+        limit: u64,
+    },
 }
 
 impl StoreError {
@@ -83,9 +90,7 @@ impl StoreError {
             | StoreError::Server { .. }
             | StoreError::Unreachable { .. } => false,
             // A vanished or unreadable cache file will not come back by itself.
-            StoreError::LocalIo { source, .. } => {
-                source.kind() == std::io::ErrorKind::NotFound
-            }
+            StoreError::LocalIo { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         }
     }
 
@@ -206,9 +211,28 @@ mod tests {
     fn permanent_and_transient_store_errors_are_classified() {
         let b = || "`b`".to_string();
         assert!(StoreError::NoSuchBucket { bucket: b() }.is_permanent());
-        assert!(StoreError::AccessDenied { bucket: b(), code: "AccessDenied".into(), message: String::new() }.is_permanent());
-        assert!(!StoreError::Throttled { bucket: b(), code: "SlowDown".into() }.is_permanent());
-        assert!(!StoreError::Server { bucket: b(), status: 503, code: "ServiceUnavailable".into(), message: String::new() }.is_permanent());
-        assert!(!StoreError::Unreachable { bucket: b(), message: "refused".into() }.is_permanent());
+        assert!(StoreError::AccessDenied {
+            bucket: b(),
+            code: "AccessDenied".into(),
+            message: String::new()
+        }
+        .is_permanent());
+        assert!(!StoreError::Throttled {
+            bucket: b(),
+            code: "SlowDown".into()
+        }
+        .is_permanent());
+        assert!(!StoreError::Server {
+            bucket: b(),
+            status: 503,
+            code: "ServiceUnavailable".into(),
+            message: String::new()
+        }
+        .is_permanent());
+        assert!(!StoreError::Unreachable {
+            bucket: b(),
+            message: "refused".into()
+        }
+        .is_permanent());
     }
 }

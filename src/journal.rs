@@ -203,11 +203,17 @@ impl Journal {
     /// Opens (creating if needed) the journal at `path` and starts its actor thread.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
+        let sq = |source| JournalError::Sqlite {
+            path: p.clone(),
+            source,
+        };
         let conn = Connection::open(path).map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sq)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sq)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
         Ok(Self::spawn(conn, p))
     }
@@ -215,9 +221,14 @@ impl Journal {
     /// Opens an existing journal for reading (another process may own it).
     pub fn open_readonly(path: &Path) -> Result<Journal, JournalError> {
         let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite { path: p.clone(), source };
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
+        let sq = |source| JournalError::Sqlite {
+            path: p.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sq)?;
         Ok(Self::spawn(conn, p))
     }
 
@@ -252,7 +263,10 @@ impl Journal {
 
     /// Queues `f` for the next group commit *now* (jobs commit in the order they
     /// were sent) and returns a future for its committed result.
-    fn send<T, F>(&self, f: F) -> impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static
+    fn send<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -269,7 +283,9 @@ impl Journal {
                         path: path.to_string(),
                         source,
                     }),
-                    (Ok(_), Err(msg)) if msg == "injected" => Err(JournalError::Injected(path.to_string())),
+                    (Ok(_), Err(msg)) if msg == "injected" => {
+                        Err(JournalError::Injected(path.to_string()))
+                    }
                     (Ok(_), Err(msg)) => Err(JournalError::Sqlite {
                         path: path.to_string(),
                         source: rusqlite::Error::InvalidParameterName(msg),
@@ -283,13 +299,17 @@ impl Journal {
         let path = self.path.clone();
         async move {
             sent.map_err(|_| JournalError::Closed(path.to_string()))?;
-            rx.await.map_err(|_| JournalError::Closed(path.to_string()))?
+            rx.await
+                .map_err(|_| JournalError::Closed(path.to_string()))?
         }
     }
 
     /// Stages an operation, queued for commit before this returns, so operations
     /// staged one after the other get increasing sequence numbers.
-    pub fn stage_in_order(&self, op: NewOp) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
+    pub fn stage_in_order(
+        &self,
+        op: NewOp,
+    ) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
         self.send(move |c| {
             c.execute(
                 "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -323,7 +343,12 @@ impl Journal {
 
     /// Records a failed attempt. `permanent` marks the row failed (visible in
     /// status) until a later attempt succeeds.
-    pub async fn record_failure(&self, seq: i64, error: String, permanent: bool) -> Result<(), JournalError> {
+    pub async fn record_failure(
+        &self,
+        seq: i64,
+        error: String,
+        permanent: bool,
+    ) -> Result<(), JournalError> {
         self.run(move |c| {
             c.execute(
                 "UPDATE ops SET attempts = attempts + 1, error = ?2, state = CASE WHEN ?3 THEN 'failed' ELSE 'pending' END WHERE seq = ?1",
@@ -336,9 +361,16 @@ impl Journal {
 
     /// Remembers (or forgets, with None) the multipart upload of an operation so
     /// that recovery can abort it.
-    pub async fn set_multipart(&self, seq: i64, upload_id: Option<String>) -> Result<(), JournalError> {
+    pub async fn set_multipart(
+        &self,
+        seq: i64,
+        upload_id: Option<String>,
+    ) -> Result<(), JournalError> {
         self.run(move |c| {
-            c.execute("UPDATE ops SET multipart_id = ?2 WHERE seq = ?1", params![seq, upload_id])?;
+            c.execute(
+                "UPDATE ops SET multipart_id = ?2 WHERE seq = ?1",
+                params![seq, upload_id],
+            )?;
             Ok(())
         })
         .await
@@ -347,7 +379,9 @@ impl Journal {
     /// Every operation not yet done, in sequence order.
     pub async fn open_ops(&self) -> Result<Vec<Op>, JournalError> {
         self.run(|c| {
-            let mut st = c.prepare(&format!("SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' ORDER BY seq"))?;
+            let mut st = c.prepare(&format!(
+                "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' ORDER BY seq"
+            ))?;
             let rows = st.query_map([], op_from_row)?;
             rows.collect()
         })
@@ -479,7 +513,9 @@ mod tests {
             let b = j.stage(put("b", "f2")).await.unwrap();
             j.stage(put("a", "f3")).await.unwrap();
             j.complete(a, Some("v1".into())).await.unwrap();
-            j.record_failure(b, "AccessDenied".into(), true).await.unwrap();
+            j.record_failure(b, "AccessDenied".into(), true)
+                .await
+                .unwrap();
         }
         let j = Journal::open(&path).unwrap();
         let open = j.open_ops().await.unwrap();
@@ -487,7 +523,15 @@ mod tests {
         assert_eq!(files, vec!["f2", "f3"]);
         assert_eq!(open[0].state, OpState::Failed);
         assert_eq!(open[0].error.as_deref(), Some("AccessDenied"));
-        assert_eq!(j.latest_done("a".into()).await.unwrap().unwrap().version_id.as_deref(), Some("v1"));
+        assert_eq!(
+            j.latest_done("a".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .version_id
+                .as_deref(),
+            Some("v1")
+        );
         let s = j.upload_summary().await.unwrap();
         assert_eq!((s.pending, s.pending_bytes, s.failed), (2, 20, 1));
     }
@@ -505,7 +549,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(count, 1);
-        assert_eq!(j.latest("k".into()).await.unwrap().unwrap().version_id.as_deref(), Some("v4"));
+        assert_eq!(
+            j.latest("k".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .version_id
+                .as_deref(),
+            Some("v4")
+        );
     }
 
     #[tokio::test]
@@ -516,7 +568,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..200 {
             let j = j.clone();
-            tasks.push(tokio::spawn(async move { j.stage(put(&format!("k{i}"), "f")).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                j.stage(put(&format!("k{i}"), "f")).await.unwrap()
+            }));
         }
         for t in tasks {
             t.await.unwrap();
@@ -537,7 +591,14 @@ mod tests {
         let e = j.stage(put("c", "3")).await.unwrap_err();
         assert!(matches!(e, JournalError::Injected(_)), "{e}");
         drop(j);
-        let keys: Vec<_> = Journal::open(&path).unwrap().open_ops().await.unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<_> = Journal::open(&path)
+            .unwrap()
+            .open_ops()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, vec!["a", "b"], "the failed stage left no row");
     }
 }

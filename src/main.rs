@@ -13,7 +13,11 @@ use regionfs::service;
 use regionfs::store::probe::probe_bucket;
 
 #[derive(Parser)]
-#[command(name = "regionfs", version, about = "A FUSE filesystem backed by versioned S3 buckets, replicated across regions")]
+#[command(
+    name = "regionfs",
+    version,
+    about = "A FUSE filesystem backed by versioned S3 buckets, replicated across regions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +55,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -62,8 +67,16 @@ fn main() -> ExitCode {
             config,
             daemon,
             mountpoint,
-        } => load(&config).and_then(|c| if daemon { daemonize(&config, &c, &mountpoint) } else { mount(c, &mountpoint) }),
-        Command::Status { config, json, path } => load(&config).and_then(|c| status(&c, json, path.as_deref())),
+        } => load(&config).and_then(|c| {
+            if daemon {
+                daemonize(&config, &c, &mountpoint)
+            } else {
+                mount(c, &mountpoint)
+            }
+        }),
+        Command::Status { config, json, path } => {
+            load(&config).and_then(|c| status(&c, json, path.as_deref()))
+        }
     };
     match result {
         Ok(code) => code,
@@ -95,7 +108,10 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     service::clear_stale_mount(mountpoint)?;
     let svc = rt.block_on(service::start(&config, owner))?;
     let mountpoint = std::fs::canonicalize(mountpoint)?;
-    let _ = std::fs::write(config.cache.dir.join("mountpoint"), mountpoint.as_os_str().as_encoded_bytes());
+    let _ = std::fs::write(
+        config.cache.dir.join("mountpoint"),
+        mountpoint.as_os_str().as_encoded_bytes(),
+    );
     let mut opts = fuser::Config::default();
     opts.mount_options = vec![
         fuser::MountOption::FSName("regionfs".into()),
@@ -106,8 +122,12 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         opts.acl = fuser::SessionACL::All;
     }
     opts.n_threads = Some(2);
-    let session = fuser::spawn_mount(FuseFs::new(svc.core.clone(), rt.handle().clone()), &mountpoint, &opts)
-        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    let session = fuser::spawn_mount(
+        FuseFs::new(svc.core.clone(), rt.handle().clone()),
+        &mountpoint,
+        &opts,
+    )
+    .with_context(|| format!("mounting at {}", mountpoint.display()))?;
     eprintln!(
         "regionfs: mounted {} at {} (cache {})",
         config.source.describe(),
@@ -143,11 +163,18 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
 
 /// Starts the mount in a new session with output to a log file and returns once
 /// it is mounted (or says why it failed).
-fn daemonize(config_path: &std::path::Path, config: &Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn daemonize(
+    config_path: &std::path::Path,
+    config: &Config,
+    mountpoint: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&config.cache.dir)?;
     let log_path = config.cache.dir.join("regionfs.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("mount")
         .arg("--config")
@@ -162,7 +189,12 @@ fn daemonize(config_path: &std::path::Path, config: &Config, mountpoint: &std::p
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if is_mounted(&target) {
-            println!("regionfs: mounted at {} (pid {}, log {})", target.display(), child.id(), log_path.display());
+            println!(
+                "regionfs: mounted at {} (pid {}, log {})",
+                target.display(),
+                child.id(),
+                log_path.display()
+            );
             return Ok(ExitCode::SUCCESS);
         }
         if let Some(status) = child.try_wait()? {
@@ -178,16 +210,24 @@ fn daemonize(config_path: &std::path::Path, config: &Config, mountpoint: &std::p
 fn is_mounted(path: &std::path::Path) -> bool {
     let p = path.to_string_lossy();
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&p) && l.contains("regionfs")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(&p) && l.contains("regionfs"))
+        })
         .unwrap_or(false)
 }
 
 fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let db = config.cache.dir.join("journal.db");
     if !db.exists() {
-        bail!("no journal at {}: nothing was mounted with this cache dir yet", db.display());
+        bail!(
+            "no journal at {}: nothing was mounted with this cache dir yet",
+            db.display()
+        );
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let journal = Journal::open_readonly(&db)?;
         match path {
@@ -249,7 +289,10 @@ fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("# effective configuration of {} (defaults filled in, secrets redacted)", file.display());
+    println!(
+        "# effective configuration of {} (defaults filled in, secrets redacted)",
+        file.display()
+    );
     print!("{}", config.to_effective_toml());
     println!("\n# derived limits");
     for (k, v) in config.derived_limits() {
@@ -258,7 +301,10 @@ fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
     if !probe {
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("regionfs: cannot start the runtime: {e}");
@@ -266,7 +312,9 @@ fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
         }
     };
     println!("\n# probe");
-    let buckets: Vec<_> = std::iter::once(&config.source).chain(&config.destinations).collect();
+    let buckets: Vec<_> = std::iter::once(&config.source)
+        .chain(&config.destinations)
+        .collect();
     let reports = rt.block_on(async {
         let mut out = Vec::new();
         for b in buckets {

@@ -55,7 +55,8 @@ impl ObjectMeta {
         if self.mtime_s >= 0 {
             UNIX_EPOCH + Duration::new(self.mtime_s as u64, self.mtime_ns)
         } else {
-            UNIX_EPOCH - Duration::from_secs(self.mtime_s.unsigned_abs()) + Duration::from_nanos(self.mtime_ns as u64)
+            UNIX_EPOCH - Duration::from_secs(self.mtime_s.unsigned_abs())
+                + Duration::from_nanos(self.mtime_ns as u64)
         }
     }
 
@@ -99,7 +100,10 @@ impl ObjectMeta {
                 .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
                 .collect();
             let json = serde_json::to_string(&map).unwrap_or_default();
-            md.insert("xattr".to_string(), crate::store::url_encode_path(&json, false));
+            md.insert(
+                "xattr".to_string(),
+                crate::store::url_encode_path(&json, false),
+            );
         }
         PutOptions {
             content_type: self.content_type.clone(),
@@ -117,7 +121,11 @@ impl ObjectMeta {
         let num = |k: &str| md.get(k).and_then(|v| v.trim().parse::<u32>().ok());
         let mut m = default.clone();
         if let Some(mode) = num("mode") {
-            m.mode = if mode & S_IFMT == 0 { (default.mode & S_IFMT) | (mode & 0o7777) } else { mode };
+            m.mode = if mode & S_IFMT == 0 {
+                (default.mode & S_IFMT) | (mode & 0o7777)
+            } else {
+                mode
+            };
         }
         if let Some(u) = num("uid") {
             m.uid = u;
@@ -128,7 +136,9 @@ impl ObjectMeta {
         match md.get("mtime").and_then(|v| v.trim().parse::<f64>().ok()) {
             Some(t) => {
                 m.mtime_s = t.floor() as i64;
-                m.mtime_ns = num("mtime-nsec").unwrap_or(((t - t.floor()) * 1e9) as u32).min(999_999_999);
+                m.mtime_ns = num("mtime-nsec")
+                    .unwrap_or(((t - t.floor()) * 1e9) as u32)
+                    .min(999_999_999);
             }
             None => {
                 if let Some(t) = info.last_modified {
@@ -148,7 +158,12 @@ fn decode_xattrs(v: &str) -> BTreeMap<String, Vec<u8>> {
     let json = percent_decode(v);
     let map: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
     map.into_iter()
-        .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v).ok().map(|b| (k, b)))
+        .filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(v)
+                .ok()
+                .map(|b| (k, b))
+        })
         .collect()
 }
 
@@ -178,7 +193,8 @@ mod tests {
     fn attributes_round_trip_through_s3fs_style_metadata() {
         let mut m = ObjectMeta::new(S_IFREG | 0o640, 1000, 100);
         m.mtime_ns = 123;
-        m.xattrs.insert("user.note".into(), b"hi \x00there".to_vec());
+        m.xattrs
+            .insert("user.note".into(), b"hi \x00there".to_vec());
         let opts = m.to_put_options();
         assert_eq!(opts.metadata["mode"], (S_IFREG | 0o640).to_string());
         let info = ObjectInfo {
@@ -198,7 +214,10 @@ mod tests {
         };
         let d = ObjectMeta::new(S_IFREG | 0o644, 5, 6);
         let m = ObjectMeta::from_object(&info, &d);
-        assert_eq!((m.mode, m.uid, m.gid, m.mtime()), (S_IFREG | 0o644, 5, 6, t));
+        assert_eq!(
+            (m.mode, m.uid, m.gid, m.mtime()),
+            (S_IFREG | 0o644, 5, 6, t)
+        );
     }
 
     #[test]

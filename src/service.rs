@@ -62,8 +62,16 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
 }
 
 /// As [`start`], with a given store (tests wrap it with fault injection).
-pub async fn start_with_store(config: &Config, store: Arc<dyn ObjectStore>, owner: Caller) -> Result<Service, ServiceError> {
-    let cache = Cache::open(&config.cache.dir, config.cache.max_size.0, config.cache.space_wait.0)?;
+pub async fn start_with_store(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    owner: Caller,
+) -> Result<Service, ServiceError> {
+    let cache = Cache::open(
+        &config.cache.dir,
+        config.cache.max_size.0,
+        config.cache.space_wait.0,
+    )?;
     let journal = Journal::open(&cache.journal_path())?;
     let ops = journal.open_ops().await?;
     let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
@@ -87,7 +95,15 @@ pub async fn start_with_store(config: &Config, store: Arc<dyn ObjectStore>, owne
         ops,
     );
     let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
-    let core = Core::new(config, store, uploader.clone(), cache.clone(), journal.clone(), owner, dir_sidecar);
+    let core = Core::new(
+        config,
+        store,
+        uploader.clone(),
+        cache.clone(),
+        journal.clone(),
+        owner,
+        dir_sidecar,
+    );
     let c = core.clone();
     tokio::spawn(async move {
         while let Some(completion) = done.recv().await {
@@ -159,7 +175,12 @@ pub fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
     match std::fs::read_dir(path) {
         Ok(_) if !path.is_dir() => Err(err("is not a directory".into())),
         Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+            ) =>
+        {
             tracing::warn!(path = %path.display(), "clearing a stale mount left by a stopped daemon");
             detach(path);
             Ok(())

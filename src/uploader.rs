@@ -169,7 +169,10 @@ impl Uploader {
     pub async fn wait(&self, seq: i64) -> WaitResult {
         let rx = {
             let mut q = self.inner.queue.lock().unwrap();
-            let queued = q.by_key.values().any(|ops| ops.iter().any(|o| o.seq == seq));
+            let queued = q
+                .by_key
+                .values()
+                .any(|ops| ops.iter().any(|o| o.seq == seq));
             if !queued {
                 return Ok(());
             }
@@ -177,13 +180,17 @@ impl Uploader {
             q.waiters.entry(seq).or_default().push(tx);
             rx
         };
-        rx.await.unwrap_or_else(|_| Err("the uploader stopped".into()))
+        rx.await
+            .unwrap_or_else(|_| Err("the uploader stopped".into()))
     }
 
     /// The operations still queued for `key`, oldest first.
     pub fn pending_for(&self, key: &str) -> Vec<Op> {
         let q = self.inner.queue.lock().unwrap();
-        q.by_key.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default()
+        q.by_key
+            .get(key)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The newest queued operation of every key under `prefix`.
@@ -199,7 +206,9 @@ impl Uploader {
     /// Whether a queued operation still needs the cache file `name`.
     pub fn references(&self, name: &str) -> bool {
         let q = self.inner.queue.lock().unwrap();
-        q.by_key.values().any(|ops| ops.iter().any(|o| o.file.as_deref() == Some(name)))
+        q.by_key
+            .values()
+            .any(|ops| ops.iter().any(|o| o.file.as_deref() == Some(name)))
     }
 
     /// Whether an operation on `key` is being submitted right now.
@@ -222,7 +231,10 @@ impl Uploader {
             if n == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return *rx.borrow();
             }
         }
@@ -241,12 +253,19 @@ async fn run(inner: Arc<Inner>) {
             let now = Instant::now();
             let now_ms = now_ms();
             let mut ready = Vec::new();
-            let keys: Vec<String> = q.by_key.keys().filter(|k| !q.running.contains(*k)).cloned().collect();
+            let keys: Vec<String> = q
+                .by_key
+                .keys()
+                .filter(|k| !q.running.contains(*k))
+                .cloned()
+                .collect();
             for key in keys {
                 if ready.len() >= slots.available_permits() {
                     break;
                 }
-                let Some(op) = q.by_key.get(&key).and_then(|v| v.front()).cloned() else { continue };
+                let Some(op) = q.by_key.get(&key).and_then(|v| v.front()).cloned() else {
+                    continue;
+                };
                 if let Some(at) = q.retry_at.get(&op.seq) {
                     if *at > now {
                         next_wake = next_wake.min(*at - now);
@@ -296,7 +315,8 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 tracing::error!(key = %op.key, error = %e, "cannot record an upload in the journal; will retry");
                 let mut q = inner.queue.lock().unwrap();
                 q.running.remove(&op.key);
-                q.retry_at.insert(op.seq, Instant::now() + backoff(op.attempts, false));
+                q.retry_at
+                    .insert(op.seq, Instant::now() + backoff(op.attempts, false));
                 return;
             }
             let waiters = {
@@ -329,19 +349,28 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
             } else {
                 tracing::warn!(key = %op.key, error = %msg, "upload failed; retrying");
             }
-            let _ = inner.journal.record_failure(op.seq, msg.clone(), permanent).await;
+            let _ = inner
+                .journal
+                .record_failure(op.seq, msg.clone(), permanent)
+                .await;
             let waiters = {
                 let mut q = inner.queue.lock().unwrap();
                 q.running.remove(&op.key);
-                let attempts = if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
-                    o.attempts += 1;
-                    o.error = Some(msg.clone());
-                    o.state = if permanent { OpState::Failed } else { OpState::Pending };
-                    o.attempts
-                } else {
-                    op.attempts + 1
-                };
-                q.retry_at.insert(op.seq, Instant::now() + backoff(attempts, permanent));
+                let attempts =
+                    if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
+                        o.attempts += 1;
+                        o.error = Some(msg.clone());
+                        o.state = if permanent {
+                            OpState::Failed
+                        } else {
+                            OpState::Pending
+                        };
+                        o.attempts
+                    } else {
+                        op.attempts + 1
+                    };
+                q.retry_at
+                    .insert(op.seq, Instant::now() + backoff(attempts, permanent));
                 if permanent {
                     q.waiters.remove(&op.seq).unwrap_or_default()
                 } else {
@@ -356,7 +385,9 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
 }
 
 fn options(op: &Op) -> PutOptions {
-    ObjectMeta::from_json(&op.meta).map(|m| m.to_put_options()).unwrap_or_default()
+    ObjectMeta::from_json(&op.meta)
+        .map(|m| m.to_put_options())
+        .unwrap_or_default()
 }
 
 async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
@@ -371,12 +402,16 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
         }
         OpKind::Copy => {
             let src = op.src_key.as_deref().unwrap_or(&op.key);
-            store.copy(src, op.src_version.as_deref(), &op.key, &options(op)).await
+            store
+                .copy(src, op.src_version.as_deref(), &op.key, &options(op))
+                .await
         }
         OpKind::Put => {
             let Some(name) = op.file.as_deref() else {
                 // A directory marker (or an empty object with no cache file).
-                return store.put(&op.key, PutBody::Bytes(bytes::Bytes::new()), &options(op)).await;
+                return store
+                    .put(&op.key, PutBody::Bytes(bytes::Bytes::new()), &options(op))
+                    .await;
             };
             let path = inner.cache.data_path(name);
             let size = std::fs::metadata(&path)
@@ -391,7 +426,15 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
             }
             if size < inner.cfg.multipart_threshold.0 {
                 return store
-                    .put(&op.key, PutBody::File { path, offset: 0, len: size }, &options(op))
+                    .put(
+                        &op.key,
+                        PutBody::File {
+                            path,
+                            offset: 0,
+                            len: size,
+                        },
+                        &options(op),
+                    )
                     .await;
             }
             multipart(inner, op, path, size).await
@@ -399,10 +442,19 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
     }
 }
 
-async fn multipart(inner: &Arc<Inner>, op: &Op, path: std::path::PathBuf, size: u64) -> Result<PutResult, StoreError> {
+async fn multipart(
+    inner: &Arc<Inner>,
+    op: &Op,
+    path: std::path::PathBuf,
+    size: u64,
+) -> Result<PutResult, StoreError> {
     let store = inner.store.clone();
     let upload_id = store.create_multipart(&op.key, &options(op)).await?;
-    if let Err(e) = inner.journal.set_multipart(op.seq, Some(upload_id.clone())).await {
+    if let Err(e) = inner
+        .journal
+        .set_multipart(op.seq, Some(upload_id.clone()))
+        .await
+    {
         let _ = store.abort_multipart(&op.key, &upload_id).await;
         return Err(StoreError::LocalIo {
             bucket: store.describe(),
@@ -412,7 +464,12 @@ async fn multipart(inner: &Arc<Inner>, op: &Op, path: std::path::PathBuf, size: 
     let part = inner.cfg.part_size_for(size);
     let mut set = JoinSet::new();
     for (i, offset) in (0..size).step_by(part as usize).enumerate() {
-        let permit = inner.parts.clone().acquire_owned().await.expect("semaphore open");
+        let permit = inner
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
         let store = store.clone();
         let key = op.key.clone();
         let id = upload_id.clone();
@@ -421,7 +478,11 @@ async fn multipart(inner: &Arc<Inner>, op: &Op, path: std::path::PathBuf, size: 
         set.spawn(async move {
             let mut attempt = 0;
             let result = loop {
-                let body = PutBody::File { path: path.clone(), offset, len };
+                let body = PutBody::File {
+                    path: path.clone(),
+                    offset,
+                    len,
+                };
                 match store.upload_part(&key, &id, i as i32 + 1, body).await {
                     Ok(p) => break Ok::<CompletedPart, StoreError>(p),
                     Err(e) if !e.is_permanent() && attempt < 5 => {
@@ -482,12 +543,29 @@ mod tests {
         let journal = Journal::open(&cache.journal_path()).unwrap();
         let mem = Arc::new(MemoryStore::new("src"));
         let faulty = Arc::new(FaultyStore::new(mem.clone()));
-        Rig { _dir: dir, mem, faulty, cache, journal }
+        Rig {
+            _dir: dir,
+            mem,
+            faulty,
+            cache,
+            journal,
+        }
     }
 
     fn start(r: &Rig, recovered: Vec<Op>) -> Uploader {
-        let cfg = UploadConfig { multipart_threshold: crate::config::ByteSize(5 * MIB), ..Default::default() };
-        Uploader::start(r.faulty.clone(), r.journal.clone(), r.cache.clone(), cfg, Duration::ZERO, recovered).0
+        let cfg = UploadConfig {
+            multipart_threshold: crate::config::ByteSize(5 * MIB),
+            ..Default::default()
+        };
+        Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            cfg,
+            Duration::ZERO,
+            recovered,
+        )
+        .0
     }
 
     fn staged_file(r: &Rig, content: &[u8]) -> String {
@@ -519,7 +597,12 @@ mod tests {
             last = up.submit(put("k", &f, 100)).await.unwrap();
         }
         up.wait(last).await.unwrap();
-        let history: Vec<u8> = r.mem.history("k").iter().map(|(_, b)| b.as_ref().unwrap()[0]).collect();
+        let history: Vec<u8> = r
+            .mem
+            .history("k")
+            .iter()
+            .map(|(_, b)| b.as_ref().unwrap()[0])
+            .collect();
         assert_eq!(history, (0..10).collect::<Vec<u8>>());
         assert_eq!(up.drain(Duration::from_secs(5), |_| {}).await, 0);
         assert!(r.journal.open_ops().await.unwrap().is_empty());
@@ -550,8 +633,16 @@ mod tests {
         let r = rig();
         let big: Vec<u8> = (0..6 * MIB).map(|i| (i % 253) as u8).collect();
         let f = staged_file(&r, &big);
-        let seq = r.journal.stage(put("big", &f, big.len() as u64)).await.unwrap();
-        let stale = r.mem.create_multipart("big", &PutOptions::default()).await.unwrap();
+        let seq = r
+            .journal
+            .stage(put("big", &f, big.len() as u64))
+            .await
+            .unwrap();
+        let stale = r
+            .mem
+            .create_multipart("big", &PutOptions::default())
+            .await
+            .unwrap();
         r.journal.set_multipart(seq, Some(stale)).await.unwrap();
         let up = start(&r, r.journal.open_ops().await.unwrap());
         assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);

@@ -11,7 +11,9 @@ fn check_config(text: &str, probe: bool) -> Output {
     let path = dir.path().join("regionfs.toml");
     std::fs::write(&path, text).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regionfs"));
-    cmd.arg("check-config").arg(&path).env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd.arg("check-config")
+        .arg(&path)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
     if probe {
         cmd.arg("--probe");
     }
@@ -40,11 +42,24 @@ fn the_example_config_is_valid_and_printed_with_derived_limits() {
 fn each_bad_config_exits_2_naming_its_cause() {
     let ex = example();
     let cases = [
-        (ex.replace("destination = \"eu\"                     #", "destination = \"ap\" #"), "rule[0].destination"),
-        (ex.replace("[cache]\n", "[cache]\ncolour = \"blue\"\n"), "colour"),
-        (ex.replace("max_size = \"10GiB\"", "max_size = \"ten\""), "cache.max_size"),
         (
-            ex.replace("region = \"eu-west-1\"", "region = \"us-east-1\"").replace("18340", "18330"),
+            ex.replace(
+                "destination = \"eu\"                     #",
+                "destination = \"ap\" #",
+            ),
+            "rule[0].destination",
+        ),
+        (
+            ex.replace("[cache]\n", "[cache]\ncolour = \"blue\"\n"),
+            "colour",
+        ),
+        (
+            ex.replace("max_size = \"10GiB\"", "max_size = \"ten\""),
+            "cache.max_size",
+        ),
+        (
+            ex.replace("region = \"eu-west-1\"", "region = \"us-east-1\"")
+                .replace("18340", "18330"),
             "destination[0].region",
         ),
         (
@@ -55,7 +70,11 @@ fn each_bad_config_exits_2_naming_its_cause() {
     for (text, cause) in cases {
         let o = check_config(&text, false);
         assert_eq!(o.status.code(), Some(2), "expected exit 2 for {cause}");
-        assert!(stderr(&o).contains(cause), "message for {cause}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(cause),
+            "message for {cause}: {}",
+            stderr(&o)
+        );
     }
 }
 
@@ -93,12 +112,17 @@ async fn probe_reports_both_regions_reachable_and_versioned() {
     a.versioned_bucket(&sa).await;
     b.versioned_bucket(&sb).await;
     let text = config_for(&a, &sa, &b, &sb);
-    let o = tokio::task::spawn_blocking(move || check_config(&text, true)).await.unwrap();
+    let o = tokio::task::spawn_blocking(move || check_config(&text, true))
+        .await
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     assert!(out.contains("ok    us-east:"), "{out}");
     assert!(out.contains("ok    eu:"), "{out}");
-    assert!(!out.contains(SECRET_KEY), "the secret is never printed: {out}");
+    assert!(
+        !out.contains(SECRET_KEY),
+        "the secret is never printed: {out}"
+    );
 }
 
 #[tokio::test]
@@ -106,14 +130,23 @@ async fn probe_says_versioning_is_off_and_how_to_enable_it() {
     let (a, b) = (Region::seaweed("us-east-1"), Region::seaweed("eu-west-1"));
     let (sa, sb) = (bucket_name("src"), bucket_name("dst"));
     a.versioned_bucket(&sa).await;
-    b.versioned_bucket(&sb).await.set_versioning(false).await.unwrap();
+    b.versioned_bucket(&sb)
+        .await
+        .set_versioning(false)
+        .await
+        .unwrap();
     let text = config_for(&a, &sa, &b, &sb);
-    let o = tokio::task::spawn_blocking(move || check_config(&text, true)).await.unwrap();
+    let o = tokio::task::spawn_blocking(move || check_config(&text, true))
+        .await
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(out.contains("FAIL  eu:"), "{out}");
     assert!(out.contains("versioning Suspended"), "{out}");
-    assert!(out.contains(&format!("put-bucket-versioning --bucket {sb}")), "{out}");
+    assert!(
+        out.contains(&format!("put-bucket-versioning --bucket {sb}")),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -121,12 +154,20 @@ async fn probe_reports_a_missing_bucket_and_rejected_credentials() {
     let (a, b) = (Region::seaweed("us-east-1"), Region::seaweed("eu-west-1"));
     let sa = bucket_name("src");
     a.versioned_bucket(&sa).await;
-    let text = config_for(&a, &sa, &b, "does-not-exist")
-        .replacen(&format!("secret_access_key = \"{SECRET_KEY}\""), "secret_access_key = \"wrong\"", 1);
-    let o = tokio::task::spawn_blocking(move || check_config(&text, true)).await.unwrap();
+    let text = config_for(&a, &sa, &b, "does-not-exist").replacen(
+        &format!("secret_access_key = \"{SECRET_KEY}\""),
+        "secret_access_key = \"wrong\"",
+        1,
+    );
+    let o = tokio::task::spawn_blocking(move || check_config(&text, true))
+        .await
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(out.contains("FAIL  us-east: credentials not accepted"), "{out}");
+    assert!(
+        out.contains("FAIL  us-east: credentials not accepted"),
+        "{out}"
+    );
     assert!(out.contains("FAIL  eu: bucket `does-not-exist`"), "{out}");
     assert!(!out.contains("wrong"), "{out}");
 }

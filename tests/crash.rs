@@ -23,7 +23,9 @@ struct Ledger {
 }
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -35,13 +37,23 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// Writes files until the mount dies; records what was acknowledged.
-fn writer(dir: std::path::PathBuf, round: u64, ledger: Arc<Mutex<Ledger>>, acked: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> String {
+fn writer(
+    dir: std::path::PathBuf,
+    round: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    acked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> String {
     for i in 0u64.. {
         if stop.load(Ordering::SeqCst) {
             return "stopped".into();
         }
         // A few keys are overwritten across rounds; most are new.
-        let key = if i % 4 == 0 { format!("hot/k{}", i % 8) } else { format!("r{round}/f{i}") };
+        let key = if i % 4 == 0 {
+            format!("hot/k{}", i % 8)
+        } else {
+            format!("r{round}/f{i}")
+        };
         let len = match i % 13 {
             0 => 6 * 1024 * 1024 + 12345, // multipart
             n => (n as usize) * 3001,
@@ -50,7 +62,10 @@ fn writer(dir: std::path::PathBuf, round: u64, ledger: Arc<Mutex<Ledger>>, acked
         {
             let mut l = ledger.lock().unwrap();
             l.written.entry(key.clone()).or_default().push(body.clone());
-            l.in_flight.entry(key.clone()).or_default().push(body.clone());
+            l.in_flight
+                .entry(key.clone())
+                .or_default()
+                .push(body.clone());
         }
         let path = dir.join(&key);
         let result = (|| -> std::io::Result<()> {
@@ -95,20 +110,28 @@ async fn every_acknowledged_write_survives_repeated_kill_9() {
         let acked = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let t = {
-            let (dir, ledger, acked, stop) = (m.dir.clone(), ledger.clone(), acked.clone(), stop.clone());
+            let (dir, ledger, acked, stop) =
+                (m.dir.clone(), ledger.clone(), acked.clone(), stop.clone());
             std::thread::spawn(move || writer(dir, round, ledger, acked, stop))
         };
         // Kill at a different point each round: after 1..=12 acknowledged files.
         let target = 1 + (round as usize * 7) % 12;
-        wait_for("the writer to make progress", Duration::from_secs(120), || {
-            if t.is_finished() && acked.load(Ordering::SeqCst) < target {
-                return Some(());
-            }
-            (acked.load(Ordering::SeqCst) >= target).then_some(())
-        });
+        wait_for(
+            "the writer to make progress",
+            Duration::from_secs(120),
+            || {
+                if t.is_finished() && acked.load(Ordering::SeqCst) < target {
+                    return Some(());
+                }
+                (acked.load(Ordering::SeqCst) >= target).then_some(())
+            },
+        );
         if t.is_finished() {
             let why = t.join().unwrap();
-            panic!("round {round}: the writer stopped early at {why}\n{}", m.log_text());
+            panic!(
+                "round {round}: the writer stopped early at {why}\n{}",
+                m.log_text()
+            );
         }
         m.kill9();
         kills += 1;
@@ -120,10 +143,19 @@ async fn every_acknowledged_write_survives_repeated_kill_9() {
     m.wait_uploaded(Duration::from_secs(300));
     let bucket: BTreeMap<String, Vec<u8>> = bucket_contents(&r.src, "").await;
     let l = ledger.lock().unwrap();
-    assert!(l.acked.len() > 50, "only {} files acknowledged", l.acked.len());
+    assert!(
+        l.acked.len() > 50,
+        "only {} files acknowledged",
+        l.acked.len()
+    );
     for (key, want) in &l.acked {
-        let got = bucket.get(key).unwrap_or_else(|| panic!("acknowledged {key} is missing from the bucket"));
-        let newer_in_flight = l.in_flight.get(key).is_some_and(|v| v.iter().any(|b| b == got));
+        let got = bucket
+            .get(key)
+            .unwrap_or_else(|| panic!("acknowledged {key} is missing from the bucket"));
+        let newer_in_flight = l
+            .in_flight
+            .get(key)
+            .is_some_and(|v| v.iter().any(|b| b == got));
         assert!(
             got == want || newer_in_flight,
             "{key}: bucket holds {} bytes that are not the acknowledged {} bytes",
@@ -135,8 +167,19 @@ async fn every_acknowledged_write_survives_repeated_kill_9() {
         if key.ends_with('/') || key.contains(".regionfs") {
             continue;
         }
-        let known = l.written.get(key).is_some_and(|v| v.iter().any(|b| b == got));
-        assert!(known, "{key}: torn or foreign content ({} bytes)", got.len());
+        let known = l
+            .written
+            .get(key)
+            .is_some_and(|v| v.iter().any(|b| b == got));
+        assert!(
+            known,
+            "{key}: torn or foreign content ({} bytes)",
+            got.len()
+        );
     }
-    eprintln!("kill -9 rounds: {kills}; acknowledged files checked: {}; objects in bucket: {}", l.acked.len(), bucket.len());
+    eprintln!(
+        "kill -9 rounds: {kills}; acknowledged files checked: {}; objects in bucket: {}",
+        l.acked.len(),
+        bucket.len()
+    );
 }

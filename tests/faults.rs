@@ -32,11 +32,28 @@ fsync = "local"
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
-async fn write_file(svc: &Service, name: &str, body: &[u8]) -> Result<(), regionfs::error::FsError> {
-    let (_, fh) = svc.core.create(ROOT, name.as_bytes(), 0o644, libc::O_WRONLY | libc::O_CREAT, WHO).await?;
+async fn write_file(
+    svc: &Service,
+    name: &str,
+    body: &[u8],
+) -> Result<(), regionfs::error::FsError> {
+    let (_, fh) = svc
+        .core
+        .create(
+            ROOT,
+            name.as_bytes(),
+            0o644,
+            libc::O_WRONLY | libc::O_CREAT,
+            WHO,
+        )
+        .await?;
     svc.core.write(fh, 0, body).await?;
     let flushed = svc.core.flush(fh).await;
     let _ = svc.core.release(fh).await;
@@ -71,21 +88,39 @@ fn a_journal_that_stops_committing_loses_no_acknowledged_write() {
         })
         // Dropping the runtime is the crash: every task and handle goes away.
     };
-    assert!(!acked.is_empty() && !refused.is_empty(), "acked {acked:?} refused {refused:?}");
+    assert!(
+        !acked.is_empty() && !refused.is_empty(),
+        "acked {acked:?} refused {refused:?}"
+    );
     faulty.fail_permanently(false);
     let rt = runtime();
     rt.block_on(async {
         let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
         assert_eq!(svc.drain(Duration::from_secs(20)).await, 0);
         for name in &acked {
-            let body = mem.get(name, Default::default()).await.unwrap().bytes().await.unwrap();
+            let body = mem
+                .get(name, Default::default())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             assert_eq!(&body[..], name.as_bytes(), "acknowledged {name}");
         }
         for name in &refused {
-            assert!(mem.history(name).is_empty(), "{name} was never acknowledged, yet uploaded");
-            assert!(svc.journal.latest(name.clone()).await.unwrap().is_none(), "{name} is in the journal");
+            assert!(
+                mem.history(name).is_empty(),
+                "{name} was never acknowledged, yet uploaded"
+            );
+            assert!(
+                svc.journal.latest(name.clone()).await.unwrap().is_none(),
+                "{name} is in the journal"
+            );
         }
-        assert!(!svc.quarantined.is_empty(), "the refused writes' cache files are kept in quarantine");
+        assert!(
+            !svc.quarantined.is_empty(),
+            "the refused writes' cache files are kept in quarantine"
+        );
     });
 }
 
@@ -100,9 +135,15 @@ fn uploads_that_fail_transiently_then_permanently_all_land_once_fixed() {
         let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
         faulty.fail_next(7);
         for i in 0..5 {
-            write_file(&svc, &format!("t{i}"), b"transient").await.unwrap();
+            write_file(&svc, &format!("t{i}"), b"transient")
+                .await
+                .unwrap();
         }
-        assert_eq!(svc.drain(Duration::from_secs(30)).await, 0, "transient failures retry until done");
+        assert_eq!(
+            svc.drain(Duration::from_secs(30)).await,
+            0,
+            "transient failures retry until done"
+        );
         faulty.fail_permanently(true);
         write_file(&svc, "p", b"permanent").await.unwrap();
         // The failure is visible in the journal, and nothing is dropped.
@@ -123,7 +164,11 @@ fn uploads_that_fail_transiently_then_permanently_all_land_once_fixed() {
         let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
         assert_eq!(svc.drain(Duration::from_secs(20)).await, 0);
         for i in 0..5 {
-            assert_eq!(mem.history(&format!("t{i}")).len(), 1, "exactly one version of t{i}");
+            assert_eq!(
+                mem.history(&format!("t{i}")).len(),
+                1,
+                "exactly one version of t{i}"
+            );
         }
         assert_eq!(mem.history("p")[0].1.as_deref(), Some(&b"permanent"[..]));
     });

@@ -30,7 +30,9 @@ async fn ordinary_tools_write_the_exact_bytes_modes_and_links_to_the_bucket() {
     ));
     let mnt = m.dir.display().to_string();
     sh(&format!("cp -a {s}/tree {mnt}/cp"));
-    sh(&format!("tar -C {s} -cf {s}/t.tar tree && mkdir {mnt}/tar && tar -C {mnt}/tar -xf {s}/t.tar"));
+    sh(&format!(
+        "tar -C {s} -cf {s}/t.tar tree && mkdir {mnt}/tar && tar -C {mnt}/tar -xf {s}/t.tar"
+    ));
     sh(&format!("rsync -a {s}/tree/ {mnt}/rsync/"));
     // An editor's save: write a temp file, fsync, rename over the original.
     sh(&format!(
@@ -39,14 +41,36 @@ async fn ordinary_tools_write_the_exact_bytes_modes_and_links_to_the_bucket() {
     for i in 0..20 {
         sh(&format!("echo line{i} >> {mnt}/append.log"));
     }
-    sh(&format!("head -c 5000 /dev/zero > {mnt}/trunc && truncate -s 1234 {mnt}/trunc"));
+    sh(&format!(
+        "head -c 5000 /dev/zero > {mnt}/trunc && truncate -s 1234 {mnt}/trunc"
+    ));
     sh(&format!("mkdir -p {mnt}/scratch/d && for i in $(seq 50); do head -c 2000 /dev/urandom > {mnt}/scratch/d/f$i; done && rm -rf {mnt}/scratch"));
 
     // What the mount shows right away.
-    assert_eq!(std::fs::read_to_string(m.path("cp/a.txt")).unwrap(), "hello\n");
-    assert_eq!(std::fs::metadata(m.path("cp/a.txt")).unwrap().permissions().mode() & 0o777, 0o640);
-    assert_eq!(std::fs::metadata(m.path("cp/sub")).unwrap().permissions().mode() & 0o777, 0o711);
-    assert_eq!(std::fs::read_link(m.path("rsync/link")).unwrap().to_str(), Some("a.txt"));
+    assert_eq!(
+        std::fs::read_to_string(m.path("cp/a.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("cp/a.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("cp/sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o711
+    );
+    assert_eq!(
+        std::fs::read_link(m.path("rsync/link")).unwrap().to_str(),
+        Some("a.txt")
+    );
     assert_eq!(std::fs::read_to_string(m.path("doc.txt")).unwrap(), "v2\n");
     assert_eq!(std::fs::metadata(m.path("trunc")).unwrap().len(), 1234);
     assert!(!m.path("scratch").exists(), "rm -rf right after writes");
@@ -56,19 +80,36 @@ async fn ordinary_tools_write_the_exact_bytes_modes_and_links_to_the_bucket() {
     let blob = std::fs::read(src.path().join("tree/sub/blob")).unwrap();
     for tool in ["cp", "tar/tree", "rsync"] {
         assert_eq!(objects[&format!("{tool}/a.txt")], b"hello\n", "{tool}");
-        assert!(objects[&format!("{tool}/sub/blob")] == blob, "{tool} blob bytes");
-        assert_eq!(objects[&format!("{tool}/link")], b"a.txt", "{tool} symlink body");
+        assert!(
+            objects[&format!("{tool}/sub/blob")] == blob,
+            "{tool} blob bytes"
+        );
+        assert_eq!(
+            objects[&format!("{tool}/link")],
+            b"a.txt",
+            "{tool} symlink body"
+        );
         let head = r.src.head(&format!("{tool}/a.txt"), None).await.unwrap();
-        assert_eq!(head.metadata["mode"], (libc::S_IFREG | 0o640).to_string(), "{tool} mode");
+        assert_eq!(
+            head.metadata["mode"],
+            (libc::S_IFREG | 0o640).to_string(),
+            "{tool} mode"
+        );
         let link = r.src.head(&format!("{tool}/link"), None).await.unwrap();
-        assert_eq!(link.metadata["mode"].parse::<u32>().unwrap() & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(
+            link.metadata["mode"].parse::<u32>().unwrap() & libc::S_IFMT,
+            libc::S_IFLNK
+        );
     }
     assert_eq!(objects["doc.txt"], b"v2\n");
     assert!(!objects.contains_key(".doc.tmp"));
     let expected: String = (0..20).map(|i| format!("line{i}\n")).collect();
     assert_eq!(objects["append.log"], expected.as_bytes());
     assert_eq!(objects["trunc"], vec![0u8; 1234]);
-    assert!(objects.keys().all(|k| !k.starts_with("scratch/")), "deleted files stay deleted");
+    assert!(
+        objects.keys().all(|k| !k.starts_with("scratch/")),
+        "deleted files stay deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,11 +120,25 @@ async fn every_close_is_a_version_and_status_reports_the_source_version() {
     }
     m.wait_uploaded(DRAIN);
     let page = r.src.list_versions("v.txt", None, None).await.unwrap();
-    assert_eq!(page.versions.len(), 5, "one version per close: {:?}", page.versions);
+    assert_eq!(
+        page.versions.len(),
+        5,
+        "one version per close: {:?}",
+        page.versions
+    );
     let st = m.status(Some(&m.path("v.txt").display().to_string()));
     assert_eq!(st["local"], "clean");
-    assert_eq!(st["version"].as_str(), page.versions.iter().find(|v| v.is_latest).map(|v| v.version_id.as_str()));
-    let x = sh(&format!("getfattr --only-values -n user.regionfs.version {}", m.path("v.txt").display()));
+    assert_eq!(
+        st["version"].as_str(),
+        page.versions
+            .iter()
+            .find(|v| v.is_latest)
+            .map(|v| v.version_id.as_str())
+    );
+    let x = sh(&format!(
+        "getfattr --only-values -n user.regionfs.version {}",
+        m.path("v.txt").display()
+    ));
     assert_eq!(Some(x.as_str()), st["version"].as_str());
 }
 
@@ -93,7 +148,14 @@ async fn fsync_returns_only_when_the_version_is_in_the_source_bucket() {
     let mut f = std::fs::File::create(m.path("synced.bin")).unwrap();
     f.write_all(b"durable bytes").unwrap();
     f.sync_all().unwrap();
-    let body = r.src.get("synced.bin", Default::default()).await.unwrap().bytes().await.unwrap();
+    let body = r
+        .src
+        .get("synced.bin", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"durable bytes");
     drop(f);
 }
@@ -105,12 +167,25 @@ async fn sqlite_creates_and_updates_a_database_on_the_mount() {
     sh(&format!(
         "sqlite3 {db} 'CREATE TABLE t(x); INSERT INTO t VALUES (1),(2),(3);' && sqlite3 {db} 'UPDATE t SET x = x * 10; INSERT INTO t VALUES (4);'"
     ));
-    assert_eq!(sh(&format!("sqlite3 {db} 'SELECT sum(x) FROM t'")).trim(), "64");
+    assert_eq!(
+        sh(&format!("sqlite3 {db} 'SELECT sum(x) FROM t'")).trim(),
+        "64"
+    );
     assert!(m.unmount().success());
-    let bytes = bucket_contents(&r.src, "app.db").await.remove("app.db").expect("database uploaded");
+    let bytes = bucket_contents(&r.src, "app.db")
+        .await
+        .remove("app.db")
+        .expect("database uploaded");
     let local = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(local.path(), bytes).unwrap();
-    assert_eq!(sh(&format!("sqlite3 {} 'SELECT sum(x) FROM t'", local.path().display())).trim(), "64");
+    assert_eq!(
+        sh(&format!(
+            "sqlite3 {} 'SELECT sum(x) FROM t'",
+            local.path().display()
+        ))
+        .trim(),
+        "64"
+    );
 }
 
 async fn remount_shows_the_tree_with_its_attributes(r: Regions) {
@@ -129,8 +204,14 @@ async fn remount_shows_the_tree_with_its_attributes(r: Regions) {
         assert_eq!(md.mode() & 0o7777, mode, "{dir} mode after remount");
         assert_eq!((md.uid(), md.gid()), owner, "{dir} owner after remount");
     }
-    let names: Vec<String> = std::fs::read_dir(m.path("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(!names.iter().any(|n| n.starts_with(".regionfs")), "{names:?}");
+    let names: Vec<String> = std::fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(".regionfs")),
+        "{names:?}"
+    );
     let md = std::fs::metadata(m.path("d/f")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o604);
     assert_eq!((md.uid(), md.gid()), (1234, 5678));
@@ -145,7 +226,11 @@ async fn remount_keeps_file_and_directory_attributes_on_seaweedfs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn remount_keeps_file_and_directory_attributes_on_moto() {
-    let r = Regions::with(common::Region::moto("us-east-1"), common::Region::seaweed("eu-west-1")).await;
+    let r = Regions::with(
+        common::Region::moto("us-east-1"),
+        common::Region::seaweed("eu-west-1"),
+    )
+    .await;
     remount_shows_the_tree_with_its_attributes(r).await;
 }
 
@@ -168,7 +253,13 @@ async fn names_over_255_bytes_and_hard_links_are_refused_with_exact_errnos() {
 async fn a_created_file_exists_at_once_even_opened_read_only() {
     let (r, m, _c) = setup("").await;
     let p = std::ffi::CString::new(m.path("empty").display().to_string()).unwrap();
-    let fd = unsafe { libc::open(p.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY, 0o644) };
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+            0o644,
+        )
+    };
     assert!(fd >= 0, "{}", std::io::Error::last_os_error());
     assert!(m.path("empty").exists());
     unsafe { libc::close(fd) };
@@ -181,18 +272,46 @@ async fn objects_written_by_others_are_listed_and_read_and_bad_keys_hidden() {
     use bytes::Bytes;
     use regionfs::store::{PutBody, PutOptions};
     // SeaweedFS refuses such keys itself; moto, like S3, stores them.
-    let r = Regions::with(common::Region::moto("us-east-1"), common::Region::seaweed("eu-west-1")).await;
+    let r = Regions::with(
+        common::Region::moto("us-east-1"),
+        common::Region::seaweed("eu-west-1"),
+    )
+    .await;
     let c = tempfile::tempdir().unwrap();
     let m = Mount::start(&r.config(c.path(), ""));
     let long = format!("ext/{}", "l".repeat(300));
-    for k in ["ext/one.txt", "ext/two/three.txt", "ext//bad", "ext/./dot", "ext/../up", long.as_str()] {
-        r.src.put(k, PutBody::Bytes(Bytes::from(k.to_string())), &PutOptions::default()).await.unwrap();
+    for k in [
+        "ext/one.txt",
+        "ext/two/three.txt",
+        "ext//bad",
+        "ext/./dot",
+        "ext/../up",
+        long.as_str(),
+    ] {
+        r.src
+            .put(
+                k,
+                PutBody::Bytes(Bytes::from(k.to_string())),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
     }
-    let mut names: Vec<String> = std::fs::read_dir(m.path("ext")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(m.path("ext"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["one.txt", "two"]);
-    assert_eq!(std::fs::read_to_string(m.path("ext/two/three.txt")).unwrap(), "ext/two/three.txt");
-    assert!(m.log_text().contains("cannot be a path"), "{}", m.log_text());
+    assert_eq!(
+        std::fs::read_to_string(m.path("ext/two/three.txt")).unwrap(),
+        "ext/two/three.txt"
+    );
+    assert!(
+        m.log_text().contains("cannot be a path"),
+        "{}",
+        m.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -229,7 +348,10 @@ async fn mounting_a_bucket_with_versioning_off_is_refused_with_the_fix() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("versioning Suspended") && err.contains("put-bucket-versioning"), "{err}");
+    assert!(
+        err.contains("versioning Suspended") && err.contains("put-bucket-versioning"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,12 +388,19 @@ async fn with_the_source_down_writers_fill_the_cache_then_get_enospc_and_nothing
     assert!(enospc, "the cache never filled");
     assert!(closed.len() >= 5, "closed {}", closed.len());
     let st = m.status(None);
-    assert!(st["uploads"]["pending"].as_u64().unwrap() >= closed.len() as u64, "{st}");
+    assert!(
+        st["uploads"]["pending"].as_u64().unwrap() >= closed.len() as u64,
+        "{st}"
+    );
     r.a.restart();
     m.wait_uploaded(DRAIN);
     let objects = bucket_contents(&r.src, "fill/").await;
     for k in &closed {
-        assert_eq!(objects.get(k).map(Vec::len), Some(8 << 20), "{k} closed before the outage ended");
+        assert_eq!(
+            objects.get(k).map(Vec::len),
+            Some(8 << 20),
+            "{k} closed before the outage ended"
+        );
     }
     assert!(m.unmount().success());
 }
@@ -281,12 +410,22 @@ async fn dd_of_1_gib_lands_as_one_multipart_version_with_the_same_bytes() {
     let (r, m, _c) = setup("").await;
     let src = tempfile::tempdir().unwrap();
     let local = src.path().join("big");
-    sh(&format!("head -c 1073741824 /dev/urandom > {}", local.display()));
+    sh(&format!(
+        "head -c 1073741824 /dev/urandom > {}",
+        local.display()
+    ));
     let t = std::time::Instant::now();
-    sh(&format!("dd if={} of={} bs=1M conv=fsync status=none", local.display(), m.path("big").display()));
+    sh(&format!(
+        "dd if={} of={} bs=1M conv=fsync status=none",
+        local.display(),
+        m.path("big").display()
+    ));
     let closed = t.elapsed();
     m.wait_uploaded(Duration::from_secs(600));
-    eprintln!("dd 1 GiB: close {closed:?}, durable in the bucket {:?}", t.elapsed());
+    eprintln!(
+        "dd 1 GiB: close {closed:?}, durable in the bucket {:?}",
+        t.elapsed()
+    );
     let head = r.src.head("big", None).await.unwrap();
     assert_eq!(head.size, 1 << 30);
     assert!(head.etag.contains('-'), "multipart ETag: {}", head.etag);

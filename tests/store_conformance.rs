@@ -14,20 +14,30 @@ use regionfs::error::StoreError;
 use regionfs::store::{GetRequest, ObjectStore, PutBody, PutOptions, S3Store, Versioning};
 
 async fn put_bytes(s: &S3Store, key: &str, data: &[u8]) -> String {
-    s.put(key, PutBody::Bytes(Bytes::copy_from_slice(data)), &PutOptions::default())
-        .await
-        .unwrap()
-        .version_id
-        .expect("a versioned bucket returns a version id")
+    s.put(
+        key,
+        PutBody::Bytes(Bytes::copy_from_slice(data)),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap()
+    .version_id
+    .expect("a versioned bucket returns a version id")
 }
 
 async fn read(s: &S3Store, key: &str, version: Option<&str>) -> Bytes {
-    s.get(key, GetRequest { version_id: version.map(str::to_string), range: None })
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
+    s.get(
+        key,
+        GetRequest {
+            version_id: version.map(str::to_string),
+            range: None,
+        },
+    )
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap()
 }
 
 async fn every_version_is_readable_by_id_and_delete_writes_a_marker(r: Region) {
@@ -41,11 +51,18 @@ async fn every_version_is_readable_by_id_and_delete_writes_a_marker(r: Region) {
     assert_eq!(read(&s, "dir/a.txt", None).await, "three");
 
     let del = s.delete("dir/a.txt").await.unwrap();
-    assert!(del.delete_marker, "a delete on a versioned bucket writes a marker");
+    assert!(
+        del.delete_marker,
+        "a delete on a versioned bucket writes a marker"
+    );
     let marker = del.version_id.expect("the marker has a version id");
     let err = s.head("dir/a.txt", None).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    assert_eq!(read(&s, "dir/a.txt", Some(&v2)).await, "two", "old versions survive a delete");
+    assert_eq!(
+        read(&s, "dir/a.txt", Some(&v2)).await,
+        "two",
+        "old versions survive a delete"
+    );
 
     let page = s.list_versions("dir/", None, None).await.unwrap();
     let ids: Vec<(&str, bool, bool)> = page
@@ -55,12 +72,20 @@ async fn every_version_is_readable_by_id_and_delete_writes_a_marker(r: Region) {
         .collect();
     assert_eq!(
         ids,
-        vec![(marker.as_str(), true, true), (v3.as_str(), false, false), (v2.as_str(), false, false), (v1.as_str(), false, false)],
+        vec![
+            (marker.as_str(), true, true),
+            (v3.as_str(), false, false),
+            (v2.as_str(), false, false),
+            (v1.as_str(), false, false)
+        ],
         "versions newest first with the marker latest"
     );
 
     s.delete_version("dir/a.txt", &v1).await.unwrap();
-    assert!(s.head("dir/a.txt", Some(&v1)).await.is_err(), "a deleted version is gone");
+    assert!(
+        s.head("dir/a.txt", Some(&v1)).await.is_err(),
+        "a deleted version is gone"
+    );
 }
 
 async fn list_versions_pages_with_a_tiny_page_size(r: Region) {
@@ -81,16 +106,26 @@ async fn list_versions_pages_with_a_tiny_page_size(r: Region) {
         let page = s.list_versions("p/", from, Some(2)).await.unwrap();
         assert!(page.versions.len() <= 2);
         pages += 1;
-        seen.extend(page.versions.into_iter().map(|v| (v.key, v.version_id, v.is_delete_marker)));
+        seen.extend(
+            page.versions
+                .into_iter()
+                .map(|v| (v.key, v.version_id, v.is_delete_marker)),
+        );
         match page.next {
             Some(n) => from = Some(n),
             None => break,
         }
     }
-    assert!(pages >= 5, "9 entries at 2 a page need 5 pages, got {pages}");
+    assert!(
+        pages >= 5,
+        "9 entries at 2 a page need 5 pages, got {pages}"
+    );
     assert_eq!(seen.len(), 9, "{seen:?}");
     for (key, v) in &expected {
-        assert!(seen.iter().any(|(k, id, _)| k == key && id == v), "missing {key} {v}");
+        assert!(
+            seen.iter().any(|(k, id, _)| k == key && id == v),
+            "missing {key} {v}"
+        );
     }
     assert_eq!(seen.iter().filter(|s| s.2).count(), 1);
 }
@@ -101,7 +136,10 @@ async fn list_pages_and_groups_by_delimiter(r: Region) {
         put_bytes(&s, k, b"x").await;
     }
     let top = s.list("", Some("/"), None, None).await.unwrap();
-    assert_eq!(top.common_prefixes, vec!["a/".to_string(), "b/".to_string()]);
+    assert_eq!(
+        top.common_prefixes,
+        vec!["a/".to_string(), "b/".to_string()]
+    );
     let keys: Vec<_> = top.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(keys, vec!["c", "d", "e"]);
 
@@ -135,8 +173,16 @@ async fn multipart_upload_of_64_mib_round_trips(r: Region) {
     let id = s.create_multipart("big.bin", &opts).await.unwrap();
     let mut parts = Vec::new();
     for (n, offset) in (0..size).step_by(part as usize).enumerate() {
-        let body = PutBody::File { path: file.path().to_path_buf(), offset, len: part.min(size - offset) };
-        parts.push(s.upload_part("big.bin", &id, n as i32 + 1, body).await.unwrap());
+        let body = PutBody::File {
+            path: file.path().to_path_buf(),
+            offset,
+            len: part.min(size - offset),
+        };
+        parts.push(
+            s.upload_part("big.bin", &id, n as i32 + 1, body)
+                .await
+                .unwrap(),
+        );
     }
     let done = s.complete_multipart("big.bin", &id, parts).await.unwrap();
     let version = done.version_id.expect("version id");
@@ -147,7 +193,13 @@ async fn multipart_upload_of_64_mib_round_trips(r: Region) {
     let want = std::fs::read(file.path()).unwrap();
     assert!(got == want, "multipart body differs from the file");
     let tail = s
-        .get("big.bin", GetRequest { version_id: None, range: Some((size - 10, size - 1)) })
+        .get(
+            "big.bin",
+            GetRequest {
+                version_id: None,
+                range: Some((size - 10, size - 1)),
+            },
+        )
         .await
         .unwrap()
         .bytes()
@@ -155,20 +207,40 @@ async fn multipart_upload_of_64_mib_round_trips(r: Region) {
         .unwrap();
     assert_eq!(&tail[..], &want[want.len() - 10..], "ranged GET");
 
-    let id2 = s.create_multipart("aborted.bin", &PutOptions::default()).await.unwrap();
-    s.upload_part("aborted.bin", &id2, 1, PutBody::Bytes(Bytes::from(vec![1u8; 1024]))).await.unwrap();
+    let id2 = s
+        .create_multipart("aborted.bin", &PutOptions::default())
+        .await
+        .unwrap();
+    s.upload_part(
+        "aborted.bin",
+        &id2,
+        1,
+        PutBody::Bytes(Bytes::from(vec![1u8; 1024])),
+    )
+    .await
+    .unwrap();
     s.abort_multipart("aborted.bin", &id2).await.unwrap();
-    assert!(s.head("aborted.bin", None).await.unwrap_err().is_not_found());
+    assert!(s
+        .head("aborted.bin", None)
+        .await
+        .unwrap_err()
+        .is_not_found());
 }
 
 async fn user_metadata_content_type_and_tags_round_trip(r: Region) {
     let s = r.versioned_bucket(&bucket_name("meta")).await;
-    let mut opts = PutOptions { content_type: Some("text/plain".into()), ..Default::default() };
+    let mut opts = PutOptions {
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
     opts.metadata.insert("mode".into(), "33188".into());
     opts.metadata.insert("uid".into(), "1000".into());
     opts.tags.insert("class".into(), "critical".into());
     opts.tags.insert("team".into(), "a b".into());
-    let v = s.put("m.txt", PutBody::Bytes(Bytes::from_static(b"hello")), &opts).await.unwrap();
+    let v = s
+        .put("m.txt", PutBody::Bytes(Bytes::from_static(b"hello")), &opts)
+        .await
+        .unwrap();
     let head = s.head("m.txt", None).await.unwrap();
     assert_eq!(head.content_type.as_deref(), Some("text/plain"));
     assert_eq!(head.metadata, opts.metadata);
@@ -177,26 +249,50 @@ async fn user_metadata_content_type_and_tags_round_trip(r: Region) {
 
     let mut newer = BTreeMap::new();
     newer.insert("class".to_string(), "archive".to_string());
-    s.put_tags("m.txt", v.version_id.as_deref(), &newer).await.unwrap();
-    assert_eq!(s.get_tags("m.txt", v.version_id.as_deref()).await.unwrap(), newer);
+    s.put_tags("m.txt", v.version_id.as_deref(), &newer)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_tags("m.txt", v.version_id.as_deref()).await.unwrap(),
+        newer
+    );
 }
 
 async fn copy_writes_a_new_version_with_replaced_metadata(r: Region) {
     let s = r.versioned_bucket(&bucket_name("copy")).await;
     let mut opts = PutOptions::default();
     opts.metadata.insert("mode".into(), "33188".into());
-    let v1 = s.put("dir/file name+1.txt", PutBody::Bytes(Bytes::from_static(b"body")), &opts).await.unwrap();
+    let v1 = s
+        .put(
+            "dir/file name+1.txt",
+            PutBody::Bytes(Bytes::from_static(b"body")),
+            &opts,
+        )
+        .await
+        .unwrap();
     put_bytes(&s, "dir/file name+1.txt", b"newer").await;
 
-    let mut replaced = PutOptions { content_type: Some("application/x-test".into()), ..Default::default() };
+    let mut replaced = PutOptions {
+        content_type: Some("application/x-test".into()),
+        ..Default::default()
+    };
     replaced.metadata.insert("mode".into(), "33261".into());
     replaced.tags.insert("k".into(), "v".into());
     let c = s
-        .copy("dir/file name+1.txt", v1.version_id.as_deref(), "copied.txt", &replaced)
+        .copy(
+            "dir/file name+1.txt",
+            v1.version_id.as_deref(),
+            "copied.txt",
+            &replaced,
+        )
         .await
         .unwrap();
     assert!(c.version_id.is_some());
-    assert_eq!(read(&s, "copied.txt", None).await, "body", "copied from the named version");
+    assert_eq!(
+        read(&s, "copied.txt", None).await,
+        "body",
+        "copied from the named version"
+    );
     let head = s.head("copied.txt", None).await.unwrap();
     assert_eq!(head.metadata.get("mode").map(String::as_str), Some("33261"));
     assert_eq!(head.content_type.as_deref(), Some("application/x-test"));
@@ -215,7 +311,10 @@ async fn missing_bucket_and_key_give_typed_errors(r: Region) {
     let e = missing.versioning().await.unwrap_err();
     assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e:?}");
     assert!(e.to_string().contains("does not exist"), "{e}");
-    let e = missing.put("k", PutBody::Bytes(Bytes::new()), &PutOptions::default()).await.unwrap_err();
+    let e = missing
+        .put("k", PutBody::Bytes(Bytes::new()), &PutOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e:?}");
 }
 

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::{Attr, Caller, Core, DirEntry, SetAttr};
@@ -173,14 +173,43 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
-        self.spawn(async move { entry(&core, core.mknod(parent.0, &name, mode & !umask, who).await, reply) });
+        self.spawn(async move {
+            entry(
+                &core,
+                core.mknod(parent.0, &name, mode & !umask, who).await,
+                reply,
+            )
+        });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
-        self.spawn(async move { entry(&core, core.mkdir(parent.0, &name, mode & !umask, who).await, reply) });
+        self.spawn(async move {
+            entry(
+                &core,
+                core.mkdir(parent.0, &name, mode & !umask, who).await,
+                reply,
+            )
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -193,10 +222,27 @@ impl Filesystem for FuseFs {
         self.spawn(async move { empty(core.rmdir(parent.0, &name).await, reply) });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (core, name, who) = (self.core.clone(), link_name.as_bytes().to_vec(), caller(req));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (core, name, who) = (
+            self.core.clone(),
+            link_name.as_bytes().to_vec(),
+            caller(req),
+        );
         let target = target.as_os_str().as_bytes().to_vec();
-        self.spawn(async move { entry(&core, core.symlink(parent.0, &name, &target, who).await, reply) });
+        self.spawn(async move {
+            entry(
+                &core,
+                core.symlink(parent.0, &name, &target, who).await,
+                reply,
+            )
+        });
     }
 
     fn rename(
@@ -211,10 +257,23 @@ impl Filesystem for FuseFs {
     ) {
         let core = self.core.clone();
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.spawn(async move { empty(core.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await, reply) });
+        self.spawn(async move {
+            empty(
+                core.rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                    .await,
+                reply,
+            )
+        });
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         // Objects cannot share a body: hard links are not supported.
         reply.error(Errno::EPERM);
     }
@@ -270,7 +329,14 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let core = self.core.clone();
         self.spawn(async move { empty(core.flush(fh.0).await, reply) });
     }
@@ -289,7 +355,14 @@ impl Filesystem for FuseFs {
         self.spawn(async move { empty(core.release(fh.0).await, reply) });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let core = self.core.clone();
         self.spawn(async move { empty(core.fsync(fh.0).await, reply) });
     }
@@ -298,12 +371,26 @@ impl Filesystem for FuseFs {
         reply.opened(FileHandle(self.core.opendir(ino.0)), FopenFlags::empty());
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let core = self.core.clone();
         self.spawn(async move {
             match core.readdir_at(ino.0, fh.0, offset).await {
@@ -321,15 +408,31 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let core = self.core.clone();
         self.spawn(async move {
             match core.readdir_at(ino.0, fh.0, offset).await {
                 Ok(entries) => {
                     let all = dots(ino.0, (*entries).clone());
                     for (i, e) in all.iter().enumerate().skip(offset as usize) {
-                        let Ok(a) = core.getattr(e.ino).await else { continue };
-                        if reply.add(INodeNo(e.ino), i as u64 + 1, &e.name, &core.ttl(), &file_attr(&a), Generation(0)) {
+                        let Ok(a) = core.getattr(e.ino).await else {
+                            continue;
+                        };
+                        if reply.add(
+                            INodeNo(e.ino),
+                            i as u64 + 1,
+                            &e.name,
+                            &core.ttl(),
+                            &file_attr(&a),
+                            Generation(0),
+                        ) {
                             break;
                         }
                         if e.name != "." && e.name != ".." {
@@ -348,12 +451,39 @@ impl Filesystem for FuseFs {
         // A bucket has no size limit: report a large, mostly free volume.
         let blocks: u64 = 1 << 40;
         let used_blocks = used.div_ceil(4096);
-        reply.statfs(blocks, blocks - used_blocks, blocks - used_blocks, 1 << 32, 1 << 32, 4096, 255, 4096);
+        reply.statfs(
+            blocks,
+            blocks - used_blocks,
+            blocks - used_blocks,
+            1 << 32,
+            1 << 32,
+            4096,
+            255,
+            4096,
+        );
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        let (core, name, value) = (self.core.clone(), name.to_string_lossy().into_owned(), value.to_vec());
-        self.spawn(async move { empty(core.setxattr(ino.0, &name, Some(&value), flags).await, reply) });
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (core, name, value) = (
+            self.core.clone(),
+            name.to_string_lossy().into_owned(),
+            value.to_vec(),
+        );
+        self.spawn(async move {
+            empty(
+                core.setxattr(ino.0, &name, Some(&value), flags).await,
+                reply,
+            )
+        });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -394,12 +524,30 @@ impl Filesystem for FuseFs {
         self.spawn(async move { empty(core.getattr(ino.0).await.map(|_| ()), reply) });
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
         self.spawn(async move {
-            match core.create(parent.0, &name, mode & !umask, flags, who).await {
+            match core
+                .create(parent.0, &name, mode & !umask, flags, who)
+                .await
+            {
                 Ok((a, fh)) => match core.remember(a.ino) {
-                    Ok(a) => reply.created(&core.ttl(), &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+                    Ok(a) => reply.created(
+                        &core.ttl(),
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
                     Err(e) => reply.error(errno(&e)),
                 },
                 Err(e) => reply.error(errno(&e)),

@@ -133,7 +133,8 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.nodes.insert(ino, Self::blank(ino, path.to_string(), meta));
+        self.nodes
+            .insert(ino, Self::blank(ino, path.to_string(), meta));
         self.by_path.insert(path.to_string(), ino);
         ino
     }
@@ -152,7 +153,9 @@ impl Inodes {
 
     /// Moves a node (and, for a directory, every node below it) to a new path.
     pub fn rename(&mut self, ino: u64, to: &str) {
-        let Some(from) = self.nodes.get(&ino).map(|n| n.path.clone()) else { return };
+        let Some(from) = self.nodes.get(&ino).map(|n| n.path.clone()) else {
+            return;
+        };
         let below = format!("{from}/");
         let moved: Vec<(u64, String)> = self
             .by_path
@@ -182,7 +185,11 @@ impl Inodes {
     pub fn local_children(&self, dir: &str) -> Vec<u64> {
         self.local_only
             .iter()
-            .filter(|i| self.nodes.get(i).is_some_and(|n| crate::fs::names::parent_of(&n.path) == dir && !n.path.is_empty()))
+            .filter(|i| {
+                self.nodes.get(i).is_some_and(|n| {
+                    crate::fs::names::parent_of(&n.path) == dir && !n.path.is_empty()
+                })
+            })
             .copied()
             .collect()
     }
@@ -197,7 +204,10 @@ impl Inodes {
         }
         let removable = self.nodes.get(&ino).is_some_and(|n| {
             n.lookups == 0
-                && n.open == 0 && n.working.is_none() && !n.local_only && (n.unlinked || (!n.dirty && !n.shared))
+                && n.open == 0
+                && n.working.is_none()
+                && !n.local_only
+                && (n.unlinked || (!n.dirty && !n.shared))
         });
         if removable {
             if let Some(n) = self.nodes.remove(&ino) {

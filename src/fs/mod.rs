@@ -228,7 +228,9 @@ impl Core {
                 // so that new files can still be created (and uploaded later).
                 tracing::warn!(path, error = %e, "source unreachable: answering from local state");
                 let t = self.inodes.lock().unwrap();
-                t.lookup_path(path).filter(|i| !t.nodes[i].unlinked).ok_or(FsError::NotFound)
+                t.lookup_path(path)
+                    .filter(|i| !t.nodes[i].unlinked)
+                    .ok_or(FsError::NotFound)
             }
             other => other,
         }
@@ -347,7 +349,10 @@ impl Core {
             return Ok(true);
         }
         let deleted: HashSet<String> = pending.into_iter().map(|o| o.key).collect();
-        let page = self.store.list(&dkey, None, None, Some(1 + deleted.len().min(999) as i32)).await?;
+        let page = self
+            .store
+            .list(&dkey, None, None, Some(1 + deleted.len().min(999) as i32))
+            .await?;
         Ok(page.objects.iter().any(|o| !deleted.contains(&o.key)))
     }
 
@@ -395,7 +400,10 @@ impl Core {
         };
         let mut seq = self.uploader.submit(put(dkey.clone())).await?;
         if self.dir_sidecar {
-            seq = self.uploader.submit(put(format!("{dkey}{DIR_ATTRS}"))).await?;
+            seq = self
+                .uploader
+                .submit(put(format!("{dkey}{DIR_ATTRS}")))
+                .await?;
         }
         Ok(seq)
     }
@@ -404,7 +412,9 @@ impl Core {
     async fn delete_dir_keys(&self, path: &str) -> Result<(), FsError> {
         let dkey = self.dkey(path);
         if self.dir_sidecar {
-            self.uploader.submit(self.delete_op(format!("{dkey}{DIR_ATTRS}"))).await?;
+            self.uploader
+                .submit(self.delete_op(format!("{dkey}{DIR_ATTRS}")))
+                .await?;
         }
         self.uploader.submit(self.delete_op(dkey)).await?;
         Ok(())
@@ -452,7 +462,9 @@ impl Core {
         }
         // Queued operations are newer than the listing.
         for op in self.uploader.pending_under(&dkey) {
-            let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else { continue };
+            let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else {
+                continue;
+            };
             let deeper = op.key.len() > dkey.len() + name.len() + 1;
             match (op.kind, is_dir) {
                 (OpKind::Delete, false) => {
@@ -555,7 +567,12 @@ impl Core {
 
     /// The listing for a directory handle: taken afresh at offset 0, reused for
     /// the following pages so a large directory is listed once per pass.
-    pub async fn readdir_at(&self, ino: u64, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>, FsError> {
+    pub async fn readdir_at(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Arc<Vec<DirEntry>>, FsError> {
         if offset > 0 {
             if let Some(l) = self.dir_handles.lock().unwrap().get(&fh) {
                 return Ok(l.clone());
@@ -591,7 +608,13 @@ impl Core {
         }
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr, FsError> {
+    pub async fn mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> Result<Attr, FsError> {
         self.check_writable()?;
         let (_, path) = self.child(parent, name)?;
         self.ensure_absent(&path).await?;
@@ -609,7 +632,14 @@ impl Core {
 
     /// Creates a regular file (or fifo) that exists at once, locally, and is
     /// uploaded at its first close even if nothing is written.
-    pub async fn create(&self, parent: u64, name: &[u8], mode: u32, flags: i32, who: Caller) -> Result<(Attr, u64), FsError> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        who: Caller,
+    ) -> Result<(Attr, u64), FsError> {
         self.check_writable()?;
         let (_, path) = self.child(parent, name)?;
         match self.resolve(&path).await {
@@ -623,7 +653,11 @@ impl Core {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let kind = if mode & S_IFMT == S_IFIFO { S_IFIFO } else { S_IFREG };
+        let kind = if mode & S_IFMT == S_IFIFO {
+            S_IFIFO
+        } else {
+            S_IFREG
+        };
         let meta = ObjectMeta::new(kind | (mode & 0o7777), who.uid, who.gid);
         let working = self.new_working()?;
         let ino = {
@@ -650,24 +684,44 @@ impl Core {
     }
 
     /// mknod: fifos and regular files; devices and sockets cannot be objects.
-    pub async fn mknod(&self, parent: u64, name: &[u8], mode: u32, who: Caller) -> Result<Attr, FsError> {
+    pub async fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> Result<Attr, FsError> {
         match mode & S_IFMT {
             S_IFIFO | S_IFREG | 0 => {}
-            _ => return Err(FsError::NotPermitted("only regular files and fifos can be stored as objects")),
+            _ => {
+                return Err(FsError::NotPermitted(
+                    "only regular files and fifos can be stored as objects",
+                ))
+            }
         }
-        let (attr, fh) = self.create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, who).await?;
+        let (attr, fh) = self
+            .create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, who)
+            .await?;
         self.flush(fh).await?;
         self.release(fh).await?;
         Ok(attr)
     }
 
-    pub async fn symlink(&self, parent: u64, name: &[u8], target: &[u8], who: Caller) -> Result<Attr, FsError> {
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        who: Caller,
+    ) -> Result<Attr, FsError> {
         self.check_writable()?;
         let (_, path) = self.child(parent, name)?;
         self.ensure_absent(&path).await?;
         let working = self.new_working()?;
         working.file.write_all_at(target, 0)?;
-        self.cache.resize_data(&working.name, target.len() as u64).await?;
+        self.cache
+            .resize_data(&working.name, target.len() as u64)
+            .await?;
         let meta = ObjectMeta::new(S_IFLNK | 0o777, who.uid, who.gid);
         let ino = {
             let mut t = self.inodes.lock().unwrap();
@@ -728,7 +782,9 @@ impl Core {
         t.detach(ino);
         let drop_file = t.get_mut(ino).and_then(|n| {
             n.dirty = false;
-            (n.open == 0 && !n.shared).then(|| n.working.take()).flatten()
+            (n.open == 0 && !n.shared)
+                .then(|| n.working.take())
+                .flatten()
         });
         drop(t);
         if let Some(w) = drop_file {
@@ -772,7 +828,14 @@ impl Core {
     /// rename(2). A file is copied server-side (or, with local data, uploaded
     /// under its new key) and the old key deleted; a directory is renamed key
     /// by key, which is not atomic.
-    pub async fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], flags: u32) -> Result<(), FsError> {
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), FsError> {
         self.check_writable()?;
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(FsError::Invalid("RENAME_EXCHANGE is not supported"));
@@ -825,7 +888,14 @@ impl Core {
         let (working, dirty, local_only, meta, size, version) = {
             let t = self.inodes.lock().unwrap();
             let n = &t.nodes[&ino];
-            (n.working.clone(), n.dirty, n.local_only, n.meta.clone(), n.size, n.version.clone())
+            (
+                n.working.clone(),
+                n.dirty,
+                n.local_only,
+                n.meta.clone(),
+                n.size,
+                n.version.clone(),
+            )
         };
         let (from_key, to_key) = (self.key(from), self.key(to));
         let pending_src = self.uploader.pending_for(&from_key);
@@ -854,12 +924,15 @@ impl Core {
                 // A named version stays copyable after the delete below; an
                 // unknown one is the current version, copied before the delete
                 // only if nothing is queued on the old key.
-                src_version: version.or_else(|| pending_src.last().and_then(|o| o.version_id.clone())),
+                src_version: version
+                    .or_else(|| pending_src.last().and_then(|o| o.version_id.clone())),
             },
         };
         let seq = self.uploader.submit(op).await?;
         if !(local_only && pending_src.is_empty()) {
-            self.uploader.submit(self.delete_op(from_key.clone())).await?;
+            self.uploader
+                .submit(self.delete_op(from_key.clone()))
+                .await?;
         }
         self.cache.forget_clean(&from_key);
         let mut t = self.inodes.lock().unwrap();
@@ -899,7 +972,9 @@ impl Core {
         self.put_dir_attrs(to, &meta).await?;
         for key in keys.keys() {
             let rel = &key[self.prefix.len()..];
-            let Some(below) = rel.strip_prefix(from).and_then(|r| r.strip_prefix('/')) else { continue };
+            let Some(below) = rel.strip_prefix(from).and_then(|r| r.strip_prefix('/')) else {
+                continue;
+            };
             if below.is_empty() || below == DIR_ATTRS || below.ends_with(&format!("/{DIR_ATTRS}")) {
                 continue;
             }
@@ -907,7 +982,8 @@ impl Core {
             if let Some(sub) = rel.strip_suffix('/') {
                 // A subdirectory marker: its attributes travel with it.
                 let m = self.dir_meta(sub).await;
-                self.put_dir_attrs(new_rel.trim_end_matches('/'), &m).await?;
+                self.put_dir_attrs(new_rel.trim_end_matches('/'), &m)
+                    .await?;
                 self.delete_dir_keys(sub).await?;
                 continue;
             }
@@ -932,7 +1008,13 @@ impl Core {
 
     /// Reads the object's metadata (HEAD) into a node listed without it.
     async fn refresh_meta(&self, ino: u64) -> Result<(), FsError> {
-        let path = self.inodes.lock().unwrap().get(ino).map(|n| n.path.clone()).ok_or(FsError::NotFound)?;
+        let path = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .map(|n| n.path.clone())
+            .ok_or(FsError::NotFound)?;
         let info = self.store.head(&self.key(&path), None).await?;
         let meta = ObjectMeta::from_object(&info, &self.default_file);
         let mut t = self.inodes.lock().unwrap();
@@ -950,11 +1032,24 @@ impl Core {
     }
 
     pub async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Attr, FsError> {
-        let needs_meta = { !self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.meta_known };
+        let needs_meta = {
+            !self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .ok_or(FsError::NotFound)?
+                .meta_known
+        };
         if needs_meta {
             let _ = self.refresh_meta(ino).await;
         }
-        if set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.size.is_some() || set.mtime.is_some() {
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.size.is_some()
+            || set.mtime.is_some()
+        {
             self.check_writable()?;
         }
         let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
@@ -965,7 +1060,8 @@ impl Core {
                 self.mark_written(fh);
             }
         }
-        let meta_changed = set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
+        let meta_changed =
+            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
         let (stage_now, copy_meta) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -1010,7 +1106,13 @@ impl Core {
         let (path, is_dir, meta, version, size) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            (n.path.clone(), n.is_dir(), n.meta.clone(), n.version.clone(), n.size)
+            (
+                n.path.clone(),
+                n.is_dir(),
+                n.meta.clone(),
+                n.version.clone(),
+                n.size,
+            )
         };
         if ino == ROOT {
             return Ok(());
@@ -1093,7 +1195,14 @@ impl Core {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write || flags & libc::O_TRUNC != 0 {
             self.check_writable()?;
-            let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+            let io = self
+                .inodes
+                .lock()
+                .unwrap()
+                .get(ino)
+                .ok_or(FsError::NotFound)?
+                .io
+                .clone();
             let _g = io.lock().await;
             if flags & libc::O_TRUNC != 0 {
                 self.truncate_locked(ino, 0).await?;
@@ -1113,7 +1222,14 @@ impl Core {
             if n.is_dir() {
                 return Err(FsError::IsDir);
             }
-            (n.working.clone(), n.shared, self.key(&n.path), n.etag.clone(), n.version.clone(), n.size)
+            (
+                n.working.clone(),
+                n.shared,
+                self.key(&n.path),
+                n.etag.clone(),
+                n.version.clone(),
+                n.size,
+            )
         };
         let fresh = match working {
             Some(w) if !shared => return Ok(w),
@@ -1140,7 +1256,12 @@ impl Core {
     }
 
     /// Streams one object version into a working file.
-    async fn download_into(&self, key: &str, version: Option<String>, w: &Working) -> Result<(), FsError> {
+    async fn download_into(
+        &self,
+        key: &str,
+        version: Option<String>,
+        w: &Working,
+    ) -> Result<(), FsError> {
         let obj = self
             .store
             .get(
@@ -1166,7 +1287,13 @@ impl Core {
 
     /// Sets the size of a node's content. Caller holds `io`.
     async fn truncate_locked(&self, ino: u64, size: u64) -> Result<(), FsError> {
-        let is_dir = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.is_dir();
+        let is_dir = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .ok_or(FsError::NotFound)?
+            .is_dir();
         if is_dir {
             return Err(FsError::IsDir);
         }
@@ -1197,7 +1324,14 @@ impl Core {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let ino = self.handle_ino(fh)?;
-        let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+        let io = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .ok_or(FsError::NotFound)?
+            .io
+            .clone();
         let _g = io.lock().await;
         let w = self.ensure_working(ino).await?;
         let end = offset + data.len() as u64;
@@ -1216,7 +1350,12 @@ impl Core {
     }
 
     fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
-        self.handles.lock().unwrap().get(&fh).map(|h| h.ino).ok_or(FsError::BadHandle)
+        self.handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .map(|h| h.ino)
+            .ok_or(FsError::BadHandle)
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
@@ -1224,7 +1363,13 @@ impl Core {
         let (working, file_size, key, etag, version) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            (n.working.clone(), n.size, self.key(&n.path), n.etag.clone(), n.version.clone())
+            (
+                n.working.clone(),
+                n.size,
+                self.key(&n.path),
+                n.etag.clone(),
+                n.version.clone(),
+            )
         };
         if let Some(w) = working {
             let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
@@ -1241,20 +1386,46 @@ impl Core {
     }
 
     /// The shared download (clean copy) a handle reads from.
-    fn download_for(&self, fh: u64, key: &str, etag: &str, version: Option<String>, size: u64) -> Result<Arc<Download>, FsError> {
-        if let Some(d) = self.handles.lock().unwrap().get(&fh).and_then(|h| h.download.clone()) {
+    fn download_for(
+        &self,
+        fh: u64,
+        key: &str,
+        etag: &str,
+        version: Option<String>,
+        size: u64,
+    ) -> Result<Arc<Download>, FsError> {
+        if let Some(d) = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .and_then(|h| h.download.clone())
+        {
             if d.tag == etag {
                 return Ok(d);
             }
         }
         let dl = {
             let mut map = self.downloads.lock().unwrap();
-            match map.get(key).and_then(|w| w.upgrade()).filter(|d| d.tag == etag && !d.failed()) {
+            match map
+                .get(key)
+                .and_then(|w| w.upgrade())
+                .filter(|d| d.tag == etag && !d.failed())
+            {
                 Some(d) => d,
                 None => {
                     let d = match self.cache.open_clean(key, etag) {
-                        Some((path, len)) => Download::complete(self.cache.clone(), key, etag, path, len)?,
-                        None => Download::start(self.store.clone(), self.cache.clone(), key, etag, version, size)?,
+                        Some((path, len)) => {
+                            Download::complete(self.cache.clone(), key, etag, path, len)?
+                        }
+                        None => Download::start(
+                            self.store.clone(),
+                            self.cache.clone(),
+                            key,
+                            etag,
+                            version,
+                            size,
+                        )?,
                     };
                     map.insert(key.to_string(), Arc::downgrade(&d));
                     d
@@ -1270,7 +1441,14 @@ impl Core {
     /// Stages the node's working file: fsync it, journal a put, return the seq.
     /// Only after this may close()/fsync() return.
     async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
-        let io = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.io.clone();
+        let io = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .ok_or(FsError::NotFound)?
+            .io
+            .clone();
         let _g = io.lock().await;
         let (working, path, meta, size, unlinked) = {
             let t = self.inodes.lock().unwrap();
@@ -1278,7 +1456,13 @@ impl Core {
             if !n.dirty {
                 return Ok(n.last_seq);
             }
-            (n.working.clone(), n.path.clone(), n.meta.clone(), n.size, n.unlinked)
+            (
+                n.working.clone(),
+                n.path.clone(),
+                n.meta.clone(),
+                n.size,
+                n.unlinked,
+            )
         };
         if unlinked {
             return Ok(None);
@@ -1344,11 +1528,21 @@ impl Core {
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), FsError> {
-        let h = self.handles.lock().unwrap().remove(&fh).ok_or(FsError::BadHandle)?;
+        let h = self
+            .handles
+            .lock()
+            .unwrap()
+            .remove(&fh)
+            .ok_or(FsError::BadHandle)?;
         let (local_only, dirty_unopened) = {
             let t = self.inodes.lock().unwrap();
             t.get(h.ino)
-                .map(|n| (n.local_only, n.dirty && n.open_writers <= u32::from(h.write)))
+                .map(|n| {
+                    (
+                        n.local_only,
+                        n.dirty && n.open_writers <= u32::from(h.write),
+                    )
+                })
                 .unwrap_or((false, false))
         };
         if h.write || local_only || dirty_unopened {
@@ -1388,7 +1582,13 @@ impl Core {
     }
 
     async fn ensure_meta(&self, ino: u64) -> Result<(), FsError> {
-        let known = self.inodes.lock().unwrap().get(ino).ok_or(FsError::NotFound)?.meta_known;
+        let known = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .ok_or(FsError::NotFound)?
+            .meta_known;
         if !known {
             self.refresh_meta(ino).await?;
         }
@@ -1425,13 +1625,23 @@ impl Core {
         Ok(n.meta.xattrs.keys().cloned().collect())
     }
 
-    pub async fn setxattr(&self, ino: u64, name: &str, value: Option<&[u8]>, flags: i32) -> Result<(), FsError> {
+    pub async fn setxattr(
+        &self,
+        ino: u64,
+        name: &str,
+        value: Option<&[u8]>,
+        flags: i32,
+    ) -> Result<(), FsError> {
         self.check_writable()?;
         if !name.starts_with("user.") {
-            return Err(FsError::NotSupported("only user.* attributes can be stored"));
+            return Err(FsError::NotSupported(
+                "only user.* attributes can be stored",
+            ));
         }
         if name.starts_with("user.regionfs.") {
-            return Err(FsError::NotPermitted("user.regionfs.* attributes are read-only"));
+            return Err(FsError::NotPermitted(
+                "user.regionfs.* attributes are read-only",
+            ));
         }
         self.ensure_meta(ino).await?;
         let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
@@ -1488,7 +1698,8 @@ impl Core {
             if let (Some(f), Some(w)) = (&c.op.file, &n.working) {
                 if &w.name == f {
                     keep_file = true;
-                    if !still_queued && n.shared && n.open_writers == 0 && !c.result.etag.is_empty() {
+                    if !still_queued && n.shared && n.open_writers == 0 && !c.result.etag.is_empty()
+                    {
                         n.working = None;
                         n.shared = false;
                         make_clean = true;

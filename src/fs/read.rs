@@ -29,7 +29,13 @@ pub struct Download {
 
 impl Download {
     /// A clean copy already complete in the cache (pinned by `open_clean`).
-    pub fn complete(cache: Arc<Cache>, key: &str, tag: &str, path: PathBuf, len: u64) -> Result<Arc<Download>, FsError> {
+    pub fn complete(
+        cache: Arc<Cache>,
+        key: &str,
+        tag: &str,
+        path: PathBuf,
+        len: u64,
+    ) -> Result<Arc<Download>, FsError> {
         let file = File::open(&path)?;
         Ok(Arc::new(Download {
             key: key.to_string(),
@@ -80,7 +86,12 @@ impl Download {
         Ok(d)
     }
 
-    async fn fetch(&self, store: &dyn ObjectStore, version: Option<String>, out: &File) -> Result<(), FsError> {
+    async fn fetch(
+        &self,
+        store: &dyn ObjectStore,
+        version: Option<String>,
+        out: &File,
+    ) -> Result<(), FsError> {
         let obj = store
             .get(
                 &self.key,
@@ -124,7 +135,10 @@ impl Download {
             let want = (offset + size as u64).min(total);
             let done = self.done.load(Ordering::SeqCst);
             if let Some(e) = self.error.lock().unwrap().clone() {
-                return Err(FsError::Upload(format!("download of `{}` failed: {e}", self.key)));
+                return Err(FsError::Upload(format!(
+                    "download of `{}` failed: {e}",
+                    self.key
+                )));
             }
             if done || self.avail.load(Ordering::SeqCst) >= want {
                 let len = want.saturating_sub(offset) as usize;

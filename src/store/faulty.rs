@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    CompletedPart, DeleteResult, GetObject, GetRequest, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions,
-    PutResult, VersionPage, Versioning,
+    CompletedPart, DeleteResult, GetObject, GetRequest, ListPage, ObjectInfo, ObjectStore, PutBody,
+    PutOptions, PutResult, VersionPage, Versioning,
 };
 use crate::error::StoreError;
 
@@ -78,7 +78,12 @@ impl ObjectStore for FaultyStore {
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
         self.inner.get(key, req).await
     }
-    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: PutBody,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         self.check()?;
         self.inner.put(key, body, opts).await
     }
@@ -86,18 +91,35 @@ impl ObjectStore for FaultyStore {
         self.check()?;
         self.inner.create_multipart(key, opts).await
     }
-    async fn upload_part(&self, key: &str, id: &str, n: i32, body: PutBody) -> Result<CompletedPart, StoreError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        id: &str,
+        n: i32,
+        body: PutBody,
+    ) -> Result<CompletedPart, StoreError> {
         self.check()?;
         self.inner.upload_part(key, id, n, body).await
     }
-    async fn complete_multipart(&self, key: &str, id: &str, parts: Vec<CompletedPart>) -> Result<PutResult, StoreError> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult, StoreError> {
         self.check()?;
         self.inner.complete_multipart(key, id, parts).await
     }
     async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
         self.inner.abort_multipart(key, id).await
     }
-    async fn copy(&self, s: &str, v: Option<&str>, d: &str, o: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn copy(
+        &self,
+        s: &str,
+        v: Option<&str>,
+        d: &str,
+        o: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         self.check()?;
         self.inner.copy(s, v, d, o).await
     }
@@ -109,16 +131,36 @@ impl ObjectStore for FaultyStore {
         self.check()?;
         self.inner.delete_version(key, v).await
     }
-    async fn list(&self, p: &str, d: Option<&str>, t: Option<String>, m: Option<i32>) -> Result<ListPage, StoreError> {
+    async fn list(
+        &self,
+        p: &str,
+        d: Option<&str>,
+        t: Option<String>,
+        m: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
         self.inner.list(p, d, t, m).await
     }
-    async fn list_versions(&self, p: &str, f: Option<(String, Option<String>)>, m: Option<i32>) -> Result<VersionPage, StoreError> {
+    async fn list_versions(
+        &self,
+        p: &str,
+        f: Option<(String, Option<String>)>,
+        m: Option<i32>,
+    ) -> Result<VersionPage, StoreError> {
         self.inner.list_versions(p, f, m).await
     }
-    async fn get_tags(&self, key: &str, v: Option<&str>) -> Result<BTreeMap<String, String>, StoreError> {
+    async fn get_tags(
+        &self,
+        key: &str,
+        v: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
         self.inner.get_tags(key, v).await
     }
-    async fn put_tags(&self, key: &str, v: Option<&str>, t: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    async fn put_tags(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        t: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         self.check()?;
         self.inner.put_tags(key, v, t).await
     }

@@ -12,8 +12,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody,
-    PutOptions, PutResult, VersionEntry, VersionPage, Versioning,
+    CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry, ListPage, ObjectInfo,
+    ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage, Versioning,
 };
 use crate::error::StoreError;
 
@@ -67,13 +67,19 @@ impl MemoryStore {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = format!("{:016}", s.next_id);
-        let etag = data.as_ref().map(|d| format!("{:x}", d.len() as u64 ^ s.next_id)).unwrap_or_default();
-        s.objects.entry(key.to_string()).or_default().push(StoredVersion {
-            id: id.clone(),
-            data,
-            opts,
-            at: SystemTime::now(),
-        });
+        let etag = data
+            .as_ref()
+            .map(|d| format!("{:x}", d.len() as u64 ^ s.next_id))
+            .unwrap_or_default();
+        s.objects
+            .entry(key.to_string())
+            .or_default()
+            .push(StoredVersion {
+                id: id.clone(),
+                data,
+                opts,
+                at: SystemTime::now(),
+            });
         (id, etag)
     }
 
@@ -119,12 +125,15 @@ impl MemoryStore {
                 f.read_exact(&mut buf).map_err(io)?;
                 Ok(Bytes::from(buf))
             }
-            PutBody::Stream { body, .. } => body.collect().await.map(|d| d.into_bytes()).map_err(|e| {
-                StoreError::Unreachable {
-                    bucket: self.name.clone(),
-                    message: e.to_string(),
-                }
-            }),
+            PutBody::Stream { body, .. } => {
+                body.collect()
+                    .await
+                    .map(|d| d.into_bytes())
+                    .map_err(|e| StoreError::Unreachable {
+                        bucket: self.name.clone(),
+                        message: e.to_string(),
+                    })
+            }
         }
     }
 }
@@ -162,7 +171,12 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: PutBody,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         let data = self.read_body(body).await?;
         let (id, etag) = self.add_version(key, Some(data), opts.clone());
         Ok(PutResult {
@@ -175,14 +189,24 @@ impl ObjectStore for MemoryStore {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = format!("upload-{}", s.next_id);
-        s.uploads.insert(id.clone(), (key.to_string(), opts.clone(), BTreeMap::new()));
+        s.uploads
+            .insert(id.clone(), (key.to_string(), opts.clone(), BTreeMap::new()));
         Ok(id)
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: PutBody) -> Result<CompletedPart, StoreError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: PutBody,
+    ) -> Result<CompletedPart, StoreError> {
         let data = self.read_body(body).await?;
         let mut s = self.state.lock().unwrap();
-        let up = s.uploads.get_mut(upload_id).ok_or_else(|| self.not_found(key))?;
+        let up = s
+            .uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| self.not_found(key))?;
         up.2.insert(number, data);
         Ok(CompletedPart {
             number,
@@ -190,7 +214,12 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<PutResult, StoreError> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult, StoreError> {
         let (_, opts, stored) = self
             .state
             .lock()
@@ -214,7 +243,13 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn copy(&self, src_key: &str, src_version: Option<&str>, dst_key: &str, opts: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn copy(
+        &self,
+        src_key: &str,
+        src_version: Option<&str>,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         let v = self.find(src_key, src_version)?;
         let (id, etag) = self.add_version(dst_key, v.data, opts.clone());
         Ok(PutResult {
@@ -239,7 +274,13 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>, max_keys: Option<i32>) -> Result<ListPage, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
         let s = self.state.lock().unwrap();
         let max = max_keys.unwrap_or(1000).max(1) as usize;
         let mut page = ListPage::default();
@@ -255,10 +296,13 @@ impl ObjectStore for MemoryStore {
                 continue;
             };
             let rest = &key[prefix.len()..];
-            if let Some(d) = delimiter.and_then(|d| rest.find(d).map(|i| &key[..prefix.len() + i + d.len()])) {
+            if let Some(d) =
+                delimiter.and_then(|d| rest.find(d).map(|i| &key[..prefix.len() + i + d.len()]))
+            {
                 if page.common_prefixes.last().map(String::as_str) != Some(d) {
                     if count == max {
-                        page.next_token = Some(page.common_prefixes.last().cloned().unwrap_or_default());
+                        page.next_token =
+                            Some(page.common_prefixes.last().cloned().unwrap_or_default());
                         break;
                     }
                     page.common_prefixes.push(d.to_string());
@@ -281,7 +325,12 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn list_versions(&self, prefix: &str, from: Option<(String, Option<String>)>, max_keys: Option<i32>) -> Result<VersionPage, StoreError> {
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        from: Option<(String, Option<String>)>,
+        max_keys: Option<i32>,
+    ) -> Result<VersionPage, StoreError> {
         let s = self.state.lock().unwrap();
         let max = max_keys.unwrap_or(1000).max(1) as usize;
         let mut all = Vec::new();
@@ -312,16 +361,29 @@ impl ObjectStore for MemoryStore {
         };
         let versions: Vec<VersionEntry> = all.iter().skip(start).take(max).cloned().collect();
         let next = (start + max < all.len())
-            .then(|| versions.last().map(|l| (l.key.clone(), Some(l.version_id.clone()))))
+            .then(|| {
+                versions
+                    .last()
+                    .map(|l| (l.key.clone(), Some(l.version_id.clone())))
+            })
             .flatten();
         Ok(VersionPage { versions, next })
     }
 
-    async fn get_tags(&self, key: &str, version_id: Option<&str>) -> Result<BTreeMap<String, String>, StoreError> {
+    async fn get_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
         Ok(self.find(key, version_id)?.opts.tags)
     }
 
-    async fn put_tags(&self, key: &str, version_id: Option<&str>, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    async fn put_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         let mut s = self.state.lock().unwrap();
         let versions = s.objects.get_mut(key).ok_or_else(|| self.not_found(key))?;
         let v = match version_id {

@@ -67,7 +67,10 @@ pub enum PutBody {
     },
     /// A stream of known length (e.g. a GET from another region). It cannot be
     /// rewound, so a failed request is retried by the caller from the start.
-    Stream { body: ByteStream, len: u64 },
+    Stream {
+        body: ByteStream,
+        len: u64,
+    },
 }
 
 impl PutBody {
@@ -188,7 +191,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn versioning(&self) -> Result<Versioning, StoreError>;
     async fn head(&self, key: &str, version_id: Option<&str>) -> Result<ObjectInfo, StoreError>;
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError>;
-    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        body: PutBody,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError>;
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError>;
     async fn upload_part(
@@ -264,7 +272,9 @@ pub fn url_encode_path(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             b'/' if keep_slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),
         }

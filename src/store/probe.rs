@@ -16,7 +16,11 @@ pub struct ProbeReport {
 impl std::fmt::Display for ProbeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.outcome {
-            Ok(()) => write!(f, "ok    {}: {} reachable, credentials accepted, versioning Enabled", self.name, self.bucket),
+            Ok(()) => write!(
+                f,
+                "ok    {}: {} reachable, credentials accepted, versioning Enabled",
+                self.name, self.bucket
+            ),
             Err(e) => write!(f, "FAIL  {}: {}", self.name, e),
         }
     }
@@ -24,7 +28,11 @@ impl std::fmt::Display for ProbeReport {
 
 /// The command that turns versioning on, for messages.
 pub fn enable_versioning_hint(cfg: &BucketConfig) -> String {
-    let endpoint = cfg.endpoint.as_ref().map(|e| format!(" --endpoint-url {e}")).unwrap_or_default();
+    let endpoint = cfg
+        .endpoint
+        .as_ref()
+        .map(|e| format!(" --endpoint-url {e}"))
+        .unwrap_or_default();
     format!(
         "aws s3api put-bucket-versioning --bucket {} --versioning-configuration Status=Enabled --region {}{}",
         cfg.bucket, cfg.region, endpoint
@@ -66,12 +74,21 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
 /// Whether the store keeps user metadata on `dir/` marker objects (S3 and moto
 /// do; SeaweedFS turns such keys into directories and drops it). Writes and
 /// deletes one probe marker under `prefix`.
-pub async fn markers_keep_metadata(store: &dyn ObjectStore, prefix: &str) -> Result<bool, StoreError> {
+pub async fn markers_keep_metadata(
+    store: &dyn ObjectStore,
+    prefix: &str,
+) -> Result<bool, StoreError> {
     let key = format!("{prefix}.regionfs-probe/");
     let mut opts = super::PutOptions::default();
     opts.metadata.insert("mode".into(), "16877".into());
-    store.put(&key, super::PutBody::Bytes(bytes::Bytes::new()), &opts).await?;
-    let kept = store.head(&key, None).await.map(|i| i.metadata.contains_key("mode")).unwrap_or(false);
+    store
+        .put(&key, super::PutBody::Bytes(bytes::Bytes::new()), &opts)
+        .await?;
+    let kept = store
+        .head(&key, None)
+        .await
+        .map(|i| i.metadata.contains_key("mode"))
+        .unwrap_or(false);
     let _ = store.delete(&key).await;
     Ok(kept)
 }

@@ -12,18 +12,21 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, CompletedMultipartUpload, MetadataDirective, StorageClass, Tag, Tagging,
-    TaggingDirective, VersioningConfiguration,
+    BucketVersioningStatus, CompletedMultipartUpload, MetadataDirective, StorageClass, Tag,
+    Tagging, TaggingDirective, VersioningConfiguration,
 };
 use aws_sdk_s3::Client;
 
 use super::{
-    encode_tags, url_encode_path, CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry, ListPage,
-    ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage, Versioning,
+    encode_tags, url_encode_path, CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry,
+    ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage,
+    Versioning,
 };
 use crate::config::{BucketConfig, ChecksumMode};
 use crate::error::StoreError;
@@ -40,12 +43,19 @@ impl S3Store {
     /// Builds a client from the bucket's settings and the aws-config default
     /// chain (environment, profile, instance role). Nothing is sent yet.
     pub async fn connect(cfg: &BucketConfig) -> S3Store {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let Some(p) = &cfg.profile {
             loader = loader.profile_name(p);
         }
         if let (Some(ak), Some(sk)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(ak, sk, None, None, "regionfs-config"));
+            loader = loader.credentials_provider(Credentials::new(
+                ak,
+                sk,
+                None,
+                None,
+                "regionfs-config",
+            ));
         }
         let sdk = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&sdk)
@@ -78,9 +88,19 @@ impl S3Store {
     /// Creates the bucket if missing and enables versioning: for quick starts and
     /// tests, never called by the mount.
     pub async fn create_versioned_bucket(&self) -> Result<(), StoreError> {
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => {}
-            Err(e) if matches!(e.code(), Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")) => {}
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) => {}
             Err(e) => return Err(self.err(None, e)),
         }
         self.set_versioning(true).await
@@ -88,7 +108,11 @@ impl S3Store {
 
     /// Turns versioning on (Enabled) or off (Suspended).
     pub async fn set_versioning(&self, enabled: bool) -> Result<(), StoreError> {
-        let status = if enabled { BucketVersioningStatus::Enabled } else { BucketVersioningStatus::Suspended };
+        let status = if enabled {
+            BucketVersioningStatus::Enabled
+        } else {
+            BucketVersioningStatus::Suspended
+        };
         self.client
             .put_bucket_versioning()
             .bucket(&self.bucket)
@@ -99,7 +123,11 @@ impl S3Store {
         Ok(())
     }
 
-    fn err<E>(&self, key: Option<&str>, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+    fn err<E>(
+        &self,
+        key: Option<&str>,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -109,7 +137,11 @@ impl S3Store {
 
 /// Turns an SDK error into a [`StoreError`], keeping the S3 code and message
 /// (the SDK's own Display says only "service error").
-fn classify<E>(bucket: &str, key: Option<&str>, e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+fn classify<E>(
+    bucket: &str,
+    key: Option<&str>,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -129,17 +161,29 @@ where
     let key = key.unwrap_or_default().to_string();
     match (code.as_str(), status) {
         ("NoSuchBucket", _) => StoreError::NoSuchBucket { bucket },
-        ("NoSuchKey" | "NoSuchVersion" | "NotFound", _) | ("", 404) => StoreError::NotFound { bucket, key },
-        ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken", _)
+        ("NoSuchKey" | "NoSuchVersion" | "NotFound", _) | ("", 404) => {
+            StoreError::NotFound { bucket, key }
+        }
+        (
+            "AccessDenied"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken",
+            _,
+        )
         | (_, 403) => StoreError::AccessDenied {
             bucket,
-            code: if code.is_empty() { "AccessDenied".into() } else { code },
+            code: if code.is_empty() {
+                "AccessDenied".into()
+            } else {
+                code
+            },
             message,
         },
         ("PreconditionFailed", _) | (_, 412) => StoreError::PreconditionFailed { bucket, key },
-        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _) | (_, 429) => {
-            StoreError::Throttled { bucket, code }
-        }
+        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
+        | (_, 429) => StoreError::Throttled { bucket, code },
         ("InternalError" | "ServiceUnavailable", _) | (_, 500..=599) => StoreError::Server {
             bucket,
             status,
@@ -164,8 +208,12 @@ fn time(t: Option<&DateTime>) -> Option<SystemTime> {
 }
 
 fn meta_map(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
-    m.map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
-        .unwrap_or_default()
+    m.map(|m| {
+        m.iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn etag(e: Option<&str>) -> String {
@@ -261,10 +309,18 @@ impl ObjectStore for S3Store {
             metadata: meta_map(out.metadata()),
             storage_class: out.storage_class().map(|s| s.as_str().to_string()),
         };
-        Ok(GetObject { info, body: out.body })
+        Ok(GetObject {
+            info,
+            body: out.body,
+        })
     }
 
-    async fn put(&self, key: &str, body: PutBody, opts: &PutOptions) -> Result<PutResult, StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: PutBody,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
         let (body, len) = self.body(body).await?;
         let out = self
             .client
@@ -299,15 +355,23 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
-        out.upload_id().map(str::to_string).ok_or_else(|| StoreError::Rejected {
-            bucket: self.describe.clone(),
-            status: 200,
-            code: "NoUploadId".into(),
-            message: "CreateMultipartUpload answered without an upload id".into(),
-        })
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Rejected {
+                bucket: self.describe.clone(),
+                status: 200,
+                code: "NoUploadId".into(),
+                message: "CreateMultipartUpload answered without an upload id".into(),
+            })
     }
 
-    async fn upload_part(&self, key: &str, upload_id: &str, number: i32, body: PutBody) -> Result<CompletedPart, StoreError> {
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: PutBody,
+    ) -> Result<CompletedPart, StoreError> {
         let (body, len) = self.body(body).await?;
         let out = self
             .client
@@ -327,7 +391,12 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: Vec<CompletedPart>) -> Result<PutResult, StoreError> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<PutResult, StoreError> {
         let parts = parts
             .into_iter()
             .map(|p| {
@@ -343,7 +412,11 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
@@ -370,8 +443,18 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn copy(&self, src_key: &str, src_version: Option<&str>, dst_key: &str, opts: &PutOptions) -> Result<PutResult, StoreError> {
-        let mut source = format!("{}/{}", url_encode_path(&self.bucket, false), url_encode_path(src_key, true));
+    async fn copy(
+        &self,
+        src_key: &str,
+        src_version: Option<&str>,
+        dst_key: &str,
+        opts: &PutOptions,
+    ) -> Result<PutResult, StoreError> {
+        let mut source = format!(
+            "{}/{}",
+            url_encode_path(&self.bucket, false),
+            url_encode_path(src_key, true)
+        );
         if let Some(v) = src_version {
             source.push_str("?versionId=");
             source.push_str(&url_encode_path(v, false));
@@ -424,7 +507,13 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str, delimiter: Option<&str>, token: Option<String>, max_keys: Option<i32>) -> Result<ListPage, StoreError> {
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<String>,
+        max_keys: Option<i32>,
+    ) -> Result<ListPage, StoreError> {
         let out = self
             .client
             .list_objects_v2()
@@ -460,7 +549,12 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn list_versions(&self, prefix: &str, from: Option<(String, Option<String>)>, max_keys: Option<i32>) -> Result<VersionPage, StoreError> {
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        from: Option<(String, Option<String>)>,
+        max_keys: Option<i32>,
+    ) -> Result<VersionPage, StoreError> {
         let (key_marker, version_marker) = match from {
             Some((k, v)) => (Some(k), v),
             None => (None, None),
@@ -507,15 +601,23 @@ impl ObjectStore for S3Store {
                 .then(b.last_modified.cmp(&a.last_modified))
         });
         let next = if out.is_truncated().unwrap_or(false) {
-            out.next_key_marker()
-                .map(|k| (k.to_string(), out.next_version_id_marker().map(str::to_string)))
+            out.next_key_marker().map(|k| {
+                (
+                    k.to_string(),
+                    out.next_version_id_marker().map(str::to_string),
+                )
+            })
         } else {
             None
         };
         Ok(VersionPage { versions, next })
     }
 
-    async fn get_tags(&self, key: &str, version_id: Option<&str>) -> Result<BTreeMap<String, String>, StoreError> {
+    async fn get_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
         let out = self
             .client
             .get_object_tagging()
@@ -532,17 +634,25 @@ impl ObjectStore for S3Store {
             .collect())
     }
 
-    async fn put_tags(&self, key: &str, version_id: Option<&str>, tags: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    async fn put_tags(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         let set: Vec<Tag> = tags
             .iter()
             .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
             .collect();
-        let tagging = Tagging::builder().set_tag_set(Some(set)).build().map_err(|e| StoreError::Rejected {
-            bucket: self.describe.clone(),
-            status: 0,
-            code: "InvalidTag".into(),
-            message: e.to_string(),
-        })?;
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(set))
+            .build()
+            .map_err(|e| StoreError::Rejected {
+                bucket: self.describe.clone(),
+                status: 0,
+                code: "InvalidTag".into(),
+                message: e.to_string(),
+            })?;
         self.client
             .put_object_tagging()
             .bucket(&self.bucket)

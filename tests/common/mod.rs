@@ -106,6 +106,9 @@ impl Drop for ProcessGuard {
     }
 }
 
+/// Starts a server process on a data dir and port.
+type Starter = dyn Fn(&Path, u16) -> Child + Send;
+
 /// One S3 server (a "region") for one test.
 pub struct Region {
     pub port: u16,
@@ -113,7 +116,7 @@ pub struct Region {
     pub region: String,
     pub kind: &'static str,
     process: Option<ProcessGuard>,
-    start: Box<dyn Fn(&Path, u16) -> Child + Send>,
+    start: Box<Starter>,
     pub dir: tempfile::TempDir,
 }
 
@@ -127,7 +130,9 @@ impl Region {
                 .env("REGIONFS_VENV", venv())
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("weed.log")).unwrap())
-                .stderr(Stdio::from(std::fs::File::create(dir.join("weed.err")).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.join("weed.err")).unwrap(),
+                ))
                 .spawn()
                 .expect("cannot start weed: run scripts/test.sh once to install it")
         })
@@ -140,7 +145,9 @@ impl Region {
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("moto.log")).unwrap())
-                .stderr(Stdio::from(std::fs::File::create(dir.join("moto.err")).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.join("moto.err")).unwrap(),
+                ))
                 .spawn()
                 .expect("cannot start moto_server: run scripts/test.sh once to install it")
         })
@@ -153,7 +160,10 @@ impl Region {
         start: impl Fn(&Path, u16) -> Child + Send + 'static,
     ) -> Region {
         quiet_aws_env();
-        let dir = tempfile::Builder::new().prefix("regionfs-region-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("regionfs-region-")
+            .tempdir()
+            .unwrap();
         let port = free_port_block(width);
         let mut r = Region {
             port,
@@ -176,9 +186,11 @@ impl Region {
             name: self.kind.to_string(),
         });
         let port = self.port;
-        wait_for(&format!("{} on port {port}", self.kind), Duration::from_secs(60), || {
-            port_open(port).then_some(())
-        });
+        wait_for(
+            &format!("{} on port {port}", self.kind),
+            Duration::from_secs(60),
+            || port_open(port).then_some(()),
+        );
     }
 
     /// Kills the server (the region becomes unreachable); data stays.
@@ -256,7 +268,14 @@ impl Regions {
         let (src_bucket, dst_bucket) = (bucket_name("src"), bucket_name("dst"));
         let src = a.versioned_bucket(&src_bucket).await;
         let dst = b.versioned_bucket(&dst_bucket).await;
-        Regions { a, b, src_bucket, dst_bucket, src, dst }
+        Regions {
+            a,
+            b,
+            src_bucket,
+            dst_bucket,
+            src,
+            dst,
+        }
     }
 
     /// A config for these regions with `extra` TOML appended (sections only).
@@ -344,7 +363,10 @@ impl Mount {
     /// Writes `config_text` and mounts; the cache dir named in it is kept across
     /// remounts of this guard.
     pub fn start(config_text: &str) -> Mount {
-        let tmp = tempfile::Builder::new().prefix("regionfs-mnt-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("regionfs-mnt-")
+            .tempdir()
+            .unwrap();
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
         let config = tmp.path().join("regionfs.toml");
@@ -363,7 +385,11 @@ impl Mount {
 
     /// Starts the daemon again (after a kill or an unmount).
     pub fn remount(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(regionfs_bin())
             .args(["mount", "--config"])
             .arg(&self.config)
@@ -436,7 +462,11 @@ impl Mount {
             cmd.arg(p);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -459,14 +489,23 @@ impl Drop for Mount {
 }
 
 /// Every current object (key → bytes) under `prefix` in a bucket.
-pub async fn bucket_contents(s: &S3Store, prefix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+pub async fn bucket_contents(
+    s: &S3Store,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     use regionfs::store::{GetRequest, ObjectStore};
     let mut out = std::collections::BTreeMap::new();
     let mut token = None;
     loop {
         let page = s.list(prefix, None, token, None).await.unwrap();
         for o in page.objects {
-            let body = s.get(&o.key, GetRequest::default()).await.unwrap().bytes().await.unwrap();
+            let body = s
+                .get(&o.key, GetRequest::default())
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             out.insert(o.key, body.to_vec());
         }
         match page.next_token {
