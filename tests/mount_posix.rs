@@ -435,3 +435,16 @@ async fn dd_of_1_gib_lands_as_one_multipart_version_with_the_same_bytes() {
     let versions = r.src.list_versions("big", None, None).await.unwrap();
     assert_eq!(versions.versions.len(), 1, "one close, one version");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn umount_waits_for_pending_uploads_then_the_daemon_exits() {
+    let (r, mut m, _c) = setup("[cache]\nwrite_back_delay = \"2s\"\n").await;
+    std::fs::write(m.path("late.txt"), b"uploaded during the drain").unwrap();
+    assert_eq!(m.status(None)["uploads"]["pending"], 1);
+    sh(&format!("umount {}", m.dir.display()));
+    let status = m.wait_exit(Duration::from_secs(60));
+    assert!(status.success());
+    assert!(m.log_text().contains("waiting for 1 pending upload"), "{}", m.log_text());
+    let body = r.src.get("late.txt", Default::default()).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"uploaded during the drain");
+}

@@ -454,6 +454,14 @@ impl Mount {
         status
     }
 
+    /// Waits for the daemon to exit by itself (after an external umount).
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut p = self.process.take().expect("mounted");
+        let status = wait_for("the daemon to exit", timeout, || p.child.try_wait().unwrap());
+        assert!(!mounted(&self.dir));
+        status
+    }
+
     /// `regionfs status --json [PATH]` as parsed JSON.
     pub fn status(&self, path: Option<&str>) -> serde_json::Value {
         let mut cmd = Command::new(regionfs_bin());
