@@ -16,6 +16,9 @@ pub const S_IFREG: u32 = libc::S_IFREG;
 pub const S_IFDIR: u32 = libc::S_IFDIR;
 pub const S_IFLNK: u32 = libc::S_IFLNK;
 pub const S_IFIFO: u32 = libc::S_IFIFO;
+pub const S_IFCHR: u32 = libc::S_IFCHR;
+pub const S_IFBLK: u32 = libc::S_IFBLK;
+pub const S_IFSOCK: u32 = libc::S_IFSOCK;
 
 /// The attributes regionfs keeps with every object version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +29,42 @@ pub struct ObjectMeta {
     pub gid: u32,
     pub mtime_s: i64,
     pub mtime_ns: u32,
+    /// Access time, when set explicitly (utimensat); else the mtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<(i64, u32)>,
+    /// Device number of character and block special files.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn to_time(s: i64, ns: u32) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + Duration::from_nanos(ns as u64)
+    }
+}
+
+fn from_time(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => {
+            let d = e.duration();
+            let ns = d.subsec_nanos();
+            (
+                -(d.as_secs() as i64) - i64::from(ns > 0),
+                if ns > 0 { 1_000_000_000 - ns } else { 0 },
+            )
+        }
+    }
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl ObjectMeta {
@@ -40,6 +75,8 @@ impl ObjectMeta {
             gid,
             mtime_s: 0,
             mtime_ns: 0,
+            atime: None,
+            rdev: 0,
             content_type: None,
             xattrs: BTreeMap::new(),
         };
@@ -52,27 +89,21 @@ impl ObjectMeta {
     }
 
     pub fn mtime(&self) -> SystemTime {
-        if self.mtime_s >= 0 {
-            UNIX_EPOCH + Duration::new(self.mtime_s as u64, self.mtime_ns)
-        } else {
-            UNIX_EPOCH - Duration::from_secs(self.mtime_s.unsigned_abs())
-                + Duration::from_nanos(self.mtime_ns as u64)
-        }
+        to_time(self.mtime_s, self.mtime_ns)
     }
 
     pub fn set_mtime(&mut self, t: SystemTime) {
-        match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => {
-                self.mtime_s = d.as_secs() as i64;
-                self.mtime_ns = d.subsec_nanos();
-            }
-            Err(e) => {
-                let d = e.duration();
-                let ns = d.subsec_nanos();
-                self.mtime_s = -(d.as_secs() as i64) - i64::from(ns > 0);
-                self.mtime_ns = if ns > 0 { 1_000_000_000 - ns } else { 0 };
-            }
-        }
+        (self.mtime_s, self.mtime_ns) = from_time(t);
+    }
+
+    pub fn atime(&self) -> SystemTime {
+        self.atime
+            .map(|(s, ns)| to_time(s, ns))
+            .unwrap_or_else(|| self.mtime())
+    }
+
+    pub fn set_atime(&mut self, t: SystemTime) {
+        self.atime = Some(from_time(t));
     }
 
     pub fn to_json(&self) -> String {
@@ -92,6 +123,12 @@ impl ObjectMeta {
         md.insert("mtime".to_string(), self.mtime_s.to_string());
         if self.mtime_ns != 0 {
             md.insert("mtime-nsec".to_string(), self.mtime_ns.to_string());
+        }
+        if self.rdev != 0 {
+            md.insert("rdev".to_string(), self.rdev.to_string());
+        }
+        if let Some((s, ns)) = self.atime {
+            md.insert("atime".to_string(), format!("{s}.{ns:09}"));
         }
         if !self.xattrs.is_empty() {
             let map: BTreeMap<&String, String> = self
@@ -133,6 +170,11 @@ impl ObjectMeta {
         if let Some(g) = num("gid") {
             m.gid = g;
         }
+        m.rdev = num("rdev").unwrap_or(0);
+        m.atime = md.get("atime").and_then(|v| {
+            let (s, ns) = v.split_once('.').unwrap_or((v, "0"));
+            Some((s.parse().ok()?, ns.parse().ok()?))
+        });
         match md.get("mtime").and_then(|v| v.trim().parse::<f64>().ok()) {
             Some(t) => {
                 m.mtime_s = t.floor() as i64;

@@ -444,7 +444,46 @@ async fn umount_waits_for_pending_uploads_then_the_daemon_exits() {
     sh(&format!("umount {}", m.dir.display()));
     let status = m.wait_exit(Duration::from_secs(60));
     assert!(status.success());
-    assert!(m.log_text().contains("waiting for 1 pending upload"), "{}", m.log_text());
-    let body = r.src.get("late.txt", Default::default()).await.unwrap().bytes().await.unwrap();
+    assert!(
+        m.log_text().contains("waiting for 1 pending upload"),
+        "{}",
+        m.log_text()
+    );
+    let body = r
+        .src
+        .get("late.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"uploaded during the drain");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_file_reads_its_bytes_before_the_copy_lands() {
+    let (r, mut m, _c) = setup("[cache]\nwrite_back_delay = \"3s\"\n").await;
+    std::fs::write(m.path("a.txt"), b"moved bytes").unwrap();
+    std::os::unix::fs::symlink("a-target", m.path("link")).unwrap();
+    m.wait_uploaded(DRAIN);
+    // A fresh mount: no local copy, only the bucket.
+    assert!(m.unmount().success());
+    m.remount();
+    std::fs::rename(m.path("a.txt"), m.path("b.txt")).unwrap();
+    std::fs::rename(m.path("link"), m.path("link2")).unwrap();
+    assert_eq!(
+        m.status(None)["uploads"]["pending"],
+        4,
+        "copies and deletes still queued"
+    );
+    assert_eq!(std::fs::read(m.path("b.txt")).unwrap(), b"moved bytes");
+    assert_eq!(
+        std::fs::read_link(m.path("link2")).unwrap().to_str(),
+        Some("a-target")
+    );
+    assert!(!m.path("a.txt").exists());
+    m.wait_uploaded(DRAIN);
+    let objects = bucket_contents(&r.src, "").await;
+    assert_eq!(objects["b.txt"], b"moved bytes");
+    assert!(!objects.contains_key("a.txt"));
 }

@@ -18,7 +18,7 @@ use fuser::{
 
 use super::{Attr, Caller, Core, DirEntry, SetAttr};
 use crate::error::FsError;
-use crate::meta::{S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT};
+use crate::meta::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFSOCK};
 
 pub struct FuseFs {
     core: Arc<Core>,
@@ -47,6 +47,9 @@ fn kind(mode: u32) -> FileType {
         S_IFDIR => FileType::Directory,
         S_IFLNK => FileType::Symlink,
         S_IFIFO => FileType::NamedPipe,
+        S_IFCHR => FileType::CharDevice,
+        S_IFBLK => FileType::BlockDevice,
+        S_IFSOCK => FileType::Socket,
         _ => FileType::RegularFile,
     }
 }
@@ -56,16 +59,16 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.size.div_ceil(512),
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.ctime,
         crtime: a.ctime,
         kind: kind(a.mode),
         perm: (a.mode & 0o7777) as u16,
-        nlink: if a.mode & S_IFMT == S_IFDIR { 2 } else { 1 },
+        nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: a.rdev,
         blksize: 4096,
         flags: 0,
     }
@@ -136,7 +139,7 @@ impl Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -153,6 +156,7 @@ impl Filesystem for FuseFs {
             uid,
             gid,
             size,
+            atime: atime.map(time),
             mtime: mtime.map(time),
         };
         self.spawn(async move {
@@ -180,14 +184,14 @@ impl Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let (core, name, who) = (self.core.clone(), name.as_bytes().to_vec(), caller(req));
         self.spawn(async move {
             entry(
                 &core,
-                core.mknod(parent.0, &name, mode & !umask, who).await,
+                core.mknod(parent.0, &name, mode & !umask, rdev, who).await,
                 reply,
             )
         });

@@ -31,6 +31,9 @@ pub struct Node {
     pub etag: String,
     /// Version id in the source bucket of the last finished upload, if known.
     pub version: Option<String>,
+    /// Where the bytes live while a rename's copy is queued: the old key (at
+    /// `version`). `None`: the node's own key.
+    pub content_key: Option<String>,
     pub working: Option<Working>,
     /// The working file differs from every staged/uploaded state.
     pub dirty: bool,
@@ -94,6 +97,7 @@ impl Inodes {
             size: 0,
             etag: String::new(),
             version: None,
+            content_key: None,
             working: None,
             dirty: false,
             shared: false,

@@ -28,7 +28,9 @@ use crate::cache::Cache;
 use crate::config::{Config, FsyncDurability};
 use crate::error::{FsError, StoreError};
 use crate::journal::{Journal, NewOp, Op, OpKind};
-use crate::meta::{ObjectMeta, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG};
+use crate::meta::{
+    ObjectMeta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+};
 use crate::store::{GetRequest, ObjectStore};
 use crate::uploader::{Completion, Uploader};
 
@@ -45,8 +47,12 @@ pub struct Attr {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    pub rdev: u32,
+    /// 0 once unlinked (an open file lives on without a name).
+    pub nlink: u32,
 }
 
 /// One directory entry.
@@ -66,6 +72,7 @@ pub struct SetAttr {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
 }
 
@@ -79,8 +86,8 @@ pub struct Caller {
 struct Handle {
     ino: u64,
     write: bool,
-    /// Data was written (or truncated) through this handle since it was opened:
-    /// its close() stages the file.
+    /// Data was written (or truncated) through this handle since its last
+    /// flush: its close() stages the file.
     wrote: bool,
     /// A clean copy being read (pinned while open).
     download: Option<Arc<Download>>,
@@ -161,8 +168,15 @@ impl Core {
             mode: n.meta.mode,
             uid: n.meta.uid,
             gid: n.meta.gid,
+            atime: n.meta.atime(),
             mtime: n.meta.mtime(),
             ctime: n.ctime,
+            rdev: n.meta.rdev,
+            nlink: match (n.unlinked, n.is_dir()) {
+                (true, _) => 0,
+                (false, true) => 2,
+                (false, false) => 1,
+            },
         }
     }
 
@@ -188,6 +202,14 @@ impl Core {
         check_key(&file_key(&self.prefix, &path))?;
         check_key(&dir_key(&self.prefix, &path))?;
         Ok((dir, path))
+    }
+
+    /// The object (key, version) holding a clean node's bytes.
+    fn content_of(&self, n: &Node) -> (String, Option<String>) {
+        match &n.content_key {
+            Some(k) => (k.clone(), n.version.clone()),
+            None => (self.key(&n.path), n.version.clone()),
+        }
     }
 
     fn key(&self, path: &str) -> String {
@@ -281,7 +303,12 @@ impl Core {
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(path, meta.clone());
             let n = t.get_mut(ino).unwrap();
+            // Entry changes made here move the directory's mtime in memory only.
+            let local = n.meta.mtime();
             n.meta = meta;
+            if local > n.meta.mtime() {
+                n.meta.set_mtime(local);
+            }
             n.fetched = Some(Instant::now());
             n.meta_known = true;
             return Ok(ino);
@@ -620,6 +647,7 @@ impl Core {
         self.ensure_absent(&path).await?;
         let meta = ObjectMeta::new(S_IFDIR | (mode & 0o7777), who.uid, who.gid);
         self.put_dir_attrs(&path, &meta).await?;
+        self.touch_dir(parent);
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(&path, meta.clone());
         let n = t.get_mut(ino).unwrap();
@@ -653,13 +681,13 @@ impl Core {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
-        let kind = if mode & S_IFMT == S_IFIFO {
-            S_IFIFO
-        } else {
-            S_IFREG
+        let kind = match mode & S_IFMT {
+            k @ (S_IFIFO | S_IFCHR | S_IFBLK | S_IFSOCK) => k,
+            _ => S_IFREG,
         };
         let meta = ObjectMeta::new(kind | (mode & 0o7777), who.uid, who.gid);
         let working = self.new_working()?;
+        self.touch_dir(parent);
         let ino = {
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(&path, meta.clone());
@@ -683,28 +711,36 @@ impl Core {
         Ok((self.node_attr(ino)?, fh))
     }
 
-    /// mknod: fifos and regular files; devices and sockets cannot be objects.
+    /// mknod: any file type becomes a zero-byte object carrying its mode (and,
+    /// for devices, `rdev`). The mount is `nodev`, so device nodes stay inert.
     pub async fn mknod(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        rdev: u32,
         who: Caller,
     ) -> Result<Attr, FsError> {
-        match mode & S_IFMT {
-            S_IFIFO | S_IFREG | 0 => {}
-            _ => {
-                return Err(FsError::NotPermitted(
-                    "only regular files and fifos can be stored as objects",
-                ))
-            }
-        }
         let (attr, fh) = self
             .create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, who)
             .await?;
-        self.flush(fh).await?;
+        if rdev != 0 {
+            if let Some(n) = self.inodes.lock().unwrap().get_mut(attr.ino) {
+                n.meta.rdev = rdev;
+            }
+        }
         self.release(fh).await?;
-        Ok(attr)
+        self.node_attr(attr.ino)
+    }
+
+    /// A directory's mtime and ctime move when its entries change (kept in
+    /// memory; the marker is not rewritten for it).
+    fn touch_dir(&self, ino: u64) {
+        let now = SystemTime::now();
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.meta.set_mtime(now);
+            n.ctime = now;
+        }
     }
 
     pub async fn symlink(
@@ -723,6 +759,7 @@ impl Core {
             .resize_data(&working.name, target.len() as u64)
             .await?;
         let meta = ObjectMeta::new(S_IFLNK | 0o777, who.uid, who.gid);
+        self.touch_dir(parent);
         let ino = {
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(&path, meta.clone());
@@ -747,7 +784,7 @@ impl Core {
             if !n.is_symlink() {
                 return Err(FsError::Invalid("not a symlink"));
             }
-            (n.working.clone(), self.key(&n.path), n.size)
+            (n.working.clone(), self.content_of(n), n.size)
         };
         if let Some(w) = working {
             let mut buf = vec![0; size as usize];
@@ -755,7 +792,12 @@ impl Core {
             buf.truncate(n);
             return Ok(buf);
         }
-        let obj = self.store.get(&key, GetRequest::default()).await?;
+        let (key, version_id) = key;
+        let req = GetRequest {
+            version_id,
+            range: None,
+        };
+        let obj = self.store.get(&key, req).await?;
         Ok(obj.bytes().await?.to_vec())
     }
 
@@ -778,6 +820,7 @@ impl Core {
             self.uploader.submit(self.delete_op(key.clone())).await?;
         }
         self.cache.forget_clean(&key);
+        self.touch_dir(parent);
         let mut t = self.inodes.lock().unwrap();
         t.detach(ino);
         let drop_file = t.get_mut(ino).and_then(|n| {
@@ -822,6 +865,7 @@ impl Core {
         }
         self.delete_dir_keys(&path).await?;
         self.inodes.lock().unwrap().detach(ino);
+        self.touch_dir(parent);
         Ok(())
     }
 
@@ -872,6 +916,8 @@ impl Core {
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
         }
+        self.touch_dir(parent);
+        self.touch_dir(newparent);
         if src_is_dir {
             self.rename_dir(src, &from, &to).await
         } else {
@@ -898,7 +944,24 @@ impl Core {
             )
         };
         let (from_key, to_key) = (self.key(from), self.key(to));
-        let pending_src = self.uploader.pending_for(&from_key);
+        let mut pending_src = self.uploader.pending_for(&from_key);
+        let mut version = version;
+        if working.is_none() && version.is_none() {
+            // The copy must name the version it copies (the old key is deleted
+            // right after): let queued changes land, then ask the bucket.
+            if let Some(last) = pending_src.last() {
+                self.uploader
+                    .wait(last.seq)
+                    .await
+                    .map_err(FsError::Upload)?;
+            }
+            version = self.store.head(&from_key, None).await?.version_id;
+            pending_src = self.uploader.pending_for(&from_key);
+        }
+        let content_key = {
+            let t = self.inodes.lock().unwrap();
+            t.get(ino).and_then(|n| n.content_key.clone())
+        };
         let op = match &working {
             Some(w) => {
                 if dirty {
@@ -920,12 +983,9 @@ impl Core {
                 file: None,
                 size,
                 meta: meta.to_json(),
-                src_key: Some(from_key.clone()),
-                // A named version stays copyable after the delete below; an
-                // unknown one is the current version, copied before the delete
-                // only if nothing is queued on the old key.
-                src_version: version
-                    .or_else(|| pending_src.last().and_then(|o| o.version_id.clone())),
+                // A named version stays copyable after the delete below.
+                src_key: Some(content_key.clone().unwrap_or_else(|| from_key.clone())),
+                src_version: version.clone(),
             },
         };
         let seq = self.uploader.submit(op).await?;
@@ -934,13 +994,16 @@ impl Core {
                 .submit(self.delete_op(from_key.clone()))
                 .await?;
         }
-        self.cache.forget_clean(&from_key);
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {
             n.last_seq = Some(seq);
             if n.working.is_some() {
                 n.shared = true;
                 n.dirty = false;
+            } else {
+                // Until the copy lands, the bytes are read from the old key.
+                n.content_key = Some(content_key.unwrap_or(from_key));
+                n.version = version;
             }
             n.local_only = false;
         }
@@ -1073,6 +1136,9 @@ impl Core {
             }
             if let Some(g) = set.gid {
                 n.meta.gid = g;
+            }
+            if let Some(a) = set.atime {
+                n.meta.set_atime(a);
             }
             if let Some(m) = set.mtime {
                 n.meta.set_mtime(m);
@@ -1222,12 +1288,13 @@ impl Core {
             if n.is_dir() {
                 return Err(FsError::IsDir);
             }
+            let (key, version) = self.content_of(n);
             (
                 n.working.clone(),
                 n.shared,
-                self.key(&n.path),
+                key,
                 n.etag.clone(),
-                n.version.clone(),
+                version,
                 n.size,
             )
         };
@@ -1363,13 +1430,8 @@ impl Core {
         let (working, file_size, key, etag, version) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
-            (
-                n.working.clone(),
-                n.size,
-                self.key(&n.path),
-                n.etag.clone(),
-                n.version.clone(),
-            )
+            let (key, version) = self.content_of(n);
+            (n.working.clone(), n.size, key, n.etag.clone(), version)
         };
         if let Some(w) = working {
             let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
@@ -1505,6 +1567,9 @@ impl Core {
         };
         if wrote {
             self.stage(ino).await?;
+            if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
+                h.wrote = false;
+            }
         }
         Ok(())
     }
@@ -1534,20 +1599,16 @@ impl Core {
             .unwrap()
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
-        let (local_only, dirty_unopened) = {
+        let (local_only, dirty_alone) = {
             let t = self.inodes.lock().unwrap();
             t.get(h.ino)
-                .map(|n| {
-                    (
-                        n.local_only,
-                        n.dirty && n.open_writers <= u32::from(h.write),
-                    )
-                })
+                .map(|n| (n.local_only, n.dirty && n.open <= 1))
                 .unwrap_or((false, false))
         };
-        if h.write || local_only || dirty_unopened {
-            // Created or truncated but never written, or written after the
-            // last flush (mmap): staged now, when the last descriptor is gone.
+        // Staged now: writes after the last flush (mmap), a file created or
+        // truncated but never written, or dirty data nobody else has open. Not
+        // another writer's unfinished data (its close will stage it).
+        if h.wrote || local_only || dirty_alone {
             self.stage(h.ino).await?;
         }
         let mut t = self.inodes.lock().unwrap();
@@ -1689,6 +1750,7 @@ impl Core {
         let mut make_clean = false;
         if let Some(n) = ino.and_then(|i| t.get_mut(i)) {
             if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
+                n.content_key = None;
                 n.version = c.result.version_id.clone();
                 if !c.result.etag.is_empty() {
                     n.etag = c.result.etag.clone();

@@ -146,6 +146,17 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let bucket = bucket.to_string();
+    let context = DisplayErrorContext(&e).to_string();
+    // No credentials at all is not a network problem: say so, and do not retry.
+    if context.contains("credentials") && e.raw_response().is_none() {
+        return StoreError::AccessDenied {
+            bucket,
+            code: "NoCredentials".into(),
+            message: format!(
+                "no credentials could be loaded (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a `profile`, or access_key_id/secret_access_key): {context}"
+            ),
+        };
+    }
     if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) {
         return StoreError::Unreachable {
             bucket,

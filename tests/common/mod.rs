@@ -457,7 +457,9 @@ impl Mount {
     /// Waits for the daemon to exit by itself (after an external umount).
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut p = self.process.take().expect("mounted");
-        let status = wait_for("the daemon to exit", timeout, || p.child.try_wait().unwrap());
+        let status = wait_for("the daemon to exit", timeout, || {
+            p.child.try_wait().unwrap()
+        });
         assert!(!mounted(&self.dir));
         status
     }
