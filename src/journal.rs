@@ -31,6 +31,7 @@
 //! Recovery reads only rows that are not done: its cost is O(pending work).
 //! Done rows are pruned to the latest per key (status needs its version id).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -133,6 +134,107 @@ pub struct UploadSummary {
     pub oldest_pending_s: f64,
 }
 
+/// A replication task to create with the upload that produced its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub destination: String,
+    pub rule_id: String,
+    /// `version` (copy the object version) or `delete` (a delete marker).
+    pub kind: TaskKind,
+    pub storage_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    Version,
+    Delete,
+}
+
+/// Replication state of one version at one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TaskStatus {
+    #[serde(rename = "PENDING")]
+    Pending,
+    #[serde(rename = "COMPLETED")]
+    Completed,
+    #[serde(rename = "FAILED")]
+    Failed,
+}
+
+impl TaskStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Completed => "COMPLETED",
+            TaskStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// One version to replicate to one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: i64,
+    /// The operation that produced the version: orders versions of one key.
+    pub seq: i64,
+    pub key: String,
+    pub version_id: String,
+    pub destination: String,
+    pub rule_id: String,
+    pub kind: TaskKind,
+    pub size: u64,
+    pub storage_class: Option<String>,
+    pub status: TaskStatus,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub replica_version: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Per-destination totals for `status` and metrics (exact: from the journal).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DestinationSummary {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub failed: u64,
+    pub oldest_pending_s: f64,
+    pub missed_target: u64,
+    pub completed: u64,
+    pub bytes_replicated: u64,
+}
+
+const TASK_COLUMNS: &str = "id, seq, key, version_id, destination, rule_id, kind, size, storage_class, status, attempts, error, replica_version, created_at";
+
+fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
+    let kind: String = r.get(6)?;
+    let status: String = r.get(9)?;
+    Ok(Task {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        key: r.get(2)?,
+        version_id: r.get(3)?,
+        destination: r.get(4)?,
+        rule_id: r.get(5)?,
+        kind: if kind == "delete" {
+            TaskKind::Delete
+        } else {
+            TaskKind::Version
+        },
+        size: r.get::<_, i64>(7)? as u64,
+        storage_class: r.get(8)?,
+        status: match status.as_str() {
+            "COMPLETED" => TaskStatus::Completed,
+            "FAILED" => TaskStatus::Failed,
+            _ => TaskStatus::Pending,
+        },
+        attempts: r.get::<_, i64>(10)? as u32,
+        error: r.get(11)?,
+        replica_version: r.get(12)?,
+        created_at_ms: r.get(13)?,
+    })
+}
+
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Completer) + Send>;
 
@@ -171,6 +273,31 @@ CREATE TABLE IF NOT EXISTS ops (
 );
 CREATE INDEX IF NOT EXISTS ops_open ON ops(state) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS ops_key ON ops(key, seq);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    rule_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    storage_class TEXT,
+    status TEXT NOT NULL DEFAULT 'PENDING',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    replica_version TEXT,
+    created_at INTEGER NOT NULL,
+    done_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
+CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
+CREATE TABLE IF NOT EXISTS replication_stats (
+    destination TEXT PRIMARY KEY,
+    completed INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    missed_target INTEGER NOT NULL DEFAULT 0
+);
 ";
 
 const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at";
@@ -327,7 +454,45 @@ impl Journal {
     /// Records that operation `seq` reached the bucket as `version_id`, and prunes
     /// older finished rows of the same key.
     pub async fn complete(&self, seq: i64, version_id: Option<String>) -> Result<(), JournalError> {
+        self.complete_with_tasks(seq, version_id, Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Records the version an operation produced AND the replication tasks for
+    /// it, in one transaction: no crash can leave an uploaded version without
+    /// its replication queued. Returns the tasks as stored.
+    pub async fn complete_with_tasks(
+        &self,
+        seq: i64,
+        version_id: Option<String>,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Task>, JournalError> {
         self.run(move |c| {
+            let mut stored = Vec::new();
+            if let Some(v) = &version_id {
+                for t in &tasks {
+                    c.execute(
+                        "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
+                         SELECT seq, key, ?2, ?3, ?4, ?5, size, ?6, ?7 FROM ops WHERE seq = ?1",
+                        params![
+                            seq,
+                            v,
+                            t.destination,
+                            t.rule_id,
+                            if t.kind == TaskKind::Delete { "delete" } else { "version" },
+                            t.storage_class,
+                            now_ms()
+                        ],
+                    )?;
+                    let id = c.last_insert_rowid();
+                    stored.push(c.query_row(
+                        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+                        params![id],
+                        task_from_row,
+                    )?);
+                }
+            }
             c.execute(
                 "UPDATE ops SET state = 'done', version_id = ?2, done_at = ?3, error = NULL, multipart_id = NULL WHERE seq = ?1",
                 params![seq, version_id, now_ms()],
@@ -336,7 +501,145 @@ impl Journal {
                 "DELETE FROM ops WHERE state = 'done' AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
                 params![seq],
             )?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Every replication task not completed, oldest first.
+    pub async fn open_tasks(&self) -> Result<Vec<Task>, JournalError> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE status != 'COMPLETED' ORDER BY id"
+            ))?;
+            let rows = st.query_map([], task_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Marks a task completed; counts it (and whether it missed the time
+    /// target) in the destination's totals; prunes older completed tasks of the
+    /// same key and destination.
+    pub async fn task_completed(
+        &self,
+        id: i64,
+        replica_version: Option<String>,
+        target_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.run(move |c| {
+            let now = now_ms();
+            c.execute(
+                "UPDATE tasks SET status = 'COMPLETED', replica_version = ?2, done_at = ?3, error = NULL WHERE id = ?1",
+                params![id, replica_version, now],
+            )?;
+            c.execute(
+                "INSERT INTO replication_stats (destination, completed, bytes, missed_target)
+                 SELECT destination, 1, size, (?2 - created_at > ?3) FROM tasks WHERE id = ?1
+                 ON CONFLICT(destination) DO UPDATE SET completed = completed + 1, bytes = bytes + excluded.bytes,
+                     missed_target = missed_target + excluded.missed_target",
+                params![id, now, target_ms],
+            )?;
+            c.execute(
+                "DELETE FROM tasks WHERE status = 'COMPLETED' AND id < ?1 AND (key, destination) =
+                   (SELECT key, destination FROM tasks WHERE id = ?1)",
+                params![id],
+            )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records a failed attempt: PENDING (transient) or FAILED (permanent).
+    pub async fn task_failed(
+        &self,
+        id: i64,
+        error: String,
+        permanent: bool,
+    ) -> Result<(), JournalError> {
+        let status = if permanent {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Pending
+        };
+        self.run(move |c| {
+            c.execute(
+                "UPDATE tasks SET attempts = attempts + 1, error = ?2, status = ?3 WHERE id = ?1",
+                params![id, error, status.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Open tasks of the version produced by operation `seq`.
+    pub async fn open_tasks_of(&self, seq: i64) -> Result<Vec<Task>, JournalError> {
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1 AND status != 'COMPLETED'"
+            ))?;
+            let rows = st.query_map(params![seq], task_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// The newest task of `key` for each destination.
+    pub async fn latest_tasks(&self, key: String) -> Result<Vec<Task>, JournalError> {
+        self.run(move |c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT MAX(id) FROM tasks WHERE key = ?1 GROUP BY destination) ORDER BY destination"
+            ))?;
+            let rows = st.query_map(params![key], task_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Exact per-destination totals; a pending task older than `target_ms`
+    /// counts as having missed the target already.
+    pub async fn replication_summary(
+        &self,
+        target_ms: i64,
+    ) -> Result<BTreeMap<String, DestinationSummary>, JournalError> {
+        self.run(move |c| {
+            let mut out: BTreeMap<String, DestinationSummary> = BTreeMap::new();
+            let now = now_ms();
+            let mut st = c.prepare(
+                "SELECT destination, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(status = 'FAILED'), 0), MIN(created_at),
+                        COALESCE(SUM(?1 - created_at > ?2), 0)
+                 FROM tasks WHERE status != 'COMPLETED' GROUP BY destination",
+            )?;
+            let rows = st.query_map(params![now, target_ms], |r| {
+                let oldest: Option<i64> = r.get(4)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    DestinationSummary {
+                        pending: r.get::<_, i64>(1)? as u64,
+                        pending_bytes: r.get::<_, i64>(2)? as u64,
+                        failed: r.get::<_, i64>(3)? as u64,
+                        oldest_pending_s: oldest.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0),
+                        missed_target: r.get::<_, i64>(5)? as u64,
+                        ..Default::default()
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (d, s) = row?;
+                out.insert(d, s);
+            }
+            let mut st = c.prepare("SELECT destination, completed, bytes, missed_target FROM replication_stats")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })?;
+            for row in rows {
+                let (d, completed, bytes, missed) = row?;
+                let e = out.entry(d).or_default();
+                e.completed = completed as u64;
+                e.bytes_replicated = bytes as u64;
+                e.missed_target += missed as u64;
+            }
+            Ok(out)
         })
         .await
     }

@@ -232,7 +232,7 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
         let journal = Journal::open_readonly(&db)?;
         match path {
             None => {
-                let s = service::status(&journal).await?;
+                let s = service::status(&journal, config).await?;
                 if json {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
@@ -241,6 +241,12 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                         "uploads: {} pending ({} bytes), {} failed, oldest pending {:.1}s",
                         u.pending, u.pending_bytes, u.failed, u.oldest_pending_s
                     );
+                    for (d, r) in &s.replication {
+                        println!(
+                            "replication to {d}: {} pending ({} bytes), {} failed, oldest pending {:.1}s, {} missed the {} target, {} completed",
+                            r.pending, r.pending_bytes, r.failed, r.oldest_pending_s, r.missed_target, config.replication.time_target, r.completed
+                        );
+                    }
                 }
             }
             Some(p) => {
@@ -254,13 +260,32 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                     _ => ("clean", None),
                 };
                 let version = done.and_then(|o| o.version_id);
+                let tasks = journal.latest_tasks(key.clone()).await?;
+                let replication: serde_json::Map<String, serde_json::Value> = tasks
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.destination.clone(),
+                            serde_json::json!({"status": t.status, "version": t.version_id, "error": t.error}),
+                        )
+                    })
+                    .collect();
                 if json {
-                    let v = serde_json::json!({"path": rel, "key": key, "local": local, "version": version, "error": error});
+                    let v = serde_json::json!({"path": rel, "key": key, "local": local, "version": version, "error": error, "replication": replication});
                     println!("{v}");
                 } else {
                     println!("{rel}: {local}, source version {}", version.as_deref().unwrap_or("-"));
                     if let Some(e) = error {
                         println!("  last error: {e}");
+                    }
+                    for t in &tasks {
+                        println!(
+                            "  {}: {:?} (version {}){}",
+                            t.destination,
+                            t.status,
+                            t.version_id,
+                            t.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                        );
                     }
                 }
             }

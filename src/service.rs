@@ -5,7 +5,7 @@
 //! uploader queue) completes before the mount accepts a single request, so an
 //! operation acknowledged before a crash is always ahead of new ones on its key.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::fs::{Caller, Core};
-use crate::journal::{Journal, UploadSummary};
+use crate::journal::{DestinationSummary, Journal, UploadSummary};
+use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
 use crate::store::{ObjectStore, S3Store};
 use crate::uploader::Uploader;
@@ -35,6 +36,7 @@ pub enum ServiceError {
 pub struct Service {
     pub core: Arc<Core>,
     pub uploader: Uploader,
+    pub replicator: Replicator,
     pub journal: Journal,
     pub cache: Arc<Cache>,
     pub quarantined: Vec<String>,
@@ -58,13 +60,28 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
         Err(e) => return Err(ServiceError::Source(e.to_string())),
     }
     let store: Arc<dyn ObjectStore> = Arc::new(store);
-    start_with_store(config, store, owner).await
+    let mut destinations: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
+    for d in &config.destinations {
+        destinations.insert(d.name.clone(), Arc::new(S3Store::connect(d).await));
+    }
+    start_with_stores(config, store, destinations, owner).await
 }
 
-/// As [`start`], with a given store (tests wrap it with fault injection).
+/// As [`start`], with a given source store (tests wrap it with fault injection)
+/// and no destinations.
 pub async fn start_with_store(
     config: &Config,
     store: Arc<dyn ObjectStore>,
+    owner: Caller,
+) -> Result<Service, ServiceError> {
+    start_with_stores(config, store, HashMap::new(), owner).await
+}
+
+/// As [`start`], with given stores.
+pub async fn start_with_stores(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    destinations: HashMap<String, Arc<dyn ObjectStore>>,
     owner: Caller,
 ) -> Result<Service, ServiceError> {
     let cache = Cache::open(
@@ -86,6 +103,8 @@ pub async fn start_with_store(
     if !ops.is_empty() {
         tracing::info!(count = ops.len(), "resuming operations from the journal");
     }
+    let replicator =
+        Replicator::start(config, store.clone(), destinations, journal.clone()).await?;
     let (uploader, mut done) = Uploader::start(
         store.clone(),
         journal.clone(),
@@ -93,12 +112,14 @@ pub async fn start_with_store(
         config.upload.clone(),
         config.cache.write_back_delay.0,
         ops,
+        Some(replicator.clone()),
     );
     let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
     let core = Core::new(
         config,
         store,
         uploader.clone(),
+        Some(replicator.clone()),
         cache.clone(),
         journal.clone(),
         owner,
@@ -113,6 +134,7 @@ pub async fn start_with_store(
     Ok(Service {
         core,
         uploader,
+        replicator,
         journal,
         cache,
         quarantined,
@@ -142,9 +164,30 @@ async fn dir_attrs_need_sidecar(cache: &Cache, store: &dyn ObjectStore, prefix: 
 }
 
 impl Service {
-    /// Waits up to `timeout` for queued operations, printing progress; returns
-    /// how many are left (they stay in the journal for the next start).
+    /// Waits up to `timeout` for queued uploads, then replication, printing
+    /// progress; returns how many are left (they stay in the journal and resume
+    /// at the next start).
     pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let uploads = self.drain_uploads(timeout).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut last = usize::MAX;
+        let replication = self
+            .replicator
+            .drain(left, |n| {
+                if n != last && n > 0 {
+                    eprintln!("regionfs: waiting for {n} pending replication(s)…");
+                }
+                last = n;
+            })
+            .await;
+        if replication > 0 {
+            eprintln!("regionfs: {replication} replication(s) still pending; they resume at the next start");
+        }
+        uploads + replication
+    }
+
+    async fn drain_uploads(&self, timeout: Duration) -> usize {
         let mut last = usize::MAX;
         let left = self
             .uploader
@@ -203,10 +246,21 @@ pub fn detach(path: &Path) {
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
     pub uploads: UploadSummary,
+    pub replication: BTreeMap<String, DestinationSummary>,
 }
 
-pub async fn status(journal: &Journal) -> Result<Status, crate::journal::JournalError> {
+pub async fn status(
+    journal: &Journal,
+    config: &Config,
+) -> Result<Status, crate::journal::JournalError> {
+    let mut replication = journal
+        .replication_summary(config.replication.time_target.0.as_millis() as i64)
+        .await?;
+    for d in &config.destinations {
+        replication.entry(d.name.clone()).or_default();
+    }
     Ok(Status {
         uploads: journal.upload_summary().await?,
+        replication,
     })
 }

@@ -69,6 +69,7 @@ struct Inner {
     pending: watch::Sender<usize>,
     done_tx: mpsc::UnboundedSender<Completion>,
     parts: Arc<Semaphore>,
+    replicator: Option<crate::replicator::Replicator>,
 }
 
 /// Handle to the write-back worker.
@@ -87,6 +88,7 @@ impl Uploader {
         cfg: UploadConfig,
         delay: Duration,
         recovered: Vec<Op>,
+        replicator: Option<crate::replicator::Replicator>,
     ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut by_key: BTreeMap<String, VecDeque<Op>> = BTreeMap::new();
@@ -113,6 +115,7 @@ impl Uploader {
             pending: watch::channel(n).0,
             done_tx,
             parts,
+            replicator,
         });
         tokio::spawn(run(inner.clone()));
         (Uploader { inner }, done_rx)
@@ -309,7 +312,20 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
     let result = perform(inner, &op).await;
     match result {
         Ok(res) => {
-            if let Err(e) = inner.journal.complete(op.seq, res.version_id.clone()).await {
+            // The version and its replication tasks are recorded together.
+            let plan = inner
+                .replicator
+                .as_ref()
+                .map(|r| r.plan(&op))
+                .unwrap_or_default();
+            let recorded = inner
+                .journal
+                .complete_with_tasks(op.seq, res.version_id.clone(), plan)
+                .await;
+            if let (Ok(tasks), Some(r)) = (&recorded, &inner.replicator) {
+                r.enqueue(tasks.clone());
+            }
+            if let Err(e) = recorded {
                 // The version is in the bucket but not recorded: the op stays queued
                 // and runs again (a duplicate version with the same bytes).
                 tracing::error!(key = %op.key, error = %e, "cannot record an upload in the journal; will retry");
@@ -564,6 +580,7 @@ mod tests {
             cfg,
             Duration::ZERO,
             recovered,
+            None,
         )
         .0
     }

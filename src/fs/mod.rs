@@ -97,6 +97,7 @@ struct Handle {
 pub struct Core {
     store: Arc<dyn ObjectStore>,
     uploader: Uploader,
+    replicator: Option<crate::replicator::Replicator>,
     cache: Arc<Cache>,
     journal: Journal,
     prefix: String,
@@ -123,6 +124,7 @@ impl Core {
         config: &Config,
         store: Arc<dyn ObjectStore>,
         uploader: Uploader,
+        replicator: Option<crate::replicator::Replicator>,
         cache: Arc<Cache>,
         journal: Journal,
         owner: Caller,
@@ -134,6 +136,7 @@ impl Core {
         Arc::new(Core {
             store,
             uploader,
+            replicator,
             cache,
             journal,
             prefix: config.source.prefix.clone(),
@@ -1588,6 +1591,11 @@ impl Core {
         }
         if let Some(seq) = seq {
             self.uploader.wait(seq).await.map_err(FsError::Upload)?;
+            if self.fsync == FsyncDurability::AllRegions {
+                if let Some(r) = &self.replicator {
+                    r.wait_replicated(seq).await.map_err(FsError::Upload)?;
+                }
+            }
         }
         Ok(())
     }
@@ -1636,6 +1644,9 @@ impl Core {
         if name == "user.regionfs.version" {
             return self.version_of(ino).await.map(|v| v.into_bytes());
         }
+        if name == "user.regionfs.replication" {
+            return self.replication_of(ino).await.map(|v| v.into_bytes());
+        }
         self.ensure_meta(ino).await?;
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
@@ -1677,6 +1688,29 @@ impl Core {
         }
         let info = self.store.head(&key, None).await?;
         Ok(info.version_id.unwrap_or_default())
+    }
+
+    /// `{"<destination>": {"status": "PENDING|COMPLETED|FAILED", "error": …}}`
+    /// for the file's newest replicated version.
+    async fn replication_of(&self, ino: u64) -> Result<String, FsError> {
+        let path = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .map(|n| n.path.clone())
+            .ok_or(FsError::NotFound)?;
+        let tasks = self.journal.latest_tasks(self.key(&path)).await?;
+        let map: serde_json::Map<String, serde_json::Value> = tasks
+            .into_iter()
+            .map(|t| {
+                (
+                    t.destination,
+                    serde_json::json!({"status": t.status, "version": t.version_id, "error": t.error}),
+                )
+            })
+            .collect();
+        Ok(serde_json::Value::Object(map).to_string())
     }
 
     pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {

@@ -1,0 +1,522 @@
+//! The replicator: copies every new source version to the destinations its
+//! rules name, with the semantics of S3 replication.
+//!
+//! # Consistency
+//! Tasks are created by the uploader in the same journal transaction that
+//! records the version (`journal::complete_with_tasks`), so an uploaded version
+//! always has its replication queued, across any crash. A task is (key, source
+//! version id, destination); it is COMPLETED only after the replica exists.
+//!
+//! # Ordering
+//! `ordering::runnable` lets only the oldest open task of a (key, destination)
+//! run, one at a time: versions reach a destination in source order and a late
+//! older copy never overwrites a newer one.
+//!
+//! # Idempotency
+//! Before copying, the destination's current object is checked: if it already
+//! carries `regionfs-source-version` = this version (a copy that finished just
+//! before a crash), the task completes without writing a duplicate version.
+//!
+//! # Retries
+//! Transient errors leave the task PENDING and retry with jittered backoff,
+//! unbounded. Permanent ones (AccessDenied, NoSuchBucket, versioning off at the
+//! destination) mark it FAILED with the reason — and FAILED tasks are retried
+//! every 30 s, so fixing the cause completes them without manual steps.
+//!
+//! Bytes are streamed: a GET of the source version feeds the destination PUT
+//! (ranged GETs per part for large objects); nothing is held whole in memory.
+
+pub mod ordering;
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Config, UploadConfig};
+use crate::error::StoreError;
+use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind};
+use crate::meta::ObjectMeta;
+use crate::store::probe::versioning_problem;
+use crate::store::{GetRequest, ObjectStore, PutBody, PutOptions, PutResult, SOURCE_VERSION_META};
+use rules::{Change, Rules};
+
+/// Object tags come from extended attributes named `user.tag.<name>`.
+pub const TAG_XATTR_PREFIX: &str = "user.tag.";
+
+/// The tags an object written with `meta` carries.
+pub fn tags_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.xattrs
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(TAG_XATTR_PREFIX)
+                .map(|t| (t.to_string(), String::from_utf8_lossy(v).into_owned()))
+        })
+        .collect()
+}
+
+struct Destination {
+    store: Arc<dyn ObjectStore>,
+    config: crate::config::BucketConfig,
+    /// Last versioning check: when, and what it found.
+    checked: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+struct Queue {
+    open: Vec<Task>,
+    running: HashSet<(String, String)>,
+    retry_at: HashMap<i64, Instant>,
+}
+
+struct Inner {
+    source: Arc<dyn ObjectStore>,
+    destinations: HashMap<String, Destination>,
+    rules: Rules,
+    journal: Journal,
+    workers: usize,
+    upload: UploadConfig,
+    target_ms: i64,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Signalled whenever a task finishes (fsync all-regions waits on it).
+    finished: Notify,
+    pending: watch::Sender<usize>,
+}
+
+/// Handle to the replication workers.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+impl Replicator {
+    /// Starts the workers with the open tasks from the journal.
+    pub async fn start(
+        config: &Config,
+        source: Arc<dyn ObjectStore>,
+        destinations: HashMap<String, Arc<dyn ObjectStore>>,
+        journal: Journal,
+    ) -> Result<Replicator, crate::journal::JournalError> {
+        let open = journal.open_tasks().await?;
+        let destinations = destinations
+            .into_iter()
+            .filter_map(|(name, store)| {
+                let config = config.destination(&name)?.clone();
+                Some((
+                    name,
+                    Destination {
+                        store,
+                        config,
+                        checked: Mutex::new(None),
+                    },
+                ))
+            })
+            .collect();
+        let n = open.len();
+        let inner = Arc::new(Inner {
+            source,
+            destinations,
+            rules: Rules::from_config(config),
+            journal,
+            workers: config.replication.workers,
+            upload: config.upload.clone(),
+            target_ms: config.replication.time_target.0.as_millis() as i64,
+            queue: Mutex::new(Queue {
+                open,
+                running: HashSet::new(),
+                retry_at: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            finished: Notify::new(),
+            pending: watch::channel(n).0,
+        });
+        tokio::spawn(run(inner.clone()));
+        Ok(Replicator { inner })
+    }
+
+    /// The tasks a finished operation creates (pure: rules only).
+    pub fn plan(&self, op: &Op) -> Vec<NewTask> {
+        let meta = ObjectMeta::from_json(&op.meta);
+        let (change, kind) = match op.kind {
+            OpKind::Delete => (Change::DeleteMarker, TaskKind::Delete),
+            OpKind::Put | OpKind::Copy => (Change::Version, TaskKind::Version),
+        };
+        let tags = meta.as_ref().map(tags_of).unwrap_or_default();
+        let metadata = meta
+            .map(|m| m.to_put_options().metadata)
+            .unwrap_or_default();
+        self.inner
+            .rules
+            .targets(&op.key, &tags, &metadata, change)
+            .into_iter()
+            .filter(|t| self.inner.destinations.contains_key(&t.destination))
+            .map(|t| NewTask {
+                destination: t.destination,
+                rule_id: t.rule_id,
+                kind,
+                storage_class: t.storage_class,
+            })
+            .collect()
+    }
+
+    /// Queues tasks just committed to the journal.
+    pub fn enqueue(&self, tasks: Vec<Task>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let mut q = self.inner.queue.lock().unwrap();
+        q.open.extend(tasks);
+        let n = q.open.len();
+        drop(q);
+        self.inner.pending.send_replace(n);
+        self.inner.wake.notify_one();
+    }
+
+    pub fn pending_count(&self) -> usize {
+        *self.inner.pending.borrow()
+    }
+
+    /// Waits until every task of the version made by operation `seq` is
+    /// COMPLETED; Err with the reason when one is FAILED.
+    pub async fn wait_replicated(&self, seq: i64) -> Result<(), String> {
+        loop {
+            let finished = self.inner.finished.notified();
+            let open = self
+                .inner
+                .journal
+                .open_tasks_of(seq)
+                .await
+                .map_err(|e| e.to_string())?;
+            if open.is_empty() {
+                return Ok(());
+            }
+            if let Some(f) = open
+                .iter()
+                .find(|t| t.status == crate::journal::TaskStatus::Failed)
+            {
+                return Err(format!(
+                    "replication to {} failed: {}",
+                    f.destination,
+                    f.error.clone().unwrap_or_default()
+                ));
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), finished).await;
+        }
+    }
+
+    /// Waits until no task is open or `timeout` passes; returns how many are left.
+    pub async fn drain(&self, timeout: Duration, mut progress: impl FnMut(usize)) -> usize {
+        let mut rx = self.inner.pending.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = *rx.borrow_and_update();
+            progress(n);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return *rx.borrow();
+            }
+        }
+    }
+
+    /// Retries FAILED tasks now (`resync --failed`, or a fixed destination).
+    pub fn retry_failed(&self) {
+        self.inner.queue.lock().unwrap().retry_at.clear();
+        self.inner.wake.notify_one();
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    let base = 250u64.saturating_mul(1u64 << attempts.min(7)).min(30_000);
+    Duration::from_millis(base / 2 + rand::random::<u64>() % (base / 2 + 1))
+}
+
+/// A permanent failure is retried after this long (the periodic probe).
+const FAILED_RETRY: Duration = Duration::from_secs(30);
+
+async fn run(inner: Arc<Inner>) {
+    let mut in_flight: HashMap<String, usize> = HashMap::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    loop {
+        while let Ok(dest) = done_rx.try_recv() {
+            if let Some(n) = in_flight.get_mut(&dest) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        let mut next_wake = Duration::from_secs(1);
+        let start: Vec<Task> = {
+            let mut q = inner.queue.lock().unwrap();
+            let now = Instant::now();
+            let free: HashMap<String, usize> = inner
+                .destinations
+                .keys()
+                .map(|d| {
+                    (
+                        d.clone(),
+                        inner
+                            .workers
+                            .saturating_sub(*in_flight.get(d).unwrap_or(&0)),
+                    )
+                })
+                .collect();
+            let queued: Vec<ordering::Queued> = q
+                .open
+                .iter()
+                .map(|t| {
+                    let due = match q.retry_at.get(&t.id) {
+                        Some(at) if *at > now => {
+                            next_wake = next_wake.min(*at - now);
+                            false
+                        }
+                        _ => true,
+                    };
+                    ordering::Queued {
+                        id: t.id,
+                        key: &t.key,
+                        destination: &t.destination,
+                        due,
+                    }
+                })
+                .collect();
+            let ids = ordering::runnable(&queued, &q.running, &free);
+            let tasks: Vec<Task> = q
+                .open
+                .iter()
+                .filter(|t| ids.contains(&t.id))
+                .cloned()
+                .collect();
+            for t in &tasks {
+                q.running.insert((t.key.clone(), t.destination.clone()));
+            }
+            tasks
+        };
+        for task in start {
+            *in_flight.entry(task.destination.clone()).or_default() += 1;
+            let inner = inner.clone();
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let dest = task.destination.clone();
+                execute(&inner, task).await;
+                let _ = done_tx.send(dest);
+                inner.wake.notify_one();
+            });
+        }
+        let _ = tokio::time::timeout(next_wake, inner.wake.notified()).await;
+    }
+}
+
+async fn execute(inner: &Arc<Inner>, task: Task) {
+    let result = match inner.destinations.get(&task.destination) {
+        Some(d) => replicate(inner, d, &task).await,
+        None => Err(StoreError::Rejected {
+            bucket: task.destination.clone(),
+            status: 0,
+            code: "UnknownDestination".into(),
+            message: "no such destination in the configuration".into(),
+        }),
+    };
+    let pair = (task.key.clone(), task.destination.clone());
+    match result {
+        Ok(replica_version) => {
+            if let Err(e) = inner
+                .journal
+                .task_completed(task.id, replica_version, inner.target_ms)
+                .await
+            {
+                tracing::error!(key = %task.key, error = %e, "cannot record a replication in the journal; will retry");
+                let mut q = inner.queue.lock().unwrap();
+                q.running.remove(&pair);
+                q.retry_at
+                    .insert(task.id, Instant::now() + backoff(task.attempts));
+                return;
+            }
+            let mut q = inner.queue.lock().unwrap();
+            q.running.remove(&pair);
+            q.retry_at.remove(&task.id);
+            q.open.retain(|t| t.id != task.id);
+            let n = q.open.len();
+            drop(q);
+            inner.pending.send_replace(n);
+        }
+        Err(e) => {
+            let permanent = e.is_permanent();
+            let msg = e.to_string();
+            if permanent {
+                tracing::error!(key = %task.key, destination = %task.destination, error = %msg, "replication FAILED; retrying every 30 s until the cause is fixed");
+            } else {
+                tracing::warn!(key = %task.key, destination = %task.destination, error = %msg, "replication failed; retrying");
+            }
+            let _ = inner
+                .journal
+                .task_failed(task.id, msg.clone(), permanent)
+                .await;
+            let mut q = inner.queue.lock().unwrap();
+            q.running.remove(&pair);
+            let attempts = match q.open.iter_mut().find(|t| t.id == task.id) {
+                Some(t) => {
+                    t.attempts += 1;
+                    t.error = Some(msg);
+                    t.status = if permanent {
+                        crate::journal::TaskStatus::Failed
+                    } else {
+                        crate::journal::TaskStatus::Pending
+                    };
+                    t.attempts
+                }
+                None => task.attempts + 1,
+            };
+            let wait = if permanent {
+                FAILED_RETRY
+            } else {
+                backoff(attempts)
+            };
+            q.retry_at.insert(task.id, Instant::now() + wait);
+        }
+    }
+    inner.finished.notify_waiters();
+}
+
+/// Fails permanently when the destination's versioning is not Enabled (checked
+/// at most once a minute).
+async fn check_destination(d: &Destination) -> Result<(), StoreError> {
+    if let Some((at, r)) = d.checked.lock().unwrap().as_ref() {
+        if at.elapsed() < Duration::from_secs(60) {
+            return r.clone().map_err(|m| StoreError::Rejected {
+                bucket: d.store.describe(),
+                status: 0,
+                code: "VersioningNotEnabled".into(),
+                message: m,
+            });
+        }
+    }
+    let v = d.store.versioning().await?;
+    let r = match versioning_problem(&d.config, v) {
+        None => Ok(()),
+        Some(p) => Err(p),
+    };
+    *d.checked.lock().unwrap() = Some((Instant::now(), r.clone()));
+    r.map_err(|m| StoreError::Rejected {
+        bucket: d.store.describe(),
+        status: 0,
+        code: "VersioningNotEnabled".into(),
+        message: m,
+    })
+}
+
+/// Makes the replica of one version; returns the replica's version id.
+async fn replicate(
+    inner: &Arc<Inner>,
+    d: &Destination,
+    task: &Task,
+) -> Result<Option<String>, StoreError> {
+    check_destination(d).await?;
+    let dest = &d.store;
+    let current = match dest.head(&task.key, None).await {
+        Ok(info) => Some(info),
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if task.kind == TaskKind::Delete {
+        // Already absent (deleted, or never replicated): nothing to mark.
+        if current.is_none() {
+            return Ok(None);
+        }
+        return Ok(dest.delete(&task.key).await?.version_id);
+    }
+    if let Some(info) = &current {
+        if info.metadata.get(SOURCE_VERSION_META) == Some(&task.version_id) {
+            return Ok(info.version_id.clone());
+        }
+    }
+    let src = &inner.source;
+    let head = src.head(&task.key, Some(&task.version_id)).await?;
+    let tags = src
+        .get_tags(&task.key, Some(&task.version_id))
+        .await
+        .unwrap_or_default();
+    let mut metadata = head.metadata.clone();
+    metadata.insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
+    let opts = PutOptions {
+        content_type: head.content_type.clone(),
+        metadata,
+        tags,
+        storage_class: task.storage_class.clone(),
+    };
+    let size = head.size;
+    let res: PutResult = if size < inner.upload.multipart_threshold.0 {
+        let obj = src
+            .get(
+                &task.key,
+                GetRequest {
+                    version_id: Some(task.version_id.clone()),
+                    range: None,
+                },
+            )
+            .await?;
+        dest.put(
+            &task.key,
+            PutBody::Stream {
+                body: obj.body,
+                len: size,
+            },
+            &opts,
+        )
+        .await?
+    } else {
+        copy_in_parts(inner, dest.as_ref(), task, size, &opts).await?
+    };
+    Ok(res.version_id)
+}
+
+/// Large objects: one ranged GET per part, streamed into UploadPart.
+async fn copy_in_parts(
+    inner: &Arc<Inner>,
+    dest: &dyn ObjectStore,
+    task: &Task,
+    size: u64,
+    opts: &PutOptions,
+) -> Result<PutResult, StoreError> {
+    let part = inner.upload.part_size_for(size);
+    let id = dest.create_multipart(&task.key, opts).await?;
+    let mut parts = Vec::new();
+    for (i, offset) in (0..size).step_by(part as usize).enumerate() {
+        let end = (offset + part).min(size) - 1;
+        let got = async {
+            let obj = inner
+                .source
+                .get(
+                    &task.key,
+                    GetRequest {
+                        version_id: Some(task.version_id.clone()),
+                        range: Some((offset, end)),
+                    },
+                )
+                .await?;
+            dest.upload_part(
+                &task.key,
+                &id,
+                i as i32 + 1,
+                PutBody::Stream {
+                    body: obj.body,
+                    len: end - offset + 1,
+                },
+            )
+            .await
+        }
+        .await;
+        match got {
+            Ok(p) => parts.push(p),
+            Err(e) => {
+                let _ = dest.abort_multipart(&task.key, &id).await;
+                return Err(e);
+            }
+        }
+    }
+    dest.complete_multipart(&task.key, &id, parts).await
+}
