@@ -20,6 +20,9 @@ pub const S_IFCHR: u32 = libc::S_IFCHR;
 pub const S_IFBLK: u32 = libc::S_IFBLK;
 pub const S_IFSOCK: u32 = libc::S_IFSOCK;
 
+/// Extended attributes with this prefix are also the object's S3 tags.
+pub const TAG_XATTR_PREFIX: &str = "user.tag.";
+
 /// The attributes regionfs keeps with every object version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
@@ -106,6 +109,17 @@ impl ObjectMeta {
         self.atime = Some(from_time(t));
     }
 
+    /// Object tags: the extended attributes named `user.tag.<name>`.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        self.xattrs
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(TAG_XATTR_PREFIX)
+                    .map(|t| (t.to_string(), String::from_utf8_lossy(v).into_owned()))
+            })
+            .collect()
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
@@ -145,7 +159,7 @@ impl ObjectMeta {
         PutOptions {
             content_type: self.content_type.clone(),
             metadata: md,
-            tags: BTreeMap::new(),
+            tags: self.tags(),
             storage_class: None,
         }
     }

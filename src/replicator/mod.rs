@@ -29,7 +29,7 @@
 pub mod ordering;
 pub mod rules;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,20 +42,6 @@ use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
 use crate::store::{GetRequest, ObjectStore, PutBody, PutOptions, PutResult, SOURCE_VERSION_META};
 use rules::{Change, Rules};
-
-/// Object tags come from extended attributes named `user.tag.<name>`.
-pub const TAG_XATTR_PREFIX: &str = "user.tag.";
-
-/// The tags an object written with `meta` carries.
-pub fn tags_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
-    meta.xattrs
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(TAG_XATTR_PREFIX)
-                .map(|t| (t.to_string(), String::from_utf8_lossy(v).into_owned()))
-        })
-        .collect()
-}
 
 struct Destination {
     store: Arc<dyn ObjectStore>,
@@ -143,7 +129,7 @@ impl Replicator {
             OpKind::Delete => (Change::DeleteMarker, TaskKind::Delete),
             OpKind::Put | OpKind::Copy => (Change::Version, TaskKind::Version),
         };
-        let tags = meta.as_ref().map(tags_of).unwrap_or_default();
+        let tags = meta.as_ref().map(ObjectMeta::tags).unwrap_or_default();
         let metadata = meta
             .map(|m| m.to_put_options().metadata)
             .unwrap_or_default();

@@ -36,6 +36,7 @@ use crate::error::StoreError;
 pub struct S3Store {
     client: Client,
     bucket: String,
+    region: String,
     describe: String,
 }
 
@@ -77,6 +78,7 @@ impl S3Store {
         S3Store {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
+            region: cfg.region.clone(),
             describe: cfg.describe(),
         }
     }
@@ -88,10 +90,19 @@ impl S3Store {
     /// Creates the bucket if missing and enables versioning: for quick starts and
     /// tests, never called by the mount.
     pub async fn create_versioned_bucket(&self) -> Result<(), StoreError> {
+        // Outside us-east-1, S3 wants the region named in the request body.
+        let location = (self.region != "us-east-1").then(|| {
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    self.region.as_str(),
+                ))
+                .build()
+        });
         match self
             .client
             .create_bucket()
             .bucket(&self.bucket)
+            .set_create_bucket_configuration(location)
             .send()
             .await
         {

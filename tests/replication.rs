@@ -1,0 +1,521 @@
+//! The replicator between real SeaweedFS regions (and moto), through the real
+//! mounted binary: what lands where, in which order, and what survives outages
+//! and kill -9.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use common::{bucket_name, sh, wait_for, Mount, Region, Regions, ACCESS_KEY, SECRET_KEY};
+use regionfs::store::{ObjectStore, S3Store, SOURCE_VERSION_META};
+
+const DRAIN: Duration = Duration::from_secs(180);
+
+fn wait_replicated(m: &Mount, dest: &str) {
+    wait_for("replication to drain", DRAIN, || {
+        let s = m.status(None);
+        (s["uploads"]["pending"] == 0 && s["replication"][dest]["pending"] == 0).then_some(())
+    });
+}
+
+/// Versions of `key` in a bucket, oldest first: (version id, source version it replicates).
+async fn replica_history(s: &S3Store, key: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut from = None;
+    loop {
+        let page = s.list_versions(key, from, None).await.unwrap();
+        for v in page
+            .versions
+            .iter()
+            .filter(|v| v.key == key && !v.is_delete_marker)
+        {
+            let head = s.head(key, Some(&v.version_id)).await.unwrap();
+            out.push((
+                v.version_id.clone(),
+                head.metadata.get(SOURCE_VERSION_META).cloned(),
+            ));
+        }
+        match page.next {
+            Some(n) => from = Some(n),
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Source versions of `key`, oldest first.
+async fn source_history(s: &S3Store, key: &str) -> Vec<String> {
+    let page = s.list_versions(key, None, None).await.unwrap();
+    let mut v: Vec<String> = page
+        .versions
+        .into_iter()
+        .filter(|v| v.key == key && !v.is_delete_marker)
+        .map(|v| v.version_id)
+        .collect();
+    v.reverse();
+    v
+}
+
+fn write_with_tags(path: &std::path::Path, body: &[u8], tags: &[(&str, &str)]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(body).unwrap();
+    for (k, v) in tags {
+        let name = std::ffi::CString::new(format!("user.tag.{k}")).unwrap();
+        let rc =
+            unsafe { libc::fsetxattr(f.as_raw_fd(), name.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_carry_bytes_metadata_tags_content_and_the_source_version() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), ""));
+    write_with_tags(
+        &m.path("doc.txt"),
+        b"replicate me",
+        &[("class", "critical")],
+    );
+    sh(&format!(
+        "chmod 640 {} && chown 7:8 {}",
+        m.path("doc.txt").display(),
+        m.path("doc.txt").display()
+    ));
+    wait_replicated(&m, "eu");
+    let src = r.src.head("doc.txt", None).await.unwrap();
+    let dst = r.dst.head("doc.txt", None).await.unwrap();
+    assert_eq!(
+        dst.metadata.get(SOURCE_VERSION_META),
+        src.version_id.as_ref()
+    );
+    let mut without = dst.metadata.clone();
+    without.remove(SOURCE_VERSION_META);
+    assert_eq!(without, src.metadata, "user metadata equal");
+    assert_eq!(dst.content_type, src.content_type);
+    assert_eq!(
+        r.dst.get_tags("doc.txt", None).await.unwrap(),
+        r.src.get_tags("doc.txt", None).await.unwrap()
+    );
+    assert_eq!(
+        r.dst
+            .get_tags("doc.txt", None)
+            .await
+            .unwrap()
+            .get("class")
+            .map(String::as_str),
+        Some("critical")
+    );
+    let body = r
+        .dst
+        .get("doc.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"replicate me");
+    let st = m.status(Some("doc.txt"));
+    assert_eq!(st["replication"]["eu"]["status"], "COMPLETED");
+    let x = sh(&format!(
+        "getfattr --only-values -n user.regionfs.replication {}",
+        m.path("doc.txt").display()
+    ));
+    assert!(x.contains("COMPLETED"), "{x}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_rapid_overwrites_reach_the_destination_in_source_order() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), "[durability]\nfsync = \"local\"\n"));
+    for i in 0..200 {
+        std::fs::write(m.path("hot.txt"), format!("version {i}")).unwrap();
+    }
+    wait_replicated(&m, "eu");
+    let source = source_history(&r.src, "hot.txt").await;
+    assert_eq!(source.len(), 200);
+    let replicas: Vec<String> = replica_history(&r.dst, "hot.txt")
+        .await
+        .into_iter()
+        .filter_map(|(_, s)| s)
+        .collect();
+    assert_eq!(replicas, source, "every version, once, in source order");
+    let last = r
+        .dst
+        .get("hot.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&last[..], b"version 199");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsync_all_regions_returns_when_every_destination_has_the_version() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), "[durability]\nfsync = \"all-regions\"\n"));
+    let mut f = std::fs::File::create(m.path("everywhere.bin")).unwrap();
+    f.write_all(b"in both regions").unwrap();
+    f.sync_all().unwrap();
+    let body = r
+        .dst
+        .get("everywhere.bin", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"in both regions");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_destination_bucket_fails_visibly_then_completes_once_created() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let missing = bucket_name("later");
+    let text = r.config(c.path(), "").replace(&r.dst_bucket, &missing);
+    let m = Mount::start(&text);
+    std::fs::write(m.path("waiting.txt"), b"patience").unwrap();
+    let st = wait_for("the task to fail", DRAIN, || {
+        let st = m.status(Some("waiting.txt"));
+        (st["replication"]["eu"]["status"] == "FAILED").then_some(st)
+    });
+    let err = st["replication"]["eu"]["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    assert_eq!(m.status(None)["replication"]["eu"]["failed"], 1);
+    r.b.versioned_bucket(&missing).await;
+    wait_replicated(&m, "eu");
+    assert_eq!(
+        m.status(Some("waiting.txt"))["replication"]["eu"]["status"],
+        "COMPLETED"
+    );
+    let dst = S3Store::connect(&r.b.bucket_config("eu", &missing)).await;
+    let body = dst
+        .get("waiting.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"patience");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_down_for_a_minute_under_load_loses_nothing_and_status_tracks_the_backlog() {
+    let mut r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), "[durability]\nfsync = \"local\"\n"));
+    std::fs::create_dir(m.path("load")).unwrap();
+    wait_replicated(&m, "eu");
+    r.b.stop();
+    let outage = std::time::Instant::now();
+    let mut written = 0;
+    let mut peak = 0;
+    while outage.elapsed() < Duration::from_secs(60) {
+        std::fs::write(
+            m.path(&format!("load/f{written}")),
+            format!("body {written}"),
+        )
+        .unwrap();
+        written += 1;
+        if written % 20 == 0 {
+            peak = peak.max(
+                m.status(None)["replication"]["eu"]["pending"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every version written during the outage is in the backlog, exactly.
+    m.wait_uploaded(DRAIN);
+    let backlog = m.status(None)["replication"]["eu"]["pending"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        backlog, written as u64,
+        "status counts exactly the versions not yet replicated"
+    );
+    assert!(peak > 0);
+    r.b.restart();
+    wait_replicated(&m, "eu");
+    let s = m.status(None);
+    assert_eq!(s["replication"]["eu"]["pending"], 0);
+    assert_eq!(s["replication"]["eu"]["failed"], 0);
+    let objects = common::bucket_contents(&r.dst, "load/").await;
+    for i in 0..written {
+        assert_eq!(
+            objects.get(&format!("load/f{i}")).map(Vec::as_slice),
+            Some(format!("body {i}").as_bytes()),
+            "f{i}"
+        );
+    }
+    eprintln!("destination outage: 60 s, {written} versions queued and replicated after it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_replication_replicates_every_version_exactly_once() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&r.config(
+        c.path(),
+        "[durability]\nfsync = \"local\"\n[replication]\nworkers = 2\n",
+    ));
+    let rounds = 10;
+    for round in 0..rounds {
+        for i in 0..15 {
+            // Some keys get a new version every round.
+            let key = if i < 5 {
+                format!("k{i}")
+            } else {
+                format!("r{round}-{i}")
+            };
+            std::fs::write(m.path(&key), vec![round as u8; 20_000 + i * 1000]).unwrap();
+        }
+        m.wait_uploaded(DRAIN);
+        m.kill9();
+        m.remount();
+    }
+    wait_replicated(&m, "eu");
+    let objects = common::bucket_contents(&r.src, "").await;
+    let mut checked = 0;
+    for key in objects.keys().filter(|k| !k.contains(".regionfs")) {
+        let source = source_history(&r.src, key).await;
+        let replicas: Vec<String> = replica_history(&r.dst, key)
+            .await
+            .into_iter()
+            .filter_map(|(_, s)| s)
+            .collect();
+        let unique: HashSet<&String> = replicas.iter().collect();
+        assert_eq!(
+            unique.len(),
+            replicas.len(),
+            "{key}: a version was replicated twice: {replicas:?}"
+        );
+        assert_eq!(replicas, source, "{key}: every source version, in order");
+        checked += source.len();
+    }
+    eprintln!(
+        "kill -9 during replication: {rounds} rounds, {checked} versions replicated exactly once"
+    );
+}
+
+/// Two one-way rule sets in opposite directions (two mounts) make two-way
+/// replication without loops: replicas are never replicated again.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_way_replication_does_not_loop() {
+    let r = Regions::start().await;
+    let (ca, cb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ma = Mount::start(&r.config(ca.path(), ""));
+    // The mirror image: source is B's bucket, destination A's.
+    let text_b = format!(
+        r#"[source]
+name = "eu"
+region = "eu-west-1"
+bucket = "{}"
+endpoint = "{}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+
+[[destination]]
+name = "us-east"
+region = "us-east-1"
+bucket = "{}"
+endpoint = "{}"
+access_key_id = "{ACCESS_KEY}"
+secret_access_key = "{SECRET_KEY}"
+
+[[rule]]
+id = "back"
+destination = "us-east"
+delete_markers = true
+
+[cache]
+dir = "{}"
+"#,
+        r.dst_bucket,
+        r.b.endpoint,
+        r.src_bucket,
+        r.a.endpoint,
+        cb.path().display()
+    );
+    let mb = Mount::start(&text_b);
+    std::fs::write(ma.path("from-a.txt"), b"a").unwrap();
+    std::fs::write(mb.path("from-b.txt"), b"b").unwrap();
+    wait_replicated(&ma, "eu");
+    wait_replicated(&mb, "us-east");
+    // Give a loop every chance to show: the other side's status stays empty.
+    for _ in 0..3 {
+        std::fs::read_dir(ma.path("")).unwrap().for_each(drop);
+        std::fs::read_dir(mb.path("")).unwrap().for_each(drop);
+    }
+    wait_replicated(&ma, "eu");
+    wait_replicated(&mb, "us-east");
+    for (store, key) in [
+        (&r.src, "from-a.txt"),
+        (&r.src, "from-b.txt"),
+        (&r.dst, "from-a.txt"),
+        (&r.dst, "from-b.txt"),
+    ] {
+        assert_eq!(
+            store
+                .list_versions(key, None, None)
+                .await
+                .unwrap()
+                .versions
+                .len(),
+            1,
+            "{key}: exactly one version"
+        );
+    }
+    assert_eq!(ma.status(None)["replication"]["eu"]["completed"], 1);
+    assert_eq!(mb.status(None)["replication"]["us-east"]["completed"], 1);
+}
+
+/// Rule semantics across two destinations: prefix, tags, AND, priority,
+/// delete markers on/off, storage class.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rule_matrix_sends_each_version_where_its_rules_say() {
+    let (a, b, ap) = (
+        Region::seaweed("us-east-1"),
+        Region::seaweed("eu-west-1"),
+        Region::moto("ap-south-1"),
+    );
+    let (sb, eb, pb) = (bucket_name("src"), bucket_name("eu"), bucket_name("ap"));
+    let src = a.versioned_bucket(&sb).await;
+    let eu = b.versioned_bucket(&eb).await;
+    let apb = ap.versioned_bucket(&pb).await;
+    let c = tempfile::tempdir().unwrap();
+    let creds = format!("access_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"");
+    let text = format!(
+        r#"[source]
+name = "us"
+region = "us-east-1"
+bucket = "{sb}"
+endpoint = "{}"
+{creds}
+
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "{eb}"
+endpoint = "{}"
+{creds}
+
+[[destination]]
+name = "ap"
+region = "ap-south-1"
+bucket = "{pb}"
+endpoint = "{}"
+{creds}
+
+# eu: everything under logs/, delete markers replicated...
+[[rule]]
+id = "logs-eu"
+priority = 1
+prefix = "logs/"
+destination = "eu"
+delete_markers = true
+
+# ...except logs/tmp/, where a higher-priority rule says no delete markers.
+[[rule]]
+id = "tmp-eu"
+priority = 2
+prefix = "logs/tmp/"
+destination = "eu"
+delete_markers = false
+
+# ap: only critical data/ objects (prefix AND tag), stored STANDARD_IA.
+[[rule]]
+id = "critical-ap"
+prefix = "data/"
+tags = {{ class = "critical" }}
+destination = "ap"
+storage_class = "STANDARD_IA"
+
+[cache]
+dir = "{}"
+"#,
+        a.endpoint,
+        b.endpoint,
+        ap.endpoint,
+        c.path().display()
+    );
+    let m = Mount::start(&text);
+    sh(&format!(
+        "mkdir -p {0}/logs/tmp {0}/data {0}/other",
+        m.dir.display()
+    ));
+    std::fs::write(m.path("logs/app.log"), b"log").unwrap();
+    std::fs::write(m.path("logs/tmp/t.log"), b"tmp").unwrap();
+    write_with_tags(
+        &m.path("data/crit.bin"),
+        b"critical",
+        &[("class", "critical")],
+    );
+    write_with_tags(&m.path("data/plain.bin"), b"plain", &[("class", "routine")]);
+    std::fs::write(m.path("other/x"), b"x").unwrap();
+    wait_for("replication", DRAIN, || {
+        let s = m.status(None);
+        (s["uploads"]["pending"] == 0
+            && s["replication"]["eu"]["pending"] == 0
+            && s["replication"]["ap"]["pending"] == 0)
+            .then_some(())
+    });
+    let keys = |m: BTreeMap<String, Vec<u8>>| {
+        m.into_keys()
+            .filter(|k| !k.ends_with('/') && !k.contains(".regionfs"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(common::bucket_contents(&eu, "").await),
+        vec!["logs/app.log", "logs/tmp/t.log"]
+    );
+    assert_eq!(
+        keys(common::bucket_contents(&apb, "").await),
+        vec!["data/crit.bin"]
+    );
+    assert_eq!(
+        apb.head("data/crit.bin", None)
+            .await
+            .unwrap()
+            .storage_class
+            .as_deref(),
+        Some("STANDARD_IA")
+    );
+
+    std::fs::remove_file(m.path("logs/app.log")).unwrap();
+    std::fs::remove_file(m.path("logs/tmp/t.log")).unwrap();
+    std::fs::remove_file(m.path("data/crit.bin")).unwrap();
+    wait_for("replication of deletes", DRAIN, || {
+        let s = m.status(None);
+        (s["uploads"]["pending"] == 0 && s["replication"]["eu"]["pending"] == 0).then_some(())
+    });
+    assert!(
+        eu.head("logs/app.log", None)
+            .await
+            .unwrap_err()
+            .is_not_found(),
+        "delete marker replicated"
+    );
+    assert_eq!(
+        eu.head("logs/tmp/t.log", None).await.unwrap().size,
+        3,
+        "tmp rule keeps deletes local"
+    );
+    assert!(
+        apb.head("data/crit.bin", None).await.is_ok(),
+        "tag rules never replicate delete markers"
+    );
+    let _ = src;
+}
