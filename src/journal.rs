@@ -572,6 +572,46 @@ impl Journal {
         .await
     }
 
+    /// Queues replication of existing versions (resync): one task per (key,
+    /// version, destination) unless an open one exists already, so a resync
+    /// that is run again resumes instead of duplicating. Returns the new tasks.
+    pub async fn add_resync_tasks(
+        &self,
+        items: Vec<(String, String, u64, NewTask)>,
+    ) -> Result<Vec<Task>, JournalError> {
+        self.run(move |c| {
+            let mut out = Vec::new();
+            for (key, version, size, t) in items {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM tasks WHERE key = ?1 AND version_id = ?2 AND destination = ?3 AND status != 'COMPLETED')",
+                    params![key, version, t.destination],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    continue;
+                }
+                c.execute(
+                    "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
+                     VALUES (0, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![
+                        key,
+                        version,
+                        t.destination,
+                        t.rule_id,
+                        if t.kind == TaskKind::Delete { "delete" } else { "version" },
+                        size as i64,
+                        t.storage_class,
+                        now_ms()
+                    ],
+                )?;
+                let id = c.last_insert_rowid();
+                out.push(c.query_row(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"), params![id], task_from_row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Open tasks of the version produced by operation `seq`.
     pub async fn open_tasks_of(&self, seq: i64) -> Result<Vec<Task>, JournalError> {
         self.run(move |c| {

@@ -41,6 +41,35 @@ enum Command {
         daemon: bool,
         mountpoint: PathBuf,
     },
+    /// Queue replication of objects the rules did not cover yet (e.g. written
+    /// before a rule existed) and replicate them now; resumable.
+    Resync {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        /// Only keys under this prefix (of the bucket, after the source prefix).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Every version, oldest first, instead of the latest of each key.
+        #[arg(long)]
+        all_versions: bool,
+        /// Only retry tasks that are FAILED.
+        #[arg(long)]
+        failed: bool,
+    },
+    /// Compare the source with every destination its rules name; exit 0 only
+    /// when every replica matches.
+    Verify {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Run uploads and replication from the journal without a mount (for hosts
+    /// that only move data); stops on SIGINT/SIGTERM after draining.
+    Replicate {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+    },
     /// What is pending, failed or done, read from the journal (mounted or not).
     Status {
         #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
@@ -77,6 +106,14 @@ fn main() -> ExitCode {
         Command::Status { config, json, path } => {
             load(&config).and_then(|c| status(&c, json, path.as_deref()))
         }
+        Command::Resync {
+            config,
+            prefix,
+            all_versions,
+            failed,
+        } => load(&config).and_then(|c| resync(&c, &prefix, all_versions, failed)),
+        Command::Verify { config, prefix } => load(&config).and_then(|c| verify(&c, &prefix)),
+        Command::Replicate { config } => load(&config).and_then(|c| replicate(&c)),
     };
     match result {
         Ok(code) => code,
@@ -357,4 +394,156 @@ fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
     } else {
         ExitCode::from(2)
     }
+}
+
+/// The source and destination stores of a configuration.
+async fn stores(
+    config: &Config,
+) -> (
+    std::sync::Arc<dyn regionfs::store::ObjectStore>,
+    std::collections::BTreeMap<String, std::sync::Arc<dyn regionfs::store::ObjectStore>>,
+) {
+    let source: std::sync::Arc<dyn regionfs::store::ObjectStore> =
+        std::sync::Arc::new(regionfs::store::S3Store::connect(&config.source).await);
+    let mut dests = std::collections::BTreeMap::new();
+    for d in &config.destinations {
+        let s: std::sync::Arc<dyn regionfs::store::ObjectStore> =
+            std::sync::Arc::new(regionfs::store::S3Store::connect(d).await);
+        dests.insert(d.name.clone(), s);
+    }
+    (source, dests)
+}
+
+fn resync(
+    config: &Config,
+    prefix: &str,
+    all_versions: bool,
+    failed: bool,
+) -> anyhow::Result<ExitCode> {
+    use regionfs::replicator::{resync::candidates, rules::Rules, Replicator};
+    use std::io::IsTerminal;
+    let rt = runtime()?;
+    rt.block_on(async {
+        std::fs::create_dir_all(&config.cache.dir)?;
+        let journal = Journal::open(&config.cache.dir.join("journal.db"))?;
+        let (source, dests) = stores(config).await;
+        let full_prefix = format!("{}{}", config.source.prefix, prefix);
+        let tasks = if failed {
+            journal
+                .open_tasks()
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    t.status == regionfs::journal::TaskStatus::Failed
+                        && t.key.starts_with(&full_prefix)
+                })
+                .collect()
+        } else {
+            let rules = Rules::from_config(config);
+            let tty = std::io::stderr().is_terminal();
+            let bar = indicatif::ProgressBar::new_spinner();
+            if !tty {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let found = candidates(source.as_ref(), &rules, &full_prefix, all_versions, |n| {
+                bar.set_message(format!("listing: {n} versions in scope"));
+                bar.tick();
+            })
+            .await?;
+            bar.finish_and_clear();
+            let mut items = Vec::new();
+            for c in found {
+                for t in c.targets {
+                    let Some(dest) = dests.get(&t.destination) else {
+                        continue;
+                    };
+                    // Already there (by source version or identical bytes): skip.
+                    let src = source.head(&c.key, Some(&c.version_id)).await?;
+                    let replica = dest.head(&c.key, None).await.ok();
+                    if regionfs::replicator::resync::compare(&src, &c.version_id, replica.as_ref())
+                        .is_none()
+                    {
+                        continue;
+                    }
+                    items.push((c.key.clone(), c.version_id.clone(), c.size, t));
+                }
+            }
+            journal.add_resync_tasks(items).await?
+        };
+        let total = tasks.len();
+        eprintln!("resync: {total} version(s) to replicate");
+        let dest_map = dests.into_iter().collect();
+        let replicator = Replicator::start_with(config, source, dest_map, journal.clone(), tasks);
+        let tty = std::io::stderr().is_terminal();
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if !tty {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut last_line = std::time::Instant::now();
+        let left = replicator
+            .drain(std::time::Duration::from_secs(u64::MAX / 4), |n| {
+                bar.set_position((total - n.min(total)) as u64);
+                if !tty && (last_line.elapsed().as_secs() >= 5 || n == 0) {
+                    eprintln!("resync: {} of {total} replicated", total - n.min(total));
+                    last_line = std::time::Instant::now();
+                }
+            })
+            .await;
+        bar.finish_and_clear();
+        eprintln!("resync: done, {} replicated, {left} left", total - left);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
+    use regionfs::replicator::{resync::verify, rules::Rules};
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (source, dests) = stores(config).await;
+        let full_prefix = format!("{}{}", config.source.prefix, prefix);
+        let (checked, findings) = verify(
+            source.as_ref(),
+            &dests,
+            &Rules::from_config(config),
+            &full_prefix,
+        )
+        .await?;
+        for f in &findings {
+            println!(
+                "{:?}\t{}\t{}\t(source version {})",
+                f.difference, f.destination, f.key, f.source_version
+            );
+        }
+        println!(
+            "verify: {checked} replica(s) checked, {} difference(s)",
+            findings.len()
+        );
+        Ok(if findings.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
+}
+
+fn replicate(config: &Config) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let owner = Caller {
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
+    rt.block_on(async {
+        let svc = service::start(config, owner).await?;
+        eprintln!(
+            "regionfs: replicating from the journal in {} (no mount)",
+            config.cache.dir.display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        svc.drain(config.durability.drain_on_unmount.0).await;
+        Ok(ExitCode::SUCCESS)
+    })
 }

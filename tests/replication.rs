@@ -519,3 +519,90 @@ dir = "{}"
     );
     let _ = src;
 }
+
+fn regionfs(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(common::regionfs_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_backfills_existing_objects_and_verify_reports_differences() {
+    use bytes::Bytes;
+    use regionfs::store::{PutBody, PutOptions};
+    let r = Regions::start().await;
+    for i in 0..12 {
+        r.src
+            .put(
+                &format!("old/o{i}"),
+                PutBody::Bytes(Bytes::from(format!("old {i}"))),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let c = tempfile::tempdir().unwrap();
+    let cfg = c.path().join("regionfs.toml");
+    std::fs::write(&cfg, r.config(&c.path().join("cache"), "")).unwrap();
+
+    let before = regionfs(&["verify"], &cfg);
+    assert_eq!(
+        before.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&before.stdout)
+    );
+    assert!(String::from_utf8_lossy(&before.stdout).contains("12 difference(s)"));
+
+    let out = regionfs(&["resync"], &cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("12 replicated, 0 left"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = common::bucket_contents(&r.dst, "old/").await;
+    assert_eq!(objects.len(), 12);
+    assert_eq!(objects["old/o3"], b"old 3");
+
+    // Resync again: nothing to do (resumable, no duplicates).
+    let again = regionfs(&["resync"], &cfg);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("0 version(s) to replicate"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        r.dst
+            .list_versions("old/o3", None, None)
+            .await
+            .unwrap()
+            .versions
+            .len(),
+        1
+    );
+
+    let ok = regionfs(&["verify"], &cfg);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("12 replica(s) checked, 0 difference(s)"));
+
+    r.dst.delete("old/o5").await.unwrap();
+    let bad = regionfs(&["verify"], &cfg);
+    assert_eq!(bad.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(text.contains("Missing\teu\told/o5"), "{text}");
+    assert!(text.contains("1 difference(s)"), "{text}");
+}

@@ -27,6 +27,7 @@
 //! (ranged GETs per part for large objects); nothing is held whole in memory.
 
 pub mod ordering;
+pub mod resync;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -86,6 +87,24 @@ impl Replicator {
         journal: Journal,
     ) -> Result<Replicator, crate::journal::JournalError> {
         let open = journal.open_tasks().await?;
+        Ok(Self::start_with(
+            config,
+            source,
+            destinations,
+            journal,
+            open,
+        ))
+    }
+
+    /// Starts the workers with only the given tasks (resync runs the tasks it
+    /// queued, not those a running mount owns).
+    pub fn start_with(
+        config: &Config,
+        source: Arc<dyn ObjectStore>,
+        destinations: HashMap<String, Arc<dyn ObjectStore>>,
+        journal: Journal,
+        open: Vec<Task>,
+    ) -> Replicator {
         let destinations = destinations
             .into_iter()
             .filter_map(|(name, store)| {
@@ -119,7 +138,7 @@ impl Replicator {
             pending: watch::channel(n).0,
         });
         tokio::spawn(run(inner.clone()));
-        Ok(Replicator { inner })
+        Replicator { inner }
     }
 
     /// The tasks a finished operation creates (pure: rules only).
