@@ -189,6 +189,8 @@ pub struct Task {
     pub attempts: u32,
     pub error: Option<String>,
     pub replica_version: Option<String>,
+    /// When the version was staged (its close/fsync): lag and the time
+    /// target count from here.
     pub created_at_ms: i64,
 }
 
@@ -474,7 +476,7 @@ impl Journal {
                 for t in &tasks {
                     c.execute(
                         "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
-                         SELECT seq, key, ?2, ?3, ?4, ?5, size, ?6, ?7 FROM ops WHERE seq = ?1",
+                         SELECT seq, key, ?2, ?3, ?4, ?5, size, ?6, MIN(staged_at, ?7) FROM ops WHERE seq = ?1",
                         params![
                             seq,
                             v,

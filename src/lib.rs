@@ -21,6 +21,7 @@ pub mod error;
 pub mod fs;
 pub mod journal;
 pub mod meta;
+pub mod metrics;
 pub mod replicator;
 pub mod service;
 pub mod store;

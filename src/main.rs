@@ -144,6 +144,16 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     };
     service::clear_stale_mount(mountpoint)?;
     let svc = rt.block_on(service::start(&config, owner))?;
+    if let Some(m) = &config.metrics {
+        let metrics = regionfs::metrics::Metrics::new();
+        svc.replicator.set_metrics(metrics.clone());
+        let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
+        rt.spawn(async move {
+            if let Err(e) = regionfs::metrics::serve(listen.clone(), metrics, journal, cfg).await {
+                tracing::error!(%listen, error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let mountpoint = std::fs::canonicalize(mountpoint)?;
     let _ = std::fs::write(
         config.cache.dir.join("mountpoint"),

@@ -606,3 +606,49 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     assert!(text.contains("Missing\teu\told/o5"), "{text}");
     assert!(text.contains("1 difference(s)"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_backlog_completions_and_replication_lag() {
+    use std::io::Read;
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let m = Mount::start(&r.config(
+        c.path(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    for i in 0..3 {
+        std::fs::write(m.path(&format!("m{i}")), b"measured").unwrap();
+    }
+    wait_replicated(&m, "eu");
+    let scrape = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let text = wait_for("metrics", Duration::from_secs(10), || {
+        let t = scrape();
+        t.contains("regionfs_replication_completed{destination=\"eu\"} 3")
+            .then_some(t)
+    });
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains("regionfs_replication_pending{destination=\"eu\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("regionfs_uploads_pending 0"), "{text}");
+    assert!(
+        text.contains("regionfs_replication_lag_seconds_count{destination=\"eu\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("regionfs_replication_bytes_total{destination=\"eu\"} 24"),
+        "{text}"
+    );
+}

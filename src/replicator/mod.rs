@@ -70,6 +70,7 @@ struct Inner {
     /// Signalled whenever a task finishes (fsync all-regions waits on it).
     finished: Notify,
     pending: watch::Sender<usize>,
+    metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
 }
 
 /// Handle to the replication workers.
@@ -136,9 +137,15 @@ impl Replicator {
             wake: Notify::new(),
             finished: Notify::new(),
             pending: watch::channel(n).0,
+            metrics: Mutex::new(None),
         });
         tokio::spawn(run(inner.clone()));
         Replicator { inner }
+    }
+
+    /// Reports replication lag and bytes to `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        *self.inner.metrics.lock().unwrap() = Some(metrics);
     }
 
     /// The tasks a finished operation creates (pure: rules only).
@@ -340,6 +347,10 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
                 q.retry_at
                     .insert(task.id, Instant::now() + backoff(task.attempts));
                 return;
+            }
+            if let Some(m) = inner.metrics.lock().unwrap().as_ref() {
+                let lag = (crate::journal::now_ms() - task.created_at_ms).max(0) as f64 / 1000.0;
+                m.observe(&task.destination, lag, task.size);
             }
             let mut q = inner.queue.lock().unwrap();
             q.running.remove(&pair);

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Benchmarks regionfs side by side with local disk, a raw parallel S3 client
+# (boto3, 16 threads), rclone mount (--vfs-cache-mode writes) and s3fs, against
+# two local SeaweedFS regions, in one run, interleaved per repetition.
+#
+#   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--out FILE]
+#
+# Workloads (each system, each repetition):
+#   big    M MiB sequential write (dd bs=1M conv=fsync): time to close, time until
+#          durable in the source bucket
+#   small  N × 4 KiB files in 20 dirs: time to the last close, time until all
+#          are in the bucket
+#   repl   regionfs: time until region B holds every version written above
+#          (measured from the end of the writes); peer: `rclone sync` A → B
+#   read   cold sequential read of the big file after a fresh mount (raw: one GET)
+#   rss    peak RSS (VmHWM) of each daemon
+# Prints a table of medians (min–max) and ratios; writes raw results to --out
+# (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+reps=3 big_mib=1024 files=2000 out=bench-results.txt
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --reps) reps=$2; shift ;;
+    --big-mib) big_mib=$2; shift ;;
+    --files) files=$2; shift ;;
+    --out) out=$2; shift ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
+  esac
+  shift
+done
+
+missing=()
+command -v rclone >/dev/null || missing+=(rclone)
+command -v s3fs >/dev/null || missing+=(s3fs)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+bash scripts/test.sh --setup-only
+cargo build --release --locked -q
+bin=$repo/target/release/regionfs
+export REGIONFS_VENV=${REGIONFS_VENV:-$repo/.venv}
+py="$REGIONFS_VENV/bin/python $repo/scripts/bench_helper.py"
+
+work=$(mktemp -d /tmp/regionfs-bench.XXXXXX)
+export REGIONFS_REGIONS_DIR=$work/regions REGIONFS_PORT_A=${REGIONFS_PORT_A:-19330} REGIONFS_PORT_B=${REGIONFS_PORT_B:-19340}
+A=http://127.0.0.1:$REGIONFS_PORT_A B=http://127.0.0.1:$REGIONFS_PORT_B
+export AWS_ACCESS_KEY_ID=regionfs AWS_SECRET_ACCESS_KEY=regionfs-secret AWS_EC2_METADATA_DISABLED=true
+unset AWS_CA_BUNDLE
+mounts=() pids=()
+cleanup() {
+  for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  bash scripts/regions.sh stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+bash scripts/regions.sh start >/dev/null
+
+now() { date +%s.%N; }
+since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
+add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
+record() { echo "$1 $2 $3" >> "$work/results"; }   # workload system seconds
+peak_rss() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
+per_dir=$((files / 20))
+total_small=$((per_dir * 20))
+echo "rclone 1.60 / s3fs 1.90 / SeaweedFS $("$REGIONFS_VENV/bin/weed" version 2>/dev/null | awk '{print $3}')" > "$work/versions"
+echo "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" > "$work/s3fs.passwd"
+chmod 600 "$work/s3fs.passwd"
+
+wait_mounted() { for _ in $(seq 1 600); do mountpoint -q "$1" && return 0; sleep 0.05; done; echo "not mounted: $1" >&2; return 1; }
+
+mount_regionfs() { # bucket dest-bucket mountpoint cache
+  cat > "$work/rfs.toml" <<EOF
+[source]
+name = "a"
+region = "us-east-1"
+bucket = "$1"
+endpoint = "$A"
+[[destination]]
+name = "b"
+region = "eu-west-1"
+bucket = "$2"
+endpoint = "$B"
+[[rule]]
+id = "all"
+destination = "b"
+[cache]
+dir = "$4"
+max_size = "8GiB"
+[durability]
+fsync = "local"
+EOF
+  mkdir -p "$3"
+  "$bin" mount --config "$work/rfs.toml" "$3" > "$work/regionfs.log" 2>&1 &
+  rfs_pid=$!; pids+=("$rfs_pid"); mounts+=("$3")
+  wait_mounted "$3"
+}
+
+mount_rclone() { # bucket mountpoint
+  mkdir -p "$2"
+  RCLONE_CONFIG_A_TYPE=s3 RCLONE_CONFIG_A_PROVIDER=Other RCLONE_CONFIG_A_ENDPOINT=$A \
+  RCLONE_CONFIG_A_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_A_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    rclone mount "a:$1" "$2" --vfs-cache-mode writes --cache-dir "$work/rclone-cache" > "$work/rclone.log" 2>&1 &
+  rc_pid=$!; pids+=("$rc_pid"); mounts+=("$2")
+  wait_mounted "$2"
+}
+
+mount_s3fs() { # bucket mountpoint
+  mkdir -p "$2"
+  s3fs "$1" "$2" -f -o url=$A,use_path_request_style,passwd_file=$work/s3fs.passwd > "$work/s3fs.log" 2>&1 &
+  s3_pid=$!; pids+=("$s3_pid"); mounts+=("$2")
+  wait_mounted "$2"
+}
+
+unmount() { umount "$1" 2>/dev/null || umount -l "$1"; }
+
+for rep in $(seq 1 "$reps"); do
+  echo "== repetition $rep of $reps"
+  $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
+  $py mkbuckets $B "rfs$rep" "sync$rep"
+
+  # local disk
+  t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
+  record big-close local "$s"; record big-durable local "$s"
+  mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
+  record small-close local "$s"; record small-durable local "$s"
+  rm -rf "$work/local.big" "$work/local.small"
+
+  # raw parallel S3 client
+  t=$(now); $py put-big $A "raw$rep" big "$work/big.src"; s=$(since $t); record big-durable raw "$s"
+  mkdir -p "$work/small.src"; $py write-small "$work/small.src" 20 $per_dir 4096 >/dev/null
+  t=$(now); $py put-small $A "raw$rep" small/ "$work/small.src"; s=$(since $t); record small-durable raw "$s"
+  t=$(now); $py get $A "raw$rep" big "$work/raw.get"; s=$(since $t); record read-cold raw "$s"; rm -f "$work/raw.get"
+  t=$(now)
+  RCLONE_CONFIG_A_TYPE=s3 RCLONE_CONFIG_A_PROVIDER=Other RCLONE_CONFIG_A_ENDPOINT=$A \
+  RCLONE_CONFIG_A_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_A_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+  RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT=$B \
+  RCLONE_CONFIG_B_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_B_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+    rclone sync "a:raw$rep" "b:sync$rep" --transfers 16 > "$work/rclone-sync.log" 2>&1
+  record repl rclone-sync "$(since $t)"
+
+  # regionfs
+  mnt=$work/mnt-rfs; cache=$work/cache-rfs$rep
+  mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
+  t0=$(now)
+  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
+  $py wait $A "rfs$rep" big 1 $((big_mib << 20)); record big-durable regionfs "$(since $t)"
+  mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
+  t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
+  writes_done=$(now)
+  until "$bin" status --config "$work/rfs.toml" --json | grep -q '"b":{[^}]*"pending":0,'; do sleep 0.1; done
+  record repl regionfs "$(since $writes_done)"
+  record repl-total regionfs "$(since $t0)"
+  record rss regionfs "$(peak_rss $rfs_pid)"
+  unmount "$mnt"; wait "$rfs_pid" || true
+  # cold read through a fresh mount (its clean cache is emptied at start)
+  mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
+  t=$(now); cat "$mnt/big" > /dev/null; record read-cold regionfs "$(since $t)"
+  t=$(now); cat "$mnt/big" > /dev/null; record read-warm regionfs "$(since $t)"
+  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold regionfs "$(since $t)"
+  unmount "$mnt"; wait "$rfs_pid" || true
+
+  # rclone mount
+  mnt=$work/mnt-rc
+  mount_rclone "rc$rep" "$mnt"
+  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
+  $py wait $A "rc$rep" big 1 $((big_mib << 20)); record big-durable rclone "$(since $t)"
+  mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close rclone "$s"
+  t=$(now); $py wait $A "rc$rep" small/ $total_small $((total_small * 4096)); record small-durable rclone "$(add "$(since $t)" "$s")"
+  record rss rclone "$(peak_rss $rc_pid)"
+  unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
+  mount_rclone "rc$rep" "$mnt"
+  t=$(now); cat "$mnt/big" > /dev/null; record read-cold rclone "$(since $t)"
+  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold rclone "$(since $t)"
+  unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
+
+  # s3fs
+  mnt=$work/mnt-s3
+  mount_s3fs "s3$rep" "$mnt"
+  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
+  $py wait $A "s3$rep" big 1 $((big_mib << 20)); record big-durable s3fs "$(since $t)"
+  mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close s3fs "$s"
+  t=$(now); $py wait $A "s3$rep" small/ $total_small $((total_small * 4096)); record small-durable s3fs "$(add "$(since $t)" "$s")"
+  record rss s3fs "$(peak_rss $s3_pid)"
+  unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
+  mount_s3fs "s3$rep" "$mnt"
+  t=$(now); cat "$mnt/big" > /dev/null; record read-cold s3fs "$(since $t)"
+  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold s3fs "$(since $t)"
+  unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
+  rm -rf "$work/small.src" "$work/rclone-cache" "$cache"
+done
+
+{
+  echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
+  cat "$work/versions"
+  echo "# workload system median min max (seconds; rss in MiB)"
+  sort "$work/results" | awk '
+    { k = $1 " " $2; v[k] = v[k] " " $3 }
+    END { for (k in v) { n = split(v[k], a, " "); asort(a); m = (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2; printf "%-14s %-13s %9.3f %9.3f %9.3f\n", substr(k, 1, index(k, " ") - 1), substr(k, index(k, " ") + 1), m, a[1], a[n] } }' | sort
+} > "$out"
+cat "$out"
+echo
+echo "# ratios (regionfs / baseline, medians)"
+awk '
+  { med[$1 " " $2] = $3 }
+  function r(w, s, b) { if ((w " " s) in med && (w " " b) in med && med[w " " b] > 0) printf "%-14s regionfs/%-12s %6.2f\n", w, b, med[w " " s] / med[w " " b] }
+  END {
+    r("big-close", "regionfs", "local"); r("big-durable", "regionfs", "raw");
+    r("small-close", "regionfs", "rclone"); r("small-durable", "regionfs", "raw");
+    r("repl", "regionfs", "rclone-sync"); r("ls-cold", "regionfs", "s3fs");
+    r("read-cold", "regionfs", "raw");
+  }' <(grep -v '^#' "$out" | grep -v '^rclone 1') | tee -a "$out"
