@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::fs::{Caller, Core};
+use crate::fs::{Backends, Caller, Core};
 use crate::journal::{DestinationSummary, Journal, UploadSummary};
 use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
@@ -117,11 +117,13 @@ pub async fn start_with_stores(
     let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
     let core = Core::new(
         config,
-        store,
-        uploader.clone(),
-        Some(replicator.clone()),
-        cache.clone(),
-        journal.clone(),
+        Backends {
+            store,
+            uploader: uploader.clone(),
+            replicator: Some(replicator.clone()),
+            cache: cache.clone(),
+            journal: journal.clone(),
+        },
         owner,
         dir_sidecar,
     );

@@ -119,17 +119,25 @@ pub struct Core {
     pub hidden_count: AtomicU64,
 }
 
+/// What the core works over.
+pub struct Backends {
+    pub store: Arc<dyn ObjectStore>,
+    pub uploader: Uploader,
+    pub replicator: Option<crate::replicator::Replicator>,
+    pub cache: Arc<Cache>,
+    pub journal: Journal,
+}
+
 impl Core {
-    pub fn new(
-        config: &Config,
-        store: Arc<dyn ObjectStore>,
-        uploader: Uploader,
-        replicator: Option<crate::replicator::Replicator>,
-        cache: Arc<Cache>,
-        journal: Journal,
-        owner: Caller,
-        dir_sidecar: bool,
-    ) -> Arc<Core> {
+    /// `dir_sidecar`: the store drops metadata on `dir/` markers.
+    pub fn new(config: &Config, backends: Backends, owner: Caller, dir_sidecar: bool) -> Arc<Core> {
+        let Backends {
+            store,
+            uploader,
+            replicator,
+            cache,
+            journal,
+        } = backends;
         let m = &config.mount;
         let default_file = ObjectMeta::new(S_IFREG | m.file_mode(), owner.uid, owner.gid);
         let default_dir = ObjectMeta::new(S_IFDIR | m.dir_mode(), owner.uid, owner.gid);

@@ -198,10 +198,13 @@ mod tests {
             let prefixes = ["", "a/", "a/b/"];
             let dest_names = ["eu", "ap"];
             let mut seen = std::collections::HashSet::new();
-            let rules: Vec<RuleConfig> = specs.iter().enumerate().filter_map(|(i, (p, pre, d, t, dm))| {
-                // Keep priorities unique per destination, as config validation does.
-                seen.insert((*d, *p)).then(|| rule(&format!("r{i}"), *p, prefixes[*pre], if *t { &[("k", "v")] } else { &[] }, dest_names[*d], *dm))
-            }).collect();
+            // Keep priorities unique per destination, as config validation does.
+            let rules: Vec<RuleConfig> = specs
+                .iter()
+                .enumerate()
+                .filter(|(_, (p, _, d, _, _))| seen.insert((*d, *p)))
+                .map(|(i, (p, pre, d, t, dm))| rule(&format!("r{i}"), *p, prefixes[*pre], if *t { &[("k", "v")] } else { &[] }, dest_names[*d], *dm))
+                .collect();
             let r = Rules::new(rules.clone());
             let key = ["a/b/c", "a/x", "z", "a/b/"][key_pick];
             let t = if tagged { tags(&[("k", "v")]) } else { BTreeMap::new() };
