@@ -91,6 +91,49 @@ def write_small(root, dirs, per_dir, size):
     print(f"{time.time() - t:.3f}")
 
 
+def steady_writes(root, rate, seconds, size):
+    """Writes `rate` files a second for `seconds` (4 KiB each by default)."""
+    body = os.urandom(size)
+    os.makedirs(root, exist_ok=True)
+    start = time.time()
+    n = 0
+    while time.time() - start < seconds:
+        due = start + n / rate
+        if time.time() < due:
+            time.sleep(due - time.time())
+        with open(os.path.join(root, f"s{n}"), "wb") as fh:
+            fh.write(body)
+        n += 1
+    print(n)
+
+
+def lag_quantiles(metrics_url, destination, qs=(0.5, 0.99)):
+    """Quantiles of regionfs_replication_lag_seconds from its histogram buckets
+    (linear within a bucket, as Prometheus' histogram_quantile does)."""
+    import urllib.request
+    text = urllib.request.urlopen(metrics_url).read().decode()
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("regionfs_replication_lag_seconds_bucket") and f'destination="{destination}"' in line:
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1]
+    out = []
+    for q in qs:
+        rank = q * total
+        prev_le, prev_c = 0.0, 0.0
+        for le, c in buckets:
+            if c >= rank:
+                if le == float("inf"):
+                    out.append(prev_le)
+                else:
+                    out.append(prev_le + (le - prev_le) * ((rank - prev_c) / max(c - prev_c, 1e-9)))
+                break
+            prev_le, prev_c = le, c
+    print(int(total), *[f"{v:.3f}" for v in out])
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "mkbuckets":
@@ -105,6 +148,10 @@ if __name__ == "__main__":
         raw_put_small(*args)
     elif cmd == "get":
         raw_get(*args)
+    elif cmd == "steady":
+        steady_writes(args[0], float(args[1]), float(args[2]), int(args[3]))
+    elif cmd == "lag":
+        lag_quantiles(args[0], args[1])
     elif cmd == "write-small":
         write_small(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:

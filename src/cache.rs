@@ -66,6 +66,8 @@ struct Space {
     lru: lru::LruCache<String, ()>,
     clean_total: u64,
     last_progress: Instant,
+    /// Data files whose directory entry is known durable.
+    entry_synced: HashSet<String>,
 }
 
 pub struct Cache {
@@ -140,6 +142,7 @@ impl Cache {
                 lru: lru::LruCache::unbounded(),
                 clean_total: 0,
                 last_progress: Instant::now(),
+                entry_synced: HashSet::new(),
             }),
             freed: Notify::new(),
             _lock: lock,
@@ -283,6 +286,7 @@ impl Cache {
     pub fn remove_data(&self, name: &str) {
         let _ = std::fs::remove_file(self.data_path(name));
         let mut s = self.space.lock().unwrap();
+        s.entry_synced.remove(name);
         if let Some(n) = s.data.remove(name) {
             s.data_total -= n;
         }
@@ -302,6 +306,7 @@ impl Cache {
         let name_clean = self.new_name();
         let ok = std::fs::rename(self.data_path(name), self.clean_path(&name_clean)).is_ok();
         let mut s = self.space.lock().unwrap();
+        s.entry_synced.remove(name);
         let size = s.data.remove(name).unwrap_or(0);
         s.data_total -= size;
         s.last_progress = Instant::now();
@@ -396,15 +401,24 @@ impl Cache {
         self.max_size
     }
 
-    /// Makes a data file and its directory entry durable.
-    pub fn sync_data(&self, name: &str) -> Result<(), CacheError> {
+    /// Makes a data file (open as `file`) and its directory entry durable. The
+    /// directory is fsynced once per file: its entry does not change after.
+    pub fn sync_data(&self, name: &str, file: &File) -> Result<(), CacheError> {
         let path = self.data_path(name);
-        let f = File::open(&path).map_err(|e| CacheError::io(&path, e))?;
-        f.sync_all().map_err(|e| CacheError::io(&path, e))?;
+        file.sync_data().map_err(|e| CacheError::io(&path, e))?;
+        if self.space.lock().unwrap().entry_synced.contains(name) {
+            return Ok(());
+        }
         let dir = self.root.join("data");
         File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| CacheError::io(&dir, e))
+            .map_err(|e| CacheError::io(&dir, e))?;
+        self.space
+            .lock()
+            .unwrap()
+            .entry_synced
+            .insert(name.to_string());
+        Ok(())
     }
 
     /// Recovery: registers the data files the journal still needs, and moves
@@ -418,6 +432,7 @@ impl Cache {
             let name = e.file_name().to_string_lossy().into_owned();
             if needed.contains(&name) {
                 let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                s.entry_synced.insert(name.clone());
                 s.data.insert(name, size);
                 s.data_total += size;
             } else {

@@ -314,6 +314,10 @@ pub struct MountConfig {
     /// Seconds the kernel may cache attributes and names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attr_ttl: Option<HumanDuration>,
+    /// How long a directory listing taken (or a directory created) by this
+    /// mount answers "no such name" without asking the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir_ttl: Option<HumanDuration>,
 }
 
 impl MountConfig {
@@ -325,6 +329,9 @@ impl MountConfig {
     }
     pub fn attr_ttl(&self) -> Duration {
         self.attr_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(1))
+    }
+    pub fn dir_ttl(&self) -> Duration {
+        self.dir_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(10))
     }
 }
 

@@ -487,3 +487,43 @@ async fn a_renamed_file_reads_its_bytes_before_the_copy_lands() {
     assert_eq!(objects["b.txt"], b"moved bytes");
     assert!(!objects.contains_key("a.txt"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_mode_returns_once_mounted_and_logs_to_the_cache_dir() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let cfg = c.path().join("c.toml");
+    std::fs::write(&cfg, r.config(&c.path().join("cache"), "")).unwrap();
+    let mnt = c.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new(common::regionfs_bin())
+        .args(["mount", "--daemon", "--config"])
+        .arg(&cfg)
+        .arg(&mnt)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    // Whatever happens next, do not leave the mount behind.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            common::detach(&self.0);
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mounted at"));
+    std::fs::write(mnt.join("d.txt"), b"daemon").unwrap();
+    sh(&format!("umount {}", mnt.display()));
+    // The daemon drains, then exits; the journal then shows nothing pending.
+    let src = &r.src;
+    common::wait_for_async("the upload", Duration::from_secs(60), || async move {
+        src.head("d.txt", None).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(c.path().join("cache/regionfs.log").exists());
+}

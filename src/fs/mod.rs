@@ -117,6 +117,11 @@ pub struct Core {
     downloads: Mutex<HashMap<String, std::sync::Weak<Download>>>,
     hidden_keys: Mutex<HashSet<String>>,
     pub hidden_count: AtomicU64,
+    /// Directories whose complete contents this mount knows (listed, or
+    /// created here), with when it learned them: within `dir_ttl` a name not
+    /// in the set does not exist, without a round trip to the bucket.
+    known_dirs: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
+    dir_ttl: Duration,
 }
 
 /// What the core works over.
@@ -161,6 +166,8 @@ impl Core {
             downloads: Mutex::new(HashMap::new()),
             hidden_keys: Mutex::new(HashSet::new()),
             hidden_count: AtomicU64::new(0),
+            known_dirs: Mutex::new(HashMap::new()),
+            dir_ttl: m.dir_ttl(),
         })
     }
 
@@ -269,7 +276,40 @@ impl Core {
         }
     }
 
+    /// Records that `name` now exists (or not) in the known directory `dir`.
+    fn note_entry(&self, dir: &str, name: &str, exists: bool) {
+        if let Some((_, names)) = self.known_dirs.lock().unwrap().get_mut(dir) {
+            if exists {
+                names.insert(name.to_string());
+            } else {
+                names.remove(name);
+            }
+        }
+    }
+
+    fn note_path(&self, path: &str, exists: bool) {
+        self.note_entry(names::parent_of(path), names::name_of(path), exists);
+    }
+
+    /// Whether `path` is known not to exist (its directory's contents are known
+    /// and fresh, and the name is not among them).
+    fn known_absent(&self, path: &str) -> bool {
+        let dir = names::parent_of(path);
+        let name = names::name_of(path);
+        let known = self.known_dirs.lock().unwrap();
+        matches!(known.get(dir), Some((at, names)) if at.elapsed() < self.dir_ttl && !names.contains(name))
+    }
+
     async fn resolve_remote(&self, path: &str) -> Result<u64, FsError> {
+        if self.known_absent(path) && self.uploader.pending_for(&self.key(path)).is_empty() {
+            let mut t = self.inodes.lock().unwrap();
+            match t.lookup_path(path) {
+                Some(ino) if !t.nodes[&ino].unlinked && t.nodes[&ino].local_only => return Ok(ino),
+                Some(ino) => t.detach(ino),
+                None => {}
+            }
+            return Err(FsError::NotFound);
+        }
         {
             let t = self.inodes.lock().unwrap();
             if let Some(ino) = t.lookup_path(path) {
@@ -466,6 +506,7 @@ impl Core {
     /// local-only nodes. Every entry gets a node (and the kernel a reference,
     /// by the caller, for readdirplus).
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let started = Instant::now();
         let dir = self.dir_path(ino)?;
         let dkey = self.dkey(&dir);
         let mut files: BTreeMap<String, (u64, String, Option<SystemTime>)> = BTreeMap::new();
@@ -592,6 +633,11 @@ impl Core {
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        drop(t);
+        self.known_dirs
+            .lock()
+            .unwrap()
+            .insert(dir, (started, out.iter().map(|e| e.name.clone()).collect()));
         Ok(out)
     }
 
@@ -659,6 +705,12 @@ impl Core {
         let meta = ObjectMeta::new(S_IFDIR | (mode & 0o7777), who.uid, who.gid);
         self.put_dir_attrs(&path, &meta).await?;
         self.touch_dir(parent);
+        self.note_path(&path, true);
+        // A directory made here starts empty: its contents are known.
+        self.known_dirs
+            .lock()
+            .unwrap()
+            .insert(path.clone(), (Instant::now(), HashSet::new()));
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(&path, meta.clone());
         let n = t.get_mut(ino).unwrap();
@@ -718,6 +770,7 @@ impl Core {
             t.local_only.insert(ino);
             ino
         };
+        self.note_path(&path, true);
         let fh = self.new_handle(ino, flags);
         Ok((self.node_attr(ino)?, fh))
     }
@@ -771,6 +824,7 @@ impl Core {
             .await?;
         let meta = ObjectMeta::new(S_IFLNK | 0o777, who.uid, who.gid);
         self.touch_dir(parent);
+        self.note_path(&path, true);
         let ino = {
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(&path, meta.clone());
@@ -832,6 +886,7 @@ impl Core {
         }
         self.cache.forget_clean(&key);
         self.touch_dir(parent);
+        self.note_path(&path, false);
         let mut t = self.inodes.lock().unwrap();
         t.detach(ino);
         let drop_file = t.get_mut(ino).and_then(|n| {
@@ -877,6 +932,8 @@ impl Core {
         self.delete_dir_keys(&path).await?;
         self.inodes.lock().unwrap().detach(ino);
         self.touch_dir(parent);
+        self.note_path(&path, false);
+        self.known_dirs.lock().unwrap().remove(&path);
         Ok(())
     }
 
@@ -929,7 +986,15 @@ impl Core {
         }
         self.touch_dir(parent);
         self.touch_dir(newparent);
+        self.note_path(&from, false);
+        self.note_path(&to, true);
         if src_is_dir {
+            // What this mount knew of the old subtree no longer holds.
+            let below = format!("{from}/");
+            self.known_dirs
+                .lock()
+                .unwrap()
+                .retain(|d, _| d != &from && !d.starts_with(&below));
             self.rename_dir(src, &from, &to).await
         } else {
             self.rename_file(src, &from, &to).await?;
@@ -976,7 +1041,7 @@ impl Core {
         let op = match &working {
             Some(w) => {
                 if dirty {
-                    self.cache.sync_data(&w.name)?;
+                    self.cache.sync_data(&w.name, &w.file)?;
                 }
                 NewOp {
                     key: to_key.clone(),
@@ -1541,8 +1606,7 @@ impl Core {
             return Ok(None);
         }
         let Some(w) = working else { return Ok(None) };
-        w.file.sync_all()?;
-        self.cache.sync_data(&w.name)?;
+        self.cache.sync_data(&w.name, &w.file)?;
         let seq = self
             .uploader
             .submit(NewOp {
