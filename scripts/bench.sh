@@ -14,6 +14,7 @@
 #          (measured from the end of the writes); peer: `rclone sync` A → B
 #   read   cold sequential read of the big file after a fresh mount (raw: one GET)
 #   rss    peak RSS (VmHWM) of each daemon
+#   lag    replication lag p50/p99 at a steady 200 files/s for 30 s (regionfs metrics)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
@@ -75,7 +76,7 @@ chmod 600 "$work/s3fs.passwd"
 
 wait_mounted() { for _ in $(seq 1 600); do mountpoint -q "$1" && return 0; sleep 0.05; done; echo "not mounted: $1" >&2; return 1; }
 
-mount_regionfs() { # bucket dest-bucket mountpoint cache
+mount_regionfs() { # bucket dest-bucket mountpoint cache [extra-config]
   cat > "$work/rfs.toml" <<EOF
 [source]
 name = "a"
@@ -95,6 +96,7 @@ dir = "$4"
 max_size = "8GiB"
 [durability]
 fsync = "local"
+${5:-}
 EOF
   mkdir -p "$3"
   "$bin" mount --config "$work/rfs.toml" "$3" > "$work/regionfs.log" 2>&1 &
@@ -130,6 +132,7 @@ for rep in $(seq 1 "$reps"); do
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
+  cat "$work/local.big" > /dev/null; t=$(now); cat "$work/local.big" > /dev/null; record read-warm local-read "$(since $t)"
   rm -rf "$work/local.big" "$work/local.small"
 
   # raw parallel S3 client
@@ -196,23 +199,47 @@ for rep in $(seq 1 "$reps"); do
   rm -rf "$work/small.src" "$work/rclone-cache" "$cache"
 done
 
+
+# Replication lag at a steady load: 200 files/s of 4 KiB for 30 s, from close to
+# replica present (the regionfs_replication_lag_seconds histogram).
+$py mkbuckets $A lag; $py mkbuckets $B lag
+port=$((REGIONFS_PORT_A + 50))
+mnt=$work/mnt-lag
+mount_regionfs lag lag "$mnt" "$work/cache-lag" "$(printf '[metrics]\nlisten = "127.0.0.1:%s"' "$port")"
+n=$($py steady "$mnt/steady" 200 30 4096)
+until "$bin" status --config "$work/rfs.toml" --json | grep -q '"b":{[^}]*"pending":0,'; do sleep 0.1; done
+read -r count p50 p99 <<< "$($py lag "http://127.0.0.1:$port/metrics" b)"
+echo "lag-p50 regionfs $p50" >> "$work/results"; echo "lag-p99 regionfs $p99" >> "$work/results"
+echo "# steady load: $n files written in 30 s; $count replicated; replication lag p50 ${p50}s p99 ${p99}s" >> "$work/versions"
+unmount "$mnt"; wait "$rfs_pid" || true
+
+cp "$work/results" "$out.raw"
 {
   echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
   cat "$work/versions"
-  echo "# workload system median min max (seconds; rss in MiB)"
-  sort "$work/results" | awk '
-    { k = $1 " " $2; v[k] = v[k] " " $3 }
-    END { for (k in v) { n = split(v[k], a, " "); asort(a); m = (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2; printf "%-14s %-13s %9.3f %9.3f %9.3f\n", substr(k, 1, index(k, " ") - 1), substr(k, index(k, " ") + 1), m, a[1], a[n] } }' | sort
 } > "$out"
+$REGIONFS_VENV/bin/python - "$work/results" >> "$out" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    w, s, v = line.split()
+    rows.setdefault((w, s), []).append(float(v))
+med = {k: statistics.median(v) for k, v in rows.items()}
+print("# workload       system          median       min       max   (seconds; rss in MiB)")
+for (w, s), v in sorted(rows.items()):
+    print(f"{w:<16} {s:<13} {med[(w, s)]:9.3f} {min(v):9.3f} {max(v):9.3f}")
+print("\n# ratios of medians [target]")
+def r(w, a, b, target):
+    if (w, a) in med and (w, b) in med and med[(w, b)] > 0:
+        print(f"{w:<16} {a}/{b:<12} {med[(w, a)] / med[(w, b)]:6.2f}   [{target}]")
+r("big-close", "regionfs", "local", "<= 1.25")
+r("big-durable", "regionfs", "raw", "<= 1.15")
+r("small-close", "regionfs", "rclone", "<= 0.2")
+r("small-durable", "regionfs", "raw", "<= 1.3")
+r("repl-total", "regionfs", "rclone-sync", "<= 0.7; regionfs: first write to last replica")
+r("ls-cold", "regionfs", "s3fs", "<= 0.5")
+r("read-cold", "regionfs", "raw", "<= 1.11 (throughput >= 0.9 x raw)")
+r("read-warm", "regionfs", "local-read", "<= 1.25 (throughput >= 0.8 x local)")
+r("rss", "regionfs", "rclone", "")
+PY
 cat "$out"
-echo
-echo "# ratios (regionfs / baseline, medians)"
-awk '
-  { med[$1 " " $2] = $3 }
-  function r(w, s, b) { if ((w " " s) in med && (w " " b) in med && med[w " " b] > 0) printf "%-14s regionfs/%-12s %6.2f\n", w, b, med[w " " s] / med[w " " b] }
-  END {
-    r("big-close", "regionfs", "local"); r("big-durable", "regionfs", "raw");
-    r("small-close", "regionfs", "rclone"); r("small-durable", "regionfs", "raw");
-    r("repl", "regionfs", "rclone-sync"); r("ls-cold", "regionfs", "s3fs");
-    r("read-cold", "regionfs", "raw");
-  }' <(grep -v '^#' "$out" | grep -v '^rclone 1') | tee -a "$out"
