@@ -1005,7 +1005,7 @@ impl Core {
 
     /// Queues the new key's content and the old key's delete for one file.
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
-        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let (working, dirty, local_only, meta, size, version) = {
             let t = self.inodes.lock().unwrap();
@@ -1191,7 +1191,7 @@ impl Core {
         {
             self.check_writable()?;
         }
-        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         if let Some(size) = set.size {
             self.truncate_locked(ino, size).await?;
@@ -1337,14 +1337,7 @@ impl Core {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write || flags & libc::O_TRUNC != 0 {
             self.check_writable()?;
-            let io = self
-                .inodes
-                .lock()
-                .unwrap()
-                .get(ino)
-                .ok_or(FsError::NotFound)?
-                .io
-                .clone();
+            let io = self.io_lock(ino)?;
             let _g = io.lock().await;
             if flags & libc::O_TRUNC != 0 {
                 self.truncate_locked(ino, 0).await?;
@@ -1467,14 +1460,7 @@ impl Core {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let ino = self.handle_ino(fh)?;
-        let io = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .ok_or(FsError::NotFound)?
-            .io
-            .clone();
+        let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let w = self.ensure_working(ino).await?;
         let end = offset + data.len() as u64;
@@ -1490,6 +1476,12 @@ impl Core {
         n.dirty = true;
         n.meta.set_mtime(SystemTime::now());
         Ok(data.len() as u32)
+    }
+
+    /// The node's I/O lock (held across cache I/O and journal commits).
+    fn io_lock(&self, ino: u64) -> Result<Arc<tokio::sync::Mutex<()>>, FsError> {
+        let t = self.inodes.lock().unwrap();
+        Ok(t.get(ino).ok_or(FsError::NotFound)?.io.clone())
     }
 
     fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
@@ -1579,14 +1571,7 @@ impl Core {
     /// Stages the node's working file: fsync it, journal a put, return the seq.
     /// Only after this may close()/fsync() return.
     async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
-        let io = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .ok_or(FsError::NotFound)?
-            .io
-            .clone();
+        let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let (working, path, meta, size, unlinked) = {
             let t = self.inodes.lock().unwrap();
@@ -1811,7 +1796,7 @@ impl Core {
             ));
         }
         self.ensure_meta(ino).await?;
-        let io = self.inodes.lock().unwrap().nodes[&ino].io.clone();
+        let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let dirty = {
             let mut t = self.inodes.lock().unwrap();

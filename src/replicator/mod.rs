@@ -219,22 +219,8 @@ impl Replicator {
     }
 
     /// Waits until no task is open or `timeout` passes; returns how many are left.
-    pub async fn drain(&self, timeout: Duration, mut progress: impl FnMut(usize)) -> usize {
-        let mut rx = self.inner.pending.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let n = *rx.borrow_and_update();
-            progress(n);
-            if n == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                return *rx.borrow();
-            }
-        }
+    pub async fn drain(&self, timeout: Duration, progress: impl FnMut(usize)) -> usize {
+        crate::uploader::wait_for_zero(self.inner.pending.subscribe(), timeout, progress).await
     }
 
     /// Retries FAILED tasks now (`resync --failed`, or a fixed destination).
@@ -244,10 +230,7 @@ impl Replicator {
     }
 }
 
-fn backoff(attempts: u32) -> Duration {
-    let base = 250u64.saturating_mul(1u64 << attempts.min(7)).min(30_000);
-    Duration::from_millis(base / 2 + rand::random::<u64>() % (base / 2 + 1))
-}
+use crate::uploader::jittered_backoff as backoff;
 
 /// A permanent failure is retried after this long (the periodic probe).
 const FAILED_RETRY: Duration = Duration::from_secs(30);
