@@ -17,12 +17,6 @@
 //! bytes acknowledged at close()/fsync(), however often the file is written
 //! meanwhile.
 //!
-//! # Bursts
-//! While operations are being staged in quick succession (a close less than
-//! 50 ms ago), new uploads wait — at most 2 s each — so that a burst of closes
-//! does not compete with its own uploads for the CPU and the disk; an
-//! operation someone waits on (fsync) never waits.
-//!
 //! # Retries
 //! Transient errors (network, throttling, 5xx) retry with jittered exponential
 //! backoff, capped at 30 s, forever. Permanent errors (AccessDenied,
@@ -62,17 +56,7 @@ struct Queue {
     /// Next queue position of a submitted op whose seq is not known yet.
     next_ticket: u64,
     tickets: HashMap<String, VecDeque<u64>>,
-    /// When the last operation was staged: uploads hold back during a burst
-    /// of closes (see BURST_QUIET) so they do not compete with it.
-    last_staged: Option<Instant>,
-    /// Operations someone waits for (fsync): never held back.
-    urgent: HashSet<i64>,
 }
-
-/// Uploads start once staging has been quiet this long …
-const BURST_QUIET: Duration = Duration::from_millis(50);
-/// … or once an operation has waited this long, whatever the load.
-const BURST_MAX_DEFER: Duration = Duration::from_secs(2);
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
@@ -126,8 +110,6 @@ impl Uploader {
                 waiters: HashMap::new(),
                 next_ticket: 0,
                 tickets: HashMap::new(),
-                last_staged: None,
-                urgent: HashSet::new(),
             }),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -175,7 +157,6 @@ impl Uploader {
                 version_id: None,
                 staged_at_ms: now_ms(),
             };
-            q.last_staged = Some(Instant::now());
             let list = q.by_key.entry(key).or_default();
             let pos = list.iter().position(|o| o.seq > seq).unwrap_or(list.len());
             list.insert(pos, staged);
@@ -200,10 +181,8 @@ impl Uploader {
             }
             let (tx, rx) = oneshot::channel();
             q.waiters.entry(seq).or_default().push(tx);
-            q.urgent.insert(seq);
             rx
         };
-        self.inner.wake.notify_one();
         rx.await
             .unwrap_or_else(|_| Err("the uploader stopped".into()))
     }
@@ -310,12 +289,6 @@ async fn run(inner: Arc<Inner>) {
                     next_wake = next_wake.min(Duration::from_millis((due - now_ms) as u64));
                     continue;
                 }
-                let quiet = q.last_staged.is_none_or(|t| t.elapsed() >= BURST_QUIET);
-                let waited = Duration::from_millis((now_ms - due).max(0) as u64);
-                if !quiet && waited < BURST_MAX_DEFER && !q.urgent.contains(&op.seq) {
-                    next_wake = next_wake.min(BURST_QUIET);
-                    continue;
-                }
                 q.running.insert(key);
                 ready.push(op);
             }
@@ -380,7 +353,6 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 let mut q = inner.queue.lock().unwrap();
                 q.running.remove(&op.key);
                 q.retry_at.remove(&op.seq);
-                q.urgent.remove(&op.seq);
                 if let Some(list) = q.by_key.get_mut(&op.key) {
                     if list.front().map(|o| o.seq) == Some(op.seq) {
                         list.pop_front();
