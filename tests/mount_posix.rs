@@ -503,27 +503,63 @@ async fn daemon_mode_returns_once_mounted_and_logs_to_the_cache_dir() {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
-    // Whatever happens next, do not leave the mount behind.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
+    // Whatever happens next, leave neither the mount nor the daemon behind.
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pid: i32 = stdout
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no pid in {stdout:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    struct Cleanup(std::path::PathBuf, i32);
+    impl Drop for Cleanup {
         fn drop(&mut self) {
             common::detach(&self.0);
+            unsafe { libc::kill(self.1, libc::SIGKILL) };
         }
     }
-    let _guard = Unmount(mnt.clone());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("mounted at"));
+    let _guard = Cleanup(mnt.clone(), pid);
+    assert!(out.status.success());
     std::fs::write(mnt.join("d.txt"), b"daemon").unwrap();
     sh(&format!("umount {}", mnt.display()));
-    // The daemon drains, then exits; the journal then shows nothing pending.
-    let src = &r.src;
-    common::wait_for_async("the upload", Duration::from_secs(60), || async move {
-        src.head("d.txt", None).await.ok().map(|_| ())
-    })
-    .await;
-    assert!(c.path().join("cache/regionfs.log").exists());
+    // The daemon drains uploads and replication, then exits by itself.
+    wait_for_exit(pid, Duration::from_secs(60));
+    assert_eq!(
+        &r.src
+            .get("d.txt", Default::default())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()[..],
+        b"daemon"
+    );
+    assert_eq!(
+        &r.dst
+            .get("d.txt", Default::default())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()[..],
+        b"daemon"
+    );
+    let log = std::fs::read_to_string(c.path().join("cache/regionfs.log")).unwrap();
+    assert!(log.contains("everything is uploaded"), "{log}");
+}
+
+/// Waits until process `pid` (not our child) is gone.
+fn wait_for_exit(pid: i32, timeout: Duration) {
+    common::wait_for("the daemon to exit", timeout, || {
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        (!alive).then_some(())
+    });
 }
