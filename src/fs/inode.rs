@@ -37,6 +37,9 @@ pub struct Node {
     pub working: Option<Working>,
     /// The working file differs from every staged/uploaded state.
     pub dirty: bool,
+    /// Data was written (or ftruncated) since the last stage: the next close
+    /// of a writer stages it. Creating or O_TRUNC alone does not count.
+    pub written: bool,
     /// The working file is referenced by a staged put: copy before writing.
     pub shared: bool,
     /// The last operation staged for this node (fsync waits on it).
@@ -100,6 +103,7 @@ impl Inodes {
             content_key: None,
             working: None,
             dirty: false,
+            written: false,
             shared: false,
             last_seq: None,
             local_only: false,

@@ -86,9 +86,6 @@ pub struct Caller {
 struct Handle {
     ino: u64,
     write: bool,
-    /// Data was written (or truncated) through this handle since its last
-    /// flush: its close() stages the file.
-    wrote: bool,
     /// A clean copy being read (pinned while open).
     download: Option<Arc<Download>>,
 }
@@ -891,6 +888,7 @@ impl Core {
         t.detach(ino);
         let drop_file = t.get_mut(ino).and_then(|n| {
             n.dirty = false;
+            n.written = false;
             (n.open == 0 && !n.shared)
                 .then(|| n.working.take())
                 .flatten()
@@ -1076,6 +1074,7 @@ impl Core {
             if n.working.is_some() {
                 n.shared = true;
                 n.dirty = false;
+                n.written = false;
             } else {
                 // Until the copy lands, the bytes are read from the old key.
                 n.content_key = Some(content_key.unwrap_or(from_key));
@@ -1319,7 +1318,6 @@ impl Core {
             Handle {
                 ino,
                 write,
-                wrote: false,
                 download: None,
             },
         );
@@ -1607,6 +1605,7 @@ impl Core {
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {
             n.dirty = false;
+            n.written = false;
             n.shared = true;
             n.local_only = false;
             n.last_seq = Some(seq);
@@ -1615,28 +1614,34 @@ impl Core {
         Ok(Some(seq))
     }
 
-    /// close(): a writer's (or a new file's) data becomes durable locally.
-    /// close(): data written through this handle becomes durable locally. A
-    /// close that wrote nothing (the first close of `dup2`-style redirections,
-    /// as in dd and shells) stages nothing; the file is staged at release.
+    /// close() of a writer: data written to the file since the last stage
+    /// becomes durable locally. A close with nothing written since (the first
+    /// close of a `dup2` redirection, as in dd and shells) stages nothing; a
+    /// file created or truncated but never written is staged at release.
+    /// Written data counts per file, not per descriptor, because with the
+    /// kernel's writeback cache any writable descriptor may carry the writes.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let (ino, wrote) = {
+        let (ino, write) = {
             let h = self.handles.lock().unwrap();
             let h = h.get(&fh).ok_or(FsError::BadHandle)?;
-            (h.ino, h.wrote)
+            (h.ino, h.write)
         };
-        if wrote {
+        let written = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get(ino)
+            .is_some_and(|n| n.written);
+        if write && written {
             self.stage(ino).await?;
-            if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
-                h.wrote = false;
-            }
         }
         Ok(())
     }
 
     fn mark_written(&self, fh: u64) {
-        if let Some(h) = self.handles.lock().unwrap().get_mut(&fh) {
-            h.wrote = true;
+        let Ok(ino) = self.handle_ino(fh) else { return };
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.written = true;
         }
     }
 
@@ -1670,10 +1675,10 @@ impl Core {
                 .map(|n| (n.local_only, n.dirty && n.open <= 1))
                 .unwrap_or((false, false))
         };
-        // Staged now: writes after the last flush (mmap), a file created or
-        // truncated but never written, or dirty data nobody else has open. Not
+        // Staged now: a file created or truncated but never written, or dirty
+        // data (mmap writes after the last flush) nobody else has open. Not
         // another writer's unfinished data (its close will stage it).
-        if h.wrote || local_only || dirty_alone {
+        if local_only || dirty_alone {
             self.stage(h.ino).await?;
         }
         let mut t = self.inodes.lock().unwrap();

@@ -17,6 +17,10 @@
 //! carries `regionfs-source-version` = this version (a copy that finished just
 //! before a crash), the task completes without writing a duplicate version.
 //!
+//! After a crash, a copy that was in flight may still complete at the
+//! destination; recovered tasks wait 2 s before they check, so such a late copy
+//! is seen (and not written again, nor allowed to land after a newer version).
+//!
 //! # Retries
 //! Transient errors leave the task PENDING and retry with jittered backoff,
 //! unbounded. Permanent ones (AccessDenied, NoSuchBucket, versioning off at the
@@ -121,6 +125,12 @@ impl Replicator {
             })
             .collect();
         let n = open.len();
+        // A copy in flight when the previous process died may still land at the
+        // destination a moment later: give it that moment before the recovered
+        // tasks look at the destination (else the late copy could overwrite a
+        // newer version, or be written twice).
+        let grace = Instant::now() + RECOVERY_GRACE;
+        let retry_at: HashMap<i64, Instant> = open.iter().map(|t| (t.id, grace)).collect();
         let inner = Arc::new(Inner {
             source,
             destinations,
@@ -132,7 +142,7 @@ impl Replicator {
             queue: Mutex::new(Queue {
                 open,
                 running: HashSet::new(),
-                retry_at: HashMap::new(),
+                retry_at,
             }),
             wake: Notify::new(),
             finished: Notify::new(),
@@ -231,6 +241,10 @@ impl Replicator {
 }
 
 use crate::uploader::jittered_backoff as backoff;
+
+/// How long tasks recovered from the journal wait for orphaned copies of the
+/// previous process to land.
+const RECOVERY_GRACE: Duration = Duration::from_secs(2);
 
 /// A permanent failure is retried after this long (the periodic probe).
 const FAILED_RETRY: Duration = Duration::from_secs(30);
