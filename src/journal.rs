@@ -237,6 +237,38 @@ fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
     })
 }
 
+/// Inserts one replication task and returns it as stored.
+fn insert_task(
+    c: &Connection,
+    seq: i64,
+    key: &str,
+    version_id: &str,
+    size: u64,
+    created_at: i64,
+    t: &NewTask,
+) -> rusqlite::Result<Task> {
+    c.execute(
+        "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            seq,
+            key,
+            version_id,
+            t.destination,
+            t.rule_id,
+            if t.kind == TaskKind::Delete { "delete" } else { "version" },
+            size as i64,
+            t.storage_class,
+            created_at
+        ],
+    )?;
+    c.query_row(
+        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
+        params![c.last_insert_rowid()],
+        task_from_row,
+    )
+}
+
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Completer) + Send>;
 
@@ -473,26 +505,13 @@ impl Journal {
         self.run(move |c| {
             let mut stored = Vec::new();
             if let Some(v) = &version_id {
+                let (key, size, staged_at): (String, i64, i64) = c.query_row(
+                    "SELECT key, size, staged_at FROM ops WHERE seq = ?1",
+                    params![seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
                 for t in &tasks {
-                    c.execute(
-                        "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
-                         SELECT seq, key, ?2, ?3, ?4, ?5, size, ?6, MIN(staged_at, ?7) FROM ops WHERE seq = ?1",
-                        params![
-                            seq,
-                            v,
-                            t.destination,
-                            t.rule_id,
-                            if t.kind == TaskKind::Delete { "delete" } else { "version" },
-                            t.storage_class,
-                            now_ms()
-                        ],
-                    )?;
-                    let id = c.last_insert_rowid();
-                    stored.push(c.query_row(
-                        &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
-                        params![id],
-                        task_from_row,
-                    )?);
+                    stored.push(insert_task(c, seq, &key, v, size as u64, staged_at, t)?);
                 }
             }
             c.execute(
@@ -592,22 +611,7 @@ impl Journal {
                 if exists {
                     continue;
                 }
-                c.execute(
-                    "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
-                     VALUES (0, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![
-                        key,
-                        version,
-                        t.destination,
-                        t.rule_id,
-                        if t.kind == TaskKind::Delete { "delete" } else { "version" },
-                        size as i64,
-                        t.storage_class,
-                        now_ms()
-                    ],
-                )?;
-                let id = c.last_insert_rowid();
-                out.push(c.query_row(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"), params![id], task_from_row)?);
+                out.push(insert_task(c, 0, &key, &version, size, now_ms(), &t)?);
             }
             Ok(out)
         })

@@ -1146,13 +1146,7 @@ impl Core {
 
     /// Reads the object's metadata (HEAD) into a node listed without it.
     async fn refresh_meta(&self, ino: u64) -> Result<(), FsError> {
-        let path = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .map(|n| n.path.clone())
-            .ok_or(FsError::NotFound)?;
+        let path = self.path_of(ino)?;
         let info = self.store.head(&self.key(&path), None).await?;
         let meta = ObjectMeta::from_object(&info, &self.default_file);
         let mut t = self.inodes.lock().unwrap();
@@ -1476,6 +1470,11 @@ impl Core {
         Ok(data.len() as u32)
     }
 
+    fn path_of(&self, ino: u64) -> Result<String, FsError> {
+        let t = self.inodes.lock().unwrap();
+        Ok(t.get(ino).ok_or(FsError::NotFound)?.path.clone())
+    }
+
     /// The node's I/O lock (held across cache I/O and journal commits).
     fn io_lock(&self, ino: u64) -> Result<Arc<tokio::sync::Mutex<()>>, FsError> {
         let t = self.inodes.lock().unwrap();
@@ -1755,13 +1754,7 @@ impl Core {
     /// `{"<destination>": {"status": "PENDING|COMPLETED|FAILED", "error": …}}`
     /// for the file's newest replicated version.
     async fn replication_of(&self, ino: u64) -> Result<String, FsError> {
-        let path = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .map(|n| n.path.clone())
-            .ok_or(FsError::NotFound)?;
+        let path = self.path_of(ino)?;
         let tasks = self.journal.latest_tasks(self.key(&path)).await?;
         let map: serde_json::Map<String, serde_json::Value> = tasks
             .into_iter()
