@@ -563,3 +563,41 @@ fn wait_for_exit(pid: i32, timeout: Duration) {
         (!alive).then_some(())
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_rename_moves_every_key_with_its_attributes() {
+    let (r, mut m, _c) = setup("").await;
+    sh(&format!(
+        "mkdir -p {0}/old/sub && echo a > {0}/old/a && echo b > {0}/old/sub/b && chmod 600 {0}/old/a && chmod 750 {0}/old/sub",
+        m.dir.display()
+    ));
+    m.wait_uploaded(DRAIN);
+    std::fs::rename(m.path("old"), m.path("new")).unwrap();
+    assert!(!m.path("old").exists());
+    assert_eq!(std::fs::read_to_string(m.path("new/sub/b")).unwrap(), "b\n");
+    assert!(m.unmount().success());
+    let keys: Vec<String> = bucket_contents(&r.src, "")
+        .await
+        .into_keys()
+        .filter(|k| !k.ends_with('/') && !k.contains(".regionfs"))
+        .collect();
+    assert_eq!(keys, vec!["new/a", "new/sub/b"]);
+    m.remount();
+    assert_eq!(
+        std::fs::metadata(m.path("new/a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("new/sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+    assert!(!m.path("old").exists());
+}

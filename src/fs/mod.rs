@@ -1087,7 +1087,7 @@ impl Core {
     }
 
     async fn rename_dir(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
-        let (from_prefix, to_prefix) = (self.dkey(from), self.dkey(to));
+        let from_prefix = self.dkey(from);
         // Every key below the old prefix: the bucket's and the queued ones.
         let mut keys: BTreeMap<String, ()> = BTreeMap::new();
         let mut token = None;
@@ -1137,8 +1137,6 @@ impl Core {
             }
             self.rename_file(child, &path, &new_rel).await?;
         }
-        let _ = to_prefix;
-        let _ = from_prefix;
         self.delete_dir_keys(from).await?;
         self.inodes.lock().unwrap().rename(ino, to);
         Ok(())
