@@ -601,3 +601,30 @@ async fn a_directory_rename_moves_every_key_with_its_attributes() {
     );
     assert!(!m.path("old").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_file_stays_readable_after_unlink_and_the_bucket_gets_a_delete_marker() {
+    use std::io::{Read, Seek};
+    let (r, m, _c) = setup("").await;
+    std::fs::write(m.path("gone.txt"), b"still here").unwrap();
+    m.wait_uploaded(DRAIN);
+    let mut f = std::fs::File::open(m.path("gone.txt")).unwrap();
+    std::fs::remove_file(m.path("gone.txt")).unwrap();
+    assert!(!m.path("gone.txt").exists());
+    let mut body = String::new();
+    f.read_to_string(&mut body).unwrap();
+    assert_eq!(body, "still here");
+    f.rewind().unwrap();
+    m.wait_uploaded(DRAIN);
+    let versions = r
+        .src
+        .list_versions("gone.txt", None, None)
+        .await
+        .unwrap()
+        .versions;
+    assert!(
+        versions[0].is_delete_marker && versions[0].is_latest,
+        "{versions:?}"
+    );
+    assert_eq!(versions.len(), 2, "the old version stays behind the marker");
+}

@@ -384,15 +384,7 @@ impl Core {
             }
         };
         let working = match (op.kind, &op.file) {
-            (OpKind::Put, Some(name)) => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.cache.data_path(name))
-                .ok()
-                .map(|f| Working {
-                    name: name.clone(),
-                    file: Arc::new(f),
-                }),
+            (OpKind::Put, Some(name)) => self.open_working(name.clone()).ok(),
             _ => None,
         };
         let mut t = self.inodes.lock().unwrap();
@@ -1280,15 +1272,7 @@ impl Core {
     // ----- file data -----
 
     fn new_working(&self) -> Result<Working, FsError> {
-        let name = self.cache.create_data_file()?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.cache.data_path(&name))?;
-        Ok(Working {
-            name,
-            file: Arc::new(file),
-        })
+        self.open_working(self.cache.create_data_file()?)
     }
 
     fn open_working(&self, name: String) -> Result<Working, FsError> {
