@@ -318,9 +318,16 @@ pub struct MountConfig {
     /// mount answers "no such name" without asking the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir_ttl: Option<HumanDuration>,
+    /// The kernel's writeback cache: writes gather in the page cache and
+    /// reach regionfs in large requests at close/fsync. Default on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback_cache: Option<bool>,
 }
 
 impl MountConfig {
+    pub fn writeback_cache(&self) -> bool {
+        self.writeback_cache.unwrap_or(true)
+    }
     pub fn file_mode(&self) -> u32 {
         self.default_file_mode.map(|m| m.0).unwrap_or(0o644)
     }

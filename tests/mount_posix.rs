@@ -628,3 +628,70 @@ async fn an_open_file_stays_readable_after_unlink_and_the_bucket_gets_a_delete_m
     );
     assert_eq!(versions.len(), 2, "the old version stays behind the marker");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_writeback_cache_another_clients_longer_version_is_read_whole() {
+    use bytes::Bytes;
+    use regionfs::store::{PutBody, PutOptions};
+    let (r, m, _c) = setup("").await;
+    std::fs::write(m.path("shared.txt"), b"v1").unwrap();
+    m.wait_uploaded(DRAIN);
+    assert_eq!(std::fs::read(m.path("shared.txt")).unwrap(), b"v1");
+    let newer = b"version two, written by another host".to_vec();
+    r.src
+        .put(
+            "shared.txt",
+            PutBody::Bytes(Bytes::from(newer.clone())),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    // The kernel caches the old size with the writeback cache on; the new
+    // version must still be read in full once the attribute TTL has passed.
+    common::wait_for(
+        "the new version to be visible",
+        Duration::from_secs(20),
+        || (std::fs::read(m.path("shared.txt")).ok()? == newer).then_some(()),
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("shared.txt")).unwrap().len(),
+        newer.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kernel_time_updates_make_no_versions_but_touch_does() {
+    let (r, m, _c) = setup("").await;
+    std::fs::write(m.path("t.txt"), b"data").unwrap();
+    std::fs::rename(m.path("t.txt"), m.path("u.txt")).unwrap();
+    std::fs::write(m.path("u2.txt"), b"x").unwrap();
+    std::fs::remove_file(m.path("u2.txt")).unwrap();
+    m.wait_uploaded(DRAIN);
+    let count = |key: &'static str| {
+        let src = r.src.clone();
+        async move {
+            src.list_versions(key, None, None)
+                .await
+                .unwrap()
+                .versions
+                .into_iter()
+                .filter(|v| v.key == key)
+                .count()
+        }
+    };
+    // One upload, one copy for the rename, nothing for the kernel's mtime.
+    assert_eq!(count("u.txt").await, 1);
+    assert_eq!(count("t.txt").await, 2, "the upload and its delete marker");
+    assert_eq!(count("u2.txt").await, 2, "the upload and its delete marker");
+    sh(&format!(
+        "touch -m -d @1600000000 {}",
+        m.path("u.txt").display()
+    ));
+    m.wait_uploaded(DRAIN);
+    assert_eq!(count("u.txt").await, 2, "touch -m is a real change");
+    let head = r.src.head("u.txt", None).await.unwrap();
+    assert_eq!(
+        head.metadata.get("mtime").map(String::as_str),
+        Some("1600000000")
+    );
+}

@@ -106,9 +106,11 @@ fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // FUSE_WRITEBACK_CACHE stays off: with it the kernel's own mtime
-        // SETATTRs and late write-backs turned into extra versions and broke
-        // rm -rf right after writes (tried; see the performance notes).
+        if self.core.writeback_cache() {
+            // The kernel flushes dirty pages (and sends its mtime) before the
+            // FLUSH of every close, so close still stages complete data.
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_background(64);

@@ -119,6 +119,10 @@ pub struct Core {
     /// in the set does not exist, without a round trip to the bucket.
     known_dirs: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
     dir_ttl: Duration,
+    /// The kernel's writeback cache is on: the kernel owns a regular file's
+    /// size and mtime while it caches the inode, sending mtime by SETATTR
+    /// before the close that stages the data.
+    writeback: bool,
 }
 
 /// What the core works over.
@@ -165,7 +169,12 @@ impl Core {
             hidden_count: AtomicU64::new(0),
             known_dirs: Mutex::new(HashMap::new()),
             dir_ttl: m.dir_ttl(),
+            writeback: m.writeback_cache(),
         })
+    }
+
+    pub fn writeback_cache(&self) -> bool {
+        self.writeback
     }
 
     pub fn ttl(&self) -> Duration {
@@ -328,6 +337,7 @@ impl Core {
                 Ok(info) => {
                     let meta = ObjectMeta::from_object(&info, &self.default_file);
                     let mut t = self.inodes.lock().unwrap();
+                    self.renumber_if_changed(&mut t, path, &info.etag);
                     let ino = t.upsert(path, meta.clone());
                     let n = t.get_mut(ino).unwrap();
                     if n.working.is_none() && !n.dirty {
@@ -366,6 +376,31 @@ impl Core {
             t.detach(ino);
         }
         Err(FsError::NotFound)
+    }
+
+    /// With the writeback cache the kernel trusts its own size and mtime of a
+    /// cached inode and would never see another client's new version: a file
+    /// changed in the bucket gets a fresh inode number, so the kernel drops
+    /// the old inode (and its pages) at the next lookup. Only for nodes with
+    /// no local state and no open handle; those keep their number.
+    fn renumber_if_changed(&self, t: &mut Inodes, path: &str, etag: &str) {
+        if !self.writeback || etag.is_empty() {
+            return;
+        }
+        let Some(ino) = t.lookup_path(path) else {
+            return;
+        };
+        let n = &t.nodes[&ino];
+        let stale = !n.etag.is_empty()
+            && n.etag != etag
+            && !n.is_dir()
+            && n.working.is_none()
+            && !n.dirty
+            && !n.local_only
+            && n.open == 0;
+        if stale {
+            t.detach(ino);
+        }
     }
 
     /// A node for a key whose newest state is a queued put or copy (after a
@@ -592,6 +627,7 @@ impl Core {
             if out.iter().any(|e| e.name == name) {
                 continue;
             }
+            self.renumber_if_changed(&mut t, &path, &etag);
             let ino = match t.lookup_path(&path) {
                 Some(i) if !t.nodes[&i].is_dir() => i,
                 _ => {
@@ -1182,11 +1218,13 @@ impl Core {
                 self.mark_written(fh);
             }
         }
-        let meta_changed =
-            set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || set.mtime.is_some();
         let (stage_now, copy_meta) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            // Only a real change makes a version: with the writeback cache the
+            // kernel re-sends the mtime it already has after every ctime bump
+            // (rename, unlink, link count), and that must not copy the object.
+            let before = (n.meta.mode, n.meta.uid, n.meta.gid, n.meta.mtime());
             if let Some(m) = set.mode {
                 n.meta.mode = (n.meta.mode & S_IFMT) | (m & 0o7777);
             }
@@ -1204,11 +1242,15 @@ impl Core {
             } else if set.size.is_some() {
                 n.meta.set_mtime(SystemTime::now());
             }
+            let meta_changed = before != (n.meta.mode, n.meta.uid, n.meta.gid, n.meta.mtime());
             if meta_changed || set.size.is_some() {
                 n.ctime = SystemTime::now();
             }
             let open_for_write = n.open_writers > 0;
-            if n.dirty {
+            if n.unlinked {
+                // No name left to write a version under.
+                (false, false)
+            } else if n.dirty {
                 // Folded into the upload at close (or now, for truncate(2) of a
                 // file nobody has open for writing).
                 (!open_for_write, false)
@@ -1448,7 +1490,12 @@ impl Core {
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.size = n.size.max(end);
         n.dirty = true;
-        n.meta.set_mtime(SystemTime::now());
+        if !self.writeback {
+            // With the writeback cache the kernel's mtime (from the write
+            // syscall) arrives by SETATTR; a write-back processed after it
+            // must not move it.
+            n.meta.set_mtime(SystemTime::now());
+        }
         Ok(data.len() as u32)
     }
 
