@@ -25,6 +25,7 @@ fn rules(c: &mut Criterion) {
                 destination: ["eu", "ap", "us"][i as usize % 3].to_string(),
                 delete_markers: i % 2 == 0,
                 storage_class: None,
+                owner_override: None,
             })
             .collect(),
     );

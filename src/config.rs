@@ -92,6 +92,45 @@ pub struct BucketConfig {
     /// refuses that for cross-region replication).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_same_region: bool,
+    /// Only on the source: the canned ACL every version regionfs writes gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<CannedAcl>,
+}
+
+/// S3's canned ACLs (`x-amz-acl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CannedAcl {
+    Private,
+    PublicRead,
+    PublicReadWrite,
+    AuthenticatedRead,
+    AwsExecRead,
+    BucketOwnerRead,
+    BucketOwnerFullControl,
+}
+
+impl CannedAcl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CannedAcl::Private => "private",
+            CannedAcl::PublicRead => "public-read",
+            CannedAcl::PublicReadWrite => "public-read-write",
+            CannedAcl::AuthenticatedRead => "authenticated-read",
+            CannedAcl::AwsExecRead => "aws-exec-read",
+            CannedAcl::BucketOwnerRead => "bucket-owner-read",
+            CannedAcl::BucketOwnerFullControl => "bucket-owner-full-control",
+        }
+    }
+}
+
+/// Who owns a rule's replicas (S3's AccessControlTranslation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerOverride {
+    /// The destination bucket's owner: replicas get `bucket-owner-full-control`
+    /// instead of a copy of the source ACL.
+    Destination,
 }
 
 impl BucketConfig {
@@ -138,6 +177,8 @@ pub struct RuleConfig {
     pub delete_markers: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_override: Option<OwnerOverride>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -578,6 +619,12 @@ impl Config {
                 ));
             }
             names.push(&d.name);
+            if d.acl.is_some() {
+                return Err(invalid(
+                    format!("{at}.acl"),
+                    "replicas copy the source's ACL; to hand them to the destination's owner set `owner_override = \"destination\"` in the [[rule]]".into(),
+                ));
+            }
             if !d.prefix.is_empty() {
                 return Err(invalid(
                     format!("{at}.prefix"),
@@ -886,6 +933,34 @@ destination = "eu"
         let e = err(&format!("{MINIMAL}\n[cache]\nmax_size = \"ten\"\n"));
         assert!(e.contains("cache.max_size"), "{e}");
         assert!(e.contains("\"ten\""), "{e}");
+    }
+
+    #[test]
+    fn acl_settings_are_checked_by_name() {
+        let ok = MINIMAL
+            .replace(
+                "bucket = \"src\"",
+                "bucket = \"src\"\nacl = \"public-read\"",
+            )
+            .replace(
+                "destination = \"eu\"",
+                "destination = \"eu\"\nowner_override = \"destination\"",
+            );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.source.acl, Some(CannedAcl::PublicRead));
+        assert_eq!(c.rules[0].owner_override, Some(OwnerOverride::Destination));
+        let e = err(&MINIMAL.replace("bucket = \"src\"", "bucket = \"src\"\nacl = \"world\""));
+        assert!(e.contains("source.acl") && e.contains("world"), "{e}");
+        let e = err(&MINIMAL.replace("bucket = \"dst\"", "bucket = \"dst\"\nacl = \"private\""));
+        assert!(
+            e.contains("destination[0].acl") && e.contains("owner_override"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "destination = \"eu\"",
+            "destination = \"eu\"\nowner_override = \"source\"",
+        ));
+        assert!(e.contains("owner_override"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub enum StoreError {
         bucket: String,
         source: std::io::Error,
     },
+    #[error("{bucket} does not take object ACLs ({code}): {message}")]
+    AclNotSupported {
+        bucket: String,
+        code: String,
+        message: String,
+    },
     #[error("object too large for {bucket}: {size} bytes (limit {limit})")]
     TooLarge {
         bucket: String,
@@ -85,6 +91,7 @@ impl StoreError {
             | StoreError::AccessDenied { .. }
             | StoreError::PreconditionFailed { .. }
             | StoreError::Rejected { .. }
+            | StoreError::AclNotSupported { .. }
             | StoreError::TooLarge { .. } => true,
             StoreError::Throttled { .. }
             | StoreError::Server { .. }
@@ -106,7 +113,8 @@ impl StoreError {
             StoreError::AccessDenied { code, .. }
             | StoreError::Throttled { code, .. }
             | StoreError::Server { code, .. }
-            | StoreError::Rejected { code, .. } => code,
+            | StoreError::Rejected { code, .. }
+            | StoreError::AclNotSupported { code, .. } => code,
             StoreError::PreconditionFailed { .. } => "PreconditionFailed",
             StoreError::Unreachable { .. } => "Unreachable",
             StoreError::LocalIo { .. } => "LocalIo",

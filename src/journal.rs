@@ -326,6 +326,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
+CREATE TABLE IF NOT EXISTS bucket_acls (
+    bucket TEXT PRIMARY KEY,
+    support TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS replication_stats (
     destination TEXT PRIMARY KEY,
     completed INTEGER NOT NULL DEFAULT 0,
@@ -644,6 +648,32 @@ impl Journal {
 
     /// Exact per-destination totals; a pending task older than `target_ms`
     /// counts as having missed the target already.
+    /// Records whether a bucket (by its config name) takes object ACLs, for status.
+    pub async fn note_acl_support(
+        &self,
+        bucket: String,
+        support: String,
+    ) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO bucket_acls (bucket, support) VALUES (?1, ?2)
+                 ON CONFLICT(bucket) DO UPDATE SET support = excluded.support",
+                params![bucket, support],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn acl_support(&self) -> Result<BTreeMap<String, String>, JournalError> {
+        self.run(move |c| {
+            let mut st = c.prepare("SELECT bucket, support FROM bucket_acls")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<BTreeMap<String, String>>>()
+        })
+        .await
+    }
+
     pub async fn replication_summary(
         &self,
         target_ms: i64,

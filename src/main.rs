@@ -294,6 +294,9 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                             r.pending, r.pending_bytes, r.failed, r.oldest_pending_s, r.missed_target, config.replication.time_target, r.completed
                         );
                     }
+                    for (bucket, support) in &s.acls {
+                        println!("object ACLs at {bucket}: {support}");
+                    }
                 }
             }
             Some(p) => {
@@ -406,6 +409,16 @@ fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
     }
 }
 
+/// Ids of the rules whose replicas belong to the destination's owner.
+fn owner_overrides(config: &Config) -> std::collections::HashSet<String> {
+    config
+        .rules
+        .iter()
+        .filter(|r| r.owner_override.is_some())
+        .map(|r| r.id.clone())
+        .collect()
+}
+
 /// The source and destination stores of a configuration.
 async fn stores(
     config: &Config,
@@ -462,17 +475,25 @@ fn resync(
             .await?;
             bar.finish_and_clear();
             let mut items = Vec::new();
+            let mut checker = regionfs::replicator::resync::Checker::new(owner_overrides(config));
             for c in found {
                 for t in c.targets {
                     let Some(dest) = dests.get(&t.destination) else {
                         continue;
                     };
-                    // Already there (by source version or identical bytes): skip.
+                    // Already there with the same ACL: skip.
                     let src = source.head(&c.key, Some(&c.version_id)).await?;
-                    let replica = dest.head(&c.key, None).await.ok();
-                    if regionfs::replicator::resync::compare(&src, &c.version_id, replica.as_ref())
-                        .is_none()
-                    {
+                    let found = checker
+                        .check(
+                            source.as_ref(),
+                            &src,
+                            &c.version_id,
+                            &t.destination,
+                            dest.as_ref(),
+                            &t.rule_id,
+                        )
+                        .await?;
+                    if found.is_none() {
                         continue;
                     }
                     items.push((c.key.clone(), c.version_id.clone(), c.size, t));
@@ -506,7 +527,8 @@ fn resync(
 }
 
 fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
-    use regionfs::replicator::{resync::verify, rules::Rules};
+    use regionfs::replicator::resync::{verify, Checker};
+    use regionfs::replicator::rules::Rules;
     let rt = runtime()?;
     rt.block_on(async {
         let (source, dests) = stores(config).await;
@@ -515,6 +537,7 @@ fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
             source.as_ref(),
             &dests,
             &Rules::from_config(config),
+            &mut Checker::new(owner_overrides(config)),
             &full_prefix,
         )
         .await?;

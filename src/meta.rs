@@ -161,6 +161,7 @@ impl ObjectMeta {
             metadata: md,
             tags: self.tags(),
             storage_class: None,
+            acl: None,
         }
     }
 

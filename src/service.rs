@@ -114,6 +114,10 @@ pub async fn start_with_stores(
         ops,
         Some(replicator.clone()),
     );
+    uploader.set_acl(
+        &config.source.name,
+        config.source.acl.map(|a| a.as_str().to_string()),
+    );
     let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
     let core = Core::new(
         config,
@@ -249,6 +253,8 @@ pub fn detach(path: &Path) {
 pub struct Status {
     pub uploads: UploadSummary,
     pub replication: BTreeMap<String, DestinationSummary>,
+    /// Per bucket (config name): whether it takes object ACLs, as last found.
+    pub acls: BTreeMap<String, String>,
 }
 
 pub async fn status(
@@ -264,5 +270,6 @@ pub async fn status(
     Ok(Status {
         uploads: journal.upload_summary().await?,
         replication,
+        acls: journal.acl_support().await?,
     })
 }

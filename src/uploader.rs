@@ -36,7 +36,7 @@ use crate::config::UploadConfig;
 use crate::error::StoreError;
 use crate::journal::{now_ms, Journal, JournalError, NewOp, Op, OpKind, OpState};
 use crate::meta::ObjectMeta;
-use crate::store::{CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
+use crate::store::{AclBody, CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
 
 /// An operation that reached the bucket.
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ struct Inner {
     done_tx: mpsc::UnboundedSender<Completion>,
     parts: Arc<Semaphore>,
     replicator: Option<crate::replicator::Replicator>,
+    /// `[source] acl`, and whether the bucket takes ACLs.
+    acl: Mutex<Option<(String, Arc<crate::replicator::AclState>)>>,
 }
 
 /// Handle to the write-back worker.
@@ -116,9 +118,21 @@ impl Uploader {
             done_tx,
             parts,
             replicator,
+            acl: Mutex::new(None),
         });
         tokio::spawn(run(inner.clone()));
         (Uploader { inner }, done_rx)
+    }
+
+    /// Every version written from now on gets this canned ACL (`[source] acl`),
+    /// unless the bucket turns out not to take ACLs (then one warning).
+    /// `bucket` is the source's config name (for status).
+    pub fn set_acl(&self, bucket: &str, acl: Option<String>) {
+        let state = Arc::new(crate::replicator::AclState::new(
+            bucket,
+            self.inner.journal.clone(),
+        ));
+        *self.inner.acl.lock().unwrap() = acl.map(|a| (a, state));
     }
 
     /// Journals `op` durably and queues it behind earlier operations on its key.
@@ -323,7 +337,7 @@ pub(crate) fn jittered_backoff(attempts: u32) -> Duration {
 }
 
 async fn execute(inner: &Arc<Inner>, op: Op) {
-    let result = perform(inner, &op).await;
+    let result = perform_with_acl(inner, &op).await;
     match result {
         Ok(res) => {
             // The version and its replication tasks are recorded together.
@@ -414,13 +428,50 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
     }
 }
 
-fn options(op: &Op) -> PutOptions {
-    ObjectMeta::from_json(&op.meta)
+fn options(op: &Op, acl: &Option<String>) -> PutOptions {
+    let mut o = ObjectMeta::from_json(&op.meta)
         .map(|m| m.to_put_options())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    o.acl = acl.clone();
+    o
 }
 
-async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
+/// Writes the operation with the source's ACL, if one is configured and the
+/// bucket takes ACLs. Some stores accept `x-amz-acl` on a PUT and ignore it, so
+/// the ACL is also set on the new version explicitly.
+async fn perform_with_acl(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
+    let store = inner.store.as_ref();
+    let configured = inner.acl.lock().unwrap().clone();
+    let Some((canned, state)) = configured.filter(|_| op.kind != OpKind::Delete) else {
+        return perform(inner, op, &None).await;
+    };
+    if !state.enabled(store).await {
+        return perform(inner, op, &None).await;
+    }
+    let res = match perform(inner, op, &Some(canned.clone())).await {
+        Err(StoreError::AclNotSupported { message, .. }) => {
+            state.refused(store, &message);
+            return perform(inner, op, &None).await;
+        }
+        other => other?,
+    };
+    if canned != "private" {
+        let set = store
+            .put_acl(&op.key, res.version_id.as_deref(), &AclBody::Canned(canned))
+            .await;
+        match set {
+            Err(StoreError::AclNotSupported { message, .. }) => state.refused(store, &message),
+            other => other?,
+        }
+    }
+    Ok(res)
+}
+
+async fn perform(
+    inner: &Arc<Inner>,
+    op: &Op,
+    acl: &Option<String>,
+) -> Result<PutResult, StoreError> {
     let store = &inner.store;
     match op.kind {
         OpKind::Delete => {
@@ -433,14 +484,18 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
         OpKind::Copy => {
             let src = op.src_key.as_deref().unwrap_or(&op.key);
             store
-                .copy(src, op.src_version.as_deref(), &op.key, &options(op))
+                .copy(src, op.src_version.as_deref(), &op.key, &options(op, acl))
                 .await
         }
         OpKind::Put => {
             let Some(name) = op.file.as_deref() else {
                 // A directory marker (or an empty object with no cache file).
                 return store
-                    .put(&op.key, PutBody::Bytes(bytes::Bytes::new()), &options(op))
+                    .put(
+                        &op.key,
+                        PutBody::Bytes(bytes::Bytes::new()),
+                        &options(op, acl),
+                    )
                     .await;
             };
             let path = inner.cache.data_path(name);
@@ -463,11 +518,11 @@ async fn perform(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
                             offset: 0,
                             len: size,
                         },
-                        &options(op),
+                        &options(op, acl),
                     )
                     .await;
             }
-            multipart(inner, op, path, size).await
+            multipart(inner, op, path, size, acl).await
         }
     }
 }
@@ -477,9 +532,10 @@ async fn multipart(
     op: &Op,
     path: std::path::PathBuf,
     size: u64,
+    acl: &Option<String>,
 ) -> Result<PutResult, StoreError> {
     let store = inner.store.clone();
-    let upload_id = store.create_multipart(&op.key, &options(op)).await?;
+    let upload_id = store.create_multipart(&op.key, &options(op, acl)).await?;
     if let Err(e) = inner
         .journal
         .set_multipart(op.seq, Some(upload_id.clone()))

@@ -336,6 +336,49 @@ async fn unreachable_endpoint_is_transient(r: Region) {
     assert!(!e.is_permanent());
 }
 
+/// Object ACLs as both stores keep them: explicit grants and canned ACLs set
+/// by PutObjectAcl are read back per version. (A canned `x-amz-acl` on the PUT
+/// itself is ignored by SeaweedFS, which is why regionfs also sets it by
+/// PutObjectAcl.)
+async fn object_acls_round_trip_per_version(r: Region) {
+    use regionfs::store::{AclBody, AclSupport, Grantee};
+    let s = r.versioned_bucket(&bucket_name("acl")).await;
+    // SeaweedFS buckets start BucketOwnerEnforced; moto's have no controls.
+    s.set_object_ownership("ObjectWriter").await.unwrap();
+    assert_eq!(s.acl_support().await.unwrap(), AclSupport::Enabled);
+    let v1 = put_bytes(&s, "a", b"1").await;
+    let v2 = put_bytes(&s, "a", b"2").await;
+    let fresh = s.get_acl("a", Some(&v2)).await.unwrap();
+    assert!(fresh.is_private(), "{fresh:?}");
+    let all_users = Grantee::Group("http://acs.amazonaws.com/groups/global/AllUsers".into());
+    let mut public = fresh.clone();
+    public.grants.push((all_users.clone(), "READ".into()));
+    s.put_acl("a", Some(&v2), &AclBody::Grants(public.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_acl("a", Some(&v2)).await.unwrap().normalized(),
+        public.normalized()
+    );
+    assert!(s.get_acl("a", Some(&v1)).await.unwrap().is_private());
+    s.put_acl("a", None, &AclBody::Canned("authenticated-read".into()))
+        .await
+        .unwrap();
+    let canned = s.get_acl("a", None).await.unwrap();
+    assert!(
+        canned.grants.iter().any(
+            |(g, p)| matches!(g, Grantee::Group(u) if u.ends_with("AuthenticatedUsers"))
+                && p == "READ"
+        ),
+        "{canned:?}"
+    );
+    s.set_object_ownership("BucketOwnerEnforced").await.unwrap();
+    assert!(matches!(
+        s.acl_support().await.unwrap(),
+        AclSupport::Disabled(_)
+    ));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod seaweedfs {
@@ -348,6 +391,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    object_acls_round_trip_per_version,
     every_version_is_readable_by_id_and_delete_writes_a_marker,
     list_versions_pages_with_a_tiny_page_size,
     list_pages_and_groups_by_delimiter,

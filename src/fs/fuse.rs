@@ -113,7 +113,10 @@ impl Filesystem for FuseFs {
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_background(64);
+        // Each background request (write-back of up to 1 MiB, readahead) is
+        // buffered here while it waits for its file's lock: this bounds that
+        // memory to 16 MiB.
+        let _ = config.set_max_background(16);
         Ok(())
     }
 

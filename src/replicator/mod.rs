@@ -40,12 +40,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use crate::config::{Config, UploadConfig};
+use crate::config::{Config, OwnerOverride, UploadConfig};
 use crate::error::StoreError;
 use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind};
 use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
-use crate::store::{GetRequest, ObjectStore, PutBody, PutOptions, PutResult, SOURCE_VERSION_META};
+use crate::store::{
+    AclBody, AclSupport, GetRequest, ObjectStore, PutBody, PutOptions, PutResult,
+    SOURCE_VERSION_META,
+};
 use rules::{Change, Rules};
 
 struct Destination {
@@ -53,6 +56,70 @@ struct Destination {
     config: crate::config::BucketConfig,
     /// Last versioning check: when, and what it found.
     checked: Mutex<Option<(Instant, Result<(), String>)>>,
+    acls: AclState,
+}
+
+/// Whether a bucket takes object ACLs: asked once (its Object Ownership), and
+/// switched off for good by the first refusal, with one warning either way.
+/// What is found is noted in the journal under the bucket's config name, for
+/// `regionfs status`.
+pub struct AclState {
+    found: Mutex<Option<AclSupport>>,
+    name: String,
+    journal: Journal,
+}
+
+impl AclState {
+    pub fn new(name: &str, journal: Journal) -> AclState {
+        AclState {
+            found: Mutex::new(None),
+            name: name.to_string(),
+            journal,
+        }
+    }
+
+    fn note(&self, s: &AclSupport) {
+        let text = match s {
+            AclSupport::Enabled => "enabled".to_string(),
+            AclSupport::Disabled(why) => format!("not supported: {why}"),
+        };
+        let (journal, name) = (self.journal.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let _ = journal.note_acl_support(name, text).await;
+        });
+    }
+
+    pub async fn enabled(&self, store: &dyn ObjectStore) -> bool {
+        if let Some(s) = self.found.lock().unwrap().clone() {
+            return s == AclSupport::Enabled;
+        }
+        match store.acl_support().await {
+            Ok(AclSupport::Enabled) => {
+                *self.found.lock().unwrap() = Some(AclSupport::Enabled);
+                self.note(&AclSupport::Enabled);
+                true
+            }
+            Ok(AclSupport::Disabled(why)) => {
+                self.refused(store, &why);
+                false
+            }
+            // Unknown for now (unreachable): skip ACLs this time, ask again.
+            Err(e) => {
+                tracing::debug!(bucket = %store.describe(), error = %e, "cannot tell whether the bucket takes ACLs");
+                false
+            }
+        }
+    }
+
+    pub fn refused(&self, store: &dyn ObjectStore, why: &str) {
+        let mut s = self.found.lock().unwrap();
+        if !matches!(*s, Some(AclSupport::Disabled(_))) {
+            tracing::warn!(bucket = %store.describe(), reason = %why, "object ACLs are not supported here: ACLs are skipped for this bucket (bytes, metadata and tags still replicate)");
+            let d = AclSupport::Disabled(why.to_string());
+            self.note(&d);
+            *s = Some(d);
+        }
+    }
 }
 
 struct Queue {
@@ -75,6 +142,9 @@ struct Inner {
     finished: Notify,
     pending: watch::Sender<usize>,
     metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+    source_acls: AclState,
+    /// Rules whose replicas go to the destination's owner.
+    owner_override: HashSet<String>,
 }
 
 /// Handle to the replication workers.
@@ -114,12 +184,14 @@ impl Replicator {
             .into_iter()
             .filter_map(|(name, store)| {
                 let config = config.destination(&name)?.clone();
+                let acls = AclState::new(&name, journal.clone());
                 Some((
                     name,
                     Destination {
                         store,
                         config,
                         checked: Mutex::new(None),
+                        acls,
                     },
                 ))
             })
@@ -131,6 +203,7 @@ impl Replicator {
         // newer version, or be written twice).
         let grace = Instant::now() + RECOVERY_GRACE;
         let retry_at: HashMap<i64, Instant> = open.iter().map(|t| (t.id, grace)).collect();
+        let source_acls = AclState::new(&config.source.name, journal.clone());
         let inner = Arc::new(Inner {
             source,
             destinations,
@@ -148,6 +221,13 @@ impl Replicator {
             finished: Notify::new(),
             pending: watch::channel(n).0,
             metrics: Mutex::new(None),
+            source_acls,
+            owner_override: config
+                .rules
+                .iter()
+                .filter(|r| r.owner_override == Some(OwnerOverride::Destination))
+                .map(|r| r.id.clone())
+                .collect(),
         });
         tokio::spawn(run(inner.clone()));
         Replicator { inner }
@@ -442,11 +522,84 @@ async fn replicate(
         }
         return Ok(dest.delete(&task.key).await?.version_id);
     }
-    if let Some(info) = &current {
-        if info.metadata.get(SOURCE_VERSION_META) == Some(&task.version_id) {
-            return Ok(info.version_id.clone());
+    let override_owner = inner.owner_override.contains(&task.rule_id);
+    let replica = match &current {
+        Some(info) if info.metadata.get(SOURCE_VERSION_META) == Some(&task.version_id) => {
+            info.version_id.clone()
         }
+        _ => {
+            let canned = (override_owner && d.acls.enabled(dest.as_ref()).await)
+                .then(|| "bucket-owner-full-control".to_string());
+            match write_replica(inner, d, task, canned.clone()).await {
+                Err(StoreError::AclNotSupported { message, .. }) if canned.is_some() => {
+                    d.acls.refused(dest.as_ref(), &message);
+                    write_replica(inner, d, task, None).await?
+                }
+                other => other?,
+            }
+        }
+    };
+    if !override_owner {
+        copy_acl(inner, d, task, replica.as_deref()).await?;
     }
+    Ok(replica)
+}
+
+/// Gives the replica the grants of the source version (the source owner's
+/// grants go to the replica's owner). Skipped where either side has no ACLs.
+async fn copy_acl(
+    inner: &Arc<Inner>,
+    d: &Destination,
+    task: &Task,
+    replica: Option<&str>,
+) -> Result<(), StoreError> {
+    let (src, dest) = (inner.source.as_ref(), d.store.as_ref());
+    if !inner.source_acls.enabled(src).await || !d.acls.enabled(dest).await {
+        return Ok(());
+    }
+    let want = match src.get_acl(&task.key, Some(&task.version_id)).await {
+        Ok(a) => a,
+        Err(StoreError::AclNotSupported { message, .. }) => {
+            inner.source_acls.refused(src, &message);
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::debug!(key = %task.key, acl = ?want, "source ACL");
+    // Every new replica is private already: the common case costs one GET.
+    if want.is_private() {
+        return Ok(());
+    }
+    let result = async {
+        let have = dest.get_acl(&task.key, replica).await?;
+        if have.normalized() != want.normalized() {
+            dest.put_acl(
+                &task.key,
+                replica,
+                &AclBody::Grants(want.for_owner(&have.owner)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Err(StoreError::AclNotSupported { message, .. }) => {
+            d.acls.refused(dest, &message);
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Writes the replica (streamed from the source version); returns its version id.
+async fn write_replica(
+    inner: &Arc<Inner>,
+    d: &Destination,
+    task: &Task,
+    acl: Option<String>,
+) -> Result<Option<String>, StoreError> {
+    let dest = &d.store;
     let src = &inner.source;
     let head = src.head(&task.key, Some(&task.version_id)).await?;
     let tags = src
@@ -460,6 +613,7 @@ async fn replicate(
         metadata,
         tags,
         storage_class: task.storage_class.clone(),
+        acl,
     };
     let size = head.size;
     let res: PutResult = if size < inner.upload.multipart_threshold.0 {

@@ -2,11 +2,11 @@
 //! as objects that existed before a rule) and `verify` (compare source and
 //! destinations within the rules' scope). Both work without a mount.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::error::StoreError;
 use crate::journal::{NewTask, TaskKind};
-use crate::store::{ObjectInfo, ObjectStore, SOURCE_VERSION_META};
+use crate::store::{Acl, AclSupport, Grantee, ObjectInfo, ObjectStore, SOURCE_VERSION_META};
 
 use super::rules::{Change, Rules};
 
@@ -27,6 +27,8 @@ pub enum Difference {
     Stale { replica_of: Option<String> },
     /// Claims to be this version but differs in size or ETag.
     Mismatched,
+    /// Same version, other grants (both buckets take ACLs).
+    AclDiffers { source: String, replica: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,11 @@ pub fn compare(
     let Some(r) = replica else {
         return Some(Difference::Missing);
     };
+    // A directory marker has no bytes to differ, and SeaweedFS keeps no
+    // metadata on `dir/` keys, so a replica of one cannot say whose it is.
+    if source.key.ends_with('/') && source.size == 0 && r.size == 0 {
+        return None;
+    }
     match r.metadata.get(SOURCE_VERSION_META) {
         Some(v) if v == source_version => (r.size != source.size
             || (!r.etag.is_empty()
@@ -123,12 +130,112 @@ pub fn compare(
     }
 }
 
+/// `owner: FULL_CONTROL, AllUsers: READ`, for messages.
+fn describe_acl(acl: &Acl) -> String {
+    acl.normalized()
+        .iter()
+        .map(|(who, p)| {
+            let who = match who {
+                Grantee::User(id) => id.clone(),
+                Grantee::Group(uri) => uri.rsplit('/').next().unwrap_or(uri).to_string(),
+                Grantee::Email(e) => e.clone(),
+            };
+            format!("{who}: {p}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether the ACLs of a source version and its replica differ; `None` when
+/// they match.
+async fn acl_difference(
+    source: &dyn ObjectStore,
+    dest: &dyn ObjectStore,
+    key: &str,
+    version: &str,
+    replica_version: Option<&str>,
+) -> Result<Option<Difference>, StoreError> {
+    let want = source.get_acl(key, Some(version)).await?;
+    let have = dest.get_acl(key, replica_version).await?;
+    Ok(
+        (want.normalized() != have.normalized()).then(|| Difference::AclDiffers {
+            source: describe_acl(&want),
+            replica: describe_acl(&have),
+        }),
+    )
+}
+
+/// Compares one source version with a destination's current object: bytes by
+/// [`compare`], then ACLs where both buckets take them (asked once per bucket),
+/// except for rules in `owner_override` (their replicas belong to the
+/// destination's owner by design) and for directory markers (SeaweedFS keeps
+/// their ACLs on the directory, not per version).
+pub struct Checker {
+    owner_override: HashSet<String>,
+    source_acls: Option<bool>,
+    dest_acls: HashMap<String, bool>,
+}
+
+impl Checker {
+    pub fn new(owner_override: HashSet<String>) -> Checker {
+        Checker {
+            owner_override,
+            source_acls: None,
+            dest_acls: HashMap::new(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn check(
+        &mut self,
+        source: &dyn ObjectStore,
+        head: &ObjectInfo,
+        version: &str,
+        destination: &str,
+        dest: &dyn ObjectStore,
+        rule_id: &str,
+    ) -> Result<Option<Difference>, StoreError> {
+        let replica = match dest.head(&head.key, None).await {
+            Ok(i) => Some(i),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let difference = compare(head, version, replica.as_ref());
+        if difference.is_some() || head.key.ends_with('/') || self.owner_override.contains(rule_id)
+        {
+            return Ok(difference);
+        }
+        let source_acls = match self.source_acls {
+            Some(on) => on,
+            None => {
+                let on = matches!(source.acl_support().await, Ok(AclSupport::Enabled));
+                self.source_acls = Some(on);
+                on
+            }
+        };
+        let dest_acls = match self.dest_acls.get(destination) {
+            Some(on) => *on,
+            None => {
+                let on = matches!(dest.acl_support().await, Ok(AclSupport::Enabled));
+                self.dest_acls.insert(destination.to_string(), on);
+                on
+            }
+        };
+        if !source_acls || !dest_acls {
+            return Ok(None);
+        }
+        let replica_version = replica.as_ref().and_then(|r| r.version_id.as_deref());
+        acl_difference(source, dest, &head.key, version, replica_version).await
+    }
+}
+
 /// The differences between the source's latest versions under `prefix` and the
-/// destinations their rules name.
+/// destinations their rules name (see [`Checker`]).
 pub async fn verify(
     source: &dyn ObjectStore,
     destinations: &BTreeMap<String, std::sync::Arc<dyn ObjectStore>>,
     rules: &Rules,
+    checker: &mut Checker,
     prefix: &str,
 ) -> Result<(usize, Vec<Finding>), StoreError> {
     let cands = candidates(source, rules, prefix, false, |_| {}).await?;
@@ -140,13 +247,18 @@ pub async fn verify(
             let Some(dest) = destinations.get(&t.destination) else {
                 continue;
             };
-            let replica = match dest.head(&c.key, None).await {
-                Ok(i) => Some(i),
-                Err(StoreError::NotFound { .. }) => None,
-                Err(e) => return Err(e),
-            };
             checked += 1;
-            if let Some(difference) = compare(&head, &c.version_id, replica.as_ref()) {
+            let found = checker
+                .check(
+                    source,
+                    &head,
+                    &c.version_id,
+                    &t.destination,
+                    dest.as_ref(),
+                    &t.rule_id,
+                )
+                .await?;
+            if let Some(difference) = found {
                 findings.push(Finding {
                     key: c.key.clone(),
                     destination: t.destination.clone(),

@@ -115,6 +115,7 @@ mod tests {
             destination: dest.into(),
             delete_markers: dm,
             storage_class: None,
+            owner_override: None,
         }
     }
 

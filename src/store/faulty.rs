@@ -155,6 +155,21 @@ impl ObjectStore for FaultyStore {
     ) -> Result<BTreeMap<String, String>, StoreError> {
         self.inner.get_tags(key, v).await
     }
+    async fn acl_support(&self) -> Result<super::AclSupport, StoreError> {
+        self.inner.acl_support().await
+    }
+    async fn get_acl(&self, key: &str, v: Option<&str>) -> Result<super::Acl, StoreError> {
+        self.inner.get_acl(key, v).await
+    }
+    async fn put_acl(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        acl: &super::AclBody,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_acl(key, v, acl).await
+    }
     async fn put_tags(
         &self,
         key: &str,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -12,8 +13,9 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::{
-    CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry, ListPage, ObjectInfo,
-    ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage, Versioning,
+    Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, Grantee,
+    ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry,
+    VersionPage, Versioning,
 };
 use crate::error::StoreError;
 
@@ -24,6 +26,7 @@ struct StoredVersion {
     data: Option<Bytes>,
     opts: PutOptions,
     at: SystemTime,
+    acl: Acl,
 }
 
 #[derive(Default)]
@@ -37,6 +40,34 @@ struct State {
 pub struct MemoryStore {
     name: String,
     state: Mutex<State>,
+    /// Off: the bucket answers like S3 with `BucketOwnerEnforced`.
+    acls: AtomicBool,
+}
+
+/// The one account every memory bucket belongs to.
+pub const MEMORY_OWNER: &str = "memory-owner";
+
+const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
+const AUTHENTICATED: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
+
+/// The grants S3 gives a canned ACL (bucket owner = object owner here).
+fn canned(name: Option<&str>) -> Acl {
+    let owner = |p: &str| (Grantee::User(MEMORY_OWNER.into()), p.to_string());
+    let group = |g: &str, p: &str| (Grantee::Group(g.into()), p.to_string());
+    let mut grants = vec![owner("FULL_CONTROL")];
+    match name.unwrap_or("private") {
+        "public-read" => grants.push(group(ALL_USERS, "READ")),
+        "public-read-write" => {
+            grants.push(group(ALL_USERS, "READ"));
+            grants.push(group(ALL_USERS, "WRITE"));
+        }
+        "authenticated-read" => grants.push(group(AUTHENTICATED, "READ")),
+        _ => {}
+    }
+    Acl {
+        owner: MEMORY_OWNER.into(),
+        grants,
+    }
 }
 
 impl MemoryStore {
@@ -44,6 +75,25 @@ impl MemoryStore {
         MemoryStore {
             name: name.to_string(),
             state: Mutex::new(State::default()),
+            acls: AtomicBool::new(true),
+        }
+    }
+
+    /// Turns object ACLs off, as S3's `BucketOwnerEnforced` does.
+    pub fn disable_acls(&self) {
+        self.acls.store(false, Ordering::SeqCst);
+    }
+
+    fn check_acl(&self, canned: Option<&str>) -> Result<(), StoreError> {
+        match canned {
+            Some(c) if c != "bucket-owner-full-control" && !self.acls.load(Ordering::SeqCst) => {
+                Err(StoreError::AclNotSupported {
+                    bucket: self.name.clone(),
+                    code: "AccessControlListNotSupported".into(),
+                    message: "The bucket does not allow ACLs".into(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -77,6 +127,7 @@ impl MemoryStore {
             .push(StoredVersion {
                 id: id.clone(),
                 data,
+                acl: canned(opts.acl.as_deref()),
                 opts,
                 at: SystemTime::now(),
             });
@@ -177,6 +228,7 @@ impl ObjectStore for MemoryStore {
         body: PutBody,
         opts: &PutOptions,
     ) -> Result<PutResult, StoreError> {
+        self.check_acl(opts.acl.as_deref())?;
         let data = self.read_body(body).await?;
         let (id, etag) = self.add_version(key, Some(data), opts.clone());
         Ok(PutResult {
@@ -186,6 +238,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
+        self.check_acl(opts.acl.as_deref())?;
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = format!("upload-{}", s.next_id);
@@ -250,6 +303,7 @@ impl ObjectStore for MemoryStore {
         dst_key: &str,
         opts: &PutOptions,
     ) -> Result<PutResult, StoreError> {
+        self.check_acl(opts.acl.as_deref())?;
         let v = self.find(src_key, src_version)?;
         let (id, etag) = self.add_version(dst_key, v.data, opts.clone());
         Ok(PutResult {
@@ -376,6 +430,44 @@ impl ObjectStore for MemoryStore {
         version_id: Option<&str>,
     ) -> Result<BTreeMap<String, String>, StoreError> {
         Ok(self.find(key, version_id)?.opts.tags)
+    }
+
+    async fn acl_support(&self) -> Result<AclSupport, StoreError> {
+        Ok(if self.acls.load(Ordering::SeqCst) {
+            AclSupport::Enabled
+        } else {
+            AclSupport::Disabled("Object Ownership is BucketOwnerEnforced (ACLs disabled)".into())
+        })
+    }
+
+    async fn get_acl(&self, key: &str, version_id: Option<&str>) -> Result<Acl, StoreError> {
+        Ok(self.find(key, version_id)?.acl)
+    }
+
+    async fn put_acl(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        acl: &AclBody,
+    ) -> Result<(), StoreError> {
+        let new = match acl {
+            AclBody::Canned(c) => {
+                self.check_acl(Some(c))?;
+                canned(Some(c))
+            }
+            AclBody::Grants(a) => {
+                self.check_acl(Some("grants"))?;
+                a.clone()
+            }
+        };
+        let mut s = self.state.lock().unwrap();
+        let versions = s.objects.get_mut(key).ok_or_else(|| self.not_found(key))?;
+        let v = match version_id {
+            Some(id) => versions.iter_mut().find(|v| v.id == id),
+            None => versions.last_mut(),
+        };
+        v.ok_or_else(|| self.not_found(key))?.acl = new;
+        Ok(())
     }
 
     async fn put_tags(

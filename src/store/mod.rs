@@ -54,6 +54,86 @@ pub struct PutOptions {
     pub metadata: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
     pub storage_class: Option<String>,
+    /// A canned ACL (`x-amz-acl`), e.g. `bucket-owner-full-control`.
+    pub acl: Option<String>,
+}
+
+/// Who an ACL grant is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grantee {
+    /// A canonical user id.
+    User(String),
+    /// A predefined group, by URI (AllUsers, AuthenticatedUsers, LogDelivery).
+    Group(String),
+    Email(String),
+}
+
+/// One object version's ACL, as GetObjectAcl returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acl {
+    /// Canonical id of the object's owner.
+    pub owner: String,
+    /// (grantee, permission: FULL_CONTROL, READ, WRITE, READ_ACP, WRITE_ACP).
+    pub grants: Vec<(Grantee, String)>,
+}
+
+impl Acl {
+    /// The grants with the owner's own id written as `owner`, sorted: the
+    /// same ACL in two accounts compares equal.
+    pub fn normalized(&self) -> Vec<(Grantee, String)> {
+        let mut g: Vec<(Grantee, String)> = self
+            .grants
+            .iter()
+            .map(|(who, p)| match who {
+                Grantee::User(id) if *id == self.owner => {
+                    (Grantee::User("owner".into()), p.clone())
+                }
+                other => (other.clone(), p.clone()),
+            })
+            .collect();
+        g.sort();
+        g.dedup();
+        g
+    }
+
+    /// Only the owner has access: what every new object gets by default.
+    pub fn is_private(&self) -> bool {
+        self.normalized() == [(Grantee::User("owner".into()), "FULL_CONTROL".to_string())]
+    }
+
+    /// The same grants for an object owned by `owner`: what the source's owner
+    /// had, the replica's owner gets; every other grantee is kept.
+    pub fn for_owner(&self, owner: &str) -> Acl {
+        Acl {
+            owner: owner.to_string(),
+            grants: self
+                .grants
+                .iter()
+                .map(|(who, p)| match who {
+                    Grantee::User(id) if *id == self.owner => {
+                        (Grantee::User(owner.to_string()), p.clone())
+                    }
+                    other => (other.clone(), p.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What PutObjectAcl sets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AclBody {
+    Canned(String),
+    Grants(Acl),
+}
+
+/// Whether a bucket honours object ACLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AclSupport {
+    Enabled,
+    /// ACLs are off (S3 Object Ownership `BucketOwnerEnforced`, or the store
+    /// answered that it has none); the reason says which.
+    Disabled(String),
 }
 
 /// The bytes of a PUT or an upload part.
@@ -250,6 +330,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &str,
         version_id: Option<&str>,
     ) -> Result<BTreeMap<String, String>, StoreError>;
+
+    /// Whether the bucket uses object ACLs (its Object Ownership setting).
+    async fn acl_support(&self) -> Result<AclSupport, StoreError>;
+    async fn get_acl(&self, key: &str, version_id: Option<&str>) -> Result<Acl, StoreError>;
+    async fn put_acl(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        acl: &AclBody,
+    ) -> Result<(), StoreError>;
     async fn put_tags(
         &self,
         key: &str,

@@ -11,6 +11,8 @@ pub struct ProbeReport {
     pub name: String,
     pub bucket: String,
     pub outcome: Result<(), String>,
+    /// Whether the bucket takes object ACLs (informational: never a failure).
+    pub acls: Option<String>,
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -22,6 +24,10 @@ impl std::fmt::Display for ProbeReport {
                 self.name, self.bucket
             ),
             Err(e) => write!(f, "FAIL  {}: {}", self.name, e),
+        }?;
+        match &self.acls {
+            Some(a) => write!(f, "; object ACLs: {a}"),
+            None => Ok(()),
         }
     }
 }
@@ -64,10 +70,24 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
         Err(e @ StoreError::AccessDenied { .. }) => Err(format!("credentials not accepted: {e}")),
         Err(e) => Err(format!("{e}")),
     };
+    let acls = match (&outcome, store.acl_support().await) {
+        (Err(_), _) => None,
+        (Ok(()), Ok(super::AclSupport::Enabled)) => Some("supported".to_string()),
+        (Ok(()), Ok(super::AclSupport::Disabled(why))) => Some(format!(
+            "not supported ({why}): ACLs are skipped for this bucket{}",
+            if cfg.acl.is_some() {
+                ", so `acl` has no effect"
+            } else {
+                ""
+            }
+        )),
+        (Ok(()), Err(e)) => Some(format!("unknown ({e})")),
+    };
     ProbeReport {
         name: cfg.name.clone(),
         bucket: cfg.describe(),
         outcome,
+        acls,
     }
 }
 

@@ -6,8 +6,13 @@
 //!   are merged back into one newest-first history per key.
 //! - Stores without S3 identities reject aws-chunked trailing checksums:
 //!   `checksums = "when_required"` turns them off per bucket.
+//! - ACL grants: SeaweedFS keeps only an AccessControlPolicy body and ignores a
+//!   canned `x-amz-acl` on PutObject; moto keeps only `x-amz-grant-*` headers.
+//!   Which form a store keeps is learned at the first PutObjectAcl.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -18,15 +23,16 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
-    BucketVersioningStatus, CompletedMultipartUpload, MetadataDirective, StorageClass, Tag,
-    Tagging, TaggingDirective, VersioningConfiguration,
+    AccessControlPolicy, BucketVersioningStatus, CompletedMultipartUpload, Grant,
+    Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl, ObjectOwnership, Owner, Permission,
+    StorageClass, Tag, Tagging, TaggingDirective, Type as GranteeType, VersioningConfiguration,
 };
 use aws_sdk_s3::Client;
 
 use super::{
-    encode_tags, url_encode_path, CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry,
-    ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage,
-    Versioning,
+    encode_tags, url_encode_path, Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject,
+    GetRequest, Grantee, ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions,
+    PutResult, VersionEntry, VersionPage, Versioning,
 };
 use crate::config::{BucketConfig, ChecksumMode};
 use crate::error::StoreError;
@@ -38,7 +44,13 @@ pub struct S3Store {
     bucket: String,
     region: String,
     describe: String,
+    /// How this store takes ACL grants (learned at the first PutObjectAcl).
+    grant_form: Arc<AtomicU8>,
 }
+
+const GRANTS_UNKNOWN: u8 = 0;
+const GRANTS_AS_BODY: u8 = 1;
+const GRANTS_AS_HEADERS: u8 = 2;
 
 impl S3Store {
     /// Builds a client from the bucket's settings and the aws-config default
@@ -80,6 +92,7 @@ impl S3Store {
             bucket: cfg.bucket.clone(),
             region: cfg.region.clone(),
             describe: cfg.describe(),
+            grant_form: Arc::new(AtomicU8::new(GRANTS_UNKNOWN)),
         }
     }
 
@@ -134,6 +147,159 @@ impl S3Store {
         Ok(())
     }
 
+    /// Sets the bucket's Object Ownership (`ObjectWriter`, `BucketOwnerPreferred`
+    /// or `BucketOwnerEnforced`, which turns ACLs off). For setup and tests.
+    pub async fn set_object_ownership(&self, ownership: &str) -> Result<(), StoreError> {
+        let controls = aws_sdk_s3::types::OwnershipControls::builder()
+            .rules(
+                aws_sdk_s3::types::OwnershipControlsRule::builder()
+                    .object_ownership(ObjectOwnership::from(ownership))
+                    .build()
+                    .map_err(|e| StoreError::Rejected {
+                        bucket: self.describe.clone(),
+                        status: 0,
+                        code: "InvalidOwnership".into(),
+                        message: e.to_string(),
+                    })?,
+            )
+            .build()
+            .map_err(|e| StoreError::Rejected {
+                bucket: self.describe.clone(),
+                status: 0,
+                code: "InvalidOwnership".into(),
+                message: e.to_string(),
+            })?;
+        self.client
+            .put_bucket_ownership_controls()
+            .bucket(&self.bucket)
+            .ownership_controls(controls)
+            .send()
+            .await
+            .map_err(|e| self.err(None, e))?;
+        Ok(())
+    }
+
+    fn acl_request(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> aws_sdk_s3::operation::put_object_acl::builders::PutObjectAclFluentBuilder {
+        self.client
+            .put_object_acl()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+    }
+
+    async fn grants_took(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        want: &Acl,
+    ) -> Result<bool, StoreError> {
+        Ok(self.get_acl(key, version_id).await?.normalized() == want.normalized())
+    }
+
+    async fn put_grants_body(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        acl: &Acl,
+    ) -> Result<(), StoreError> {
+        let grants = acl
+            .grants
+            .iter()
+            .filter_map(|(who, p)| {
+                let g = match who {
+                    Grantee::User(id) => SdkGrantee::builder()
+                        .r#type(GranteeType::CanonicalUser)
+                        .id(id),
+                    Grantee::Group(uri) => {
+                        SdkGrantee::builder().r#type(GranteeType::Group).uri(uri)
+                    }
+                    Grantee::Email(e) => SdkGrantee::builder()
+                        .r#type(GranteeType::AmazonCustomerByEmail)
+                        .email_address(e),
+                };
+                Some(
+                    Grant::builder()
+                        .grantee(g.build().ok()?)
+                        .permission(Permission::from(p.as_str()))
+                        .build(),
+                )
+            })
+            .collect();
+        let policy = AccessControlPolicy::builder()
+            .owner(Owner::builder().id(&acl.owner).build())
+            .set_grants(Some(grants))
+            .build();
+        self.acl_request(key, version_id)
+            .access_control_policy(policy)
+            .send()
+            .await
+            .map_err(|e| self.acl_err(Some(key), e))?;
+        Ok(())
+    }
+
+    async fn put_grants_headers(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        acl: &Acl,
+    ) -> Result<(), StoreError> {
+        let mut by_permission: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (who, p) in &acl.grants {
+            let g = match who {
+                Grantee::User(id) => format!("id=\"{id}\""),
+                Grantee::Group(uri) => format!("uri=\"{uri}\""),
+                Grantee::Email(e) => format!("emailAddress=\"{e}\""),
+            };
+            by_permission.entry(p.as_str()).or_default().push(g);
+        }
+        let header = |p: &str| by_permission.get(p).map(|v| v.join(", "));
+        self.acl_request(key, version_id)
+            .set_grant_full_control(header("FULL_CONTROL"))
+            .set_grant_read(header("READ"))
+            .set_grant_write(header("WRITE"))
+            .set_grant_read_acp(header("READ_ACP"))
+            .set_grant_write_acp(header("WRITE_ACP"))
+            .send()
+            .await
+            .map_err(|e| self.acl_err(Some(key), e))?;
+        Ok(())
+    }
+
+    /// As [`S3Store::err`], but a store that does not implement the ACL call
+    /// at all says the same as one with ACLs disabled.
+    fn acl_err<E>(
+        &self,
+        key: Option<&str>,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match classify(&self.describe, key, e) {
+            StoreError::Server {
+                bucket,
+                status: 501,
+                code,
+                message,
+            }
+            | StoreError::Rejected {
+                bucket,
+                status: 405 | 501,
+                code,
+                message,
+            } => StoreError::AclNotSupported {
+                bucket,
+                code,
+                message,
+            },
+            other => other,
+        }
+    }
+
     fn err<E>(
         &self,
         key: Option<&str>,
@@ -183,6 +349,11 @@ where
     let key = key.unwrap_or_default().to_string();
     match (code.as_str(), status) {
         ("NoSuchBucket", _) => StoreError::NoSuchBucket { bucket },
+        ("AccessControlListNotSupported", _) => StoreError::AclNotSupported {
+            bucket,
+            code,
+            message,
+        },
         ("NoSuchKey" | "NoSuchVersion" | "NotFound", _) | ("", 404) => {
             StoreError::NotFound { bucket, key }
         }
@@ -355,6 +526,7 @@ impl ObjectStore for S3Store {
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
@@ -374,6 +546,7 @@ impl ObjectStore for S3Store {
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
@@ -493,6 +666,7 @@ impl ObjectStore for S3Store {
             .set_content_type(opts.content_type.clone())
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
             .send()
             .await
             .map_err(|e| self.err(Some(src_key), e))?;
@@ -654,6 +828,117 @@ impl ObjectStore for S3Store {
             .iter()
             .map(|t| (t.key().to_string(), t.value().to_string()))
             .collect())
+    }
+
+    async fn acl_support(&self) -> Result<AclSupport, StoreError> {
+        let out = self
+            .client
+            .get_bucket_ownership_controls()
+            .bucket(&self.bucket)
+            .send()
+            .await;
+        match out {
+            Ok(o) => {
+                let enforced = o.ownership_controls().is_some_and(|c| {
+                    c.rules()
+                        .iter()
+                        .any(|r| r.object_ownership() == &ObjectOwnership::BucketOwnerEnforced)
+                });
+                Ok(if enforced {
+                    AclSupport::Disabled(
+                        "Object Ownership is BucketOwnerEnforced (ACLs disabled)".into(),
+                    )
+                } else {
+                    AclSupport::Enabled
+                })
+            }
+            Err(e) => match self.acl_err(None, e) {
+                // No ownership controls: ACLs are on, as before S3 had the setting.
+                StoreError::Rejected { code, .. } if code == "OwnershipControlsNotFoundError" => {
+                    Ok(AclSupport::Enabled)
+                }
+                // A store without the setting at all: ACLs are tried, and a
+                // refusal then switches them off.
+                StoreError::AclNotSupported { .. } => Ok(AclSupport::Enabled),
+                StoreError::NotFound { .. } => Ok(AclSupport::Enabled),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get_acl(&self, key: &str, version_id: Option<&str>) -> Result<Acl, StoreError> {
+        let out = self
+            .client
+            .get_object_acl()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.acl_err(Some(key), e))?;
+        let owner = out
+            .owner()
+            .and_then(|o| o.id())
+            .unwrap_or_default()
+            .to_string();
+        let grants = out
+            .grants()
+            .iter()
+            .filter_map(|g| {
+                let who = g.grantee()?;
+                let grantee = match who.r#type() {
+                    GranteeType::CanonicalUser => Grantee::User(who.id()?.to_string()),
+                    GranteeType::Group => Grantee::Group(who.uri()?.to_string()),
+                    GranteeType::AmazonCustomerByEmail => {
+                        Grantee::Email(who.email_address()?.to_string())
+                    }
+                    _ => return None,
+                };
+                Some((grantee, g.permission()?.as_str().to_string()))
+            })
+            .collect();
+        Ok(Acl { owner, grants })
+    }
+
+    async fn put_acl(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        acl: &AclBody,
+    ) -> Result<(), StoreError> {
+        let grants = match acl {
+            AclBody::Canned(c) => {
+                return self
+                    .acl_request(key, version_id)
+                    .acl(ObjectCannedAcl::from(c.as_str()))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.acl_err(Some(key), e));
+            }
+            AclBody::Grants(a) => a,
+        };
+        // S3 takes grants as a body or as headers; SeaweedFS reads only the
+        // body and moto only the headers, each ignoring the other silently.
+        // The first time, check which one took and keep using that one.
+        let form = self.grant_form.load(Ordering::Relaxed);
+        if form != GRANTS_AS_HEADERS {
+            self.put_grants_body(key, version_id, grants).await?;
+            if form == GRANTS_AS_BODY || self.grants_took(key, version_id, grants).await? {
+                self.grant_form.store(GRANTS_AS_BODY, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        self.put_grants_headers(key, version_id, grants).await?;
+        if form == GRANTS_AS_HEADERS || self.grants_took(key, version_id, grants).await? {
+            self.grant_form.store(GRANTS_AS_HEADERS, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(StoreError::AclNotSupported {
+            bucket: self.describe.clone(),
+            code: "AclIgnored".into(),
+            message: "PutObjectAcl succeeded but the grants were not kept".into(),
+        })
     }
 
     async fn put_tags(

@@ -217,6 +217,7 @@ impl Region {
             secret_access_key: Some(SECRET_KEY.to_string()),
             checksums: ChecksumMode::WhenSupported,
             allow_same_region: false,
+            acl: None,
         }
     }
 
