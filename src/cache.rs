@@ -336,6 +336,12 @@ impl Cache {
         self.evict_clean(s, 0);
     }
 
+    /// Whether a clean copy of `key` at version `tag` is here (not pinned).
+    pub fn has_clean(&self, key: &str, tag: &str) -> bool {
+        let s = self.space.lock().unwrap();
+        s.clean.get(key).is_some_and(|e| e.tag == tag)
+    }
+
     /// Opens the clean copy of `key` if it holds version `tag`; pins it while open.
     pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.space.lock().unwrap();

@@ -326,6 +326,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
+CREATE TABLE IF NOT EXISTS regions (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bucket_acls (
     bucket TEXT PRIMARY KEY,
     support TEXT NOT NULL
@@ -661,6 +666,29 @@ impl Journal {
                 params![bucket, support],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// The mount's latest view of its regions (JSON), for status.
+    pub async fn note_regions(&self, state: String) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO regions (id, state, updated_at) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                params![state, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// (state JSON, when it was written in ms since the epoch).
+    pub async fn regions(&self) -> Result<Option<(String, i64)>, JournalError> {
+        self.run(move |c| {
+            let mut st = c.prepare("SELECT state, updated_at FROM regions WHERE id = 1")?;
+            let mut rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.next().transpose()?)
         })
         .await
     }

@@ -22,6 +22,7 @@ pub mod fs;
 pub mod journal;
 pub mod meta;
 pub mod metrics;
+pub mod regions;
 pub mod replicator;
 pub mod service;
 pub mod store;

@@ -147,6 +147,7 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     if let Some(m) = &config.metrics {
         let metrics = regionfs::metrics::Metrics::new();
         svc.replicator.set_metrics(metrics.clone());
+        metrics.set_regions(svc.regions.clone());
         let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
         rt.spawn(async move {
             if let Err(e) = regionfs::metrics::serve(listen.clone(), metrics, journal, cfg).await {
@@ -297,6 +298,33 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                     for (bucket, support) in &s.acls {
                         println!("object ACLs at {bucket}: {support}");
                     }
+                    if let Some(r) = &s.reads {
+                        let order: Vec<String> = r
+                            .order
+                            .iter()
+                            .map(|n| match r.regions.get(n).and_then(|x| x.rtt_ms) {
+                                Some(ms) => format!("{n} ({ms:.1} ms)"),
+                                None => format!("{n} (not measured)"),
+                            })
+                            .collect();
+                        println!(
+                            "reads: prefer {}; regions best first: {} (noted {:.0}s ago)",
+                            r.prefer,
+                            order.join(", "),
+                            s.reads_age_s.unwrap_or_default()
+                        );
+                        for (name, st) in &r.regions {
+                            if let Some(since) = st.unreachable_since {
+                                let what = if st.is_source { "source" } else { "destination" };
+                                println!(
+                                    "{what} {name} unreachable since {} ({}); {} upload(s) waiting in the cache",
+                                    format_epoch(since),
+                                    st.last_error.as_deref().unwrap_or("no answer"),
+                                    if st.is_source { s.uploads.pending } else { 0 }
+                                );
+                            }
+                        }
+                    }
                 }
             }
             Some(p) => {
@@ -342,6 +370,28 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Seconds since the epoch as `2026-11-25T10:00:00Z`.
+fn format_epoch(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// A path under the recorded mountpoint, or already relative to the mount root.

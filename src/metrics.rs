@@ -37,6 +37,14 @@ pub struct Metrics {
     pub lag: Family<Labels, Histogram>,
     /// Bytes copied to each destination by this process.
     pub bytes: Family<Labels, Counter>,
+    read_bytes: Family<Labels, Gauge>,
+    region_rtt: Family<Labels, FGauge>,
+    region_up: Family<Labels, Gauge>,
+    regions: Mutex<Option<Arc<crate::regions::Regions>>>,
+}
+
+fn region(r: &str) -> Labels {
+    vec![("region".to_string(), r.to_string())]
 }
 
 fn dest(d: &str) -> Labels {
@@ -62,6 +70,10 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.05, 2.0, 16))
             }),
             bytes: Family::default(),
+            read_bytes: Family::default(),
+            region_rtt: Family::default(),
+            region_up: Family::default(),
+            regions: Mutex::new(None),
         };
         r.register(
             "uploads_pending",
@@ -123,6 +135,21 @@ impl Metrics {
             "Bytes copied to each destination by this process",
             m.bytes.clone(),
         );
+        r.register(
+            "read_bytes",
+            "Bytes this process read from each region (source and replicas)",
+            m.read_bytes.clone(),
+        );
+        r.register(
+            "region_rtt_seconds",
+            "Smoothed round trip of each region's probe",
+            m.region_rtt.clone(),
+        );
+        r.register(
+            "region_reachable",
+            "1 while the region answers its probes",
+            m.region_up.clone(),
+        );
         *m.registry.lock().unwrap() = r;
         Arc::new(m)
     }
@@ -159,9 +186,30 @@ impl Metrics {
                 .get_or_create(&dest(d))
                 .set(s.completed as i64);
         }
+        let regions = self.regions.lock().unwrap().clone();
+        if let Some(regions) = regions {
+            for (name, st) in regions.snapshot() {
+                self.read_bytes
+                    .get_or_create(&region(&name))
+                    .set(st.read_bytes as i64);
+                if let Some(ms) = st.rtt_ms {
+                    self.region_rtt
+                        .get_or_create(&region(&name))
+                        .set(ms / 1000.0);
+                }
+                self.region_up
+                    .get_or_create(&region(&name))
+                    .set(i64::from(st.reachable));
+            }
+        }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry.lock().unwrap());
         Ok(out)
+    }
+
+    /// Reports per-region reads and probes from now on.
+    pub fn set_regions(&self, regions: Arc<crate::regions::Regions>) {
+        *self.regions.lock().unwrap() = Some(regions);
     }
 
     pub fn observe(&self, destination: &str, lag_s: f64, bytes: u64) {

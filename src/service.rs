@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::fs::{Backends, Caller, Core};
 use crate::journal::{DestinationSummary, Journal, UploadSummary};
+use crate::regions::{Prefer, ReadView, Regions};
 use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
 use crate::store::{ObjectStore, S3Store};
@@ -39,6 +40,7 @@ pub struct Service {
     pub replicator: Replicator,
     pub journal: Journal,
     pub cache: Arc<Cache>,
+    pub regions: Arc<Regions>,
     pub quarantined: Vec<String>,
 }
 
@@ -103,6 +105,18 @@ pub async fn start_with_stores(
     if !ops.is_empty() {
         tracing::info!(count = ops.len(), "resuming operations from the journal");
     }
+    let mut replica_stores: Vec<(String, Arc<dyn ObjectStore>)> = destinations
+        .iter()
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    replica_stores.sort_by(|a, b| a.0.cmp(&b.0));
+    let regions = Regions::new(
+        (config.source.name.clone(), store.clone()),
+        replica_stores,
+        Prefer::parse(&config.read.prefer),
+        Some(journal.clone()),
+    );
+    regions.start_probes();
     let replicator =
         Replicator::start(config, store.clone(), destinations, journal.clone()).await?;
     let (uploader, mut done) = Uploader::start(
@@ -123,6 +137,7 @@ pub async fn start_with_stores(
         config,
         Backends {
             store,
+            regions: Some(regions.clone()),
             uploader: uploader.clone(),
             replicator: Some(replicator.clone()),
             cache: cache.clone(),
@@ -143,6 +158,7 @@ pub async fn start_with_stores(
         replicator,
         journal,
         cache,
+        regions,
         quarantined,
     })
 }
@@ -255,6 +271,10 @@ pub struct Status {
     pub replication: BTreeMap<String, DestinationSummary>,
     /// Per bucket (config name): whether it takes object ACLs, as last found.
     pub acls: BTreeMap<String, String>,
+    /// The mount's read choice and region probes, as last noted.
+    pub reads: Option<ReadView>,
+    /// How old that note is, seconds.
+    pub reads_age_s: Option<f64>,
 }
 
 pub async fn status(
@@ -267,9 +287,14 @@ pub async fn status(
     for d in &config.destinations {
         replication.entry(d.name.clone()).or_default();
     }
+    let noted = journal.regions().await?;
     Ok(Status {
         uploads: journal.upload_summary().await?,
         replication,
         acls: journal.acl_support().await?,
+        reads: noted
+            .as_ref()
+            .and_then(|(text, _)| serde_json::from_str(text).ok()),
+        reads_age_s: noted.map(|(_, at)| (crate::journal::now_ms() - at).max(0) as f64 / 1000.0),
     })
 }

@@ -31,6 +31,7 @@ use crate::journal::{Journal, NewOp, Op, OpKind};
 use crate::meta::{
     ObjectMeta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
+use crate::regions::Fetch;
 use crate::store::{GetRequest, ObjectStore};
 use crate::uploader::{Completion, Uploader};
 
@@ -119,6 +120,8 @@ pub struct Core {
     /// in the set does not exist, without a round trip to the bucket.
     known_dirs: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
     dir_ttl: Duration,
+    /// Chooses the region a version's bytes are read from (None: always `store`).
+    regions: Option<Arc<crate::regions::Regions>>,
     /// The kernel's writeback cache is on: the kernel owns a regular file's
     /// size and mtime while it caches the inode, sending mtime by SETATTR
     /// before the close that stages the data.
@@ -128,6 +131,7 @@ pub struct Core {
 /// What the core works over.
 pub struct Backends {
     pub store: Arc<dyn ObjectStore>,
+    pub regions: Option<Arc<crate::regions::Regions>>,
     pub uploader: Uploader,
     pub replicator: Option<crate::replicator::Replicator>,
     pub cache: Arc<Cache>,
@@ -139,6 +143,7 @@ impl Core {
     pub fn new(config: &Config, backends: Backends, owner: Caller, dir_sidecar: bool) -> Arc<Core> {
         let Backends {
             store,
+            regions,
             uploader,
             replicator,
             cache,
@@ -170,6 +175,7 @@ impl Core {
             known_dirs: Mutex::new(HashMap::new()),
             dir_ttl: m.dir_ttl(),
             writeback: m.writeback_cache(),
+            regions,
         })
     }
 
@@ -1537,12 +1543,14 @@ impl Core {
         if offset >= file_size {
             return Ok(Vec::new());
         }
-        let dl = self.download_for(fh, &key, &etag, version, file_size)?;
+        let dl = self
+            .download_for(fh, &key, &etag, version, file_size)
+            .await?;
         dl.read(offset, size).await
     }
 
     /// The shared download (clean copy) a handle reads from.
-    fn download_for(
+    async fn download_for(
         &self,
         fh: u64,
         key: &str,
@@ -1561,30 +1569,34 @@ impl Core {
                 return Ok(d);
             }
         }
-        let dl = {
-            let mut map = self.downloads.lock().unwrap();
-            match map
-                .get(key)
+        let shared = |map: &HashMap<String, std::sync::Weak<Download>>| {
+            map.get(key)
                 .and_then(|w| w.upgrade())
                 .filter(|d| d.tag == etag && !d.failed())
-            {
-                Some(d) => d,
-                None => {
-                    let d = match self.cache.open_clean(key, etag) {
-                        Some((path, len)) => {
-                            Download::complete(self.cache.clone(), key, etag, path, len)?
-                        }
-                        None => Download::start(
-                            self.store.clone(),
-                            self.cache.clone(),
-                            key,
-                            etag,
-                            version,
-                            size,
-                        )?,
-                    };
-                    map.insert(key.to_string(), Arc::downgrade(&d));
-                    d
+        };
+        let existing = shared(&self.downloads.lock().unwrap());
+        let dl = match existing {
+            Some(d) => d,
+            None => {
+                // Where the bytes come from is decided before taking the map's
+                // lock (it may ask a replica which version it holds).
+                let from = match (&self.regions, self.cache.has_clean(key, etag)) {
+                    (Some(r), false) => r.sources_for(key, version.as_deref()).await,
+                    _ => vec![Fetch::direct(self.store.clone(), version.clone())],
+                };
+                let mut map = self.downloads.lock().unwrap();
+                match shared(&map) {
+                    Some(d) => d,
+                    None => {
+                        let d = match self.cache.open_clean(key, etag) {
+                            Some((path, len)) => {
+                                Download::complete(self.cache.clone(), key, etag, path, len)?
+                            }
+                            None => Download::start(from, self.cache.clone(), key, etag, size)?,
+                        };
+                        map.insert(key.to_string(), Arc::downgrade(&d));
+                        d
+                    }
                 }
             }
         };

@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 
 use crate::cache::Cache;
 use crate::error::{FsError, StoreError};
-use crate::store::{GetRequest, ObjectStore};
+use crate::regions::Fetch;
+use crate::store::GetRequest;
 
 pub struct Download {
     pub key: String,
@@ -50,13 +51,13 @@ impl Download {
         }))
     }
 
-    /// Starts streaming `key` (at `version`, else current) into a new clean copy.
+    /// Starts streaming `key` into a new clean copy from the first of `from`
+    /// (best region first) that answers.
     pub fn start(
-        store: Arc<dyn ObjectStore>,
+        from: Vec<Fetch>,
         cache: Arc<Cache>,
         key: &str,
         tag: &str,
-        version: Option<String>,
         size: u64,
     ) -> Result<Arc<Download>, FsError> {
         let (path, writer) = cache.begin_clean(key, tag, size)?;
@@ -74,7 +75,7 @@ impl Download {
         });
         let dl = d.clone();
         tokio::spawn(async move {
-            let result = dl.fetch(store.as_ref(), version, &writer).await;
+            let result = dl.fetch_first(&from, &writer).await;
             if let Err(e) = result {
                 tracing::warn!(key = %dl.key, error = %e, "download failed");
                 *dl.error.lock().unwrap() = Some(e.to_string());
@@ -86,22 +87,44 @@ impl Download {
         Ok(d)
     }
 
-    async fn fetch(
-        &self,
-        store: &dyn ObjectStore,
-        version: Option<String>,
-        out: &File,
-    ) -> Result<(), FsError> {
+    /// Tries each region in turn until one starts sending the object; a failure
+    /// after bytes arrived ends the download (the next open starts afresh).
+    async fn fetch_first(&self, from: &[Fetch], out: &File) -> Result<(), FsError> {
+        let mut last = None;
+        for f in from {
+            match self.fetch(f, out).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.avail.load(Ordering::SeqCst) == 0 => {
+                    if matches!(&e, FsError::Store(s) if !s.is_permanent()) {
+                        f.failed(&e.to_string());
+                    }
+                    tracing::debug!(key = %self.key, region = %f.region, error = %e, "read from this region failed; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(FsError::NotFound))
+    }
+
+    async fn fetch(&self, from: &Fetch, out: &File) -> Result<(), FsError> {
+        let store = from.store.as_ref();
         let obj = store
             .get(
                 &self.key,
                 GetRequest {
-                    version_id: version,
+                    version_id: from.version.clone(),
                     range: None,
                 },
             )
             .await?;
-        if !self.tag.is_empty() && !obj.info.etag.is_empty() && obj.info.etag != self.tag {
+        // A replica's ETag may differ for the same bytes (other part sizes);
+        // it was chosen because it names this exact source version.
+        if from.is_source
+            && !self.tag.is_empty()
+            && !obj.info.etag.is_empty()
+            && obj.info.etag != self.tag
+        {
             return Err(FsError::Store(StoreError::PreconditionFailed {
                 bucket: store.describe(),
                 key: self.key.clone(),
@@ -117,6 +140,7 @@ impl Download {
             })?;
             out.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;
+            from.count(chunk.len() as u64);
             self.avail.store(offset, Ordering::SeqCst);
             self.arrived.notify_waiters();
         }

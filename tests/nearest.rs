@@ -1,0 +1,255 @@
+//! Reads from the nearest replica: the source sits behind a proxy that adds
+//! 40 ms each way (a far region); the destination is near. Which region served
+//! the bytes is read from the per-region byte counters in metrics.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{free_port, metric, scrape, wait_for, LatencyProxy, Mount, Regions};
+use regionfs::store::{ObjectStore, PutBody, PutOptions};
+
+const DRAIN: Duration = Duration::from_secs(180);
+const FAR: Duration = Duration::from_millis(40);
+
+fn wait_replicated(m: &Mount) {
+    wait_for("replication to drain", DRAIN, || {
+        let s = m.status(None);
+        (s["uploads"]["pending"] == 0 && s["replication"]["eu"]["pending"] == 0).then_some(())
+    });
+}
+
+/// The test regions' config with the source reached through `proxy`.
+fn far_source_config(
+    r: &Regions,
+    proxy: &LatencyProxy,
+    cache: &std::path::Path,
+    extra: &str,
+) -> String {
+    r.config(cache, extra).replacen(
+        &format!("endpoint = \"{}\"", r.a.endpoint),
+        &format!("endpoint = \"{}\"", proxy.endpoint()),
+        1,
+    )
+}
+
+fn read_bytes(port: u16, region: &str) -> f64 {
+    metric(
+        &scrape(port),
+        &format!("regionfs_read_bytes{{region=\"{region}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits until the mount's probes rank `region` first for reads.
+fn wait_first(m: &Mount, region: &str) {
+    wait_for(
+        "the probes to rank the regions",
+        Duration::from_secs(30),
+        || (m.status(None)["reads"]["order"][0] == region).then_some(()),
+    );
+}
+
+/// (first byte, whole file) read times of `path`.
+fn timed_read(path: &std::path::Path) -> (Duration, Duration, Vec<u8>) {
+    let start = Instant::now();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut first = [0u8; 1];
+    f.read_exact(&mut first).unwrap();
+    let first_byte = start.elapsed();
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).unwrap();
+    let mut all = first.to_vec();
+    all.extend(rest);
+    (first_byte, start.elapsed(), all)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_come_from_the_near_replica_and_never_serve_an_older_version() {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, FAR);
+    let wc = tempfile::tempdir().unwrap();
+    let writer = Mount::start(&far_source_config(&r, &proxy, wc.path(), ""));
+    let big: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(writer.path("big.bin"), &big).unwrap();
+    std::fs::write(writer.path("note.txt"), b"version one").unwrap();
+    wait_replicated(&writer);
+
+    // A reader elsewhere: fresh cache, nearest region preferred (the default).
+    let (rc, port) = (tempfile::tempdir().unwrap(), free_port());
+    let reader = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        rc.path(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    wait_first(&reader, "eu");
+    let (near_first, near_all, got) = timed_read(&reader.path("big.bin"));
+    assert!(got == big, "the bytes read equal the bytes written");
+    assert_eq!(
+        read_bytes(port, "eu"),
+        big.len() as f64,
+        "served by the near replica"
+    );
+    assert_eq!(read_bytes(port, "us-east"), 0.0);
+    let st = reader.status(None);
+    assert!(
+        st["reads"]["regions"]["us-east"]["rtt_ms"]
+            .as_f64()
+            .unwrap()
+            >= 80.0,
+        "{st}"
+    );
+
+    // Another client writes a newer version straight to the source: the
+    // replica now lags (it holds version one). The reader must see the new one.
+    let newer = b"version two, not replicated yet".to_vec();
+    r.src
+        .put(
+            "note.txt",
+            PutBody::Bytes(Bytes::from(newer.clone())),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let read = wait_for("the new version", Duration::from_secs(20), || {
+        let got = std::fs::read(reader.path("note.txt")).ok()?;
+        (got != b"version one").then_some(got)
+    });
+    assert_eq!(read, newer, "never the replica's older version");
+    assert_eq!(read_bytes(port, "us-east"), newer.len() as f64);
+
+    // The same file through a mount that reads from the source, for the note.
+    let (sc, sport) = (tempfile::tempdir().unwrap(), free_port());
+    let far = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        sc.path(),
+        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{sport}\"\n"),
+    ));
+    wait_for("probes", Duration::from_secs(30), || {
+        far.status(None)["reads"]["order"][0].as_str().map(|_| ())
+    });
+    let (far_first, far_all, got) = timed_read(&far.path("big.bin"));
+    assert!(got == big);
+    assert_eq!(
+        read_bytes(sport, "us-east"),
+        big.len() as f64,
+        "prefer = source reads the source"
+    );
+    let mib = big.len() as f64 / (1 << 20) as f64;
+    eprintln!(
+        "MEASURE nearest 32 MiB read, source {} ms away each way: near replica first byte {:.1} ms, {:.1} MiB/s; far source first byte {:.1} ms, {:.1} MiB/s",
+        FAR.as_millis(),
+        near_first.as_secs_f64() * 1000.0,
+        mib / near_all.as_secs_f64(),
+        far_first.as_secs_f64() * 1000.0,
+        mib / far_all.as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_read_from_the_replica(
+) {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, FAR);
+    let c = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let m = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        c.path(),
+        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[cache]\nmax_size = \"64MiB\"\n"),
+    ));
+    let files: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("old{i}.txt"),
+                format!("replicated before the outage {i}").into_bytes(),
+            )
+        })
+        .collect();
+    for (name, body) in &files {
+        std::fs::write(m.path(name), body).unwrap();
+    }
+    wait_replicated(&m);
+    // A fresh mount (nothing in its cache) that has seen the names.
+    let mut m = m;
+    assert!(m.unmount().success());
+    std::fs::remove_dir_all(c.path().join("cache/clean")).ok();
+    m.remount();
+    for (name, body) in &files {
+        assert_eq!(
+            std::fs::metadata(m.path(name)).unwrap().len(),
+            body.len() as u64
+        );
+    }
+
+    proxy.set_cut(true);
+    wait_for(
+        "the source to be seen down",
+        Duration::from_secs(30),
+        || {
+            m.status(None)["reads"]["regions"]["us-east"]["reachable"]
+                .as_bool()
+                .is_some_and(|up| !up)
+                .then_some(())
+        },
+    );
+    // Writes keep landing in the cache.
+    for i in 0..20 {
+        std::fs::write(
+            m.path(&format!("new{i}.txt")),
+            format!("written during the outage {i}"),
+        )
+        .unwrap();
+    }
+    // Replicated files are read from the replica.
+    for (name, body) in &files {
+        assert_eq!(&std::fs::read(m.path(name)).unwrap(), body);
+    }
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+    assert_eq!(read_bytes(port, "eu"), total as f64);
+    let st = m.status(None);
+    assert!(st["uploads"]["pending"].as_u64().unwrap() >= 20, "{st}");
+    assert!(
+        st["reads"]["regions"]["us-east"]["unreachable_since"].is_u64(),
+        "{st}"
+    );
+    let text = std::process::Command::new(common::regionfs_bin())
+        .args(["status", "--config"])
+        .arg(&m.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("source us-east unreachable since"), "{text}");
+
+    proxy.set_cut(false);
+    wait_replicated(&m);
+    for i in 0..20 {
+        let key = format!("new{i}.txt");
+        let want = format!("written during the outage {i}").into_bytes();
+        let got = r
+            .src
+            .get(&key, Default::default())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+        let replica = r
+            .dst
+            .get(&key, Default::default())
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(replica, want);
+    }
+}
