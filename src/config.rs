@@ -328,12 +328,17 @@ pub struct ReadConfig {
     /// `nearest`, `source` or the name of a destination.
     #[serde(default = "default_prefer")]
     pub prefer: String,
+    /// With `mount.read_only`: mount this destination bucket instead of the
+    /// source (a reader in that region, needing no access to the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl Default for ReadConfig {
     fn default() -> Self {
         ReadConfig {
             prefer: default_prefer(),
+            from: None,
         }
     }
 }
@@ -359,6 +364,12 @@ pub struct MountConfig {
     /// mount answers "no such name" without asking the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir_ttl: Option<HumanDuration>,
+    /// Refuse every change (EROFS); with `read.from`, mount a replica.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `regionfs mount --as-of`: show the tree as it was then (read-only).
+    #[serde(skip)]
+    pub as_of: Option<std::time::SystemTime>,
     /// The kernel's writeback cache: writes gather in the page cache and
     /// reach regionfs in large requests at close/fsync. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -703,6 +714,21 @@ impl Config {
                 format!("`{prefer}` is not `nearest`, `source` or the name of a destination"),
             ));
         }
+        if let Some(from) = &self.read.from {
+            if !self.destinations.iter().any(|d| &d.name == from) {
+                return Err(invalid(
+                    "read.from".into(),
+                    format!("no [[destination]] is named `{from}`"),
+                ));
+            }
+            if !self.mount.read_only {
+                return Err(invalid(
+                    "read.from".into(),
+                    "a replica can only be mounted read-only: set `read_only = true` in [mount]"
+                        .into(),
+                ));
+            }
+        }
         if self.cache.max_size.0 < 64 * MIB {
             return Err(invalid(
                 "cache.max_size".into(),
@@ -749,6 +775,11 @@ impl Config {
     }
 
     /// The bucket a rule's destination names.
+    /// No change reaches any bucket from this mount.
+    pub fn read_only(&self) -> bool {
+        self.mount.read_only || self.mount.as_of.is_some()
+    }
+
     pub fn destination(&self, name: &str) -> Option<&BucketConfig> {
         self.destinations.iter().find(|d| d.name == name)
     }

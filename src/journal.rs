@@ -688,7 +688,7 @@ impl Journal {
         self.run(move |c| {
             let mut st = c.prepare("SELECT state, updated_at FROM regions WHERE id = 1")?;
             let mut rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.next().transpose()?)
+            rows.next().transpose()
         })
         .await
     }

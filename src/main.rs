@@ -39,7 +39,31 @@ enum Command {
         /// Detach from the terminal once mounted; logs go to <cache.dir>/regionfs.log.
         #[arg(long)]
         daemon: bool,
+        /// Mount read-only the tree as it was at this instant
+        /// (`2026-11-24T10:00:00Z`, or `@<unix seconds>`), from the versions
+        /// in the source (or in `read.from`).
+        #[arg(long)]
+        as_of: Option<String>,
         mountpoint: PathBuf,
+    },
+    /// List every version of a file (newest first) in the source bucket.
+    Versions {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// A path in the mount, or relative to the mount root.
+        path: PathBuf,
+    },
+    /// Write an old version of a file back as its newest version, through the
+    /// running mount (so it is journaled, uploaded and replicated like any write).
+    Restore {
+        #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
+        config: PathBuf,
+        /// The version id, as `regionfs versions` lists it.
+        #[arg(long)]
+        version: String,
+        path: PathBuf,
     },
     /// Queue replication of objects the rules did not cover yet (e.g. written
     /// before a rule existed) and replicate them now; resumable.
@@ -95,14 +119,26 @@ fn main() -> ExitCode {
         Command::Mount {
             config,
             daemon,
+            as_of,
             mountpoint,
-        } => load(&config).and_then(|c| {
+        } => load(&config).and_then(|mut c| {
+            if let Some(t) = &as_of {
+                c.mount.as_of = Some(parse_instant(t)?);
+            }
             if daemon {
-                daemonize(&config, &c, &mountpoint)
+                daemonize(&config, &c, &mountpoint, as_of.as_deref())
             } else {
                 mount(c, &mountpoint)
             }
         }),
+        Command::Versions { config, json, path } => {
+            load(&config).and_then(|c| versions(&c, json, &path))
+        }
+        Command::Restore {
+            config,
+            version,
+            path,
+        } => load(&config).and_then(|c| restore(&c, &version, &path)),
         Command::Status { config, json, path } => {
             load(&config).and_then(|c| status(&c, json, path.as_deref()))
         }
@@ -166,6 +202,9 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         fuser::MountOption::Subtype("regionfs".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    if config.read_only() {
+        opts.mount_options.push(fuser::MountOption::RO);
+    }
     if config.mount.allow_other {
         opts.acl = fuser::SessionACL::All;
     }
@@ -215,6 +254,7 @@ fn daemonize(
     config_path: &std::path::Path,
     config: &Config,
     mountpoint: &std::path::Path,
+    as_of: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&config.cache.dir)?;
@@ -227,6 +267,7 @@ fn daemonize(
         .arg("mount")
         .arg("--config")
         .arg(config_path)
+        .args(as_of.map(|t| format!("--as-of={t}")))
         .arg(mountpoint)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -370,6 +411,60 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `2026-11-24T10:00:00Z` (fractional seconds and `+HH:MM` offsets allowed)
+/// or `@<unix seconds>`.
+fn parse_instant(text: &str) -> anyhow::Result<std::time::SystemTime> {
+    use std::time::{Duration, UNIX_EPOCH};
+    let bad =
+        || anyhow::anyhow!("--as-of `{text}`: expected e.g. 2026-11-24T10:00:00Z or @1764000000");
+    if let Some(secs) = text.strip_prefix('@') {
+        let s: u64 = secs.parse().map_err(|_| bad())?;
+        return Ok(UNIX_EPOCH + Duration::from_secs(s));
+    }
+    let (date, time) = text.split_once(['T', ' ']).ok_or_else(bad)?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = match (d.next(), d.next(), d.next(), d.next()) {
+        (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) => (y, m, day),
+        _ => return Err(bad()),
+    };
+    let (clock, offset_s) = if let Some(c) = time.strip_suffix('Z') {
+        (c, 0i64)
+    } else if let Some(i) = time.rfind(['+', '-']) {
+        let (c, off) = time.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (h, mi) = off[1..].split_once(':').ok_or_else(bad)?;
+        let h: i64 = h.parse().map_err(|_| bad())?;
+        let mi: i64 = mi.parse().map_err(|_| bad())?;
+        (c, sign * (h * 3600 + mi * 60))
+    } else {
+        return Err(bad());
+    };
+    let mut t = clock.split(':');
+    let (h, mi, sec) = match (t.next(), t.next(), t.next(), t.next()) {
+        (Some(h), Some(mi), Some(sec), None) => (h, mi, sec),
+        _ => return Err(bad()),
+    };
+    let h: i64 = h.parse().map_err(|_| bad())?;
+    let mi: i64 = mi.parse().map_err(|_| bad())?;
+    let sec: f64 = sec.parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
+        return Err(bad());
+    }
+    // Days since the epoch from a civil date (Howard Hinnant's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let whole = days * 86400 + h * 3600 + mi * 60 - offset_s;
+    if whole < 0 {
+        return Err(bad());
+    }
+    Ok(UNIX_EPOCH + Duration::from_secs(whole as u64) + Duration::from_secs_f64(sec))
 }
 
 /// Seconds since the epoch as `2026-11-25T10:00:00Z`.
@@ -627,6 +722,114 @@ fn replicate(config: &Config) -> anyhow::Result<ExitCode> {
             _ = term.recv() => {}
         }
         svc.drain(config.durability.drain_on_unmount.0).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn versions(config: &Config, json: bool, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let rel = relative_path(config, path);
+    let key = format!("{}{}", config.source.prefix, rel);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (source, _) = stores(config).await;
+        let mut list = Vec::new();
+        let mut from = None;
+        loop {
+            let page = source.list_versions(&key, from, None).await?;
+            list.extend(page.versions.into_iter().filter(|v| v.key == key));
+            match page.next {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+        }
+        if list.is_empty() {
+            bail!("no versions of `{key}` in {}", source.describe());
+        }
+        let when = |v: &regionfs::store::VersionEntry| {
+            v.last_modified
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| format_epoch(d.as_secs()))
+                .unwrap_or_default()
+        };
+        if json {
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|v| {
+                    serde_json::json!({
+                        "version": v.version_id, "last_modified": when(v), "size": v.size,
+                        "delete_marker": v.is_delete_marker, "latest": v.is_latest,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        } else {
+            for v in &list {
+                let what = if v.is_delete_marker {
+                    "deleted".to_string()
+                } else {
+                    format!("{} bytes", v.size)
+                };
+                let latest = if v.is_latest { "  (latest)" } else { "" };
+                println!("{}  {}  {what}{latest}", v.version_id, when(v));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn restore(config: &Config, version: &str, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let rel = relative_path(config, path);
+    let key = format!("{}{}", config.source.prefix, rel);
+    let mountpoint = std::fs::read_to_string(config.cache.dir.join("mountpoint"))
+        .map(|m| PathBuf::from(m.trim()))
+        .ok()
+        .filter(|m| is_mounted(m))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no running mount for {}: restore writes through the mount so the version is journaled and replicated; mount it first",
+                config.cache.dir.display()
+            )
+        })?;
+    let target = mountpoint.join(&rel);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (source, _) = stores(config).await;
+        let obj = source
+            .get(
+                &key,
+                regionfs::store::GetRequest {
+                    version_id: Some(version.to_string()),
+                    range: None,
+                },
+            )
+            .await
+            .with_context(|| format!("version {version} of `{key}`"))?;
+        let mode = obj
+            .info
+            .metadata
+            .get("mode")
+            .and_then(|m| m.parse::<u32>().ok());
+        let mut file = std::fs::File::create(&target)
+            .with_context(|| format!("opening {} for writing", target.display()))?;
+        let mut body = obj.body;
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("reading the version")?;
+            file.write_all(&chunk)?;
+            n += chunk.len() as u64;
+        }
+        // Before the close: folded into the one upload, not a second version.
+        if let Some(m) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(m & 0o7777))?;
+        }
+        file.sync_all()?;
+        drop(file);
+        println!(
+            "restored {} ({n} bytes) from version {version}: it is now the newest version",
+            target.display()
+        );
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -48,10 +48,17 @@ pub struct Service {
 /// fix, when the source bucket is missing, unreachable, refuses the
 /// credentials or has versioning off.
 pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceError> {
-    let store = S3Store::connect(&config.source).await;
+    // A replica mount reads a destination bucket in place of the source.
+    let bucket = match &config.read.from {
+        Some(name) => config
+            .destination(name)
+            .ok_or_else(|| ServiceError::Source(format!("no destination `{name}`")))?,
+        None => &config.source,
+    };
+    let store = S3Store::connect(bucket).await;
     match store.versioning().await {
         Ok(v) => {
-            if let Some(p) = versioning_problem(&config.source, v) {
+            if let Some(p) = versioning_problem(bucket, v) {
                 return Err(ServiceError::Source(p));
             }
         }
@@ -61,10 +68,15 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
         }
         Err(e) => return Err(ServiceError::Source(e.to_string())),
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let mut store: Arc<dyn ObjectStore> = Arc::new(store);
+    if let Some(at) = config.mount.as_of {
+        store = Arc::new(crate::store::asof::AsOfStore::new(store, at));
+    }
     let mut destinations: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
-    for d in &config.destinations {
-        destinations.insert(d.name.clone(), Arc::new(S3Store::connect(d).await));
+    if !config.read_only() {
+        for d in &config.destinations {
+            destinations.insert(d.name.clone(), Arc::new(S3Store::connect(d).await));
+        }
     }
     start_with_stores(config, store, destinations, owner).await
 }
@@ -93,6 +105,15 @@ pub async fn start_with_stores(
     )?;
     let journal = Journal::open(&cache.journal_path())?;
     let ops = journal.open_ops().await?;
+    if config.read_only() && (!ops.is_empty() || !journal.open_tasks().await?.is_empty()) {
+        // They belong to the read-write mount of this cache dir, and would go
+        // to the wrong bucket (or nowhere) from here.
+        return Err(ServiceError::Source(format!(
+            "cache dir {} holds {} pending upload(s) and replication(s) of a read-write mount: mount that first to finish them, or give this read-only mount its own cache.dir",
+            config.cache.dir.display(),
+            ops.len()
+        )));
+    }
     let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
     let quarantined = cache.recover(&needed)?;
     if !quarantined.is_empty() {
@@ -110,10 +131,23 @@ pub async fn start_with_stores(
         .map(|(n, s)| (n.clone(), s.clone()))
         .collect();
     replica_stores.sort_by(|a, b| a.0.cmp(&b.0));
+    // A replica or point-in-time mount reads its one bucket only.
+    let single = config.read.from.is_some() || config.mount.as_of.is_some();
     let regions = Regions::new(
-        (config.source.name.clone(), store.clone()),
-        replica_stores,
-        Prefer::parse(&config.read.prefer),
+        (
+            config
+                .read
+                .from
+                .clone()
+                .unwrap_or_else(|| config.source.name.clone()),
+            store.clone(),
+        ),
+        if single { Vec::new() } else { replica_stores },
+        if single {
+            Prefer::Source
+        } else {
+            Prefer::parse(&config.read.prefer)
+        },
         Some(journal.clone()),
     );
     regions.start_probes();
@@ -132,7 +166,9 @@ pub async fn start_with_stores(
         &config.source.name,
         config.source.acl.map(|a| a.as_str().to_string()),
     );
-    let dir_sidecar = dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
+    // Probing writes a marker: a read-only mount reads sidecars if present.
+    let dir_sidecar = config.read_only()
+        || dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;
     let core = Core::new(
         config,
         Backends {

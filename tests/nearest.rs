@@ -253,3 +253,162 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
         assert_eq!(replica, want);
     }
 }
+
+fn regionfs(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(common::regionfs_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
+fn erofs(r: std::io::Result<impl Sized>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EROFS))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_replica_mount_shows_the_replicated_tree_without_the_source_and_refuses_writes()
+{
+    use std::os::unix::fs::PermissionsExt;
+    let r = Regions::start().await;
+    let wc = tempfile::tempdir().unwrap();
+    let writer = Mount::start(&r.config(wc.path(), ""));
+    std::fs::create_dir(writer.path("docs")).unwrap();
+    std::fs::write(writer.path("docs/a.txt"), b"alpha").unwrap();
+    std::fs::write(writer.path("secret.txt"), b"shh").unwrap();
+    std::fs::set_permissions(
+        writer.path("secret.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    wait_replicated(&writer);
+
+    // The source is unreachable from here (nothing listens on port 1): the
+    // replica mount must not need it.
+    let rc = tempfile::tempdir().unwrap();
+    let text = r
+        .config(
+            rc.path(),
+            "[mount]\nread_only = true\n[read]\nfrom = \"eu\"\n",
+        )
+        .replacen(
+            &format!("endpoint = \"{}\"", r.a.endpoint),
+            "endpoint = \"http://127.0.0.1:1\"",
+            1,
+        );
+    let replica = Mount::start(&text);
+    let mut names: Vec<String> = std::fs::read_dir(replica.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["docs", "secret.txt"]);
+    assert_eq!(std::fs::read(replica.path("docs/a.txt")).unwrap(), b"alpha");
+    let mode = std::fs::metadata(replica.path("secret.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "attributes come with the replica");
+    assert!(erofs(std::fs::write(replica.path("new.txt"), b"x")));
+    assert!(erofs(std::fs::write(replica.path("docs/a.txt"), b"x")));
+    assert!(erofs(std::fs::create_dir(replica.path("d"))));
+    assert!(erofs(std::fs::remove_file(replica.path("docs/a.txt"))));
+    assert_eq!(std::fs::read(replica.path("docs/a.txt")).unwrap(), b"alpha");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn as_of_shows_each_file_as_it_was_and_restore_brings_a_version_back() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), ""));
+    std::fs::write(m.path("a.txt"), b"first").unwrap();
+    std::fs::write(m.path("b.txt"), b"deleted later").unwrap();
+    wait_replicated(&m);
+    // The instant: a whole second after the first versions landed (stores
+    // keep whole seconds), and the next writes a whole second after it.
+    let landed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = landed + 1;
+    wait_for(
+        "the clock to pass the instant",
+        Duration::from_secs(5),
+        || {
+            (SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                > at)
+                .then_some(())
+        },
+    );
+    std::fs::write(m.path("a.txt"), b"second, longer").unwrap();
+    std::fs::remove_file(m.path("b.txt")).unwrap();
+    std::fs::write(m.path("c.txt"), b"created later").unwrap();
+    wait_replicated(&m);
+
+    let vc = tempfile::tempdir().unwrap();
+    let view = Mount::start_with_args(&r.config(vc.path(), ""), &[&format!("--as-of=@{at}")]);
+    let mut names: Vec<String> = std::fs::read_dir(view.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["a.txt", "b.txt"], "c.txt did not exist yet");
+    assert_eq!(std::fs::read(view.path("a.txt")).unwrap(), b"first");
+    assert_eq!(std::fs::read(view.path("b.txt")).unwrap(), b"deleted later");
+    assert!(!view.path("c.txt").exists());
+    assert!(erofs(std::fs::write(view.path("a.txt"), b"x")));
+
+    let out = regionfs(&["versions", "--json", "a.txt"], &m.config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["size"], 14);
+    assert_eq!(list[0]["latest"], true);
+    let first = list[1]["version"].as_str().unwrap().to_string();
+    let gone = regionfs(&["versions", "b.txt"], &m.config);
+    assert!(String::from_utf8_lossy(&gone.stdout).contains("deleted"));
+
+    let out = regionfs(&["restore", "--version", &first, "a.txt"], &m.config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(m.path("a.txt")).unwrap(), b"first");
+    wait_replicated(&m);
+    let page = r.src.list_versions("a.txt", None, None).await.unwrap();
+    assert_eq!(page.versions.iter().filter(|v| v.key == "a.txt").count(), 3);
+    let now = r
+        .src
+        .get("a.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(now, &b"first"[..]);
+    let replica = r
+        .dst
+        .get("a.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        replica,
+        &b"first"[..],
+        "the restore is replicated like any write"
+    );
+}

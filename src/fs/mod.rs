@@ -164,7 +164,7 @@ impl Core {
             inodes: Mutex::new(Inodes::new(default_dir.clone())),
             default_file,
             default_dir,
-            read_only: false,
+            read_only: config.read_only(),
             dir_sidecar,
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),

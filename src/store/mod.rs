@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 
+pub mod asof;
 pub mod memory;
 pub mod probe;
 pub mod s3;

@@ -357,6 +357,7 @@ pub struct Mount {
     pub config: PathBuf,
     pub log: PathBuf,
     process: Option<ProcessGuard>,
+    args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -364,6 +365,11 @@ impl Mount {
     /// Writes `config_text` and mounts; the cache dir named in it is kept across
     /// remounts of this guard.
     pub fn start(config_text: &str) -> Mount {
+        Self::start_with_args(config_text, &[])
+    }
+
+    /// As [`Mount::start`], with more `regionfs mount` arguments (e.g. `--as-of`).
+    pub fn start_with_args(config_text: &str, args: &[&str]) -> Mount {
         let tmp = tempfile::Builder::new()
             .prefix("regionfs-mnt-")
             .tempdir()
@@ -378,6 +384,7 @@ impl Mount {
             config,
             log,
             process: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
             _tmp: tmp,
         };
         m.remount();
@@ -394,6 +401,7 @@ impl Mount {
         let child = Command::new(regionfs_bin())
             .args(["mount", "--config"])
             .arg(&self.config)
+            .args(&self.args)
             .arg(&self.dir)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("REGIONFS_LOG", "info")
