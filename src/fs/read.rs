@@ -1,6 +1,11 @@
 //! Clean copies downloaded on first read: one download per object version,
 //! shared by every reader; a read waits only until its range has arrived, so
 //! sequential reads stream while the download runs.
+//!
+//! Objects of [`PARALLEL_FROM`] bytes or more are fetched as ranged GETs of
+//! [`CHUNK`] bytes, [`PARALLEL`] at a time, each streamed straight to its place
+//! in the clean copy: a high-latency link is kept full, and memory stays
+//! bounded (no chunk is buffered whole).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -15,13 +20,23 @@ use crate::error::{FsError, StoreError};
 use crate::regions::Fetch;
 use crate::store::GetRequest;
 
+/// Objects this large or larger are fetched in parallel ranges.
+pub const PARALLEL_FROM: u64 = 16 << 20;
+/// The size of one ranged GET.
+pub const CHUNK: u64 = 8 << 20;
+/// Ranged GETs in flight per download.
+pub const PARALLEL: usize = 4;
+
 pub struct Download {
     pub key: String,
     /// The ETag of the version being copied.
     pub tag: String,
     file: File,
     size: AtomicU64,
-    avail: AtomicU64,
+    /// Bytes written so far at the start of each chunk (one chunk for the
+    /// whole object when it is fetched by a single GET).
+    progress: Vec<AtomicU64>,
+    chunk: u64,
     done: AtomicBool,
     error: Mutex<Option<String>>,
     arrived: Notify,
@@ -43,7 +58,8 @@ impl Download {
             tag: tag.to_string(),
             file,
             size: AtomicU64::new(len),
-            avail: AtomicU64::new(len),
+            progress: vec![AtomicU64::new(len)],
+            chunk: len.max(1),
             done: AtomicBool::new(true),
             error: Mutex::new(None),
             arrived: Notify::new(),
@@ -62,12 +78,20 @@ impl Download {
     ) -> Result<Arc<Download>, FsError> {
         let (path, writer) = cache.begin_clean(key, tag, size)?;
         let file = File::open(&path)?;
+        let chunk = if size >= PARALLEL_FROM {
+            CHUNK
+        } else {
+            size.max(1)
+        };
         let d = Arc::new(Download {
             key: key.to_string(),
             tag: tag.to_string(),
             file,
             size: AtomicU64::new(size),
-            avail: AtomicU64::new(0),
+            progress: (0..size.div_ceil(chunk).max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            chunk,
             done: AtomicBool::new(false),
             error: Mutex::new(None),
             arrived: Notify::new(),
@@ -75,7 +99,8 @@ impl Download {
         });
         let dl = d.clone();
         tokio::spawn(async move {
-            let result = dl.fetch_first(&from, &writer).await;
+            let writer = Arc::new(writer);
+            let result = dl.clone().fetch_all(&from, writer).await;
             if let Err(e) = result {
                 tracing::warn!(key = %dl.key, error = %e, "download failed");
                 *dl.error.lock().unwrap() = Some(e.to_string());
@@ -87,14 +112,20 @@ impl Download {
         Ok(d)
     }
 
-    /// Tries each region in turn until one starts sending the object; a failure
-    /// after bytes arrived ends the download (the next open starts afresh).
-    async fn fetch_first(&self, from: &[Fetch], out: &File) -> Result<(), FsError> {
+    /// The first chunk from the first region that answers (trying each in
+    /// turn), then the other chunks from that region, [`PARALLEL`] at a time.
+    /// A failure after bytes arrived ends the download (the next open starts
+    /// afresh).
+    async fn fetch_all(self: Arc<Self>, from: &[Fetch], out: Arc<File>) -> Result<(), FsError> {
         let mut last = None;
+        let mut chosen = None;
         for f in from {
-            match self.fetch(f, out).await {
-                Ok(()) => return Ok(()),
-                Err(e) if self.avail.load(Ordering::SeqCst) == 0 => {
+            match self.fetch_chunk(f, 0, &out).await {
+                Ok(()) => {
+                    chosen = Some(f.clone());
+                    break;
+                }
+                Err(e) if self.progress[0].load(Ordering::SeqCst) == 0 => {
                     if matches!(&e, FsError::Store(s) if !s.is_permanent()) {
                         f.failed(&e.to_string());
                     }
@@ -104,17 +135,56 @@ impl Download {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or(FsError::NotFound))
+        let Some(f) = chosen else {
+            return Err(last.unwrap_or(FsError::NotFound));
+        };
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = 1;
+        while next < self.progress.len() || !set.is_empty() {
+            while next < self.progress.len() && set.len() < PARALLEL {
+                let (me, f, out, i) = (self.clone(), f.clone(), out.clone(), next);
+                set.spawn(async move { me.fetch_chunk_retrying(&f, i, &out).await });
+                next += 1;
+            }
+            if let Some(done) = set.join_next().await {
+                done.map_err(|e| FsError::Upload(format!("download task: {e}")))??;
+            }
+        }
+        Ok(())
     }
 
-    async fn fetch(&self, from: &Fetch, out: &File) -> Result<(), FsError> {
+    /// A chunk after the first: transient failures before any of its bytes
+    /// arrived are retried a few times.
+    async fn fetch_chunk_retrying(&self, f: &Fetch, i: usize, out: &File) -> Result<(), FsError> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_chunk(f, i, out).await {
+                Err(FsError::Store(e))
+                    if !e.is_permanent()
+                        && attempt < 3
+                        && self.progress[i].load(Ordering::SeqCst) == 0 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Streams chunk `i` (the whole object for a single-chunk download).
+    async fn fetch_chunk(&self, from: &Fetch, i: usize, out: &File) -> Result<(), FsError> {
         let store = from.store.as_ref();
+        let whole = self.progress.len() == 1;
+        let start = i as u64 * self.chunk;
+        let size = self.size.load(Ordering::SeqCst);
+        let range = (!whole).then(|| (start, (start + self.chunk).min(size) - 1));
         let obj = store
             .get(
                 &self.key,
                 GetRequest {
                     version_id: from.version.clone(),
-                    range: None,
+                    range,
                 },
             )
             .await?;
@@ -130,9 +200,11 @@ impl Download {
                 key: self.key.clone(),
             }));
         }
-        self.size.store(obj.info.size, Ordering::SeqCst);
+        if whole {
+            self.size.store(obj.info.size, Ordering::SeqCst);
+        }
         let mut body = obj.body;
-        let mut offset = 0u64;
+        let mut offset = start;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Unreachable {
                 bucket: store.describe(),
@@ -141,10 +213,25 @@ impl Download {
             out.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;
             from.count(chunk.len() as u64);
-            self.avail.store(offset, Ordering::SeqCst);
+            self.progress[i].store(offset - start, Ordering::SeqCst);
             self.arrived.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Whether `offset..end` has arrived.
+    fn covered(&self, offset: u64, end: u64) -> bool {
+        if end <= offset {
+            return true;
+        }
+        let first = (offset / self.chunk) as usize;
+        let last = ((end - 1) / self.chunk) as usize;
+        (first..=last).all(|i| {
+            let Some(p) = self.progress.get(i) else { return true };
+            let chunk_start = i as u64 * self.chunk;
+            let need = end.min(chunk_start + self.chunk) - chunk_start;
+            p.load(Ordering::SeqCst) >= need
+        })
     }
 
     pub fn failed(&self) -> bool {
@@ -164,7 +251,7 @@ impl Download {
                     self.key
                 )));
             }
-            if done || self.avail.load(Ordering::SeqCst) >= want {
+            if done || self.covered(offset, want) {
                 let len = want.saturating_sub(offset) as usize;
                 let mut buf = vec![0; len];
                 let n = self.file.read_at(&mut buf, offset)?;
