@@ -84,6 +84,7 @@ fn group_commit(c: &mut Criterion) {
         meta: "{}".into(),
         src_key: None,
         src_version: None,
+        inline: None,
     };
     c.bench_function("journal: 64 concurrent stages (one group commit)", |b| {
         b.iter(|| {

@@ -21,6 +21,10 @@
 //!    the file is unknown to the journal and is quarantined, never uploaded.
 //! 2. `fsync(data/<file>)`, `fsync(data/)`, then `stage()` commits a `pending` put:
 //!    only now does close()/fsync() return. After a crash the row is re-queued.
+//!    A file of at most [`INLINE_MAX`] bytes is instead committed with its bytes
+//!    in the row (`inline`), without those fsyncs: one commit makes it durable.
+//!    Recovery rewrites its cache file from the row before anything reads it (a
+//!    staged file is never written again, so the row and the file agree).
 //! 3. Upload (PUT, or multipart with its upload id recorded first): a crash leaves
 //!    the row pending; recovery aborts a recorded multipart upload and uploads
 //!    again. A PUT that landed but was not recorded is uploaded again: at worst a
@@ -97,7 +101,14 @@ pub struct NewOp {
     pub meta: String,
     pub src_key: Option<String>,
     pub src_version: Option<String>,
+    /// Put of a small file: its bytes, kept in the journal until uploaded. The
+    /// commit then makes the data durable by itself (no fsync of the cache file
+    /// or its directory), and recovery rewrites the cache file from it.
+    pub inline: Option<Vec<u8>>,
 }
+
+/// Files up to this size are staged inline in the journal.
+pub const INLINE_MAX: u64 = 64 * 1024;
 
 /// A staged operation as the journal holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +314,8 @@ CREATE TABLE IF NOT EXISTS ops (
     multipart_id TEXT,
     version_id TEXT,
     staged_at INTEGER NOT NULL,
-    done_at INTEGER
+    done_at INTEGER,
+    inline BLOB
 );
 CREATE INDEX IF NOT EXISTS ops_open ON ops(state) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS ops_key ON ops(key, seq);
@@ -385,7 +397,46 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
+        // Journals made before inline staging lack the column.
+        let has_inline = conn
+            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'inline'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sq)?;
+        if !has_inline {
+            conn.execute_batch("ALTER TABLE ops ADD COLUMN inline BLOB")
+                .map_err(sq)?;
+        }
         Ok(Self::spawn(conn, p))
+    }
+
+    /// Recovery: hands `restore` the bytes of every pending inline put, one at a
+    /// time (their cache files may be torn or missing after a crash, since only
+    /// the journal was synced). Returns how many.
+    pub async fn restore_inline(
+        &self,
+        mut restore: impl FnMut(&str, &[u8]) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<usize, JournalError> {
+        let path = self.path.clone();
+        self.run(move |c| {
+            let mut st = c.prepare(
+                "SELECT file, inline FROM ops WHERE state != 'done' AND inline IS NOT NULL AND file IS NOT NULL",
+            )?;
+            let mut rows = st.query([])?;
+            let mut n = 0;
+            while let Some(r) = rows.next()? {
+                let file: String = r.get(0)?;
+                let bytes: Vec<u8> = r.get(1)?;
+                restore(&file, &bytes).map_err(|e| {
+                    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::new(
+                        e.kind(),
+                        format!("{path}: restoring cache file {file}: {e}"),
+                    )))
+                })?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     /// Opens an existing journal for reading (another process may own it).
@@ -482,8 +533,8 @@ impl Journal {
     ) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
         self.send(move |c| {
             c.execute(
-                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms()],
+                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -524,7 +575,7 @@ impl Journal {
                 }
             }
             c.execute(
-                "UPDATE ops SET state = 'done', version_id = ?2, done_at = ?3, error = NULL, multipart_id = NULL WHERE seq = ?1",
+                "UPDATE ops SET state = 'done', version_id = ?2, done_at = ?3, error = NULL, multipart_id = NULL, inline = NULL WHERE seq = ?1",
                 params![seq, version_id, now_ms()],
             )?;
             c.execute(
@@ -907,6 +958,7 @@ mod tests {
             meta: "{}".into(),
             src_key: None,
             src_version: None,
+            inline: None,
         }
     }
 

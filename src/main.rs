@@ -302,13 +302,17 @@ fn daemonize(
 /// request per 128 KiB. Raise it through the mount's backing-device setting.
 fn raise_readahead(mountpoint: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
     let dev = meta.dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     match std::fs::write(&knob, "4096") {
         Ok(()) => tracing::debug!(%knob, "read-ahead raised to 4 MiB"),
-        Err(e) => tracing::info!(%knob, error = %e, "cannot raise read-ahead (needs root); large reads use the kernel's 128 KiB"),
+        Err(e) => {
+            tracing::info!(%knob, error = %e, "cannot raise read-ahead (needs root); large reads use the kernel's 128 KiB")
+        }
     }
 }
 

@@ -114,6 +114,18 @@ pub async fn start_with_stores(
             ops.len()
         )));
     }
+    // Small staged files live in the journal; their cache copies were never
+    // synced, so they are rewritten from it before anything reads them.
+    let c = cache.clone();
+    let restored = journal
+        .restore_inline(move |file, bytes| std::fs::write(c.data_path(file), bytes))
+        .await?;
+    if restored > 0 {
+        tracing::info!(
+            count = restored,
+            "small staged files restored from the journal"
+        );
+    }
     let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
     let quarantined = cache.recover(&needed)?;
     if !quarantined.is_empty() {

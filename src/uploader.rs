@@ -670,6 +670,7 @@ mod tests {
             meta: ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0).to_json(),
             src_key: None,
             src_version: None,
+            inline: None,
         }
     }
 

@@ -505,6 +505,7 @@ impl Core {
             meta: meta.to_json(),
             src_key: None,
             src_version: None,
+            inline: None,
         };
         let mut seq = self.uploader.submit(put(dkey.clone())).await?;
         if self.dir_sidecar {
@@ -943,6 +944,7 @@ impl Core {
             meta: "{}".into(),
             src_key: None,
             src_version: None,
+            inline: None,
         }
     }
 
@@ -1083,6 +1085,7 @@ impl Core {
                     meta: meta.to_json(),
                     src_key: None,
                     src_version: None,
+                    inline: None,
                 }
             }
             None => NewOp {
@@ -1094,6 +1097,7 @@ impl Core {
                 // A named version stays copyable after the delete below.
                 src_key: Some(content_key.clone().unwrap_or_else(|| from_key.clone())),
                 src_version: version.clone(),
+                inline: None,
             },
         };
         let seq = self.uploader.submit(op).await?;
@@ -1308,6 +1312,7 @@ impl Core {
                 file: None,
                 size,
                 meta: meta.to_json(),
+                inline: None,
             }
         };
         let seq = self.uploader.submit(op).await?;
@@ -1629,7 +1634,16 @@ impl Core {
             return Ok(None);
         }
         let Some(w) = working else { return Ok(None) };
-        self.cache.sync_data(&w.name, &w.file)?;
+        // A small file's bytes go into the journal commit itself: one sync
+        // instead of three (file, directory entry, journal).
+        let inline = if size <= crate::journal::INLINE_MAX {
+            let mut buf = vec![0u8; size as usize];
+            w.file.read_exact_at(&mut buf, 0)?;
+            Some(buf)
+        } else {
+            self.cache.sync_data(&w.name, &w.file)?;
+            None
+        };
         let seq = self
             .uploader
             .submit(NewOp {
@@ -1640,6 +1654,7 @@ impl Core {
                 meta: meta.to_json(),
                 src_key: None,
                 src_version: None,
+                inline,
             })
             .await?;
         let mut t = self.inodes.lock().unwrap();

@@ -227,7 +227,9 @@ impl Download {
         let first = (offset / self.chunk) as usize;
         let last = ((end - 1) / self.chunk) as usize;
         (first..=last).all(|i| {
-            let Some(p) = self.progress.get(i) else { return true };
+            let Some(p) = self.progress.get(i) else {
+                return true;
+            };
             let chunk_start = i as u64 * self.chunk;
             let need = end.min(chunk_start + self.chunk) - chunk_start;
             p.load(Ordering::SeqCst) >= need
