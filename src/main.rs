@@ -106,6 +106,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Write requests (up to 1 MiB each) are allocated and freed all the time.
+    // glibc would raise its mmap threshold after the first frees and then keep
+    // such buffers in per-thread heaps, growing the daemon's memory; a fixed
+    // threshold hands them back at once, and two arenas bound fragmentation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")
