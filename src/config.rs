@@ -332,6 +332,10 @@ pub struct ReadConfig {
     /// source (a reader in that region, needing no access to the source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// With `read.from`: read the source instead while the replica is known
+    /// to be further behind than this (needs access to the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness: Option<HumanDuration>,
 }
 
 impl Default for ReadConfig {
@@ -339,6 +343,7 @@ impl Default for ReadConfig {
         ReadConfig {
             prefer: default_prefer(),
             from: None,
+            max_staleness: None,
         }
     }
 }
@@ -728,6 +733,12 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if self.read.max_staleness.is_some() && self.read.from.is_none() {
+            return Err(invalid(
+                "read.max_staleness".into(),
+                "bounds how stale a replica mount may be: it needs `read.from`".into(),
+            ));
         }
         if self.cache.max_size.0 < 64 * MIB {
             return Err(invalid(

@@ -51,6 +51,12 @@ pub struct ReadView {
     /// Regions best first for the next read.
     pub order: Vec<String>,
     pub regions: BTreeMap<String, RegionState>,
+    /// Replica mounts with `read.max_staleness`: the replica's known lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_lag_s: Option<f64>,
+    /// ... and whether reads go to the source because of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reading_source_for_staleness: bool,
 }
 
 /// What the probes know of one region, as `status` shows it.
@@ -124,6 +130,7 @@ pub struct Regions {
     journal: Option<Journal>,
     /// Smoothing of the probe RTT (weight of the newest sample).
     alpha: f64,
+    staleness: Mutex<Option<Arc<crate::store::bounded::BoundedStaleness>>>,
 }
 
 /// How often every region is probed.
@@ -154,7 +161,13 @@ impl Regions {
             prefer,
             journal,
             alpha: 0.3,
+            staleness: Mutex::new(None),
         })
+    }
+
+    /// A replica mount's staleness bound, for status.
+    pub fn set_staleness(&self, b: Arc<crate::store::bounded::BoundedStaleness>) {
+        *self.staleness.lock().unwrap() = Some(b);
     }
 
     fn find(&self, name: &str) -> Option<&Region> {
@@ -174,16 +187,28 @@ impl Regions {
             let mut noted: Option<(Instant, Vec<bool>)> = None;
             loop {
                 me.probe_all().await;
-                let up: Vec<bool> = me.regions.iter().map(Self::reachable).collect();
+                let mut up: Vec<bool> = me.regions.iter().map(Self::reachable).collect();
+                if let Some(b) = me.staleness.lock().unwrap().as_ref() {
+                    up.push(b.state().0);
+                }
                 let due = match &noted {
                     Some((at, was)) => *was != up || at.elapsed() >= Duration::from_secs(10),
                     None => true,
                 };
                 if let (true, Some(j)) = (due, &me.journal) {
+                    let (stale, lag) = me
+                        .staleness
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .map(|b| b.state())
+                        .unwrap_or((false, None));
                     let view = ReadView {
                         prefer: me.prefer_text(),
                         order: me.order(),
                         regions: me.snapshot(),
+                        replica_lag_s: lag,
+                        reading_source_for_staleness: stale,
                     };
                     if let Ok(text) = serde_json::to_string(&view) {
                         let _ = j.note_regions(text).await;

@@ -69,6 +69,19 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
         Err(e) => return Err(ServiceError::Source(e.to_string())),
     }
     let mut store: Arc<dyn ObjectStore> = Arc::new(store);
+    let mut bounded = None;
+    if let Some(max) = config.read.max_staleness {
+        let b = crate::store::bounded::BoundedStaleness::new(
+            store,
+            Arc::new(S3Store::connect(&config.source).await),
+            max.0,
+            &config.source.prefix,
+        );
+        b.check().await;
+        b.start_watch();
+        bounded = Some(b.clone());
+        store = b;
+    }
     if let Some(at) = config.mount.as_of {
         store = Arc::new(crate::store::asof::AsOfStore::new(store, at));
     }
@@ -78,7 +91,11 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
             destinations.insert(d.name.clone(), Arc::new(S3Store::connect(d).await));
         }
     }
-    start_with_stores(config, store, destinations, owner).await
+    let svc = start_with_stores(config, store, destinations, owner).await?;
+    if let Some(b) = bounded {
+        svc.regions.set_staleness(b);
+    }
+    Ok(svc)
 }
 
 /// As [`start`], with a given source store (tests wrap it with fault injection)

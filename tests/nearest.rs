@@ -412,3 +412,93 @@ async fn as_of_shows_each_file_as_it_was_and_restore_brings_a_version_back() {
         "the restore is replicated like any write"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_mount_reads_the_source_while_replication_is_behind_max_staleness() {
+    let r = Regions::start().await;
+    // The writer reaches the destination through a link the test can cut,
+    // which holds replication back while the reader still sees the replica.
+    let link = LatencyProxy::start(r.b.port, Duration::ZERO);
+    let wc = tempfile::tempdir().unwrap();
+    let writer = Mount::start(&r.config(wc.path(), "").replacen(
+        &format!("endpoint = \"{}\"", r.b.endpoint),
+        &format!("endpoint = \"{}\"", link.endpoint()),
+        1,
+    ));
+    std::fs::write(writer.path("a.txt"), b"one").unwrap();
+    wait_replicated(&writer);
+
+    let bounded = "[mount]\nread_only = true\n[read]\nfrom = \"eu\"\nmax_staleness = \"3s\"\n";
+    let (bc, uc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let reader = Mount::start(&r.config(bc.path(), bounded));
+    let unbounded = Mount::start(&r.config(
+        uc.path(),
+        "[mount]\nread_only = true\n[read]\nfrom = \"eu\"\n",
+    ));
+    assert_eq!(std::fs::read(reader.path("a.txt")).unwrap(), b"one");
+    assert_eq!(std::fs::read(unbounded.path("a.txt")).unwrap(), b"one");
+
+    // The writer's replicator says how far it got; the bounded reader knows
+    // its lag from that.
+    common::wait_for_async(
+        "the replication heartbeat",
+        Duration::from_secs(30),
+        || async {
+            r.dst
+                .head(".regionfs-replicated", None)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    wait_for(
+        "the reader to know the lag",
+        Duration::from_secs(30),
+        || {
+            reader.status(None)["reads"]["replica_lag_s"]
+                .as_f64()
+                .map(|_| ())
+        },
+    );
+    link.set_cut(true);
+    std::fs::write(
+        writer.path("a.txt"),
+        b"two, written while replication is held back",
+    )
+    .unwrap();
+    writer.wait_uploaded(DRAIN);
+    let got = wait_for(
+        "the bounded reader to see the new version",
+        Duration::from_secs(60),
+        || {
+            let got = std::fs::read(reader.path("a.txt")).ok()?;
+            (got != b"one").then_some(got)
+        },
+    );
+    assert_eq!(got, b"two, written while replication is held back");
+    let st = reader.status(None);
+    assert!(st["reads"]["replica_lag_s"].as_f64().unwrap() > 3.0, "{st}");
+    assert_eq!(st["reads"]["reading_source_for_staleness"], true, "{st}");
+    // Without the bound the replica mount shows what is replicated: the old one.
+    assert_eq!(std::fs::read(unbounded.path("a.txt")).unwrap(), b"one");
+
+    link.set_cut(false);
+    wait_replicated(&writer);
+    wait_for(
+        "the reader to go back to the replica",
+        Duration::from_secs(60),
+        || (reader.status(None)["reads"]["reading_source_for_staleness"] != true).then_some(()),
+    );
+    assert_eq!(
+        std::fs::read(unbounded.path("a.txt")).unwrap(),
+        b"two, written while replication is held back"
+    );
+    // The heartbeat replaces itself: the destination keeps one version of it.
+    let beats = r
+        .dst
+        .list_versions(".regionfs-replicated", None, None)
+        .await
+        .unwrap();
+    assert!(beats.versions.len() <= 2, "{:?}", beats.versions);
+}

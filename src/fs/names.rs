@@ -15,6 +15,15 @@ pub const KEY_MAX: usize = 1024;
 /// creatable.
 pub const DIR_ATTRS: &str = ".regionfs-dir";
 
+/// The object in each destination (at the source prefix) where the replicator
+/// says how far replication has got (see `replicator::heartbeat`). Reserved
+/// like [`DIR_ATTRS`].
+pub const HEARTBEAT: &str = ".regionfs-replicated";
+
+fn reserved(name: &str) -> bool {
+    name == DIR_ATTRS || name == HEARTBEAT
+}
+
 /// Why a name cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameError {
@@ -28,7 +37,7 @@ pub fn check_name(name: &[u8]) -> Result<&str, NameError> {
         return Err(NameError::TooLong);
     }
     let s = std::str::from_utf8(name).map_err(|_| NameError::Invalid)?;
-    if s.is_empty() || s == "." || s == ".." || s.contains('/') || s == DIR_ATTRS {
+    if s.is_empty() || s == "." || s == ".." || s.contains('/') || reserved(s) {
         return Err(NameError::Invalid);
     }
     Ok(s)
@@ -88,7 +97,7 @@ pub fn listed_entry<'a>(dir_prefix: &str, key: &'a str) -> Option<(&'a str, bool
         Some(i) => (&rest[..i], true),
         None => (rest, false),
     };
-    ((is_dir || name != DIR_ATTRS) && valid_segment(name)).then_some((name, is_dir))
+    ((is_dir || !reserved(name)) && valid_segment(name)).then_some((name, is_dir))
 }
 
 fn valid_segment(s: &str) -> bool {

@@ -30,6 +30,7 @@
 //! Bytes are streamed: a GET of the source version feeds the destination PUT
 //! (ranged GETs per part for large objects); nothing is held whole in memory.
 
+pub mod heartbeat;
 pub mod ordering;
 pub mod resync;
 pub mod rules;
@@ -162,13 +163,14 @@ impl Replicator {
         journal: Journal,
     ) -> Result<Replicator, crate::journal::JournalError> {
         let open = journal.open_tasks().await?;
-        Ok(Self::start_with(
-            config,
-            source,
-            destinations,
-            journal,
-            open,
-        ))
+        let r = Self::start_with(config, source, destinations, journal, open);
+        // Only the replicator that owns all open tasks may say how far
+        // replication has got (resync runs a partial one).
+        tokio::spawn(heartbeat::run(
+            r.inner.clone(),
+            config.source.prefix.clone(),
+        ));
+        Ok(r)
     }
 
     /// Starts the workers with only the given tasks (resync runs the tasks it

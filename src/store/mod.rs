@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::error::StoreError;
 
 pub mod asof;
+pub mod bounded;
 pub mod memory;
 pub mod probe;
 pub mod s3;

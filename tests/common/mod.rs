@@ -507,7 +507,8 @@ impl Drop for Mount {
     }
 }
 
-/// Every current object (key → bytes) under `prefix` in a bucket.
+/// Every object under `prefix` with its bytes (regionfs's own
+/// `.regionfs-replicated` progress note left out).
 pub async fn bucket_contents(
     s: &S3Store,
     prefix: &str,
@@ -517,7 +518,12 @@ pub async fn bucket_contents(
     let mut token = None;
     loop {
         let page = s.list(prefix, None, token, None).await.unwrap();
-        for o in page.objects {
+        // The replicator's progress note in destinations is not user data.
+        for o in page
+            .objects
+            .into_iter()
+            .filter(|o| !o.key.ends_with(".regionfs-replicated"))
+        {
             let body = s
                 .get(&o.key, GetRequest::default())
                 .await
