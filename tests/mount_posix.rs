@@ -634,7 +634,13 @@ async fn with_the_writeback_cache_another_clients_longer_version_is_read_whole()
     use bytes::Bytes;
     use regionfs::store::{PutBody, PutOptions};
     let (r, m, _c) = setup("").await;
-    std::fs::write(m.path("shared.txt"), b"v1").unwrap();
+    {
+        // fsync waits for the upload (durability "source"): the upload
+        // finishes while the file is still open for writing.
+        let mut f = std::fs::File::create(m.path("shared.txt")).unwrap();
+        f.write_all(b"v1").unwrap();
+        f.sync_all().unwrap();
+    }
     m.wait_uploaded(DRAIN);
     assert_eq!(std::fs::read(m.path("shared.txt")).unwrap(), b"v1");
     let newer = b"version two, written by another host".to_vec();

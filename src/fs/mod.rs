@@ -128,6 +128,9 @@ pub struct Core {
     writeback: bool,
 }
 
+/// Attribute HEADs in flight after a directory listing.
+const PREFETCH: usize = 16;
+
 /// What the core works over.
 pub struct Backends {
     pub store: Arc<dyn ObjectStore>,
@@ -684,7 +687,7 @@ impl Core {
     /// The listing for a directory handle: taken afresh at offset 0, reused for
     /// the following pages so a large directory is listed once per pass.
     pub async fn readdir_at(
-        &self,
+        self: &Arc<Self>,
         ino: u64,
         fh: u64,
         offset: u64,
@@ -696,7 +699,47 @@ impl Core {
         }
         let l = Arc::new(self.readdir(ino).await?);
         self.dir_handles.lock().unwrap().insert(fh, l.clone());
+        self.prefetch_attributes(&l);
         Ok(l)
+    }
+
+    /// A listing is usually followed by a stat of every entry (`ls -l`, `find`,
+    /// `rsync`), one lookup at a time. LIST carries no metadata (mode, owner,
+    /// mtime), so fetch it for the listed files now, [`PREFETCH`] HEADs at a
+    /// time in listing order: the lookups then find fresh attributes.
+    fn prefetch_attributes(self: &Arc<Self>, entries: &[DirEntry]) {
+        let paths: Vec<String> = {
+            let t = self.inodes.lock().unwrap();
+            entries
+                .iter()
+                .filter_map(|e| t.get(e.ino))
+                .filter(|n| {
+                    !n.is_dir()
+                        && !n.local_only
+                        && n.working.is_none()
+                        && !n.dirty
+                        && n.fetched.is_none_or(|f| f.elapsed() >= self.ttl)
+                })
+                .map(|n| n.path.clone())
+                .collect()
+        };
+        if paths.is_empty() {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for path in paths {
+                if set.len() >= PREFETCH {
+                    set.join_next().await;
+                }
+                let me = me.clone();
+                set.spawn(async move {
+                    let _ = me.resolve_remote(&path).await;
+                });
+            }
+            while set.join_next().await.is_some() {}
+        });
     }
 
     /// Counts and logs (once per key) a key that cannot be a path.
@@ -1736,23 +1779,63 @@ impl Core {
         if local_only || dirty_alone {
             self.stage(h.ino).await?;
         }
-        let mut t = self.inodes.lock().unwrap();
-        let mut drop_file = None;
-        if let Some(n) = t.get_mut(h.ino) {
-            n.open = n.open.saturating_sub(1);
-            if h.write {
-                n.open_writers = n.open_writers.saturating_sub(1);
+        let (drop_file, maybe_clean) = {
+            let mut t = self.inodes.lock().unwrap();
+            let mut drop_file = None;
+            let mut maybe_clean = None;
+            if let Some(n) = t.get_mut(h.ino) {
+                n.open = n.open.saturating_sub(1);
+                if h.write {
+                    n.open_writers = n.open_writers.saturating_sub(1);
+                }
+                if n.unlinked && n.open == 0 && !n.shared {
+                    drop_file = n.working.take();
+                } else if h.write && n.open_writers == 0 {
+                    maybe_clean = n.working.as_ref().map(|w| w.name.clone());
+                }
             }
-            if n.unlinked && n.open == 0 && !n.shared {
-                drop_file = n.working.take();
-            }
-        }
-        drop(t);
+            (drop_file, maybe_clean)
+        };
         if let Some(w) = drop_file {
             self.cache.remove_data(&w.name);
         }
+        if let Some(name) = maybe_clean {
+            self.settle_working(h.ino, &name).await;
+        }
         drop(h.download);
         Ok(())
+    }
+
+    /// After the last writer closed: if the working file's data is uploaded
+    /// (the upload finished while the file was still open), it becomes the
+    /// clean copy of that version, so the bucket is asked again after
+    /// `attr_ttl` like for any clean file and another client's newer version
+    /// is seen.
+    async fn settle_working(&self, ino: u64, name: &str) {
+        let Ok(path) = self.path_of(ino) else { return };
+        let key = self.key(&path);
+        if self.uploader.references(name) || !self.uploader.pending_for(&key).is_empty() {
+            return;
+        }
+        let Ok(io) = self.io_lock(ino) else { return };
+        let _g = io.lock().await;
+        let etag = {
+            let mut t = self.inodes.lock().unwrap();
+            let Some(n) = t.get_mut(ino) else { return };
+            let settled = n.open_writers == 0
+                && !n.dirty
+                && !n.shared
+                && !n.local_only
+                && !n.unlinked
+                && !n.etag.is_empty()
+                && n.working.as_ref().is_some_and(|w| w.name == name);
+            if !settled {
+                return;
+            }
+            n.working = None;
+            n.etag.clone()
+        };
+        self.cache.make_clean(name, &key, &etag);
     }
 
     // ----- extended attributes -----
