@@ -224,7 +224,6 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         &opts,
     )
     .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-    raise_readahead(&mountpoint);
     eprintln!(
         "regionfs: mounted {} at {} (cache {})",
         config.source.describe(),
@@ -303,25 +302,6 @@ fn daemonize(
             bail!("not mounted after 60 s; see {}", log_path.display());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// The kernel reads ahead only 128 KiB on a FUSE mount unless told otherwise
-/// (the INIT reply cannot raise it): large sequential reads then cost one
-/// request per 128 KiB. Raise it through the mount's backing-device setting.
-fn raise_readahead(mountpoint: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else {
-        return;
-    };
-    let dev = meta.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    match std::fs::write(&knob, "4096") {
-        Ok(()) => tracing::debug!(%knob, "read-ahead raised to 4 MiB"),
-        Err(e) => {
-            tracing::info!(%knob, error = %e, "cannot raise read-ahead (needs root); large reads use the kernel's 128 KiB")
-        }
     }
 }
 

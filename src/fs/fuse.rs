@@ -112,7 +112,7 @@ impl Filesystem for FuseFs {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(4 << 20);
+        let _ = config.set_max_readahead(1 << 20);
         // Each background request (write-back of up to 1 MiB, readahead) is
         // buffered here while it waits for its file's lock: this bounds that
         // memory to 16 MiB.
