@@ -344,6 +344,18 @@ impl Core {
         } else {
             match self.store.head(&key, None).await {
                 Ok(info) => {
+                    // An operation queued while the HEAD was in flight (an
+                    // unlink, a rewrite) is newer than what the bucket said.
+                    if let Some(op) = self.uploader.pending_for(&key).pop() {
+                        if op.kind == OpKind::Delete {
+                            return Err(FsError::NotFound);
+                        }
+                        return Ok(self.adopt_pending(path, &op).await);
+                    }
+                    if self.known_absent(path) {
+                        // Unlinked here meanwhile, and its delete already done.
+                        return Err(FsError::NotFound);
+                    }
                     let meta = ObjectMeta::from_object(&info, &self.default_file);
                     let mut t = self.inodes.lock().unwrap();
                     self.renumber_if_changed(&mut t, path, &info.etag);

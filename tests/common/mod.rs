@@ -65,12 +65,51 @@ fn port_free(p: u16) -> bool {
     TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
-/// A base port whose nine ports and their +10000 gRPC twins are all free.
-fn free_port_block(width: u16) -> u16 {
+/// A block of ports reserved for one server of one test: a file created
+/// exclusively in a directory shared by every test process, so two tests
+/// running at once never pick the same block. Removed on drop.
+pub struct PortLease(PathBuf);
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A base port whose `width` (at most 10) ports and their +10000 gRPC twins
+/// are all free, leased to the caller.
+fn free_port_block(width: u16) -> (u16, PortLease) {
+    let dir = std::env::temp_dir().join("regionfs-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
     loop {
-        let base = 20000 + (rand::random::<u16>() % 9000) / 10 * 10;
+        // Bases 20000-22750: the blocks and their gRPC twins (30000-32758)
+        // stay below the kernel's ephemeral ports (32768+), which outgoing
+        // connections of other tests take at random.
+        let base = 20000 + (rand::random::<u16>() % 2760) / 10 * 10;
+        let lease = dir.join(base.to_string());
+        if let Ok(meta) = std::fs::metadata(&lease) {
+            // A lease left by a test process that was killed: old enough to reuse.
+            let stale = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(3600));
+            if !stale {
+                continue;
+            }
+            let _ = std::fs::remove_file(&lease);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lease)
+            .is_err()
+        {
+            continue;
+        }
+        let lease = PortLease(lease);
         if (0..width).all(|i| port_free(base + i) && port_free(base + i + 10000)) {
-            return base;
+            return (base, lease);
         }
     }
 }
@@ -118,6 +157,7 @@ pub struct Region {
     process: Option<ProcessGuard>,
     start: Box<Starter>,
     pub dir: tempfile::TempDir,
+    _lease: PortLease,
 }
 
 impl Region {
@@ -164,7 +204,7 @@ impl Region {
             .prefix("regionfs-region-")
             .tempdir()
             .unwrap();
-        let port = free_port_block(width);
+        let (port, lease) = free_port_block(width);
         let mut r = Region {
             port,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -173,24 +213,59 @@ impl Region {
             process: None,
             start: Box::new(start),
             dir,
+            _lease: lease,
         };
+        // A port taken between the check and the server's bind (by a process
+        // outside the leases) makes the server exit: start on other ports.
+        for _ in 0..3 {
+            match r.try_start() {
+                Ok(()) => return r,
+                Err(e) => {
+                    eprintln!("{e}; starting on other ports");
+                    let (port, lease) = free_port_block(width);
+                    r.port = port;
+                    r.endpoint = format!("http://127.0.0.1:{port}");
+                    r._lease = lease;
+                }
+            }
+        }
         r.restart();
         r
     }
 
     /// Starts the server again (after [`Region::stop`]) on the same port and data.
     pub fn restart(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), String> {
         let child = (self.start)(self.dir.path(), self.port);
-        self.process = Some(ProcessGuard {
+        let mut guard = ProcessGuard {
             child,
             name: self.kind.to_string(),
-        });
+        };
         let port = self.port;
-        wait_for(
-            &format!("{} on port {port}", self.kind),
-            Duration::from_secs(60),
-            || port_open(port).then_some(()),
-        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !port_open(port) {
+            if let Ok(Some(status)) = guard.child.try_wait() {
+                return Err(format!(
+                    "{} on port {port} exited at start ({status}); see {}",
+                    self.kind,
+                    self.dir.path().display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} not listening on port {port} after 60 s",
+                    self.kind
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.process = Some(guard);
+        Ok(())
     }
 
     /// Kills the server (the region becomes unreachable); data stays.
