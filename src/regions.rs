@@ -174,10 +174,6 @@ impl Regions {
         self.regions.iter().find(|r| r.name == name)
     }
 
-    fn source(&self) -> &Region {
-        &self.regions[0]
-    }
-
     /// Probes every region every [`PROBE_INTERVAL`] until the process ends,
     /// noting the view in the journal for `status` (when reachability changes,
     /// else every 10 s).
@@ -380,11 +376,6 @@ impl Regions {
                 None
             }
         }
-    }
-
-    /// Whether the source answered its last probe (or was never probed).
-    pub fn source_reachable(&self) -> bool {
-        Self::reachable(self.source())
     }
 
     /// Every region's state, by name.

@@ -35,16 +35,6 @@ async fn current_acl(s: &S3Store, key: &str) -> Acl {
     s.get_acl(key, None).await.unwrap()
 }
 
-fn regionfs(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(common::regionfs_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap()
-}
-
 /// `[source] acl = "public-read"` added to a test config.
 fn with_source_acl(config: String, acl: &str) -> String {
     config.replacen(
@@ -96,7 +86,7 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
     assert_eq!(s["acls"]["eu"], "enabled", "{s}");
     assert_eq!(s["replication"]["eu"]["failed"], 0);
 
-    let ok = regionfs(&["verify"], &m.config);
+    let ok = common::regionfs_cli(&["verify"], &m.config);
     let out = String::from_utf8_lossy(&ok.stdout).into_owned();
     assert_eq!(ok.status.code(), Some(0), "{out}");
     assert!(out.contains("0 difference(s)"), "{out}");
@@ -105,7 +95,7 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
         .put_acl("plain.txt", None, &AclBody::Canned("private".into()))
         .await
         .unwrap();
-    let bad = regionfs(&["verify"], &m.config);
+    let bad = common::regionfs_cli(&["verify"], &m.config);
     let out = String::from_utf8_lossy(&bad.stdout).into_owned();
     assert_eq!(bad.status.code(), Some(1), "{out}");
     assert!(
@@ -114,13 +104,13 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
     );
     assert!(out.contains("AllUsers: READ"), "{out}");
     // resync redoes the task: the replica is current, so only its ACL is set.
-    let resync = regionfs(&["resync"], &m.config);
+    let resync = common::regionfs_cli(&["resync"], &m.config);
     assert!(
         resync.status.success(),
         "{}",
         String::from_utf8_lossy(&resync.stderr)
     );
-    let again = regionfs(&["verify"], &m.config);
+    let again = common::regionfs_cli(&["verify"], &m.config);
     assert_eq!(
         again.status.code(),
         Some(0),
@@ -201,7 +191,7 @@ dir = "{}"
             .any(|(g, p)| *g == Grantee::User(over.owner.clone()) && p == "FULL_CONTROL"),
         "the destination bucket's owner has full control: {over:?}"
     );
-    let ok = regionfs(&["verify"], &m.config);
+    let ok = common::regionfs_cli(&["verify"], &m.config);
     assert_eq!(
         ok.status.code(),
         Some(0),

@@ -96,6 +96,18 @@ async fn reads_come_from_the_near_replica_and_never_serve_an_older_version() {
         "served by the near replica"
     );
     assert_eq!(read_bytes(port, "us-east"), 0.0);
+    let text = scrape(port);
+    let rtt = |r: &str| {
+        metric(
+            &text,
+            &format!("regionfs_region_rtt_seconds{{region=\"{r}\"}}"),
+        )
+    };
+    assert!(rtt("us-east").unwrap() > rtt("eu").unwrap(), "{text}");
+    assert_eq!(
+        metric(&text, "regionfs_region_reachable{region=\"eu\"}"),
+        Some(1.0)
+    );
     let st = reader.status(None);
     assert!(
         st["reads"]["regions"]["us-east"]["rtt_ms"]
@@ -220,11 +232,7 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
         st["reads"]["regions"]["us-east"]["unreachable_since"].is_u64(),
         "{st}"
     );
-    let text = std::process::Command::new(common::regionfs_bin())
-        .args(["status", "--config"])
-        .arg(&m.config)
-        .output()
-        .unwrap();
+    let text = common::regionfs_cli(&["status"], &m.config);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains("source us-east unreachable since"), "{text}");
 
@@ -252,16 +260,6 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
             .unwrap();
         assert_eq!(replica, want);
     }
-}
-
-fn regionfs(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(common::regionfs_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap()
 }
 
 fn erofs(r: std::io::Result<impl Sized>) -> bool {
@@ -364,7 +362,7 @@ async fn as_of_shows_each_file_as_it_was_and_restore_brings_a_version_back() {
     assert!(!view.path("c.txt").exists());
     assert!(erofs(std::fs::write(view.path("a.txt"), b"x")));
 
-    let out = regionfs(&["versions", "--json", "a.txt"], &m.config);
+    let out = common::regionfs_cli(&["versions", "--json", "a.txt"], &m.config);
     assert!(
         out.status.success(),
         "{}",
@@ -376,10 +374,10 @@ async fn as_of_shows_each_file_as_it_was_and_restore_brings_a_version_back() {
     assert_eq!(list[0]["size"], 14);
     assert_eq!(list[0]["latest"], true);
     let first = list[1]["version"].as_str().unwrap().to_string();
-    let gone = regionfs(&["versions", "b.txt"], &m.config);
+    let gone = common::regionfs_cli(&["versions", "b.txt"], &m.config);
     assert!(String::from_utf8_lossy(&gone.stdout).contains("deleted"));
 
-    let out = regionfs(&["restore", "--version", &first, "a.txt"], &m.config);
+    let out = common::regionfs_cli(&["restore", "--version", &first, "a.txt"], &m.config);
     assert!(
         out.status.success(),
         "{}",

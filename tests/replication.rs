@@ -520,16 +520,6 @@ dir = "{}"
     let _ = src;
 }
 
-fn regionfs(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(common::regionfs_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     use bytes::Bytes;
@@ -549,7 +539,7 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     let cfg = c.path().join("regionfs.toml");
     std::fs::write(&cfg, r.config(&c.path().join("cache"), "")).unwrap();
 
-    let before = regionfs(&["verify"], &cfg);
+    let before = common::regionfs_cli(&["verify"], &cfg);
     assert_eq!(
         before.status.code(),
         Some(1),
@@ -558,7 +548,7 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     );
     assert!(String::from_utf8_lossy(&before.stdout).contains("12 difference(s)"));
 
-    let out = regionfs(&["resync"], &cfg);
+    let out = common::regionfs_cli(&["resync"], &cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -574,7 +564,7 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     assert_eq!(objects["old/o3"], b"old 3");
 
     // Resync again: nothing to do (resumable, no duplicates).
-    let again = regionfs(&["resync"], &cfg);
+    let again = common::regionfs_cli(&["resync"], &cfg);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("0 version(s) to replicate"),
         "{}",
@@ -590,7 +580,7 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
         1
     );
 
-    let ok = regionfs(&["verify"], &cfg);
+    let ok = common::regionfs_cli(&["verify"], &cfg);
     assert_eq!(
         ok.status.code(),
         Some(0),
@@ -600,7 +590,7 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains("12 replica(s) checked, 0 difference(s)"));
 
     r.dst.delete("old/o5").await.unwrap();
-    let bad = regionfs(&["verify"], &cfg);
+    let bad = common::regionfs_cli(&["verify"], &cfg);
     assert_eq!(bad.status.code(), Some(1));
     let text = String::from_utf8_lossy(&bad.stdout);
     assert!(text.contains("Missing\teu\told/o5"), "{text}");

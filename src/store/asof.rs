@@ -11,8 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
-
 use super::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry,
     ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage,
@@ -85,8 +83,8 @@ impl AsOfStore {
     }
 }
 
-#[async_trait]
-impl ObjectStore for AsOfStore {
+super::read_only_store! {
+    impl ObjectStore for AsOfStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -112,54 +110,6 @@ impl ObjectStore for AsOfStore {
         self.inner.get(key, req).await
     }
 
-    async fn put(&self, _: &str, _: PutBody, _: &PutOptions) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn upload_part(
-        &self,
-        _: &str,
-        _: &str,
-        _: i32,
-        _: PutBody,
-    ) -> Result<CompletedPart, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn complete_multipart(
-        &self,
-        _: &str,
-        _: &str,
-        _: Vec<CompletedPart>,
-    ) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn abort_multipart(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
-
-    async fn copy(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-        _: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn delete(&self, _: &str) -> Result<DeleteResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn delete_version(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
 
     /// The whole listing in one page (the state is computed from the full
     /// history under the prefix anyway).
@@ -212,15 +162,6 @@ impl ObjectStore for AsOfStore {
         }
     }
 
-    async fn put_tags(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
-
     async fn acl_support(&self) -> Result<AclSupport, StoreError> {
         self.inner.acl_support().await
     }
@@ -228,9 +169,6 @@ impl ObjectStore for AsOfStore {
     async fn get_acl(&self, key: &str, version_id: Option<&str>) -> Result<Acl, StoreError> {
         self.inner.get_acl(key, version_id).await
     }
-
-    async fn put_acl(&self, _: &str, _: Option<&str>, _: &AclBody) -> Result<(), StoreError> {
-        Err(self.refused())
     }
 }
 

@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-
 use super::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, ListPage,
     ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionPage, Versioning,
@@ -133,8 +131,8 @@ impl BoundedStaleness {
     }
 }
 
-#[async_trait]
-impl ObjectStore for BoundedStaleness {
+super::read_only_store! {
+    impl ObjectStore for BoundedStaleness {
     fn describe(&self) -> String {
         self.current().0.describe()
     }
@@ -157,54 +155,6 @@ impl ObjectStore for BoundedStaleness {
         Ok(obj)
     }
 
-    async fn put(&self, _: &str, _: PutBody, _: &PutOptions) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn upload_part(
-        &self,
-        _: &str,
-        _: &str,
-        _: i32,
-        _: PutBody,
-    ) -> Result<CompletedPart, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn complete_multipart(
-        &self,
-        _: &str,
-        _: &str,
-        _: Vec<CompletedPart>,
-    ) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn abort_multipart(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
-
-    async fn copy(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-        _: &PutOptions,
-    ) -> Result<PutResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn delete(&self, _: &str) -> Result<DeleteResult, StoreError> {
-        Err(self.refused())
-    }
-
-    async fn delete_version(&self, _: &str, _: &str) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
 
     async fn list(
         &self,
@@ -245,15 +195,6 @@ impl ObjectStore for BoundedStaleness {
             .await
     }
 
-    async fn put_tags(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
-        Err(self.refused())
-    }
-
     async fn acl_support(&self) -> Result<AclSupport, StoreError> {
         self.current().0.acl_support().await
     }
@@ -263,8 +204,5 @@ impl ObjectStore for BoundedStaleness {
         s.get_acl(key, Self::version_for(tag, version_id).as_deref())
             .await
     }
-
-    async fn put_acl(&self, _: &str, _: Option<&str>, _: &AclBody) -> Result<(), StoreError> {
-        Err(self.refused())
     }
 }

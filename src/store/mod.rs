@@ -14,8 +14,6 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 
-pub mod asof;
-pub mod bounded;
 pub mod memory;
 pub mod probe;
 pub mod s3;
@@ -349,6 +347,74 @@ pub trait ObjectStore: Send + Sync + 'static {
         tags: &BTreeMap<String, String>,
     ) -> Result<(), StoreError>;
 }
+
+/// An `impl ObjectStore for T { <the read methods> }` for a read-only view,
+/// completed with every write method returning `self.refused()`.
+macro_rules! read_only_store {
+    (impl ObjectStore for $t:ty { $($reads:tt)* }) => {
+        #[async_trait::async_trait]
+        impl ObjectStore for $t {
+            $($reads)*
+
+        async fn put(&self, _: &str, _: PutBody, _: &PutOptions) -> Result<PutResult, StoreError> {
+            Err(self.refused())
+        }
+        async fn create_multipart(&self, _: &str, _: &PutOptions) -> Result<String, StoreError> {
+            Err(self.refused())
+        }
+        async fn upload_part(
+            &self,
+            _: &str,
+            _: &str,
+            _: i32,
+            _: PutBody,
+        ) -> Result<CompletedPart, StoreError> {
+            Err(self.refused())
+        }
+        async fn complete_multipart(
+            &self,
+            _: &str,
+            _: &str,
+            _: Vec<CompletedPart>,
+        ) -> Result<PutResult, StoreError> {
+            Err(self.refused())
+        }
+        async fn abort_multipart(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Err(self.refused())
+        }
+        async fn copy(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &str,
+            _: &PutOptions,
+        ) -> Result<PutResult, StoreError> {
+            Err(self.refused())
+        }
+        async fn delete(&self, _: &str) -> Result<DeleteResult, StoreError> {
+            Err(self.refused())
+        }
+        async fn delete_version(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Err(self.refused())
+        }
+        async fn put_tags(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &BTreeMap<String, String>,
+        ) -> Result<(), StoreError> {
+            Err(self.refused())
+        }
+        async fn put_acl(&self, _: &str, _: Option<&str>, _: &AclBody) -> Result<(), StoreError> {
+            Err(self.refused())
+        }
+        }
+    };
+}
+use read_only_store;
+
+pub mod asof;
+pub mod bounded;
 
 /// `k=v&k2=v2`, URL-encoded, as the `x-amz-tagging` header wants it.
 pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {

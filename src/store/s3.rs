@@ -150,25 +150,20 @@ impl S3Store {
     /// Sets the bucket's Object Ownership (`ObjectWriter`, `BucketOwnerPreferred`
     /// or `BucketOwnerEnforced`, which turns ACLs off). For setup and tests.
     pub async fn set_object_ownership(&self, ownership: &str) -> Result<(), StoreError> {
-        let controls = aws_sdk_s3::types::OwnershipControls::builder()
-            .rules(
-                aws_sdk_s3::types::OwnershipControlsRule::builder()
-                    .object_ownership(ObjectOwnership::from(ownership))
-                    .build()
-                    .map_err(|e| StoreError::Rejected {
-                        bucket: self.describe.clone(),
-                        status: 0,
-                        code: "InvalidOwnership".into(),
-                        message: e.to_string(),
-                    })?,
-            )
+        let invalid = |e: aws_sdk_s3::error::BuildError| StoreError::Rejected {
+            bucket: self.describe.clone(),
+            status: 0,
+            code: "InvalidOwnership".into(),
+            message: e.to_string(),
+        };
+        let rule = aws_sdk_s3::types::OwnershipControlsRule::builder()
+            .object_ownership(ObjectOwnership::from(ownership))
             .build()
-            .map_err(|e| StoreError::Rejected {
-                bucket: self.describe.clone(),
-                status: 0,
-                code: "InvalidOwnership".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(invalid)?;
+        let controls = aws_sdk_s3::types::OwnershipControls::builder()
+            .rules(rule)
+            .build()
+            .map_err(invalid)?;
         self.client
             .put_bucket_ownership_controls()
             .bucket(&self.bucket)

@@ -425,6 +425,17 @@ pub fn regionfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_regionfs")
 }
 
+/// `regionfs ARGS --config CONFIG`, run to completion.
+pub fn regionfs_cli(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(regionfs_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
 /// The real `regionfs mount` binary on a temp mountpoint. Drop detaches the
 /// mount and kills the process (by PID), also when a test fails.
 pub struct Mount {
