@@ -207,6 +207,15 @@ impl Metrics {
         Ok(out)
     }
 
+    /// Reports the bytes the mount's read() served to the kernel.
+    pub fn set_served(&self, served: Counter) {
+        self.registry.lock().unwrap().register(
+            "fuse_read_bytes",
+            "Bytes read() served to the kernel (its page cache hits never reach the daemon)",
+            served,
+        );
+    }
+
     /// Reports per-region reads and probes from now on.
     pub fn set_regions(&self, regions: Arc<crate::regions::Regions>) {
         *self.regions.lock().unwrap() = Some(regions);

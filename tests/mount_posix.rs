@@ -701,3 +701,61 @@ async fn kernel_time_updates_make_no_versions_but_touch_does() {
         Some("1600000000")
     );
 }
+
+/// Reads a file twice, then has another client replace it with a version of
+/// the same length: the second read costs the daemon nothing (the kernel kept
+/// its pages), and the other client's bytes are still what is read next.
+async fn kernel_keeps_pages_only_while_the_content_is_the_same(mount_extra: &str) {
+    use bytes::Bytes;
+    use regionfs::store::{PutBody, PutOptions};
+    let port = common::free_port();
+    let (r, m, _c) = setup(&format!(
+        "{mount_extra}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    let served =
+        || common::metric(&common::scrape(port), "regionfs_fuse_read_bytes_total").unwrap_or(0.0);
+    let v1: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m.path("page.bin"), &v1).unwrap();
+    m.wait_uploaded(DRAIN);
+    sh(&format!("echo 3 > /proc/sys/vm/drop_caches"));
+    assert_eq!(std::fs::read(m.path("page.bin")).unwrap(), v1);
+    let after_first = served();
+    assert!(
+        after_first >= v1.len() as f64,
+        "the first read reached the daemon: {after_first}"
+    );
+    assert_eq!(std::fs::read(m.path("page.bin")).unwrap(), v1);
+    assert_eq!(
+        served(),
+        after_first,
+        "the second read came from the kernel's pages"
+    );
+
+    let v2: Vec<u8> = v1.iter().map(|b| b ^ 0xff).collect();
+    r.src
+        .put(
+            "page.bin",
+            PutBody::Bytes(Bytes::from(v2.clone())),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    common::wait_for(
+        "the other client's version to be read",
+        Duration::from_secs(20),
+        || (std::fs::read(m.path("page.bin")).ok()? == v2).then_some(()),
+    );
+    assert!(served() >= after_first + v2.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_files_are_read_again_from_the_kernel_cache_with_writeback() {
+    kernel_keeps_pages_only_while_the_content_is_the_same("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_files_are_read_again_from_the_kernel_cache_without_writeback() {
+    kernel_keeps_pages_only_while_the_content_is_the_same("[mount]\nwriteback_cache = false\n")
+        .await;
+}

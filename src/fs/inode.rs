@@ -55,6 +55,9 @@ pub struct Node {
     pub unlinked: bool,
     /// Entries the kernel holds for this inode (lookups minus forgets).
     pub lookups: u64,
+    /// The content (ETag) the kernel's page cache holds for this inode, as of
+    /// the last open: while it is still the node's, an open keeps the cache.
+    pub kernel_etag: Option<String>,
     pub io: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -113,6 +116,7 @@ impl Inodes {
             meta_known: false,
             unlinked: false,
             lookups: 0,
+            kernel_etag: None,
             io: Arc::new(tokio::sync::Mutex::new(())),
         }
     }

@@ -126,6 +126,8 @@ pub struct Core {
     /// size and mtime while it caches the inode, sending mtime by SETATTR
     /// before the close that stages the data.
     writeback: bool,
+    /// Bytes read() returned to the kernel (not counting its page cache hits).
+    pub served_bytes: prometheus_client::metrics::counter::Counter,
 }
 
 /// Attribute HEADs in flight after a directory listing.
@@ -179,6 +181,7 @@ impl Core {
             dir_ttl: m.dir_ttl(),
             writeback: m.writeback_cache(),
             regions,
+            served_bytes: Default::default(),
         })
     }
 
@@ -825,7 +828,7 @@ impl Core {
                 if flags & libc::O_EXCL != 0 {
                     return Err(FsError::Exists);
                 }
-                let fh = self.open(ino, flags | libc::O_TRUNC).await?;
+                let (fh, _) = self.open(ino, flags | libc::O_TRUNC).await?;
                 return Ok((self.node_attr(ino)?, fh));
             }
             Err(FsError::NotFound) => {}
@@ -854,11 +857,12 @@ impl Core {
             n.meta_known = true;
             n.fetched = Some(Instant::now());
             n.ctime = SystemTime::now();
+            n.kernel_etag = None;
             t.local_only.insert(ino);
             ino
         };
         self.note_path(&path, true);
-        let fh = self.new_handle(ino, flags);
+        let (fh, _) = self.new_handle(ino, flags);
         Ok((self.node_attr(ino)?, fh))
     }
 
@@ -1394,7 +1398,11 @@ impl Core {
         })
     }
 
-    fn new_handle(&self, ino: u64, flags: i32) -> u64 {
+    /// Registers an open handle. Returns it and whether the kernel may keep
+    /// the pages it caches for the inode: only while they hold the content the
+    /// node still has (another client's version, seen since, drops them).
+    /// Writes here go through those pages, so they never make them stale.
+    fn new_handle(&self, ino: u64, flags: i32) -> (u64, bool) {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().unwrap().insert(
@@ -1406,16 +1414,20 @@ impl Core {
             },
         );
         let mut t = self.inodes.lock().unwrap();
+        let mut keep = false;
         if let Some(n) = t.get_mut(ino) {
             n.open += 1;
             if write {
                 n.open_writers += 1;
             }
+            keep = n.kernel_etag.as_ref() == Some(&n.etag);
+            n.kernel_etag = Some(n.etag.clone());
         }
-        fh
+        (fh, keep)
     }
 
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+    /// Opens a file: the handle, and whether the kernel may keep its cached pages.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), FsError> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write || flags & libc::O_TRUNC != 0 {
             self.check_writable()?;
@@ -1586,6 +1598,12 @@ impl Core {
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let data = self.read_at(fh, offset, size).await?;
+        self.served_bytes.inc_by(data.len() as u64);
+        Ok(data)
+    }
+
+    async fn read_at(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let ino = self.handle_ino(fh)?;
         let (working, file_size, key, etag, version) = {
             let t = self.inodes.lock().unwrap();
@@ -1993,6 +2011,11 @@ impl Core {
                 n.content_key = None;
                 n.version = c.result.version_id.clone();
                 if !c.result.etag.is_empty() {
+                    // The uploaded bytes were written through the kernel's
+                    // pages (or are the pages' content, renamed or re-tagged).
+                    if n.kernel_etag.as_ref() == Some(&n.etag) {
+                        n.kernel_etag = Some(c.result.etag.clone());
+                    }
                     n.etag = c.result.etag.clone();
                 }
                 n.fetched = Some(Instant::now());
