@@ -718,7 +718,7 @@ async fn kernel_keeps_pages_only_while_the_content_is_the_same(mount_extra: &str
     let v1: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(m.path("page.bin"), &v1).unwrap();
     m.wait_uploaded(DRAIN);
-    sh(&format!("echo 3 > /proc/sys/vm/drop_caches"));
+    sh("echo 3 > /proc/sys/vm/drop_caches");
     assert_eq!(std::fs::read(m.path("page.bin")).unwrap(), v1);
     let after_first = served();
     assert!(
