@@ -228,6 +228,10 @@ pub struct UploadConfig {
     /// Files uploaded at once, and parts in flight per file.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// While files keep being closed, uploads wait for a pause in the writes,
+    /// each at most this long after its close (`0s`: upload at once).
+    #[serde(default = "default_defer_while_writing")]
+    pub defer_while_writing: HumanDuration,
 }
 
 impl Default for UploadConfig {
@@ -236,8 +240,13 @@ impl Default for UploadConfig {
             multipart_threshold: default_multipart_threshold(),
             part_size: default_part_size(),
             concurrency: default_concurrency(),
+            defer_while_writing: default_defer_while_writing(),
         }
     }
+}
+
+fn default_defer_while_writing() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 fn default_multipart_threshold() -> ByteSize {

@@ -17,6 +17,15 @@
 //! bytes acknowledged at close()/fsync(), however often the file is written
 //! meanwhile.
 //!
+//! # Deferral
+//! Uploads compete with the writer for CPU and network. While operations keep
+//! being submitted (one at least every [`QUIET`]), a new one waits until the
+//! submissions pause, at most `upload.defer_while_writing` after its staging,
+//! as rclone's write-back delay does. `fsync` with durability beyond "local"
+//! (a [`Uploader::wait`]) and draining at unmount end the wait at once. The
+//! operation is already durable in the journal, so deferral only moves when
+//! it reaches the bucket.
+//!
 //! # Retries
 //! Transient errors (network, throttling, 5xx) retry with jittered exponential
 //! backoff, capped at 30 s, forever. Permanent errors (AccessDenied,
@@ -55,6 +64,12 @@ struct Queue {
     waiters: HashMap<i64, Vec<oneshot::Sender<WaitResult>>>,
     /// Next queue position of a submitted op whose seq is not known yet.
     next_ticket: u64,
+    /// Operations up to this seq are not deferred (someone waits for them).
+    urgent_upto: i64,
+    /// Draining (unmount): nothing is deferred.
+    draining: bool,
+    /// When the last operation was submitted.
+    last_submit: Option<Instant>,
     tickets: HashMap<String, VecDeque<u64>>,
 }
 
@@ -64,6 +79,8 @@ struct Inner {
     cache: Arc<Cache>,
     cfg: UploadConfig,
     delay: Duration,
+    /// Submissions closer together than this are one burst ([`QUIET`]).
+    quiet: Duration,
     queue: Mutex<Queue>,
     wake: Notify,
     pending: watch::Sender<usize>,
@@ -92,6 +109,23 @@ impl Uploader {
         recovered: Vec<Op>,
         replicator: Option<crate::replicator::Replicator>,
     ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
+        Self::start_with_quiet(
+            store, journal, cache, cfg, delay, QUIET, recovered, replicator,
+        )
+    }
+
+    /// [`Uploader::start`] with another pause length ending a burst of writes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_with_quiet(
+        store: Arc<dyn ObjectStore>,
+        journal: Journal,
+        cache: Arc<Cache>,
+        cfg: UploadConfig,
+        delay: Duration,
+        quiet: Duration,
+        recovered: Vec<Op>,
+        replicator: Option<crate::replicator::Replicator>,
+    ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut by_key: BTreeMap<String, VecDeque<Op>> = BTreeMap::new();
         let n = recovered.len();
@@ -105,6 +139,7 @@ impl Uploader {
             cache,
             cfg,
             delay,
+            quiet,
             queue: Mutex::new(Queue {
                 by_key,
                 running: HashSet::new(),
@@ -112,6 +147,9 @@ impl Uploader {
                 waiters: HashMap::new(),
                 next_ticket: 0,
                 tickets: HashMap::new(),
+                urgent_upto: 0,
+                draining: false,
+                last_submit: None,
             }),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -143,6 +181,7 @@ impl Uploader {
             let mut q = self.inner.queue.lock().unwrap();
             let ticket = q.next_ticket;
             q.next_ticket += 1;
+            q.last_submit = Some(Instant::now());
             q.tickets.entry(key.clone()).or_default().push_back(ticket);
             (self.inner.journal.stage_in_order(op.clone()), ticket)
         };
@@ -195,8 +234,10 @@ impl Uploader {
             }
             let (tx, rx) = oneshot::channel();
             q.waiters.entry(seq).or_default().push(tx);
+            q.urgent_upto = q.urgent_upto.max(seq);
             rx
         };
+        self.inner.wake.notify_one();
         rx.await
             .unwrap_or_else(|_| Err("the uploader stopped".into()))
     }
@@ -240,6 +281,8 @@ impl Uploader {
     /// Waits until no operation is queued, or `timeout` passes; returns how many
     /// are left. `progress` is called whenever the count changes.
     pub async fn drain(&self, timeout: Duration, progress: impl FnMut(usize)) -> usize {
+        self.inner.queue.lock().unwrap().draining = true;
+        self.inner.wake.notify_one();
         wait_for_zero(self.inner.pending.subscribe(), timeout, progress).await
     }
 }
@@ -267,8 +310,29 @@ pub(crate) async fn wait_for_zero(
     }
 }
 
+/// Submissions closer together than this are one burst of writing.
+pub const QUIET: Duration = Duration::from_millis(200);
+
+/// When a staged operation may start: after the write-back delay, and while
+/// writes keep coming, after the pause in them or its deferral limit.
+fn due_at(inner: &Inner, q: &Queue, op: &Op, now: Instant) -> i64 {
+    let defer = inner.cfg.defer_while_writing.0;
+    let mut due = op.staged_at_ms + inner.delay.as_millis() as i64;
+    if defer.is_zero() || q.draining || op.seq <= q.urgent_upto {
+        return due;
+    }
+    if let Some(last) = q.last_submit {
+        let quiet_in = inner.quiet.saturating_sub(now.duration_since(last));
+        if !quiet_in.is_zero() {
+            let pause = now_ms() + quiet_in.as_millis() as i64;
+            due = due.max(pause.min(op.staged_at_ms + defer.as_millis() as i64));
+        }
+    }
+    due
+}
+
 /// The scheduler: starts the head operation of every idle key whose write-back
-/// delay and retry backoff have passed, up to `concurrency` at once.
+/// delay, deferral and retry backoff have passed, up to `concurrency` at once.
 async fn run(inner: Arc<Inner>) {
     let slots = Arc::new(Semaphore::new(inner.cfg.concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -298,7 +362,7 @@ async fn run(inner: Arc<Inner>) {
                         continue;
                     }
                 }
-                let due = op.staged_at_ms + inner.delay.as_millis() as i64;
+                let due = due_at(&inner, &q, &op, now);
                 if due > now_ms {
                     next_wake = next_wake.min(Duration::from_millis((due - now_ms) as u64));
                     continue;
@@ -672,6 +736,91 @@ mod tests {
             src_version: None,
             inline: None,
         }
+    }
+
+    fn start_deferring(r: &Rig, defer: Duration) -> Uploader {
+        let cfg = UploadConfig {
+            defer_while_writing: crate::config::HumanDuration(defer),
+            ..Default::default()
+        };
+        let recovered = vec![];
+        Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            cfg,
+            Duration::ZERO,
+            recovered,
+            None,
+        )
+        .0
+    }
+
+    async fn landed(r: &Rig, key: &str) -> bool {
+        r.mem.head(key, None).await.is_ok()
+    }
+
+    /// Submits a small put every 50 ms for `n` rounds (a writer closing files).
+    async fn burst(r: &Rig, up: &Uploader, tag: &str, n: usize) {
+        for i in 0..n {
+            let f = staged_file(r, b"x");
+            up.submit(put(&format!("{tag}{i}"), &f, 1)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_wait_for_a_pause_in_the_writes_and_go_at_once_when_waited_for() {
+        let r = rig();
+        let up = start_deferring(&r, Duration::from_secs(30));
+        let f = staged_file(&r, b"first");
+        up.submit(put("first", &f, 5)).await.unwrap();
+        burst(&r, &up, "a", 20).await;
+        assert!(
+            !landed(&r, "first").await,
+            "nothing is uploaded while files keep being closed"
+        );
+        assert_eq!(up.pending_count(), 21);
+
+        // fsync (durability "source") waits for its operation: it and every
+        // operation staged before it go now, writes going on or not.
+        let f = staged_file(&r, b"synced");
+        let synced = up.submit(put("synced", &f, 6)).await.unwrap();
+        let (waited, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), up.wait(synced)),
+            burst(&r, &up, "b", 10)
+        );
+        waited.expect("fsync's upload was not deferred").unwrap();
+        assert!(landed(&r, "first").await && landed(&r, "a19").await);
+
+        // Once the writes pause, the rest follows.
+        let left = up.drain(Duration::from_secs(10), |_| {}).await;
+        assert_eq!(left, 0);
+        assert!(landed(&r, "b9").await);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_upload_starts_at_its_limit_even_if_writes_never_pause() {
+        let r = rig();
+        let up = start_deferring(&r, Duration::from_millis(500));
+        let f = staged_file(&r, b"first");
+        up.submit(put("first", &f, 5)).await.unwrap();
+        burst(&r, &up, "a", 30).await;
+        assert!(
+            landed(&r, "first").await,
+            "uploaded 0.5 s after its close, mid-burst"
+        );
+        assert!(!landed(&r, "a29").await, "the last ones still wait");
+    }
+
+    #[tokio::test]
+    async fn with_deferral_off_uploads_start_during_the_writes() {
+        let r = rig();
+        let up = start_deferring(&r, Duration::ZERO);
+        let f = staged_file(&r, b"first");
+        up.submit(put("first", &f, 5)).await.unwrap();
+        burst(&r, &up, "a", 10).await;
+        assert!(landed(&r, "first").await);
     }
 
     #[tokio::test]

@@ -126,12 +126,16 @@ pub struct Core {
     /// size and mtime while it caches the inode, sending mtime by SETATTR
     /// before the close that stages the data.
     writeback: bool,
+    /// One bucket lookup per path at a time: a lookup arriving while the
+    /// attribute prefetch is asking about the same path waits for that answer
+    /// instead of sending a second HEAD.
+    resolving: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
     /// Bytes read() returned to the kernel (not counting its page cache hits).
     pub served_bytes: prometheus_client::metrics::counter::Counter,
 }
 
 /// Attribute HEADs in flight after a directory listing.
-const PREFETCH: usize = 16;
+const PREFETCH: usize = 64;
 
 /// What the core works over.
 pub struct Backends {
@@ -182,6 +186,7 @@ impl Core {
             writeback: m.writeback_cache(),
             regions,
             served_bytes: Default::default(),
+            resolving: Mutex::new(HashMap::new()),
         })
     }
 
@@ -318,7 +323,27 @@ impl Core {
         matches!(known.get(dir), Some((at, names)) if at.elapsed() < self.dir_ttl && !names.contains(name))
     }
 
+    /// The lock that serializes bucket lookups of `path`.
+    fn resolving(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.resolving.lock().unwrap();
+        if let Some(l) = map.get(path).and_then(|w| w.upgrade()) {
+            return l;
+        }
+        if map.len() >= 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(path.to_string(), Arc::downgrade(&l));
+        l
+    }
+
     async fn resolve_remote(&self, path: &str) -> Result<u64, FsError> {
+        let lock = self.resolving(path);
+        let _one = lock.lock().await;
+        self.resolve_remote_locked(path).await
+    }
+
+    async fn resolve_remote_locked(&self, path: &str) -> Result<u64, FsError> {
         if self.known_absent(path) && self.uploader.pending_for(&self.key(path)).is_empty() {
             let mut t = self.inodes.lock().unwrap();
             match t.lookup_path(path) {
