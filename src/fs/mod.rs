@@ -135,7 +135,7 @@ pub struct Core {
 }
 
 /// Attribute HEADs in flight after a directory listing.
-const PREFETCH: usize = 64;
+const PREFETCH: usize = 16;
 
 /// What the core works over.
 pub struct Backends {
