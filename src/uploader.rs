@@ -59,6 +59,10 @@ pub type WaitResult = Result<(), String>;
 
 struct Queue {
     by_key: BTreeMap<String, VecDeque<Op>>,
+    /// Operations in `by_key`, and how many of them use each cache file
+    /// (kept alongside so neither needs a scan of the queue).
+    count: usize,
+    files: HashMap<String, usize>,
     running: HashSet<String>,
     retry_at: HashMap<i64, Instant>,
     waiters: HashMap<i64, Vec<oneshot::Sender<WaitResult>>>,
@@ -127,11 +131,7 @@ impl Uploader {
         replicator: Option<crate::replicator::Replicator>,
     ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let mut by_key: BTreeMap<String, VecDeque<Op>> = BTreeMap::new();
         let n = recovered.len();
-        for op in recovered {
-            by_key.entry(op.key.clone()).or_default().push_back(op);
-        }
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let inner = Arc::new(Inner {
             store,
@@ -141,7 +141,9 @@ impl Uploader {
             delay,
             quiet,
             queue: Mutex::new(Queue {
-                by_key,
+                by_key: BTreeMap::new(),
+                count: 0,
+                files: HashMap::new(),
                 running: HashSet::new(),
                 retry_at: HashMap::new(),
                 waiters: HashMap::new(),
@@ -158,6 +160,12 @@ impl Uploader {
             replicator,
             acl: Mutex::new(None),
         });
+        {
+            let mut q = inner.queue.lock().unwrap();
+            for op in recovered {
+                q.insert(op);
+            }
+        }
         tokio::spawn(run(inner.clone()));
         (Uploader { inner }, done_rx)
     }
@@ -210,10 +218,8 @@ impl Uploader {
                 version_id: None,
                 staged_at_ms: now_ms(),
             };
-            let list = q.by_key.entry(key).or_default();
-            let pos = list.iter().position(|o| o.seq > seq).unwrap_or(list.len());
-            list.insert(pos, staged);
-            let total = q.by_key.values().map(VecDeque::len).sum();
+            q.insert(staged);
+            let total = q.count;
             drop(q);
             self.inner.pending.send_replace(total);
         }
@@ -263,10 +269,7 @@ impl Uploader {
 
     /// Whether a queued operation still needs the cache file `name`.
     pub fn references(&self, name: &str) -> bool {
-        let q = self.inner.queue.lock().unwrap();
-        q.by_key
-            .values()
-            .any(|ops| ops.iter().any(|o| o.file.as_deref() == Some(name)))
+        self.inner.queue.lock().unwrap().files.contains_key(name)
     }
 
     /// Whether an operation on `key` is being submitted right now.
@@ -310,6 +313,44 @@ pub(crate) async fn wait_for_zero(
     }
 }
 
+impl Queue {
+    /// Queues `op` behind the operations of its key with smaller seqs.
+    fn insert(&mut self, op: Op) {
+        if let Some(f) = &op.file {
+            *self.files.entry(f.clone()).or_default() += 1;
+        }
+        self.count += 1;
+        let list = self.by_key.entry(op.key.clone()).or_default();
+        let pos = list
+            .iter()
+            .position(|o| o.seq > op.seq)
+            .unwrap_or(list.len());
+        list.insert(pos, op);
+    }
+
+    /// Removes the finished head operation `seq` of `key`.
+    fn remove_front(&mut self, key: &str, seq: i64) {
+        let Some(list) = self.by_key.get_mut(key) else {
+            return;
+        };
+        if list.front().map(|o| o.seq) == Some(seq) {
+            let op = list.pop_front().expect("front exists");
+            self.count -= 1;
+            if let Some(f) = &op.file {
+                if let Some(n) = self.files.get_mut(f) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.files.remove(f);
+                    }
+                }
+            }
+        }
+        if list.is_empty() {
+            self.by_key.remove(key);
+        }
+    }
+}
+
 /// Submissions closer together than this are one burst of writing.
 pub const QUIET: Duration = Duration::from_millis(200);
 
@@ -342,33 +383,33 @@ async fn run(inner: Arc<Inner>) {
             let mut q = inner.queue.lock().unwrap();
             let now = Instant::now();
             let now_ms = now_ms();
-            let mut ready = Vec::new();
-            let keys: Vec<String> = q
-                .by_key
-                .keys()
-                .filter(|k| !q.running.contains(*k))
-                .cloned()
-                .collect();
-            for key in keys {
-                if ready.len() >= slots.available_permits() {
+            let mut ready: Vec<Op> = Vec::new();
+            let budget = slots.available_permits();
+            // Only the operations that start are cloned: a long queue (a
+            // source outage) costs one pass over its keys per wake.
+            for (key, ops) in &q.by_key {
+                if ready.len() >= budget {
                     break;
                 }
-                let Some(op) = q.by_key.get(&key).and_then(|v| v.front()).cloned() else {
+                if q.running.contains(key) {
                     continue;
-                };
+                }
+                let Some(op) = ops.front() else { continue };
                 if let Some(at) = q.retry_at.get(&op.seq) {
                     if *at > now {
                         next_wake = next_wake.min(*at - now);
                         continue;
                     }
                 }
-                let due = due_at(&inner, &q, &op, now);
+                let due = due_at(&inner, &q, op, now);
                 if due > now_ms {
                     next_wake = next_wake.min(Duration::from_millis((due - now_ms) as u64));
                     continue;
                 }
-                q.running.insert(key);
-                ready.push(op);
+                ready.push(op.clone());
+            }
+            for op in &ready {
+                q.running.insert(op.key.clone());
             }
             ready
         };
@@ -431,16 +472,8 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 let mut q = inner.queue.lock().unwrap();
                 q.running.remove(&op.key);
                 q.retry_at.remove(&op.seq);
-                if let Some(list) = q.by_key.get_mut(&op.key) {
-                    if list.front().map(|o| o.seq) == Some(op.seq) {
-                        list.pop_front();
-                    }
-                    if list.is_empty() {
-                        q.by_key.remove(&op.key);
-                    }
-                }
-                let total = q.by_key.values().map(VecDeque::len).sum();
-                inner.pending.send_replace(total);
+                q.remove_front(&op.key, op.seq);
+                inner.pending.send_replace(q.count);
                 q.waiters.remove(&op.seq).unwrap_or_default()
             };
             inner.cache.note_progress();
