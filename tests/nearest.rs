@@ -475,9 +475,18 @@ async fn a_replica_mount_reads_the_source_while_replication_is_behind_max_stalen
         },
     );
     assert_eq!(got, b"two, written while replication is held back");
-    let st = reader.status(None);
-    assert!(st["reads"]["replica_lag_s"].as_f64().unwrap() > 3.0, "{st}");
-    assert_eq!(st["reads"]["reading_source_for_staleness"], true, "{st}");
+    // Status is the view the mount last published (every probe round, 2 s;
+    // `reads_age_s` says how old): wait for one published after the switch.
+    wait_for(
+        "status to show the lag and the switch to the source",
+        Duration::from_secs(30),
+        || {
+            let st = reader.status(None);
+            (st["reads"]["replica_lag_s"].as_f64()? > 3.0
+                && st["reads"]["reading_source_for_staleness"] == true)
+                .then_some(())
+        },
+    );
     // Without the bound the replica mount shows what is replicated: the old one.
     assert_eq!(std::fs::read(unbounded.path("a.txt")).unwrap(), b"one");
 
