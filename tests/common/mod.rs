@@ -586,6 +586,15 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed test: the daemon's own account, for the CI log.
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of the regionfs log ({}):", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         detach(&self.dir);
         if let Some(mut p) = self.process.take() {
             p.kill();
