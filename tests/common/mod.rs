@@ -590,7 +590,10 @@ impl Drop for Mount {
             // A failed test: the daemon's own account, for the CI log.
             let log = self.log_text();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("--- last lines of the regionfs log ({}):", self.log.display());
+            eprintln!(
+                "--- last lines of the regionfs log ({}):",
+                self.log.display()
+            );
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
