@@ -740,12 +740,17 @@ mod tests {
             multipart_threshold: crate::config::ByteSize(5 * MIB),
             ..Default::default()
         };
-        Uploader::start(
+        start_with(r, cfg, QUIET, recovered)
+    }
+
+    fn start_with(r: &Rig, cfg: UploadConfig, quiet: Duration, recovered: Vec<Op>) -> Uploader {
+        Uploader::start_with_quiet(
             r.faulty.clone(),
             r.journal.clone(),
             r.cache.clone(),
             cfg,
             Duration::ZERO,
+            quiet,
             recovered,
             None,
         )
@@ -776,17 +781,9 @@ mod tests {
             defer_while_writing: crate::config::HumanDuration(defer),
             ..Default::default()
         };
-        let recovered = vec![];
-        Uploader::start(
-            r.faulty.clone(),
-            r.journal.clone(),
-            r.cache.clone(),
-            cfg,
-            Duration::ZERO,
-            recovered,
-            None,
-        )
-        .0
+        // A burst ends after 2 s without a submission: a test thread paused
+        // by a loaded machine does not end it.
+        start_with(r, cfg, Duration::from_secs(2), vec![])
     }
 
     async fn landed(r: &Rig, key: &str) -> bool {
@@ -826,10 +823,19 @@ mod tests {
         waited.expect("fsync's upload was not deferred").unwrap();
         assert!(landed(&r, "first").await && landed(&r, "a19").await);
 
-        // Once the writes pause, the rest follows.
-        let left = up.drain(Duration::from_secs(10), |_| {}).await;
-        assert_eq!(left, 0);
+        // Once the writes pause (2 s here), the rest follows unasked.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "uploads did not follow the pause");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(landed(&r, "b9").await);
+
+        // Unmount drains at once, mid-burst: sooner than the 2 s pause.
+        burst(&r, &up, "c", 5).await;
+        let left = up.drain(Duration::from_millis(1500), |_| {}).await;
+        assert_eq!(left, 0);
+        assert!(landed(&r, "c4").await);
     }
 
     #[tokio::test]
