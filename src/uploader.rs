@@ -826,7 +826,10 @@ mod tests {
         // Once the writes pause (2 s here), the rest follows unasked.
         let deadline = Instant::now() + Duration::from_secs(20);
         while up.pending_count() > 0 {
-            assert!(Instant::now() < deadline, "uploads did not follow the pause");
+            assert!(
+                Instant::now() < deadline,
+                "uploads did not follow the pause"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(landed(&r, "b9").await);

@@ -121,6 +121,11 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // Answered on this thread when memory suffices (`ls -l` after a
+        // listing): no hand-off to the runtime and back.
+        if let Some(a) = self.core.lookup_cached(parent.0, name.as_bytes()) {
+            return entry(&self.core, Ok(a), reply);
+        }
         let (core, name) = (self.core.clone(), name.as_bytes().to_vec());
         self.spawn(async move { entry(&core, core.lookup(parent.0, &name).await, reply) });
     }
@@ -130,13 +135,10 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let core = self.core.clone();
-        self.spawn(async move {
-            match core.getattr(ino.0).await {
-                Ok(a) => reply.attr(&core.ttl(), &file_attr(&a)),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        match self.core.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.core.ttl(), &file_attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn setattr(
@@ -441,7 +443,7 @@ impl Filesystem for FuseFs {
                 Ok(entries) => {
                     let all = dots(ino.0, (*entries).clone());
                     for (i, e) in all.iter().enumerate().skip(offset as usize) {
-                        let Ok(a) = core.getattr(e.ino).await else {
+                        let Ok(a) = core.getattr(e.ino) else {
                             continue;
                         };
                         if reply.add(
@@ -506,7 +508,14 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (core, name) = (self.core.clone(), name.to_string_lossy().into_owned());
+        let name = name.to_string_lossy().into_owned();
+        // `ls -l` asks every file for security.selinux and its ACL.
+        match self.core.getxattr_cached(ino.0, &name) {
+            Some(Ok(v)) => return xattr_reply(&v, size, reply),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
+        let core = self.core.clone();
         self.spawn(async move {
             match core.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(&v, size, reply),
@@ -539,8 +548,7 @@ impl Filesystem for FuseFs {
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission bits are checked by the kernel (default_permissions).
-        let core = self.core.clone();
-        self.spawn(async move { empty(core.getattr(ino.0).await.map(|_| ()), reply) });
+        empty(self.core.getattr(ino.0).map(|_| ()), reply);
     }
 
     fn create(

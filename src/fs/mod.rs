@@ -283,6 +283,21 @@ impl Core {
         self.node_attr(ino)
     }
 
+    /// A lookup answered from memory: what [`Core::lookup`] would answer
+    /// without a request (the node is local, or its attributes are fresh).
+    /// `None`: the lookup has to ask the bucket (or fail).
+    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Attr> {
+        let (_, path) = self.child(parent, name).ok()?;
+        if self.known_absent(&path) {
+            return None;
+        }
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(t.lookup_path(&path)?)?;
+        let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
+        let local = n.local_only || n.working.is_some() || n.dirty;
+        (!n.unlinked && (local || fresh)).then(|| Self::attr_of(n))
+    }
+
     /// The node at `path`, consulting local state first and the bucket last.
     async fn resolve(&self, path: &str) -> Result<u64, FsError> {
         match self.resolve_remote(path).await {
@@ -572,7 +587,8 @@ impl Core {
         Ok(())
     }
 
-    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+    /// Attributes come from memory: lookups refresh them from the bucket.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         self.node_attr(ino)
     }
 
@@ -1894,6 +1910,17 @@ impl Core {
     }
 
     // ----- extended attributes -----
+
+    /// An extended attribute answered from memory (the node's metadata is
+    /// known); `None` for regionfs's own attributes and unknown metadata.
+    pub fn getxattr_cached(&self, ino: u64, name: &str) -> Option<Result<Vec<u8>, FsError>> {
+        if name == "user.regionfs.version" || name == "user.regionfs.replication" {
+            return None;
+        }
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino).filter(|n| n.meta_known)?;
+        Some(n.meta.xattrs.get(name).cloned().ok_or(FsError::NoAttribute))
+    }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         if name == "user.regionfs.version" {
