@@ -14,6 +14,9 @@
 #          (measured from the end of the writes); peer: `rclone sync` A → B
 #   read   cold sequential read of the big file after a fresh mount (raw: one GET),
 #          then warm: the same file again, 3 times (local disk: its page cache)
+#   ls     `ls -l` of the small files on that fresh mount (cold), then again (warm)
+#   rename `mv` of one directory of the small files (100 with the defaults)
+#   cpu    CPU seconds of each daemon over both of its mounts
 #   rss    peak RSS (VmHWM) of each daemon
 #   lag    replication lag p50/p99 at a steady 200 files/s for 30 s (regionfs metrics)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
@@ -29,7 +32,7 @@ while [ $# -gt 0 ]; do
     --big-mib) big_mib=$2; shift ;;
     --files) files=$2; shift ;;
     --out) out=$2; shift ;;
-    *) sed -n '2,21p' "$0"; exit 2 ;;
+    *) sed -n '2,23p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -67,6 +70,18 @@ since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
 add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 record() { echo "$1 $2 $3" >> "$work/results"; }   # workload system seconds
 peak_rss() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }   # user+system
+
+# On a fresh mount of what a system wrote: cold and warm reads of the big file,
+# cold and warm `ls -l` of the small files, rename of one 100-file directory.
+read_phase() { # system mountpoint
+  local sys=$1 m=$2 t
+  t=$(now); cat "$m/big" > /dev/null; record read-cold "$sys" "$(since $t)"
+  for _ in 1 2 3; do t=$(now); cat "$m/big" > /dev/null; record read-warm "$sys" "$(since $t)"; done
+  t=$(now); ls -l "$m"/small/d*/ > /dev/null; record ls-cold "$sys" "$(since $t)"
+  t=$(now); ls -l "$m"/small/d*/ > /dev/null; record ls-warm "$sys" "$(since $t)"
+  t=$(now); mv "$m/small/d0" "$m/small/moved"; ls -l "$m/small/moved" > /dev/null; record rename-dir "$sys" "$(since $t)"
+}
 
 head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
 per_dir=$((files / 20))
@@ -164,12 +179,12 @@ for rep in $(seq 1 "$reps"); do
   record repl regionfs "$(since $writes_done)"
   record repl-total regionfs "$(since $t0)"
   record rss regionfs "$(peak_rss $rfs_pid)"
+  cpu=$(cpu_s $rfs_pid)
   unmount "$mnt"; wait "$rfs_pid" || true
-  # cold read through a fresh mount (its clean cache is emptied at start)
+  # reads through a fresh mount (its clean cache is emptied at start)
   mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
-  t=$(now); cat "$mnt/big" > /dev/null; record read-cold regionfs "$(since $t)"
-  for _ in 1 2 3; do t=$(now); cat "$mnt/big" > /dev/null; record read-warm regionfs "$(since $t)"; done
-  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold regionfs "$(since $t)"
+  read_phase regionfs "$mnt"
+  record cpu regionfs "$(add "$cpu" "$(cpu_s $rfs_pid)")"
   unmount "$mnt"; wait "$rfs_pid" || true
 
   # rclone mount
@@ -180,10 +195,11 @@ for rep in $(seq 1 "$reps"); do
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close rclone "$s"
   t=$(now); $py wait $A "rc$rep" small/ $total_small $((total_small * 4096)); record small-durable rclone "$(add "$(since $t)" "$s")"
   record rss rclone "$(peak_rss $rc_pid)"
+  cpu=$(cpu_s $rc_pid)
   unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
   mount_rclone "rc$rep" "$mnt"
-  t=$(now); cat "$mnt/big" > /dev/null; record read-cold rclone "$(since $t)"
-  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold rclone "$(since $t)"
+  read_phase rclone "$mnt"
+  record cpu rclone "$(add "$cpu" "$(cpu_s $rc_pid)")"
   unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
 
   # s3fs
@@ -194,10 +210,11 @@ for rep in $(seq 1 "$reps"); do
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close s3fs "$s"
   t=$(now); $py wait $A "s3$rep" small/ $total_small $((total_small * 4096)); record small-durable s3fs "$(add "$(since $t)" "$s")"
   record rss s3fs "$(peak_rss $s3_pid)"
+  cpu=$(cpu_s $s3_pid)
   unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
   mount_s3fs "s3$rep" "$mnt"
-  t=$(now); cat "$mnt/big" > /dev/null; record read-cold s3fs "$(since $t)"
-  t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-cold s3fs "$(since $t)"
+  read_phase s3fs "$mnt"
+  record cpu s3fs "$(add "$cpu" "$(cpu_s $s3_pid)")"
   unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
   rm -rf "$work/small.src" "$work/rclone-cache" "$cache"
 done
@@ -228,7 +245,7 @@ for line in open(sys.argv[1]):
     w, s, v = line.split()
     rows.setdefault((w, s), []).append(float(v))
 med = {k: statistics.median(v) for k, v in rows.items()}
-print("# workload       system          median       min       max   (seconds; rss in MiB)")
+print("# workload       system          median       min       max   (seconds; rss in MiB; cpu: daemon CPU seconds)")
 for (w, s), v in sorted(rows.items()):
     print(f"{w:<16} {s:<13} {med[(w, s)]:9.3f} {min(v):9.3f} {max(v):9.3f}")
 print("\n# ratios of medians [target]")
@@ -243,6 +260,9 @@ r("repl-total", "regionfs", "rclone-sync", "<= 0.7; regionfs: first write to las
 r("ls-cold", "regionfs", "s3fs", "<= 0.5")
 r("read-cold", "regionfs", "raw", "<= 1.11 (throughput >= 0.9 x raw)")
 r("read-warm", "regionfs", "local-read", "<= 1.25 (throughput >= 0.8 x local)")
+r("ls-warm", "regionfs", "s3fs", "")
+r("rename-dir", "regionfs", "s3fs", "")
 r("rss", "regionfs", "rclone", "")
+r("cpu", "regionfs", "rclone", "regionfs also replicates")
 PY
 cat "$out"
