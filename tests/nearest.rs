@@ -250,14 +250,26 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
             .await
             .unwrap();
         assert_eq!(got, want);
-        let replica = r
-            .dst
-            .get(&key, Default::default())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        // Status said replication is done; under full-suite load a replica
+        // was once not readable yet at this point (not reproduced alone):
+        // wait with a deadline and say so (a replica never written still fails).
+        let read = || async {
+            r.dst
+                .get(&key, Default::default())
+                .await
+                .ok()?
+                .bytes()
+                .await
+                .ok()
+        };
+        let replica = match read().await {
+            Some(b) => b,
+            None => {
+                eprintln!("{key} not readable at eu right after status said done; waiting");
+                common::wait_for_async("the replica to be readable", Duration::from_secs(30), read)
+                    .await
+            }
+        };
         assert_eq!(replica, want);
     }
 }
