@@ -799,13 +799,20 @@ mod tests {
         }
     }
 
+    /// An uploader deferring up to `defer`, given "first" and then a burst of
+    /// `n` more ("a0".."a{n-1}").
+    async fn first_then_burst(r: &Rig, defer: Duration, n: usize) -> Uploader {
+        let up = start_deferring(r, defer);
+        let f = staged_file(r, b"first");
+        up.submit(put("first", &f, 5)).await.unwrap();
+        burst(r, &up, "a", n).await;
+        up
+    }
+
     #[tokio::test]
     async fn uploads_wait_for_a_pause_in_the_writes_and_go_at_once_when_waited_for() {
         let r = rig();
-        let up = start_deferring(&r, Duration::from_secs(30));
-        let f = staged_file(&r, b"first");
-        up.submit(put("first", &f, 5)).await.unwrap();
-        burst(&r, &up, "a", 20).await;
+        let up = first_then_burst(&r, Duration::from_secs(30), 20).await;
         assert!(
             !landed(&r, "first").await,
             "nothing is uploaded while files keep being closed"
@@ -844,10 +851,7 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_upload_starts_at_its_limit_even_if_writes_never_pause() {
         let r = rig();
-        let up = start_deferring(&r, Duration::from_millis(500));
-        let f = staged_file(&r, b"first");
-        up.submit(put("first", &f, 5)).await.unwrap();
-        burst(&r, &up, "a", 30).await;
+        let up = first_then_burst(&r, Duration::from_millis(500), 30).await;
         assert!(
             landed(&r, "first").await,
             "uploaded 0.5 s after its close, mid-burst"
@@ -858,10 +862,7 @@ mod tests {
     #[tokio::test]
     async fn with_deferral_off_uploads_start_during_the_writes() {
         let r = rig();
-        let up = start_deferring(&r, Duration::ZERO);
-        let f = staged_file(&r, b"first");
-        up.submit(put("first", &f, 5)).await.unwrap();
-        burst(&r, &up, "a", 10).await;
+        let up = first_then_burst(&r, Duration::ZERO, 10).await;
         assert!(landed(&r, "first").await);
     }
 
