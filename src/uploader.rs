@@ -851,7 +851,7 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_upload_starts_at_its_limit_even_if_writes_never_pause() {
         let r = rig();
-        let up = first_then_burst(&r, Duration::from_millis(500), 30).await;
+        let _up = first_then_burst(&r, Duration::from_millis(500), 30).await;
         assert!(
             landed(&r, "first").await,
             "uploaded 0.5 s after its close, mid-burst"
@@ -862,7 +862,7 @@ mod tests {
     #[tokio::test]
     async fn with_deferral_off_uploads_start_during_the_writes() {
         let r = rig();
-        let up = first_then_burst(&r, Duration::ZERO, 10).await;
+        let _up = first_then_burst(&r, Duration::ZERO, 10).await;
         assert!(landed(&r, "first").await);
     }
 
