@@ -74,6 +74,8 @@ struct Queue {
     draining: bool,
     /// When the last operation was submitted.
     last_submit: Option<Instant>,
+    /// Submissions closer together than this are one burst ([`QUIET`]).
+    quiet: Duration,
     tickets: HashMap<String, VecDeque<u64>>,
 }
 
@@ -83,8 +85,6 @@ struct Inner {
     cache: Arc<Cache>,
     cfg: UploadConfig,
     delay: Duration,
-    /// Submissions closer together than this are one burst ([`QUIET`]).
-    quiet: Duration,
     queue: Mutex<Queue>,
     wake: Notify,
     pending: watch::Sender<usize>,
@@ -113,23 +113,6 @@ impl Uploader {
         recovered: Vec<Op>,
         replicator: Option<crate::replicator::Replicator>,
     ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
-        Self::start_with_quiet(
-            store, journal, cache, cfg, delay, QUIET, recovered, replicator,
-        )
-    }
-
-    /// [`Uploader::start`] with another pause length ending a burst of writes.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn start_with_quiet(
-        store: Arc<dyn ObjectStore>,
-        journal: Journal,
-        cache: Arc<Cache>,
-        cfg: UploadConfig,
-        delay: Duration,
-        quiet: Duration,
-        recovered: Vec<Op>,
-        replicator: Option<crate::replicator::Replicator>,
-    ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let n = recovered.len();
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -139,7 +122,6 @@ impl Uploader {
             cache,
             cfg,
             delay,
-            quiet,
             queue: Mutex::new(Queue {
                 by_key: BTreeMap::new(),
                 count: 0,
@@ -152,6 +134,7 @@ impl Uploader {
                 urgent_upto: 0,
                 draining: false,
                 last_submit: None,
+                quiet: QUIET,
             }),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -277,6 +260,12 @@ impl Uploader {
         self.inner.queue.lock().unwrap().tickets.contains_key(key)
     }
 
+    /// Tests: another pause length ending a burst of writes.
+    #[cfg(test)]
+    fn set_quiet(&self, quiet: Duration) {
+        self.inner.queue.lock().unwrap().quiet = quiet;
+    }
+
     pub fn pending_count(&self) -> usize {
         *self.inner.pending.borrow()
     }
@@ -363,7 +352,7 @@ fn due_at(inner: &Inner, q: &Queue, op: &Op, now: Instant) -> i64 {
         return due;
     }
     if let Some(last) = q.last_submit {
-        let quiet_in = inner.quiet.saturating_sub(now.duration_since(last));
+        let quiet_in = q.quiet.saturating_sub(now.duration_since(last));
         if !quiet_in.is_zero() {
             let pause = now_ms() + quiet_in.as_millis() as i64;
             due = due.max(pause.min(op.staged_at_ms + defer.as_millis() as i64));
@@ -744,17 +733,17 @@ mod tests {
     }
 
     fn start_with(r: &Rig, cfg: UploadConfig, quiet: Duration, recovered: Vec<Op>) -> Uploader {
-        Uploader::start_with_quiet(
+        let (up, _) = Uploader::start(
             r.faulty.clone(),
             r.journal.clone(),
             r.cache.clone(),
             cfg,
             Duration::ZERO,
-            quiet,
             recovered,
             None,
-        )
-        .0
+        );
+        up.set_quiet(quiet);
+        up
     }
 
     fn staged_file(r: &Rig, content: &[u8]) -> String {
