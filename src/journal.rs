@@ -281,7 +281,9 @@ fn insert_task(
 }
 
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completer) + Send>;
+/// A job runs inside a group commit; given no connection (the transaction
+/// could not begin) it does not run at all and only reports the failure.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completer) + Send>;
 
 /// Handle to the journal actor. Cheap to clone.
 #[derive(Clone)]
@@ -290,6 +292,12 @@ pub struct Journal {
     path: Arc<String>,
     fail_after: Arc<AtomicI64>,
 }
+
+/// How long a commit waits for another process's lock on the journal.
+#[cfg(not(test))]
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+#[cfg(test)]
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -390,8 +398,7 @@ impl Journal {
             source,
         };
         let conn = Connection::open(path).map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sq)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -448,8 +455,7 @@ impl Journal {
         };
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sq)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(sq)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
         Ok(Self::spawn(conn, p))
     }
 
@@ -495,21 +501,25 @@ impl Journal {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
         let path = self.path.clone();
         let job: Job = Box::new(move |conn| {
-            let r = f(conn);
-            let ok = r.is_ok();
+            let r = conn.map(f);
+            let ok = matches!(r, Some(Ok(_)));
             let done: Completer = Box::new(move |commit| {
                 let out = match (r, commit) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Err(source), _) => Err(JournalError::Sqlite {
+                    (Some(Ok(v)), Ok(())) => Ok(v),
+                    (Some(Err(source)), _) => Err(JournalError::Sqlite {
                         path: path.to_string(),
                         source,
                     }),
-                    (Ok(_), Err(msg)) if msg == "injected" => {
+                    (_, Err(msg)) if msg == "injected" => {
                         Err(JournalError::Injected(path.to_string()))
                     }
-                    (Ok(_), Err(msg)) => Err(JournalError::Sqlite {
+                    (_, Err(msg)) => Err(JournalError::Sqlite {
                         path: path.to_string(),
                         source: rusqlite::Error::InvalidParameterName(msg),
+                    }),
+                    (None, Ok(())) => Err(JournalError::Sqlite {
+                        path: path.to_string(),
+                        source: rusqlite::Error::InvalidParameterName("job not run".into()),
                     }),
                 };
                 let _ = tx.send(out);
@@ -910,15 +920,17 @@ fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) 
         let mut done = Vec::with_capacity(batch.len());
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = began {
+            // Not run: outside a transaction each statement would commit on
+            // its own, and a job reported failed must have changed nothing.
             for job in batch {
-                let (_, complete) = job(&conn);
+                let (_, complete) = job(None);
                 complete(Err(e.to_string()));
             }
             continue;
         }
         for job in batch {
             let _ = conn.execute_batch("SAVEPOINT job");
-            let (ok, complete) = job(&conn);
+            let (ok, complete) = job(Some(&conn));
             if ok {
                 let _ = conn.execute_batch("RELEASE job");
             } else {
@@ -1037,6 +1049,50 @@ mod tests {
         drop(j);
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.open_ops().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_cannot_begin_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let j = Journal::open(&path).unwrap();
+        let s = j.stage(put("a", "1")).await.unwrap();
+        // Another process holds the write lock past the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let tasks = vec![NewTask {
+            destination: "eu".into(),
+            rule_id: "r".into(),
+            kind: TaskKind::Version,
+            storage_class: None,
+        }];
+        assert!(j
+            .complete_with_tasks(s, Some("v1".into()), tasks.clone())
+            .await
+            .is_err());
+        assert!(j.stage(put("b", "2")).await.is_err());
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(
+            j.open_tasks().await.unwrap().is_empty(),
+            "no task from the failed commit"
+        );
+        let open: Vec<String> = j
+            .open_ops()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            open,
+            ["a"],
+            "the failed stage left no op, the failed completion left `a` open"
+        );
+        // Retried once the lock is gone, the completion records exactly one task.
+        j.complete_with_tasks(s, Some("v1".into()), tasks)
+            .await
+            .unwrap();
+        assert_eq!(j.open_tasks().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

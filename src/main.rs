@@ -193,7 +193,10 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         let metrics = regionfs::metrics::Metrics::new();
         svc.replicator.set_metrics(metrics.clone());
         metrics.set_regions(svc.regions.clone());
-        metrics.set_served(svc.core.served_bytes.clone());
+        metrics.set_fs_counters(
+            svc.core.served_bytes.clone(),
+            svc.core.attribute_heads.clone(),
+        );
         let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
         rt.spawn(async move {
             if let Err(e) = regionfs::metrics::serve(listen.clone(), metrics, journal, cfg).await {

@@ -207,12 +207,19 @@ impl Metrics {
         Ok(out)
     }
 
-    /// Reports the bytes the mount's read() served to the kernel.
-    pub fn set_served(&self, served: Counter) {
-        self.registry.lock().unwrap().register(
+    /// Reports the mount's own counters: bytes read() served to the kernel,
+    /// and HEADs sent for attributes.
+    pub fn set_fs_counters(&self, served: Counter, attribute_heads: Counter) {
+        let mut r = self.registry.lock().unwrap();
+        r.register(
             "fuse_read_bytes",
             "Bytes read() served to the kernel (its page cache hits never reach the daemon)",
             served,
+        );
+        r.register(
+            "attribute_heads",
+            "HEAD requests sent to the source for attributes (lookups, stat, after a listing)",
+            attribute_heads,
         );
     }
 

@@ -759,3 +759,87 @@ async fn unchanged_files_are_read_again_from_the_kernel_cache_without_writeback(
     kernel_keeps_pages_only_while_the_content_is_the_same("[mount]\nwriteback_cache = false\n")
         .await;
 }
+
+/// `ls -l` again after `attr_ttl`: the listing vouches for the attributes the
+/// first `ls -l` HEADed, so no HEAD goes out per file; yet another client's
+/// metadata-only copy (same ETag, later LastModified) is still seen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_listing_needs_no_head_and_still_sees_another_clients_metadata_change() {
+    use bytes::Bytes;
+    use regionfs::store::{PutBody, PutOptions};
+    use std::time::SystemTime;
+    let port = common::free_port();
+    let (r, m, _c) = setup(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    let heads =
+        || common::metric(&common::scrape(port), "regionfs_attribute_heads_total").unwrap_or(0.0);
+    let mode = |m: u32| PutOptions {
+        metadata: [("mode".to_string(), format!("{}", 0o100000 | m))].into(),
+        ..Default::default()
+    };
+    let files = 20;
+    for i in 0..files {
+        r.src
+            .put(
+                &format!("d/f{i}"),
+                PutBody::Bytes(Bytes::from(format!("body {i}"))),
+                &mode(0o600),
+            )
+            .await
+            .unwrap();
+    }
+    // A listing vouches only for versions older than the HEAD by 3 s.
+    let newest = r
+        .src
+        .head(&format!("d/f{}", files - 1), None)
+        .await
+        .unwrap();
+    let settled = newest.last_modified.unwrap() + Duration::from_secs(4);
+    common::wait_for(
+        "the versions to be 4 s old",
+        Duration::from_secs(10),
+        || (SystemTime::now() >= settled).then_some(()),
+    );
+    let ls_l = || -> Vec<u32> {
+        let mut modes: Vec<(String, u32)> = std::fs::read_dir(m.path("d"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let md = std::fs::symlink_metadata(e.path()).unwrap();
+                (e.file_name().into_string().unwrap(), md.mode() & 0o7777)
+            })
+            .collect();
+        modes.sort();
+        modes.into_iter().map(|(_, m)| m).collect()
+    };
+    assert_eq!(ls_l(), vec![0o600; files]);
+    let cold = heads();
+    assert!(
+        cold >= files as f64,
+        "the first ls -l HEADed every file: {cold}"
+    );
+
+    // Past attr_ttl every attribute needs revalidating; that is the point.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ls_l(), vec![0o600; files]);
+    let warm = heads() - cold;
+    assert!(
+        warm <= 1.0,
+        "the second ls -l sent {warm} HEADs (at most the directory's own lookup)"
+    );
+
+    let before = r.src.head("d/f0", None).await.unwrap();
+    r.src
+        .copy("d/f0", None, "d/f0", &mode(0o640))
+        .await
+        .unwrap();
+    let after = r.src.head("d/f0", None).await.unwrap();
+    assert_eq!(
+        after.etag, before.etag,
+        "a metadata-only copy keeps the ETag"
+    );
+    common::wait_for(
+        "the other client's mode to show after a listing",
+        Duration::from_secs(15),
+        || (ls_l()[0] == 0o640).then_some(()),
+    );
+}

@@ -210,6 +210,30 @@ async fn a_missing_destination_bucket_fails_visibly_then_completes_once_created(
     assert_eq!(&body[..], b"patience");
 }
 
+/// Prints the open tasks that are not exactly one per written `load/f{i}`,
+/// with the source's versions of their keys: what a wrong backlog consists of.
+async fn explain_backlog(cache: &std::path::Path, r: &Regions, written: usize) {
+    let journal = regionfs::journal::Journal::open_readonly(&cache.join("journal.db")).unwrap();
+    let open = journal.open_tasks().await.unwrap();
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &open {
+        per_key.entry(t.key.clone()).or_default().push(format!(
+            "task {} seq {} version {} {:?} {:?} created {}",
+            t.id, t.seq, t.version_id, t.kind, t.status, t.created_at_ms
+        ));
+    }
+    let expected: HashSet<String> = (0..written).map(|i| format!("load/f{i}")).collect();
+    for (key, tasks) in &per_key {
+        if tasks.len() != 1 || !expected.contains(key) {
+            eprintln!("backlog: {key}: {tasks:#?}");
+            eprintln!("  source versions: {:?}", source_history(&r.src, key).await);
+        }
+    }
+    for key in expected.iter().filter(|k| !per_key.contains_key(*k)) {
+        eprintln!("backlog: no open task for {key}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_destination_down_for_a_minute_under_load_loses_nothing_and_status_tracks_the_backlog() {
     let mut r = Regions::start().await;
@@ -242,6 +266,9 @@ async fn a_destination_down_for_a_minute_under_load_loses_nothing_and_status_tra
     let backlog = m.status(None)["replication"]["eu"]["pending"]
         .as_u64()
         .unwrap();
+    if backlog != written as u64 {
+        explain_backlog(c.path(), &r, written).await;
+    }
     assert_eq!(
         backlog, written as u64,
         "status counts exactly the versions not yet replicated"

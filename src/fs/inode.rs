@@ -50,6 +50,11 @@ pub struct Node {
     pub open_writers: u32,
     /// When the attributes were last read from the bucket.
     pub fetched: Option<Instant>,
+    /// The LastModified second of the version the attributes were read from,
+    /// kept only when the read came in a later second: a listing then showing
+    /// this ETag and second shows that same version (any later version, even a
+    /// metadata-only copy with the same ETag, carries a later second).
+    pub listed_as: Option<u64>,
     /// The bucket's metadata for this node is known (HEAD done, or written here).
     pub meta_known: bool,
     pub unlinked: bool,
@@ -113,6 +118,7 @@ impl Inodes {
             open: 0,
             open_writers: 0,
             fetched: None,
+            listed_as: None,
             meta_known: false,
             unlinked: false,
             lookups: 0,

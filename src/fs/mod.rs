@@ -132,6 +132,18 @@ pub struct Core {
     resolving: Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
     /// Bytes read() returned to the kernel (not counting its page cache hits).
     pub served_bytes: prometheus_client::metrics::counter::Counter,
+    /// HEAD requests sent for a path's attributes.
+    pub attribute_heads: prometheus_client::metrics::counter::Counter,
+}
+
+/// How far this host's clock may run ahead of the bucket's without a listing
+/// vouching for attributes it should not (see [`Node::listed_as`]).
+const CLOCK_SKEW_S: u64 = 2;
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Attribute HEADs in flight after a directory listing.
@@ -186,6 +198,7 @@ impl Core {
             writeback: m.writeback_cache(),
             regions,
             served_bytes: Default::default(),
+            attribute_heads: Default::default(),
             resolving: Mutex::new(HashMap::new()),
         })
     }
@@ -385,6 +398,8 @@ impl Core {
                 return Ok(self.adopt_pending(path, &op).await);
             }
         } else {
+            self.attribute_heads.inc();
+            let asked = unix_secs(SystemTime::now());
             match self.store.head(&key, None).await {
                 Ok(info) => {
                     // An operation queued while the HEAD was in flight (an
@@ -407,6 +422,10 @@ impl Core {
                     if n.working.is_none() && !n.dirty {
                         n.meta = meta;
                         n.size = info.size;
+                        n.listed_as = info
+                            .last_modified
+                            .map(unix_secs)
+                            .filter(|&s| asked >= s + 1 + CLOCK_SKEW_S);
                         if n.etag != info.etag {
                             n.etag = info.etag;
                             n.version = info.version_id;
@@ -716,6 +735,18 @@ impl Core {
                 n.size = size;
                 n.meta_known = false;
                 n.fetched = None;
+                n.listed_as = None;
+            } else if n.working.is_none()
+                && !n.dirty
+                && !etag.is_empty()
+                && n.etag == etag
+                && n.meta_known
+                && n.listed_as.is_some()
+                && n.listed_as == modified.map(unix_secs)
+            {
+                // The version whose attributes we hold is still the current
+                // one: trust them again without a HEAD per file.
+                n.fetched = Some(started);
             }
             out.push(DirEntry {
                 ino,
