@@ -18,6 +18,7 @@ pub mod inode;
 pub mod names;
 mod read;
 
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,9 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;
+
+/// Files of a renamed directory moved at once.
+const RENAME_PARALLEL: usize = 16;
 
 /// What the core works over.
 pub struct Backends {
@@ -426,10 +430,8 @@ impl Core {
                             .last_modified
                             .map(unix_secs)
                             .filter(|&s| asked >= s + 1 + CLOCK_SKEW_S);
-                        if n.etag != info.etag {
-                            n.etag = info.etag;
-                            n.version = info.version_id;
-                        }
+                        n.etag = info.etag;
+                        n.version = info.version_id;
                     }
                     n.meta_known = true;
                     n.fetched = Some(Instant::now());
@@ -1277,6 +1279,7 @@ impl Core {
         }
         let meta = self.inodes.lock().unwrap().nodes[&ino].meta.clone();
         self.put_dir_attrs(to, &meta).await?;
+        let mut files = Vec::new();
         for key in keys.keys() {
             let rel = &key[self.prefix.len()..];
             let Some(below) = rel.strip_prefix(from).and_then(|r| r.strip_prefix('/')) else {
@@ -1294,18 +1297,28 @@ impl Core {
                 self.delete_dir_keys(sub).await?;
                 continue;
             }
-            let path = rel.to_string();
-            let child = match self.resolve(&path).await {
-                Ok(i) => i,
-                Err(FsError::NotFound) => continue,
-                Err(e) => return Err(e),
-            };
-            if !self.inodes.lock().unwrap().nodes[&child].meta_known {
-                // Attributes travel with the copy: read them first.
-                let _ = self.refresh_meta(child).await;
-            }
-            self.rename_file(child, &path, &new_rel).await?;
+            files.push((rel.to_string(), new_rel));
         }
+        // Files are independent (each copy is staged before its own delete):
+        // their lookups and journal commits overlap.
+        let mut moves = futures_util::stream::iter(files)
+            .map(|(path, new_rel)| async move {
+                let child = match self.resolve(&path).await {
+                    Ok(i) => i,
+                    Err(FsError::NotFound) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if !self.inodes.lock().unwrap().nodes[&child].meta_known {
+                    // Attributes travel with the copy: read them first.
+                    let _ = self.refresh_meta(child).await;
+                }
+                self.rename_file(child, &path, &new_rel).await
+            })
+            .buffer_unordered(RENAME_PARALLEL);
+        while let Some(moved) = moves.next().await {
+            moved?;
+        }
+        drop(moves);
         self.delete_dir_keys(from).await?;
         self.inodes.lock().unwrap().rename(ino, to);
         Ok(())
