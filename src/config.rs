@@ -234,6 +234,12 @@ pub struct UploadConfig {
     /// replication lag, which counts from the close.
     #[serde(default = "default_defer_while_writing")]
     pub defer_while_writing: HumanDuration,
+    /// Upload a file written sequentially from empty part by part while it is
+    /// written, instead of whole after its close. Such objects store no
+    /// `mtime` (it is fixed before the last write): their mtime is the
+    /// object's LastModified.
+    #[serde(default = "default_early_parts")]
+    pub early_parts: bool,
 }
 
 impl Default for UploadConfig {
@@ -243,8 +249,13 @@ impl Default for UploadConfig {
             part_size: default_part_size(),
             concurrency: default_concurrency(),
             defer_while_writing: default_defer_while_writing(),
+            early_parts: default_early_parts(),
         }
     }
+}
+
+fn default_early_parts() -> bool {
+    true
 }
 
 fn default_defer_while_writing() -> HumanDuration {

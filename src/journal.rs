@@ -32,6 +32,12 @@
 //! 4. `complete()` records the version id and marks the row done, in one commit.
 //!    After that the cache file is no longer needed by the journal.
 //!
+//! Parts of a large file may be uploaded *before* its close (`uploader::early`):
+//! that multipart upload id is recorded in `early_uploads` before its first
+//! part, and recovery aborts every one left there. Nothing of it is
+//! acknowledged; once its file is staged the upload id also goes into the op
+//! row (step 3), so the usual recovery applies.
+//!
 //! Recovery reads only rows that are not done: its cost is O(pending work).
 //! Done rows are pruned to the latest per key (status needs its version id).
 
@@ -346,6 +352,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
+CREATE TABLE IF NOT EXISTS early_uploads (
+    upload_id TEXT PRIMARY KEY,
+    key TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS regions (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     state TEXT NOT NULL,
@@ -840,6 +850,40 @@ impl Journal {
                 params![seq, upload_id],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records a multipart upload started before its file was staged.
+    pub async fn note_early(&self, key: String, upload_id: String) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO early_uploads (upload_id, key) VALUES (?1, ?2)",
+                params![upload_id, key],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets an early upload (completed, aborted, or handed to its op row).
+    pub async fn forget_early(&self, upload_id: String) -> Result<(), JournalError> {
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM early_uploads WHERE upload_id = ?1",
+                params![upload_id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Early uploads a previous process left behind: (key, upload id).
+    pub async fn early_uploads(&self) -> Result<Vec<(String, String)>, JournalError> {
+        self.run(|c| {
+            let mut st = c.prepare("SELECT key, upload_id FROM early_uploads")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
         })
         .await
     }

@@ -191,6 +191,7 @@ pub async fn start_with_stores(
         ops,
         Some(replicator.clone()),
     );
+    uploader.abort_stale_early().await;
     uploader.set_acl(
         &config.source.name,
         config.source.acl.map(|a| a.as_str().to_string()),

@@ -47,6 +47,9 @@ use crate::journal::{now_ms, Journal, JournalError, NewOp, Op, OpKind, OpState};
 use crate::meta::ObjectMeta;
 use crate::store::{AclBody, CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
 
+mod early;
+pub use early::EarlyUpload;
+
 /// An operation that reached the bucket.
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -77,6 +80,8 @@ struct Queue {
     /// Submissions closer together than this are one burst ([`QUIET`]).
     quiet: Duration,
     tickets: HashMap<String, VecDeque<u64>>,
+    /// Parts uploaded before the op's file was staged, by op seq.
+    early: HashMap<i64, Arc<EarlyUpload>>,
 }
 
 struct Inner {
@@ -135,6 +140,7 @@ impl Uploader {
                 draining: false,
                 last_submit: None,
                 quiet: QUIET,
+                early: HashMap::new(),
             }),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -164,9 +170,48 @@ impl Uploader {
         *self.inner.acl.lock().unwrap() = acl.map(|a| (a, state));
     }
 
+    /// Aborts the early uploads (see [`EarlyUpload`]) a previous process left
+    /// behind. Call before the mount starts new ones.
+    pub async fn abort_stale_early(&self) {
+        let Ok(stale) = self.inner.journal.early_uploads().await else {
+            return;
+        };
+        for (key, id) in stale {
+            if let Err(e) = self.inner.store.abort_multipart(&key, &id).await {
+                tracing::debug!(%key, error = %e, "aborting an early upload left by the last run");
+            }
+            let _ = self.inner.journal.forget_early(id).await;
+        }
+    }
+
+    /// Starts uploading a file that is being written from empty, part by part
+    /// as it grows (`upload.early_parts`); hand it to [`Uploader::submit_with`]
+    /// when the file is staged. `None` when early parts are off, or an ACL is
+    /// configured (its state is known only per upload).
+    pub fn early(&self, key: &str, file: &str, meta: &ObjectMeta) -> Option<Arc<EarlyUpload>> {
+        if !self.inner.cfg.early_parts || self.inner.acl.lock().unwrap().is_some() {
+            return None;
+        }
+        Some(Arc::new(EarlyUpload::new(
+            self.inner.clone(),
+            key.to_string(),
+            file.to_string(),
+            meta,
+        )))
+    }
+
     /// Journals `op` durably and queues it behind earlier operations on its key.
     /// Returns once committed: the caller may acknowledge the write.
     pub async fn submit(&self, op: NewOp) -> Result<i64, JournalError> {
+        self.submit_with(op, None).await
+    }
+
+    /// [`Uploader::submit`] of a put whose first parts may already be uploaded.
+    pub async fn submit_with(
+        &self,
+        op: NewOp,
+        early: Option<Arc<EarlyUpload>>,
+    ) -> Result<i64, JournalError> {
         let key = op.key.clone();
         let (fut, ticket) = {
             let mut q = self.inner.queue.lock().unwrap();
@@ -201,6 +246,9 @@ impl Uploader {
                 version_id: None,
                 staged_at_ms: now_ms(),
             };
+            if let Some(e) = early {
+                q.early.insert(seq, e);
+            }
             q.insert(staged);
             let total = q.count;
             drop(q);
@@ -591,9 +639,15 @@ async fn perform(
                     source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
                 })?
                 .len();
+            let early = inner.queue.lock().unwrap().early.remove(&op.seq);
             if let Some(old) = &op.multipart_id {
                 store.abort_multipart(&op.key, old).await?;
                 let _ = inner.journal.set_multipart(op.seq, None).await;
+            }
+            if let (Some(e), None) = (early, acl) {
+                if let Some(f) = e.finish(op, size, &options(op, acl)).await {
+                    return complete_early(inner, op, path, size, f).await;
+                }
             }
             if size < inner.cfg.multipart_threshold.0 {
                 return store
@@ -634,8 +688,66 @@ async fn multipart(
         });
     }
     let part = inner.cfg.part_size_for(size);
+    let parts = match upload_parts(inner, op, &path, &upload_id, 0, size, part).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = store.abort_multipart(&op.key, &upload_id).await;
+            let _ = inner.journal.set_multipart(op.seq, None).await;
+            return Err(e);
+        }
+    };
+    store.complete_multipart(&op.key, &upload_id, parts).await
+}
+
+/// Finishes an upload whose first parts went up before the close: the rest of
+/// the staged file, then CompleteMultipartUpload. On failure the upload is
+/// aborted and the retry uploads the file whole.
+async fn complete_early(
+    inner: &Arc<Inner>,
+    op: &Op,
+    path: std::path::PathBuf,
+    size: u64,
+    f: early::Finished,
+) -> Result<PutResult, StoreError> {
+    let store = inner.store.clone();
+    let id = f.upload_id;
+    let result = async {
+        inner
+            .journal
+            .set_multipart(op.seq, Some(id.clone()))
+            .await
+            .map_err(|e| StoreError::LocalIo {
+                bucket: store.describe(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let _ = inner.journal.forget_early(id.clone()).await;
+        let mut parts = f.parts;
+        parts.extend(upload_parts(inner, op, &path, &id, f.uploaded, size, f.part).await?);
+        store.complete_multipart(&op.key, &id, parts).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = store.abort_multipart(&op.key, &id).await;
+        let _ = inner.journal.set_multipart(op.seq, None).await;
+        let _ = inner.journal.forget_early(id).await;
+    }
+    result
+}
+
+/// Uploads `[from, size)` of `path` as parts of `part` bytes (numbered from
+/// the start of the file), several at once.
+async fn upload_parts(
+    inner: &Arc<Inner>,
+    op: &Op,
+    path: &std::path::Path,
+    upload_id: &str,
+    from: u64,
+    size: u64,
+    part: u64,
+) -> Result<Vec<CompletedPart>, StoreError> {
+    let store = inner.store.clone();
     let mut set = JoinSet::new();
-    for (i, offset) in (0..size).step_by(part as usize).enumerate() {
+    for offset in (from..size).step_by(part as usize) {
         let permit = inner
             .parts
             .clone()
@@ -644,9 +756,10 @@ async fn multipart(
             .expect("semaphore open");
         let store = store.clone();
         let key = op.key.clone();
-        let id = upload_id.clone();
-        let path = path.clone();
+        let id = upload_id.to_string();
+        let path = path.to_path_buf();
         let len = part.min(size - offset);
+        let number = (offset / part) as i32 + 1;
         set.spawn(async move {
             let mut attempt = 0;
             let result = loop {
@@ -655,7 +768,7 @@ async fn multipart(
                     offset,
                     len,
                 };
-                match store.upload_part(&key, &id, i as i32 + 1, body).await {
+                match store.upload_part(&key, &id, number, body).await {
                     Ok(p) => break Ok::<CompletedPart, StoreError>(p),
                     Err(e) if !e.is_permanent() && attempt < 5 => {
                         attempt += 1;
@@ -687,12 +800,10 @@ async fn multipart(
         }
     }
     if let Some(e) = failure {
-        let _ = store.abort_multipart(&op.key, &upload_id).await;
-        let _ = inner.journal.set_multipart(op.seq, None).await;
         return Err(e);
     }
     parts.sort_by_key(|p| p.number);
-    store.complete_multipart(&op.key, &upload_id, parts).await
+    Ok(parts)
 }
 
 #[cfg(test)]
@@ -918,5 +1029,144 @@ mod tests {
         let h = r.mem.history("big");
         assert_eq!(h.len(), 1);
         assert!(h[0].1.as_deref() == Some(&big[..]));
+    }
+
+    /// Writes `content` into cache file `name` in 1 MiB writes from `from`,
+    /// telling `early` about each.
+    fn write_through(r: &Rig, early: &Arc<EarlyUpload>, name: &str, content: &[u8], from: usize) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.cache.data_path(name))
+            .unwrap();
+        for off in (from..content.len()).step_by(MIB as usize) {
+            let end = (off + MIB as usize).min(content.len());
+            f.write_all_at(&content[off..end], off as u64).unwrap();
+            early.written(name, off as u64, end as u64);
+        }
+    }
+
+    async fn wait_parts(r: &Rig, key: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r
+            .mem
+            .open_uploads()
+            .iter()
+            .any(|(k, p)| k == key && *p >= n)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{n} early parts of {key}: {:?}",
+                r.mem.open_uploads()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn early_rig() -> (Rig, Uploader) {
+        let r = rig();
+        let cfg = UploadConfig {
+            multipart_threshold: crate::config::ByteSize(5 * MIB),
+            part_size: crate::config::ByteSize(5 * MIB),
+            ..Default::default()
+        };
+        let up = start_with(&r, cfg, QUIET, vec![]);
+        (r, up)
+    }
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_written_in_order_is_uploaded_in_parts_before_it_is_staged() {
+        let (r, up) = early_rig();
+        let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+        let name = r.cache.create_data_file().unwrap();
+        let early = up.early("big", &name, &meta()).unwrap();
+        write_through(&r, &early, &name, &body, 0);
+        // Parts of 5 MiB, each once the next 5 MiB are written too.
+        wait_parts(&r, "big", 2).await;
+        assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
+        let mut op = put("big", &name, body.len() as u64);
+        op.meta = meta().to_json();
+        up.submit_with(op, Some(early)).await.unwrap();
+        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+        let h = r.mem.history("big");
+        assert_eq!(h.len(), 1);
+        assert!(
+            h[0].1.as_deref() == Some(&body[..]),
+            "the object is the staged file"
+        );
+        assert!(r.mem.open_uploads().is_empty());
+        assert!(r.journal.early_uploads().await.unwrap().is_empty());
+        let head = r.mem.head("big", None).await.unwrap();
+        assert_eq!(head.metadata.get("mode").map(String::as_str), Some("33188"));
+        assert!(
+            !head.metadata.contains_key("mtime"),
+            "mtime is the LastModified"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_write_below_the_uploaded_parts_makes_the_file_upload_whole() {
+        let (r, up) = early_rig();
+        let mut body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+        let name = r.cache.create_data_file().unwrap();
+        let early = up.early("big", &name, &meta()).unwrap();
+        write_through(&r, &early, &name, &body, 0);
+        wait_parts(&r, "big", 2).await;
+        // A header rewritten at the end, as many formats do.
+        body[..MIB as usize].fill(7);
+        write_through(&r, &early, &name, &body[..MIB as usize], 0);
+        up.submit_with(put("big", &name, body.len() as u64), Some(early))
+            .await
+            .unwrap();
+        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+        let h = r.mem.history("big");
+        assert_eq!(h.len(), 1);
+        assert!(
+            h[0].1.as_deref() == Some(&body[..]),
+            "the rewritten header is uploaded"
+        );
+        assert!(
+            r.mem.open_uploads().is_empty(),
+            "the early parts were aborted"
+        );
+        let head = r.mem.head("big", None).await.unwrap();
+        assert!(
+            head.metadata.contains_key("mtime"),
+            "uploaded whole, with its mtime"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_early_upload_never_staged_is_aborted_and_recovery_aborts_what_a_crash_left() {
+        let (r, up) = early_rig();
+        let body = vec![1u8; 12 * MIB as usize];
+        let name = r.cache.create_data_file().unwrap();
+        let early = up.early("gone", &name, &meta()).unwrap();
+        write_through(&r, &early, &name, &body, 0);
+        wait_parts(&r, "gone", 1).await;
+        drop(early);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r.mem.open_uploads().is_empty()
+            || !r.journal.early_uploads().await.unwrap().is_empty()
+        {
+            assert!(Instant::now() < deadline, "the abandoned upload is aborted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(r.mem.history("gone").is_empty());
+
+        // What kill -9 leaves: a journaled upload id nobody will finish.
+        let id = r
+            .mem
+            .create_multipart("crashed", &PutOptions::default())
+            .await
+            .unwrap();
+        r.journal.note_early("crashed".into(), id).await.unwrap();
+        up.abort_stale_early().await;
+        assert!(r.mem.open_uploads().is_empty());
+        assert!(r.journal.early_uploads().await.unwrap().is_empty());
     }
 }

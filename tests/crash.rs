@@ -55,7 +55,7 @@ fn writer(
             format!("r{round}/f{i}")
         };
         let len = match i % 13 {
-            0 => 6 * 1024 * 1024 + 12345, // multipart
+            0 => 16 * 1024 * 1024 + 12345, // multipart, parts uploaded before close
             n => (n as usize) * 3001,
         };
         let body = content(round * 1_000_003 + i, len);

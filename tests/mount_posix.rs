@@ -843,3 +843,78 @@ async fn a_second_listing_needs_no_head_and_still_sees_another_clients_metadata_
         || (ls_l()[0] == 0o640).then_some(()),
     );
 }
+
+/// A large file written in order is uploaded part by part while it is still
+/// open; at close only the rest goes up. Its bytes are exact, and since its
+/// metadata was fixed before the last write it stores no mtime: the source's
+/// LastModified is its mtime, here and (copied) on the replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_goes_up_in_parts_while_written_and_its_mtime_is_the_last_modified() {
+    // Without the kernel's writeback cache every write reaches regionfs at
+    // once, so the parts can be seen going up before the close.
+    let (r, mut m, c) =
+        setup("[upload]\npart_size = \"5MiB\"\n[mount]\nwriteback_cache = false\n").await;
+    let body: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let journal = c.path().join("journal.db");
+    let early_uploads = || {
+        let j = rusqlite::Connection::open_with_flags(
+            &journal,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        j.query_row("SELECT COUNT(*) FROM early_uploads", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
+    let mut f = std::fs::File::create(m.path("big.bin")).unwrap();
+    f.write_all(&body).unwrap();
+    common::wait_for(
+        "parts to go up while the file is open",
+        Duration::from_secs(30),
+        || (early_uploads() == 1).then_some(()),
+    );
+    drop(f);
+    m.wait_uploaded(DRAIN);
+    assert_eq!(early_uploads(), 0, "handed over at close, then completed");
+    let got = bucket_contents(&r.src, "").await;
+    assert!(
+        got.get("big.bin") == Some(&body),
+        "exact bytes in the source"
+    );
+    let head = r.src.head("big.bin", None).await.unwrap();
+    assert!(head.metadata.contains_key("mode"));
+    assert!(
+        !head.metadata.contains_key("mtime"),
+        "uploaded in parts before its close: {:?}",
+        head.metadata
+    );
+    let last_modified = head
+        .last_modified
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(m.unmount().success());
+    m.remount();
+    let md = std::fs::metadata(m.path("big.bin")).unwrap();
+    assert_eq!(md.mtime(), last_modified, "mtime is the LastModified");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let replica = loop {
+        if let Ok(h) = r.dst.head("big.bin", None).await {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        replica.metadata.get("mtime"),
+        Some(&last_modified.to_string()),
+        "the replica keeps the source's mtime"
+    );
+}

@@ -63,6 +63,9 @@ pub struct Node {
     /// The content (ETag) the kernel's page cache holds for this inode, as of
     /// the last open: while it is still the node's, an open keeps the cache.
     pub kernel_etag: Option<String>,
+    /// Parts of the working file already on their way to the bucket (a file
+    /// written from empty); handed to the put at staging.
+    pub early: Option<Arc<crate::uploader::EarlyUpload>>,
     pub io: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -123,6 +126,7 @@ impl Inodes {
             unlinked: false,
             lookups: 0,
             kernel_etag: None,
+            early: None,
             io: Arc::new(tokio::sync::Mutex::new(())),
         }
     }

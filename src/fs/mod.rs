@@ -1055,6 +1055,7 @@ impl Core {
         let mut t = self.inodes.lock().unwrap();
         t.detach(ino);
         let drop_file = t.get_mut(ino).and_then(|n| {
+            n.early = None;
             n.dirty = false;
             n.written = false;
             (n.open == 0 && !n.shared)
@@ -1629,6 +1630,8 @@ impl Core {
         w.file.set_len(size)?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        // Its parts may hold bytes this cuts or zeroes.
+        n.early = None;
         n.working = Some(w);
         n.shared = false;
         n.size = size;
@@ -1651,6 +1654,12 @@ impl Core {
         self.mark_written(fh);
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked {
+            n.early = self.uploader.early(&self.key(&n.path), &w.name, &n.meta);
+        }
+        if let Some(e) = &n.early {
+            e.written(&w.name, offset, end);
+        }
         n.size = n.size.max(end);
         n.dirty = true;
         if !self.writeback {
@@ -1774,9 +1783,9 @@ impl Core {
     async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, path, meta, size, unlinked) = {
-            let t = self.inodes.lock().unwrap();
-            let n = t.get(ino).ok_or(FsError::NotFound)?;
+        let (working, path, meta, size, unlinked, early) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             if !n.dirty {
                 return Ok(n.last_seq);
             }
@@ -1786,6 +1795,7 @@ impl Core {
                 n.meta.clone(),
                 n.size,
                 n.unlinked,
+                n.early.take(),
             )
         };
         if unlinked {
@@ -1802,18 +1812,22 @@ impl Core {
             self.cache.sync_data(&w.name, &w.file)?;
             None
         };
+        let early = early.filter(|_| inline.is_none());
         let seq = self
             .uploader
-            .submit(NewOp {
-                key: self.key(&path),
-                kind: OpKind::Put,
-                file: Some(w.name.clone()),
-                size,
-                meta: meta.to_json(),
-                src_key: None,
-                src_version: None,
-                inline,
-            })
+            .submit_with(
+                NewOp {
+                    key: self.key(&path),
+                    kind: OpKind::Put,
+                    file: Some(w.name.clone()),
+                    size,
+                    meta: meta.to_json(),
+                    src_key: None,
+                    src_version: None,
+                    inline,
+                },
+                early,
+            )
             .await?;
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {

@@ -610,6 +610,18 @@ async fn write_replica(
         .unwrap_or_default();
     let mut metadata = head.metadata.clone();
     metadata.insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
+    if metadata.contains_key("mode") && !metadata.contains_key("mtime") {
+        // A file uploaded in parts while written has no stored mtime; its
+        // mtime is the source's LastModified, which the replica must not
+        // replace with its own.
+        if let Some(t) = head.last_modified {
+            let s = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            metadata.insert("mtime".to_string(), s.to_string());
+        }
+    }
     let opts = PutOptions {
         content_type: head.content_type.clone(),
         metadata,

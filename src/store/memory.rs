@@ -106,6 +106,15 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    /// Multipart uploads neither completed nor aborted: (key, parts uploaded).
+    pub fn open_uploads(&self) -> Vec<(String, usize)> {
+        let s = self.state.lock().unwrap();
+        s.uploads
+            .values()
+            .map(|(key, _, parts)| (key.clone(), parts.len()))
+            .collect()
+    }
+
     fn not_found(&self, key: &str) -> StoreError {
         StoreError::NotFound {
             bucket: self.name.clone(),

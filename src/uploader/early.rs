@@ -1,0 +1,330 @@
+//! Parts of a large file uploaded while it is still being written: a file
+//! written sequentially from empty is in the bucket soon after its close,
+//! instead of one whole upload after it.
+//!
+//! # Invariant
+//! Parts are read only from bytes `[0, claimed)` of one cache file, and only
+//! once everything below them has been written. Any later change that could
+//! touch that range — a write below `claimed`, a truncate, a copy of the
+//! working file, a rename, different metadata at close — makes the upload
+//! *invalid*: it is aborted and the staged file is uploaded whole, as without
+//! this module. So the parts that reach CompleteMultipartUpload hold exactly
+//! the bytes staged at close.
+//!
+//! # Crash consistency
+//! Nothing here is acknowledged to anyone. The upload id is journaled
+//! (`early_uploads`) before the first part, and recovery aborts every id left
+//! there. Once its file is staged the id is also recorded in the op row, whose
+//! recovery aborts it and uploads the file whole.
+//!
+//! # Metadata
+//! CreateMultipartUpload fixes the object's metadata before the last write, so
+//! these objects carry no `mtime`: readers take the file's mtime from the
+//! object's LastModified. Mode, owner, xattrs and content type must be the
+//! same at close as at the first write, or the file is uploaded whole.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OnceCell};
+
+use super::{backoff, Inner};
+use crate::error::StoreError;
+use crate::journal::Op;
+use crate::meta::ObjectMeta;
+use crate::store::{CompletedPart, PutBody, PutOptions};
+
+/// Parts are claimed only this many parts behind the written end, so the
+/// kernel's out-of-order write-back near the end never lands in a claimed part.
+const SLACK_PARTS: u64 = 1;
+
+/// More separate written ranges than this ahead of the contiguous prefix: the
+/// file is not written sequentially; stop.
+const MAX_AHEAD: usize = 256;
+
+/// S3 allows 10,000 parts per upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Metadata a multipart upload can carry before the file is complete.
+pub(super) fn early_options(mut o: PutOptions) -> PutOptions {
+    for k in ["mtime", "mtime-nsec", "atime"] {
+        o.metadata.remove(k);
+    }
+    o
+}
+
+/// One file's upload in progress; see the module docs.
+pub struct EarlyUpload {
+    up: Arc<Inner>,
+    key: String,
+    file: String,
+    path: PathBuf,
+    options: PutOptions,
+    part: u64,
+    id: OnceCell<String>,
+    state: Mutex<State>,
+    settled: Notify,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct State {
+    /// `[0, claimed)` is uploaded or being uploaded.
+    claimed: u64,
+    /// `[0, contiguous)` has been written.
+    contiguous: u64,
+    /// Written ranges beyond `contiguous`: start → end.
+    ahead: BTreeMap<u64, u64>,
+    in_flight: usize,
+    parts: Vec<CompletedPart>,
+    invalid: Option<String>,
+    /// Handed to the uploader, which completes or aborts it.
+    taken: bool,
+}
+
+/// What [`EarlyUpload::finish`] leaves for the uploader.
+pub(super) struct Finished {
+    pub upload_id: String,
+    pub parts: Vec<CompletedPart>,
+    /// `[0, uploaded)` is in `parts`, in parts of `part` bytes.
+    pub uploaded: u64,
+    pub part: u64,
+}
+
+impl EarlyUpload {
+    pub(super) fn new(up: Arc<Inner>, key: String, file: String, meta: &ObjectMeta) -> Self {
+        let path = up.cache.data_path(&file);
+        let part = crate::config::plan_part_size(up.cfg.part_size.0, 0);
+        EarlyUpload {
+            key,
+            file,
+            path,
+            options: early_options(meta.to_put_options()),
+            part,
+            id: OnceCell::new(),
+            state: Mutex::new(State::default()),
+            settled: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
+            up,
+        }
+    }
+
+    /// Bytes `[offset, end)` of cache file `file` were just written.
+    pub fn written(self: &Arc<Self>, file: &str, offset: u64, end: u64) {
+        let mut s = self.state.lock().unwrap();
+        if s.invalid.is_some() {
+            return;
+        }
+        if file != self.file {
+            s.invalid = Some("the working file was copied".into());
+            return;
+        }
+        if offset < s.claimed {
+            s.invalid = Some(format!("a write at {offset}, below the uploaded parts"));
+            return;
+        }
+        if offset <= s.contiguous {
+            s.contiguous = s.contiguous.max(end);
+        } else {
+            let e = s.ahead.entry(offset).or_insert(end);
+            *e = (*e).max(end);
+            if s.ahead.len() > MAX_AHEAD {
+                s.invalid = Some("the file is not written sequentially".into());
+                return;
+            }
+        }
+        while let Some((&start, &stop)) = s.ahead.first_key_value() {
+            if start > s.contiguous {
+                break;
+            }
+            s.ahead.pop_first();
+            s.contiguous = s.contiguous.max(stop);
+        }
+        while s.contiguous >= s.claimed + (1 + SLACK_PARTS) * self.part
+            && s.claimed / self.part < MAX_PARTS - 1
+        {
+            let offset = s.claimed;
+            s.claimed += self.part;
+            s.in_flight += 1;
+            let me = self.clone();
+            self.runtime
+                .spawn(async move { me.upload_part(offset).await });
+        }
+    }
+
+    /// The file changed in a way that may touch uploaded bytes.
+    pub fn invalidate(&self, why: &str) {
+        let mut s = self.state.lock().unwrap();
+        if s.invalid.is_none() {
+            s.invalid = Some(why.to_string());
+        }
+    }
+
+    async fn upload_id(&self) -> Result<&String, StoreError> {
+        self.id
+            .get_or_try_init(|| async {
+                let store = &self.up.store;
+                let id = store.create_multipart(&self.key, &self.options).await?;
+                let noted = self
+                    .up
+                    .journal
+                    .note_early(self.key.clone(), id.clone())
+                    .await;
+                if let Err(e) = noted {
+                    let _ = store.abort_multipart(&self.key, &id).await;
+                    return Err(StoreError::LocalIo {
+                        bucket: store.describe(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+                Ok(id)
+            })
+            .await
+    }
+
+    async fn upload_part(self: Arc<Self>, offset: u64) {
+        let permit = self.up.parts.clone().acquire_owned().await;
+        let result = async {
+            if self.state.lock().unwrap().invalid.is_some() {
+                return Ok(None);
+            }
+            let id = self.upload_id().await?;
+            let number = (offset / self.part) as i32 + 1;
+            let mut attempt = 0;
+            loop {
+                let body = PutBody::File {
+                    path: self.path.clone(),
+                    offset,
+                    len: self.part,
+                };
+                match self.up.store.upload_part(&self.key, id, number, body).await {
+                    Ok(p) => return Ok(Some(p)),
+                    Err(e) if !e.is_permanent() && attempt < 5 => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff(attempt, false)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        .await;
+        drop(permit);
+        let mut s = self.state.lock().unwrap();
+        s.in_flight -= 1;
+        match result {
+            Ok(Some(p)) => s.parts.push(p),
+            Ok(None) => {}
+            Err(e) => {
+                if s.invalid.is_none() {
+                    s.invalid = Some(format!("a part failed: {e}"));
+                }
+            }
+        }
+        drop(s);
+        self.settled.notify_waiters();
+    }
+
+    /// At the upload of the staged file: waits for the parts in flight, then
+    /// returns them if they still match `op` (its file, key, metadata and
+    /// size). Otherwise aborts the upload and returns `None`: the caller
+    /// uploads the file whole.
+    pub(super) async fn finish(
+        &self,
+        op: &Op,
+        size: u64,
+        options: &PutOptions,
+    ) -> Option<Finished> {
+        self.state.lock().unwrap().taken = true;
+        loop {
+            let settled = self.settled.notified();
+            if self.state.lock().unwrap().in_flight == 0 {
+                break;
+            }
+            settled.await;
+        }
+        let why = {
+            let mut s = self.state.lock().unwrap();
+            if s.invalid.is_none() {
+                s.invalid = if op.key != self.key {
+                    Some("renamed before its close".into())
+                } else if op.file.as_deref() != Some(self.file.as_str()) {
+                    Some("another file was staged".into())
+                } else if size < s.claimed {
+                    Some("truncated below the uploaded parts".into())
+                } else if size.div_ceil(self.part) > MAX_PARTS {
+                    Some("too large for the part size".into())
+                } else if early_options(options.clone()) != self.options {
+                    Some("its metadata changed before its close".into())
+                } else if s.parts.is_empty() {
+                    Some("no part uploaded".into())
+                } else {
+                    None
+                };
+            }
+            s.invalid.clone()
+        };
+        let id = self.id.get().cloned();
+        match (why, id) {
+            (None, Some(upload_id)) => {
+                let mut s = self.state.lock().unwrap();
+                let mut parts = std::mem::take(&mut s.parts);
+                parts.sort_by_key(|p| p.number);
+                Some(Finished {
+                    upload_id,
+                    parts,
+                    uploaded: s.claimed,
+                    part: self.part,
+                })
+            }
+            (why, id) => {
+                if let Some(id) = id {
+                    tracing::debug!(key = %self.key, reason = ?why, "early upload not used; uploading the file whole");
+                    self.abort(id).await;
+                }
+                None
+            }
+        }
+    }
+
+    async fn abort(&self, id: String) {
+        let _ = self.up.store.abort_multipart(&self.key, &id).await;
+        let _ = self.up.journal.forget_early(id).await;
+    }
+}
+
+impl Drop for EarlyUpload {
+    /// Abandoned (the file was never staged, or was staged by another path):
+    /// the parts are aborted in the background; recovery catches any left.
+    fn drop(&mut self) {
+        let taken = self.state.lock().map(|s| s.taken).unwrap_or(true);
+        let Some(id) = self.id.take() else { return };
+        if taken {
+            return;
+        }
+        let (store, journal, key) = (
+            self.up.store.clone(),
+            self.up.journal.clone(),
+            self.key.clone(),
+        );
+        self.runtime.spawn(async move {
+            let _ = store.abort_multipart(&key, &id).await;
+            let _ = journal.forget_early(id).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_time_fields_differ_between_early_and_final_options() {
+        let mut m = ObjectMeta::new(0o100644, 1, 2);
+        let a = early_options(m.to_put_options());
+        m.set_mtime(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7));
+        assert_eq!(early_options(m.to_put_options()), a);
+        m.mode = 0o100600;
+        assert_ne!(early_options(m.to_put_options()), a);
+    }
+}
