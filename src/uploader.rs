@@ -721,6 +721,12 @@ async fn complete_early(
                 source: std::io::Error::other(e.to_string()),
             })?;
         let _ = inner.journal.forget_early(id.clone()).await;
+        tracing::debug!(
+            key = %op.key,
+            early_bytes = f.uploaded,
+            rest_bytes = size - f.uploaded,
+            "completing an upload whose first parts went up before the close"
+        );
         let mut parts = f.parts;
         parts.extend(upload_parts(inner, op, &path, &id, f.uploaded, size, f.part).await?);
         store.complete_multipart(&op.key, &id, parts).await
