@@ -722,8 +722,6 @@ impl Journal {
         .await
     }
 
-    /// Exact per-destination totals; a pending task older than `target_ms`
-    /// counts as having missed the target already.
     /// Records whether a bucket (by its config name) takes object ACLs, for status.
     pub async fn note_acl_support(
         &self,
@@ -773,50 +771,15 @@ impl Journal {
         .await
     }
 
-    pub async fn replication_summary(
+    /// The upload and replication backlogs read in one transaction: a version
+    /// whose upload completes meanwhile counts in exactly one of them (as an
+    /// upload, or as the replication tasks recorded with it), never in neither.
+    pub async fn backlog(
         &self,
         target_ms: i64,
-    ) -> Result<BTreeMap<String, DestinationSummary>, JournalError> {
-        self.run(move |c| {
-            let mut out: BTreeMap<String, DestinationSummary> = BTreeMap::new();
-            let now = now_ms();
-            let mut st = c.prepare(
-                "SELECT destination, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(status = 'FAILED'), 0), MIN(created_at),
-                        COALESCE(SUM(?1 - created_at > ?2), 0)
-                 FROM tasks WHERE status != 'COMPLETED' GROUP BY destination",
-            )?;
-            let rows = st.query_map(params![now, target_ms], |r| {
-                let oldest: Option<i64> = r.get(4)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    DestinationSummary {
-                        pending: r.get::<_, i64>(1)? as u64,
-                        pending_bytes: r.get::<_, i64>(2)? as u64,
-                        failed: r.get::<_, i64>(3)? as u64,
-                        oldest_pending_s: oldest.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0),
-                        missed_target: r.get::<_, i64>(5)? as u64,
-                        ..Default::default()
-                    },
-                ))
-            })?;
-            for row in rows {
-                let (d, s) = row?;
-                out.insert(d, s);
-            }
-            let mut st = c.prepare("SELECT destination, completed, bytes, missed_target FROM replication_stats")?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-            })?;
-            for row in rows {
-                let (d, completed, bytes, missed) = row?;
-                let e = out.entry(d).or_default();
-                e.completed = completed as u64;
-                e.bytes_replicated = bytes as u64;
-                e.missed_target += missed as u64;
-            }
-            Ok(out)
-        })
-        .await
+    ) -> Result<(UploadSummary, BTreeMap<String, DestinationSummary>), JournalError> {
+        self.run(move |c| Ok((upload_summary_in(c)?, replication_summary_in(c, target_ms)?)))
+            .await
     }
 
     /// Records a failed attempt. `permanent` marks the row failed (visible in
@@ -927,27 +890,81 @@ impl Journal {
     }
 
     pub async fn upload_summary(&self) -> Result<UploadSummary, JournalError> {
-        self.run(|c| {
-            c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(state = 'failed'), 0), MIN(staged_at) FROM ops WHERE state != 'done'",
-                [],
-                |r| {
-                    let oldest: Option<i64> = r.get(3)?;
-                    Ok(UploadSummary {
-                        pending: r.get::<_, i64>(0)? as u64,
-                        pending_bytes: r.get::<_, i64>(1)? as u64,
-                        failed: r.get::<_, i64>(2)? as u64,
-                        oldest_pending_s: oldest.map(|t| (now_ms() - t).max(0) as f64 / 1000.0).unwrap_or(0.0),
-                    })
-                },
-            )
-        })
-        .await
+        self.run(upload_summary_in).await
     }
 
     pub fn path(&self) -> PathBuf {
         PathBuf::from(self.path.as_str())
     }
+}
+
+/// Exact per-destination totals; a pending task older than `target_ms` counts
+/// as having missed the target already.
+fn replication_summary_in(
+    c: &Connection,
+    target_ms: i64,
+) -> rusqlite::Result<BTreeMap<String, DestinationSummary>> {
+    let mut out: BTreeMap<String, DestinationSummary> = BTreeMap::new();
+    let now = now_ms();
+    let mut st = c.prepare(
+        "SELECT destination, COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(status = 'FAILED'), 0), MIN(created_at),
+                COALESCE(SUM(?1 - created_at > ?2), 0)
+         FROM tasks WHERE status != 'COMPLETED' GROUP BY destination",
+    )?;
+    let rows = st.query_map(params![now, target_ms], |r| {
+        let oldest: Option<i64> = r.get(4)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            DestinationSummary {
+                pending: r.get::<_, i64>(1)? as u64,
+                pending_bytes: r.get::<_, i64>(2)? as u64,
+                failed: r.get::<_, i64>(3)? as u64,
+                oldest_pending_s: oldest
+                    .map(|t| (now - t).max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0),
+                missed_target: r.get::<_, i64>(5)? as u64,
+                ..Default::default()
+            },
+        ))
+    })?;
+    for row in rows {
+        let (d, s) = row?;
+        out.insert(d, s);
+    }
+    let mut st =
+        c.prepare("SELECT destination, completed, bytes, missed_target FROM replication_stats")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (d, completed, bytes, missed) = row?;
+        let e = out.entry(d).or_default();
+        e.completed = completed as u64;
+        e.bytes_replicated = bytes as u64;
+        e.missed_target += missed as u64;
+    }
+    Ok(out)
+}
+
+fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummary> {
+    c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(state = 'failed'), 0), MIN(staged_at) FROM ops WHERE state != 'done'",
+        [],
+        |r| {
+            let oldest: Option<i64> = r.get(3)?;
+            Ok(UploadSummary {
+                pending: r.get::<_, i64>(0)? as u64,
+                pending_bytes: r.get::<_, i64>(1)? as u64,
+                failed: r.get::<_, i64>(2)? as u64,
+                oldest_pending_s: oldest.map(|t| (now_ms() - t).max(0) as f64 / 1000.0).unwrap_or(0.0),
+            })
+        },
+    )
 }
 
 /// The actor: takes every job that is waiting, runs each under a savepoint in one
@@ -1093,6 +1110,35 @@ mod tests {
         drop(j);
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.open_ops().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_backlog_counts_a_version_as_an_upload_or_a_replication_never_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let task = NewTask {
+            destination: "eu".into(),
+            rule_id: "r".into(),
+            kind: TaskKind::Version,
+            storage_class: None,
+        };
+        for i in 0..100u64 {
+            let seq = j.stage(put(&format!("k{i}"), "f")).await.unwrap();
+            let (j2, t) = (j.clone(), task.clone());
+            let done = tokio::spawn(async move {
+                j2.complete_with_tasks(seq, Some(format!("v{i}")), vec![t])
+                    .await
+            });
+            loop {
+                let (u, r) = j.backlog(0).await.unwrap();
+                let replicating = r.get("eu").map(|d| d.pending).unwrap_or(0);
+                assert_eq!(u.pending + replicating, i + 1, "round {i}");
+                if u.pending == 0 {
+                    break;
+                }
+            }
+            done.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]

@@ -347,15 +347,17 @@ pub async fn status(
     journal: &Journal,
     config: &Config,
 ) -> Result<Status, crate::journal::JournalError> {
-    let mut replication = journal
-        .replication_summary(config.replication.time_target.0.as_millis() as i64)
+    // One snapshot: "0 uploads and 0 replications pending" is never seen
+    // while a version moves from the one to the other.
+    let (uploads, mut replication) = journal
+        .backlog(config.replication.time_target.0.as_millis() as i64)
         .await?;
     for d in &config.destinations {
         replication.entry(d.name.clone()).or_default();
     }
     let noted = journal.regions().await?;
     Ok(Status {
-        uploads: journal.upload_summary().await?,
+        uploads,
         replication,
         acls: journal.acl_support().await?,
         reads: noted
