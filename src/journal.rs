@@ -113,6 +113,28 @@ pub struct NewOp {
     pub inline: Option<Vec<u8>>,
 }
 
+impl NewOp {
+    /// A put of cache file `file` (`inline`: its bytes, for a small file).
+    pub fn put(
+        key: String,
+        file: String,
+        size: u64,
+        meta: String,
+        inline: Option<Vec<u8>>,
+    ) -> NewOp {
+        NewOp {
+            key,
+            kind: OpKind::Put,
+            file: Some(file),
+            size,
+            meta,
+            src_key: None,
+            src_version: None,
+            inline,
+        }
+    }
+}
+
 /// Files up to this size are staged inline in the journal.
 pub const INLINE_MAX: u64 = 64 * 1024;
 
@@ -728,27 +750,21 @@ impl Journal {
         bucket: String,
         support: String,
     ) -> Result<(), JournalError> {
-        self.run(move |c| {
-            c.execute(
-                "INSERT INTO bucket_acls (bucket, support) VALUES (?1, ?2)
-                 ON CONFLICT(bucket) DO UPDATE SET support = excluded.support",
-                params![bucket, support],
-            )?;
-            Ok(())
-        })
+        self.exec(
+            "INSERT INTO bucket_acls (bucket, support) VALUES (?1, ?2)
+             ON CONFLICT(bucket) DO UPDATE SET support = excluded.support",
+            vec![bucket.into(), support.into()],
+        )
         .await
     }
 
     /// The mount's latest view of its regions (JSON), for status.
     pub async fn note_regions(&self, state: String) -> Result<(), JournalError> {
-        self.run(move |c| {
-            c.execute(
-                "INSERT INTO regions (id, state, updated_at) VALUES (1, ?1, ?2)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-                params![state, now_ms()],
-            )?;
-            Ok(())
-        })
+        self.exec(
+            "INSERT INTO regions (id, state, updated_at) VALUES (1, ?1, ?2)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            vec![state.into(), now_ms().into()],
+        )
         .await
     }
 
@@ -807,11 +823,21 @@ impl Journal {
         seq: i64,
         upload_id: Option<String>,
     ) -> Result<(), JournalError> {
+        self.exec(
+            "UPDATE ops SET multipart_id = ?2 WHERE seq = ?1",
+            vec![seq.into(), upload_id.into()],
+        )
+        .await
+    }
+
+    /// Runs one statement that changes the journal.
+    async fn exec(
+        &self,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<(), JournalError> {
         self.run(move |c| {
-            c.execute(
-                "UPDATE ops SET multipart_id = ?2 WHERE seq = ?1",
-                params![seq, upload_id],
-            )?;
+            c.execute(sql, rusqlite::params_from_iter(values))?;
             Ok(())
         })
         .await
@@ -819,25 +845,19 @@ impl Journal {
 
     /// Records a multipart upload started before its file was staged.
     pub async fn note_early(&self, key: String, upload_id: String) -> Result<(), JournalError> {
-        self.run(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO early_uploads (upload_id, key) VALUES (?1, ?2)",
-                params![upload_id, key],
-            )?;
-            Ok(())
-        })
+        self.exec(
+            "INSERT OR REPLACE INTO early_uploads (upload_id, key) VALUES (?1, ?2)",
+            vec![upload_id.into(), key.into()],
+        )
         .await
     }
 
     /// Forgets an early upload (completed, aborted, or handed to its op row).
     pub async fn forget_early(&self, upload_id: String) -> Result<(), JournalError> {
-        self.run(move |c| {
-            c.execute(
-                "DELETE FROM early_uploads WHERE upload_id = ?1",
-                params![upload_id],
-            )?;
-            Ok(())
-        })
+        self.exec(
+            "DELETE FROM early_uploads WHERE upload_id = ?1",
+            vec![upload_id.into()],
+        )
         .await
     }
 

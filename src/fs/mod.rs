@@ -1211,16 +1211,7 @@ impl Core {
                 if dirty {
                     self.cache.sync_data(&w.name, &w.file)?;
                 }
-                NewOp {
-                    key: to_key.clone(),
-                    kind: OpKind::Put,
-                    file: Some(w.name.clone()),
-                    size,
-                    meta: meta.to_json(),
-                    src_key: None,
-                    src_version: None,
-                    inline: None,
-                }
+                NewOp::put(to_key.clone(), w.name.clone(), size, meta.to_json(), None)
             }
             None => NewOp {
                 key: to_key.clone(),
@@ -1816,16 +1807,13 @@ impl Core {
         let seq = self
             .uploader
             .submit_with(
-                NewOp {
-                    key: self.key(&path),
-                    kind: OpKind::Put,
-                    file: Some(w.name.clone()),
+                NewOp::put(
+                    self.key(&path),
+                    w.name.clone(),
                     size,
-                    meta: meta.to_json(),
-                    src_key: None,
-                    src_version: None,
+                    meta.to_json(),
                     inline,
-                },
+                ),
                 early,
             )
             .await?;
