@@ -18,7 +18,7 @@
 #   rename `mv` of one directory of the small files (100 with the defaults)
 #   cpu    CPU seconds of each daemon over both of its mounts
 #   rss    peak RSS (VmHWM) of each daemon
-#   lag    replication lag p50/p99 at a steady 200 files/s for 30 s (regionfs metrics)
+#   lag    replication lag p50/p99 at a steady 200 files/s (4 writers) for 30 s (regionfs metrics)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
@@ -220,7 +220,8 @@ for rep in $(seq 1 "$reps"); do
 done
 
 
-# Replication lag at a steady load: 200 files/s of 4 KiB for 30 s, from close to
+# Replication lag at a steady load: 200 files/s of 4 KiB for 30 s (4 writer threads
+# at 50 files/s each: one writer alone cannot close 200 durable files/s), from close to
 # replica present (the regionfs_replication_lag_seconds histogram).
 $py mkbuckets $A lag; $py mkbuckets $B lag
 port=$((REGIONFS_PORT_A + 50))

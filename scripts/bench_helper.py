@@ -91,20 +91,33 @@ def write_small(root, dirs, per_dir, size):
     print(f"{time.time() - t:.3f}")
 
 
-def steady_writes(root, rate, seconds, size):
-    """Writes `rate` files a second for `seconds` (4 KiB each by default)."""
+def steady_writes(root, rate, seconds, size, writers=4):
+    """Writes `rate` files a second for `seconds` (4 KiB each by default), from
+    `writers` threads each keeping its share of the rate: one writer alone
+    cannot close 200 durable files a second here (each close waits for a sync)."""
+    import threading
     body = os.urandom(size)
     os.makedirs(root, exist_ok=True)
     start = time.time()
-    n = 0
-    while time.time() - start < seconds:
-        due = start + n / rate
-        if time.time() < due:
-            time.sleep(due - time.time())
-        with open(os.path.join(root, f"s{n}"), "wb") as fh:
-            fh.write(body)
-        n += 1
-    print(n)
+    counts = [0] * writers
+
+    def writer(w):
+        n = 0
+        while time.time() - start < seconds:
+            due = start + n * writers / rate
+            if time.time() < due:
+                time.sleep(due - time.time())
+            with open(os.path.join(root, f"s{w}-{n}"), "wb") as fh:
+                fh.write(body)
+            n += 1
+        counts[w] = n
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(sum(counts))
 
 
 def lag_quantiles(metrics_url, destination, qs=(0.5, 0.99)):
