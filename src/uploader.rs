@@ -1094,9 +1094,9 @@ mod tests {
         // Parts of 5 MiB, each once the next 5 MiB are written too.
         wait_parts(&r, "big", 2).await;
         assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
-        let mut op = put("big", &name, body.len() as u64);
-        op.meta = meta().to_json();
-        up.submit_with(op, Some(early)).await.unwrap();
+        up.submit_with(put("big", &name, body.len() as u64), Some(early))
+            .await
+            .unwrap();
         assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
         let h = r.mem.history("big");
         assert_eq!(h.len(), 1);
@@ -1144,6 +1144,27 @@ mod tests {
             head.metadata.contains_key("mtime"),
             "uploaded whole, with its mtime"
         );
+    }
+
+    #[tokio::test]
+    async fn early_parts_are_off_when_configured_off_or_an_acl_is_set() {
+        let (r, up) = early_rig();
+        assert!(up.early("k", "f", &meta()).is_some());
+        up.set_acl("src", Some("private".into()));
+        assert!(
+            up.early("k", "f", &meta()).is_none(),
+            "the ACL is decided per upload"
+        );
+        let off = start_with(
+            &r,
+            UploadConfig {
+                early_parts: false,
+                ..Default::default()
+            },
+            QUIET,
+            vec![],
+        );
+        assert!(off.early("k", "f", &meta()).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]
