@@ -39,6 +39,11 @@ use crate::store::{CompletedPart, PutBody, PutOptions};
 /// kernel's out-of-order write-back near the end never lands in a claimed part.
 const SLACK_PARTS: u64 = 1;
 
+/// Parts of one file in flight while it is written: the writer keeps the CPU
+/// it needs (1 GiB `dd`, paired runs: close 4.7-5.7 s with 4 vs 5.3-6.4 s with
+/// 16, durable the same); what is left at close goes up at full concurrency.
+const IN_FLIGHT: usize = 4;
+
 /// More separate written ranges than this ahead of the contiguous prefix: the
 /// file is not written sequentially; stop.
 const MAX_AHEAD: usize = 256;
@@ -143,6 +148,7 @@ impl EarlyUpload {
         }
         while s.contiguous >= s.claimed + (1 + SLACK_PARTS) * self.part
             && s.claimed / self.part < MAX_PARTS - 1
+            && s.in_flight < IN_FLIGHT
         {
             let offset = s.claimed;
             s.claimed += self.part;
