@@ -1055,6 +1055,15 @@ mod tests {
         }
     }
 
+    fn eu_task() -> NewTask {
+        NewTask {
+            destination: "eu".into(),
+            rule_id: "r".into(),
+            kind: TaskKind::Version,
+            storage_class: None,
+        }
+    }
+
     #[tokio::test]
     async fn staged_ops_survive_reopen_in_order_until_completed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1136,12 +1145,7 @@ mod tests {
     async fn the_backlog_counts_a_version_as_an_upload_or_a_replication_never_neither() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("j.db")).unwrap();
-        let task = NewTask {
-            destination: "eu".into(),
-            rule_id: "r".into(),
-            kind: TaskKind::Version,
-            storage_class: None,
-        };
+        let task = eu_task();
         for i in 0..100u64 {
             let seq = j.stage(put(&format!("k{i}"), "f")).await.unwrap();
             let (j2, t) = (j.clone(), task.clone());
@@ -1170,12 +1174,7 @@ mod tests {
         // Another process holds the write lock past the busy timeout.
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let tasks = vec![NewTask {
-            destination: "eu".into(),
-            rule_id: "r".into(),
-            kind: TaskKind::Version,
-            storage_class: None,
-        }];
+        let tasks = vec![eu_task()];
         assert!(j
             .complete_with_tasks(s, Some("v1".into()), tasks.clone())
             .await

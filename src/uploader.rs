@@ -1084,26 +1084,44 @@ mod tests {
         ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0)
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_file_written_in_order_is_uploaded_in_parts_before_it_is_staged() {
-        let (r, up) = early_rig();
+    /// 18 MiB written in order to a new cache file for key "big", with its
+    /// first two 5 MiB parts (each sent once the next is written) uploaded.
+    async fn big_file_with_early_parts(
+        r: &Rig,
+        up: &Uploader,
+    ) -> (Vec<u8>, String, Arc<EarlyUpload>) {
         let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
         let name = r.cache.create_data_file().unwrap();
         let early = up.early("big", &name, &meta()).unwrap();
-        write_through(&r, &early, &name, &body, 0);
-        // Parts of 5 MiB, each once the next 5 MiB are written too.
-        wait_parts(&r, "big", 2).await;
-        assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
-        up.submit_with(put("big", &name, body.len() as u64), Some(early))
+        write_through(r, &early, &name, &body, 0);
+        wait_parts(r, "big", 2).await;
+        (body, name, early)
+    }
+
+    /// Stages "big" with its early upload; returns its only version's bytes.
+    async fn stage_big(
+        r: &Rig,
+        up: &Uploader,
+        name: &str,
+        len: usize,
+        early: Arc<EarlyUpload>,
+    ) -> bytes::Bytes {
+        up.submit_with(put("big", name, len as u64), Some(early))
             .await
             .unwrap();
         assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
         let h = r.mem.history("big");
         assert_eq!(h.len(), 1);
-        assert!(
-            h[0].1.as_deref() == Some(&body[..]),
-            "the object is the staged file"
-        );
+        h[0].1.clone().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_file_written_in_order_is_uploaded_in_parts_before_it_is_staged() {
+        let (r, up) = early_rig();
+        let (body, name, early) = big_file_with_early_parts(&r, &up).await;
+        assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
+        let got = stage_big(&r, &up, &name, body.len(), early).await;
+        assert!(got[..] == body[..], "the object is the staged file");
         assert!(r.mem.open_uploads().is_empty());
         assert!(r.journal.early_uploads().await.unwrap().is_empty());
         let head = r.mem.head("big", None).await.unwrap();
@@ -1117,24 +1135,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_write_below_the_uploaded_parts_makes_the_file_upload_whole() {
         let (r, up) = early_rig();
-        let mut body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
-        let name = r.cache.create_data_file().unwrap();
-        let early = up.early("big", &name, &meta()).unwrap();
-        write_through(&r, &early, &name, &body, 0);
-        wait_parts(&r, "big", 2).await;
+        let (mut body, name, early) = big_file_with_early_parts(&r, &up).await;
         // A header rewritten at the end, as many formats do.
         body[..MIB as usize].fill(7);
         write_through(&r, &early, &name, &body[..MIB as usize], 0);
-        up.submit_with(put("big", &name, body.len() as u64), Some(early))
-            .await
-            .unwrap();
-        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
-        let h = r.mem.history("big");
-        assert_eq!(h.len(), 1);
-        assert!(
-            h[0].1.as_deref() == Some(&body[..]),
-            "the rewritten header is uploaded"
-        );
+        let got = stage_big(&r, &up, &name, body.len(), early).await;
+        assert!(got[..] == body[..], "the rewritten header is uploaded");
         assert!(
             r.mem.open_uploads().is_empty(),
             "the early parts were aborted"
