@@ -52,6 +52,11 @@ fn to_time(s: i64, ns: u32) -> SystemTime {
     }
 }
 
+/// Whole seconds since the epoch (floored, also before it).
+pub fn unix_secs(t: SystemTime) -> i64 {
+    from_time(t).0
+}
+
 fn from_time(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),

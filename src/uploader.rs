@@ -177,10 +177,7 @@ impl Uploader {
             return;
         };
         for (key, id) in stale {
-            if let Err(e) = self.inner.store.abort_multipart(&key, &id).await {
-                tracing::debug!(%key, error = %e, "aborting an early upload left by the last run");
-            }
-            let _ = self.inner.journal.forget_early(id).await;
+            early::abort_upload(&self.inner.store, &self.inner.journal, &key, id).await;
         }
     }
 
@@ -733,9 +730,10 @@ async fn complete_early(
     }
     .await;
     if result.is_err() {
-        let _ = store.abort_multipart(&op.key, &id).await;
+        // The retry uploads the file whole; the parts go, now or at restart
+        // (the op row names the upload until then).
+        early::abort_upload(&store, &inner.journal, &op.key, id).await;
         let _ = inner.journal.set_multipart(op.seq, None).await;
-        let _ = inner.journal.forget_early(id).await;
     }
     result
 }
@@ -1198,6 +1196,12 @@ mod tests {
             .await
             .unwrap();
         r.journal.note_early("crashed".into(), id).await.unwrap();
+        // The source refuses: the upload stays recorded for the next start.
+        r.faulty.fail_permanently(true);
+        up.abort_stale_early().await;
+        assert_eq!(r.mem.open_uploads().len(), 1);
+        assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
+        r.faulty.fail_permanently(false);
         up.abort_stale_early().await;
         assert!(r.mem.open_uploads().is_empty());
         assert!(r.journal.early_uploads().await.unwrap().is_empty());

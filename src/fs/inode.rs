@@ -54,7 +54,7 @@ pub struct Node {
     /// kept only when the read came in a later second: a listing then showing
     /// this ETag and second shows that same version (any later version, even a
     /// metadata-only copy with the same ETag, carries a later second).
-    pub listed_as: Option<u64>,
+    pub listed_as: Option<i64>,
     /// The bucket's metadata for this node is known (HEAD done, or written here).
     pub meta_known: bool,
     pub unlinked: bool,

@@ -30,7 +30,7 @@ use crate::config::{Config, FsyncDurability};
 use crate::error::{FsError, StoreError};
 use crate::journal::{Journal, NewOp, Op, OpKind};
 use crate::meta::{
-    ObjectMeta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+    unix_secs, ObjectMeta, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
 };
 use crate::regions::Fetch;
 use crate::store::{GetRequest, ObjectStore};
@@ -139,13 +139,7 @@ pub struct Core {
 
 /// How far this host's clock may run ahead of the bucket's without a listing
 /// vouching for attributes it should not (see [`Node::listed_as`]).
-const CLOCK_SKEW_S: u64 = 2;
-
-fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+const CLOCK_SKEW_S: i64 = 2;
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;

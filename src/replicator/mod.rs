@@ -615,11 +615,7 @@ async fn write_replica(
         // mtime is the source's LastModified, which the replica must not
         // replace with its own.
         if let Some(t) = head.last_modified {
-            let s = t
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            metadata.insert("mtime".to_string(), s.to_string());
+            metadata.insert("mtime".to_string(), crate::meta::unix_secs(t).to_string());
         }
     }
     let opts = PutOptions {

@@ -111,6 +111,7 @@ impl ObjectStore for FaultyStore {
         self.inner.complete_multipart(key, id, parts).await
     }
     async fn abort_multipart(&self, key: &str, id: &str) -> Result<(), StoreError> {
+        self.check()?;
         self.inner.abort_multipart(key, id).await
     }
     async fn copy(

@@ -31,9 +31,9 @@ use tokio::sync::{Notify, OnceCell};
 
 use super::{backoff, Inner};
 use crate::error::StoreError;
-use crate::journal::Op;
+use crate::journal::{Journal, Op};
 use crate::meta::ObjectMeta;
-use crate::store::{CompletedPart, PutBody, PutOptions};
+use crate::store::{CompletedPart, ObjectStore, PutBody, PutOptions};
 
 /// Parts are claimed only this many parts behind the written end, so the
 /// kernel's out-of-order write-back near the end never lands in a claimed part.
@@ -294,8 +294,27 @@ impl EarlyUpload {
     }
 
     async fn abort(&self, id: String) {
-        let _ = self.up.store.abort_multipart(&self.key, &id).await;
-        let _ = self.up.journal.forget_early(id).await;
+        abort_upload(&self.up.store, &self.up.journal, &self.key, id).await;
+    }
+}
+
+/// Aborts an early upload. Its journal row goes only once the bucket has
+/// dropped the upload, so an abort that fails (source unreachable) is retried
+/// at the next start instead of leaving parts in the bucket for good.
+pub(super) async fn abort_upload(
+    store: &Arc<dyn ObjectStore>,
+    journal: &Journal,
+    key: &str,
+    id: String,
+) {
+    match store.abort_multipart(key, &id).await {
+        Ok(()) => {
+            let _ = journal.forget_early(id).await;
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "cannot abort an early upload; retried at the next start");
+            let _ = journal.note_early(key.to_string(), id).await;
+        }
     }
 }
 
@@ -313,10 +332,8 @@ impl Drop for EarlyUpload {
             self.up.journal.clone(),
             self.key.clone(),
         );
-        self.runtime.spawn(async move {
-            let _ = store.abort_multipart(&key, &id).await;
-            let _ = journal.forget_early(id).await;
-        });
+        self.runtime
+            .spawn(async move { abort_upload(&store, &journal, &key, id).await });
     }
 }
 
