@@ -8,12 +8,23 @@
 //! on different keys are independent (a copy names its source version).
 //!
 //! # Consistency
-//! One SQLite database in WAL mode with `synchronous=FULL`: a commit that returned
-//! is on disk. A single actor thread owns the connection and commits the requests
-//! that queued up meanwhile in one transaction (group commit); each request runs
-//! under its own savepoint, so one failing request does not fail the others.
-//! Callers are answered only after the commit, so nothing is acknowledged that
-//! is not durable.
+//! One SQLite database in WAL mode. A single actor thread owns the connection
+//! and commits the requests that queued up meanwhile in one transaction (group
+//! commit); each request runs under its own savepoint, so one failing request
+//! does not fail the others. Callers are answered only after the commit.
+//!
+//! A commit is synced to disk (`synchronous=FULL`) before it is answered,
+//! so nothing is acknowledged that is not durable — except the bookkeeping of
+//! background progress that can be redone ([`Durability::Lazy`]): a replica
+//! done, a failed attempt, the upload of an op whose bytes are in its row or
+//! that has no cache file. Those commits are written to the WAL without their
+//! own sync; they survive a crash of the process (the WAL is in the page
+//! cache) and become durable with the next synced commit or checkpoint (the
+//! WAL is one append-only file: a later sync covers every earlier commit, so a
+//! power loss keeps a prefix of the commits). After a power loss such a
+//! commit may be lost: the op uploads again (a duplicate version with the
+//! same bytes; its inline bytes are still in the row) or the replica is
+//! checked again (it is found and not written twice).
 //!
 //! # Crash consistency
 //! The steps of a write, in order, and what recovery does after a crash at each:
@@ -155,6 +166,9 @@ pub struct Op {
     pub multipart_id: Option<String>,
     pub version_id: Option<String>,
     pub staged_at_ms: i64,
+    /// Its bytes are in the row (a small put): a power loss after its upload
+    /// can be redone from the row alone.
+    pub inline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,7 +325,20 @@ fn insert_task(
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A job runs inside a group commit; given no connection (the transaction
 /// could not begin) it does not run at all and only reports the failure.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completer) + Send>;
+type Job = (
+    Durability,
+    Box<dyn FnOnce(Option<&Connection>) -> (bool, Completer) + Send>,
+);
+
+/// Whether a change must be on disk before its caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before the answer: everything that acknowledges a write, and
+    /// everything whose loss could not be redone (see the module docs).
+    Synced,
+    /// Progress that a power loss may undo and the next start redoes safely.
+    Lazy,
+}
 
 /// Handle to the journal actor. Cheap to clone.
 #[derive(Clone)]
@@ -395,7 +422,7 @@ CREATE TABLE IF NOT EXISTS replication_stats (
 );
 ";
 
-const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at";
+const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at, inline IS NOT NULL";
 
 fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
     let state: String = r.get(8)?;
@@ -418,6 +445,7 @@ fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
         multipart_id: r.get(11)?,
         version_id: r.get(12)?,
         staged_at_ms: r.get(13)?,
+        inline: r.get(14)?,
     })
 }
 
@@ -517,13 +545,23 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.send(f).await
+        self.send(Durability::Synced, f).await
+    }
+
+    /// [`Journal::run`] for progress that may be redone ([`Durability::Lazy`]).
+    async fn run_lazy<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.send(Durability::Lazy, f).await
     }
 
     /// Queues `f` for the next group commit *now* (jobs commit in the order they
     /// were sent) and returns a future for its committed result.
     fn send<T, F>(
         &self,
+        durability: Durability,
         f: F,
     ) -> impl std::future::Future<Output = Result<T, JournalError>> + Send + 'static
     where
@@ -532,7 +570,7 @@ impl Journal {
     {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
         let path = self.path.clone();
-        let job: Job = Box::new(move |conn| {
+        let job: Job = (durability, Box::new(move |conn| {
             let r = conn.map(f);
             let ok = matches!(r, Some(Ok(_)));
             let done: Completer = Box::new(move |commit| {
@@ -557,7 +595,7 @@ impl Journal {
                 let _ = tx.send(out);
             });
             (ok, done)
-        });
+        }));
         let sent = self.tx.send(job);
         let path = self.path.clone();
         async move {
@@ -573,7 +611,7 @@ impl Journal {
         &self,
         op: NewOp,
     ) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
-        self.send(move |c| {
+        self.send(Durability::Synced, move |c| {
             c.execute(
                 "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline],
@@ -590,21 +628,25 @@ impl Journal {
     /// Records that operation `seq` reached the bucket as `version_id`, and prunes
     /// older finished rows of the same key.
     pub async fn complete(&self, seq: i64, version_id: Option<String>) -> Result<(), JournalError> {
-        self.complete_with_tasks(seq, version_id, Vec::new())
+        self.complete_with_tasks(seq, version_id, Vec::new(), Durability::Synced)
             .await
             .map(|_| ())
     }
 
     /// Records the version an operation produced AND the replication tasks for
     /// it, in one transaction: no crash can leave an uploaded version without
-    /// its replication queued. Returns the tasks as stored.
+    /// its replication queued. Returns the tasks as stored. `Lazy` only for an
+    /// op that can be uploaded again after a power loss: its bytes are in its
+    /// row, or it has no cache file (the caller may drop the cache file once
+    /// this returns).
     pub async fn complete_with_tasks(
         &self,
         seq: i64,
         version_id: Option<String>,
         tasks: Vec<NewTask>,
+        durability: Durability,
     ) -> Result<Vec<Task>, JournalError> {
-        self.run(move |c| {
+        self.send(durability, move |c| {
             let mut stored = Vec::new();
             if let Some(v) = &version_id {
                 let (key, size, staged_at): (String, i64, i64) = c.query_row(
@@ -650,7 +692,7 @@ impl Journal {
         replica_version: Option<String>,
         target_ms: i64,
     ) -> Result<(), JournalError> {
-        self.run(move |c| {
+        self.run_lazy(move |c| {
             let now = now_ms();
             c.execute(
                 "UPDATE tasks SET status = 'COMPLETED', replica_version = ?2, done_at = ?3, error = NULL WHERE id = ?1",
@@ -685,7 +727,7 @@ impl Journal {
         } else {
             TaskStatus::Pending
         };
-        self.run(move |c| {
+        self.run_lazy(move |c| {
             c.execute(
                 "UPDATE tasks SET attempts = attempts + 1, error = ?2, status = ?3 WHERE id = ?1",
                 params![id, error, status.as_str()],
@@ -760,7 +802,7 @@ impl Journal {
 
     /// The mount's latest view of its regions (JSON), for status.
     pub async fn note_regions(&self, state: String) -> Result<(), JournalError> {
-        self.exec(
+        self.exec_lazy(
             "INSERT INTO regions (id, state, updated_at) VALUES (1, ?1, ?2)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             vec![state.into(), now_ms().into()],
@@ -806,7 +848,7 @@ impl Journal {
         error: String,
         permanent: bool,
     ) -> Result<(), JournalError> {
-        self.run(move |c| {
+        self.run_lazy(move |c| {
             c.execute(
                 "UPDATE ops SET attempts = attempts + 1, error = ?2, state = CASE WHEN ?3 THEN 'failed' ELSE 'pending' END WHERE seq = ?1",
                 params![seq, error, permanent],
@@ -837,6 +879,19 @@ impl Journal {
         values: Vec<rusqlite::types::Value>,
     ) -> Result<(), JournalError> {
         self.run(move |c| {
+            c.execute(sql, rusqlite::params_from_iter(values))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`Journal::exec`] for a note that may be lost ([`Durability::Lazy`]).
+    async fn exec_lazy(
+        &self,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<(), JournalError> {
+        self.run_lazy(move |c| {
             c.execute(sql, rusqlite::params_from_iter(values))?;
             Ok(())
         })
@@ -990,6 +1045,8 @@ fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummary> {
 /// The actor: takes every job that is waiting, runs each under a savepoint in one
 /// transaction, commits once, then answers them all.
 fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) {
+    // The connection opens with synchronous=FULL.
+    let mut synced = true;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -999,17 +1056,33 @@ fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) 
             }
         }
         let mut done = Vec::with_capacity(batch.len());
+        // The level can only change between transactions; a batch is synced
+        // if any of its jobs must be.
+        let sync = batch.iter().any(|(d, _)| *d == Durability::Synced);
+        if sync != synced {
+            let level = if sync { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", level) {
+                Ok(()) => synced = sync,
+                Err(e) => {
+                    for (_, job) in batch {
+                        let (_, complete) = job(None);
+                        complete(Err(e.to_string()));
+                    }
+                    continue;
+                }
+            }
+        }
         let began = conn.execute_batch("BEGIN IMMEDIATE");
         if let Err(e) = began {
             // Not run: outside a transaction each statement would commit on
             // its own, and a job reported failed must have changed nothing.
-            for job in batch {
+            for (_, job) in batch {
                 let (_, complete) = job(None);
                 complete(Err(e.to_string()));
             }
             continue;
         }
-        for job in batch {
+        for (_, job) in batch {
             let _ = conn.execute_batch("SAVEPOINT job");
             let (ok, complete) = job(Some(&conn));
             if ok {
@@ -1150,7 +1223,7 @@ mod tests {
             let seq = j.stage(put(&format!("k{i}"), "f")).await.unwrap();
             let (j2, t) = (j.clone(), task.clone());
             let done = tokio::spawn(async move {
-                j2.complete_with_tasks(seq, Some(format!("v{i}")), vec![t])
+                j2.complete_with_tasks(seq, Some(format!("v{i}")), vec![t], Durability::Lazy)
                     .await
             });
             loop {
@@ -1176,7 +1249,7 @@ mod tests {
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let tasks = vec![eu_task()];
         assert!(j
-            .complete_with_tasks(s, Some("v1".into()), tasks.clone())
+            .complete_with_tasks(s, Some("v1".into()), tasks.clone(), Durability::Synced)
             .await
             .is_err());
         assert!(j.stage(put("b", "2")).await.is_err());
@@ -1198,7 +1271,7 @@ mod tests {
             "the failed stage left no op, the failed completion left `a` open"
         );
         // Retried once the lock is gone, the completion records exactly one task.
-        j.complete_with_tasks(s, Some("v1".into()), tasks)
+        j.complete_with_tasks(s, Some("v1".into()), tasks, Durability::Synced)
             .await
             .unwrap();
         assert_eq!(j.open_tasks().await.unwrap().len(), 1);
@@ -1225,4 +1298,29 @@ mod tests {
             .collect();
         assert_eq!(keys, vec!["a", "b"], "the failed stage left no row");
     }
+
+    #[tokio::test]
+    async fn writes_commit_synced_and_redoable_progress_lazily() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        // The level each job's transaction commits with (1 NORMAL, 2 FULL).
+        let level = |d| {
+            j.send(d, |c| {
+                c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+            })
+        };
+        assert_eq!(level(Durability::Synced).await.unwrap(), 2);
+        assert_eq!(level(Durability::Lazy).await.unwrap(), 1);
+        assert_eq!(level(Durability::Lazy).await.unwrap(), 1);
+        // A write after lazy progress is synced again.
+        assert_eq!(level(Durability::Synced).await.unwrap(), 2);
+        let s = j.stage(put("a", "1")).await.unwrap();
+        j.complete_with_tasks(s, Some("v1".into()), vec![eu_task()], Durability::Lazy)
+            .await
+            .unwrap();
+        assert_eq!(level(Durability::Synced).await.unwrap(), 2);
+        // What a lazy commit wrote is there for the next reader.
+        assert_eq!(j.open_tasks().await.unwrap().len(), 1);
+    }
 }
+

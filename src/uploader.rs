@@ -37,13 +37,14 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cache::Cache;
 use crate::config::UploadConfig;
 use crate::error::StoreError;
-use crate::journal::{now_ms, Journal, JournalError, NewOp, Op, OpKind, OpState};
+use crate::journal::{now_ms, Durability, Journal, JournalError, NewOp, Op, OpKind, OpState};
 use crate::meta::ObjectMeta;
 use crate::store::{AclBody, CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
 
@@ -242,6 +243,7 @@ impl Uploader {
                 multipart_id: None,
                 version_id: None,
                 staged_at_ms: now_ms(),
+                inline: op.inline.is_some(),
             };
             if let Some(e) = early {
                 q.early.insert(seq, e);
@@ -475,8 +477,22 @@ pub(crate) fn jittered_backoff(attempts: u32) -> Duration {
     Duration::from_millis(base / 2 + jitter)
 }
 
+/// How a finished upload is recorded: lazily when a power loss that undoes the
+/// record can be redone from the journal alone (the row holds the bytes, or
+/// there is no cache file to lose once the record returns).
+fn redoable(op: &Op) -> Durability {
+    if op.inline || op.file.is_none() {
+        Durability::Lazy
+    } else {
+        Durability::Synced
+    }
+}
+
 async fn execute(inner: &Arc<Inner>, op: Op) {
-    let result = perform_with_acl(inner, &op).await;
+    let (result, small) = match small_body(inner, &op) {
+        Ok(small) => (perform_with_acl(inner, &op, small.as_ref()).await, small),
+        Err(e) => (Err(e), None),
+    };
     match result {
         Ok(res) => {
             // The version and its replication tasks are recorded together.
@@ -487,10 +503,14 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 .unwrap_or_default();
             let recorded = inner
                 .journal
-                .complete_with_tasks(op.seq, res.version_id.clone(), plan)
+                .complete_with_tasks(op.seq, res.version_id.clone(), plan, redoable(&op))
                 .await;
             if let (Ok(tasks), Some(r)) = (&recorded, &inner.replicator) {
-                r.enqueue(tasks.clone());
+                let fresh = small.map(|body| crate::replicator::Fresh {
+                    body,
+                    opts: options(&op, &None),
+                });
+                r.enqueue_fresh(tasks.clone(), fresh);
             }
             if let Err(e) = recorded {
                 // The version is in the bucket but not recorded: the op stays queued
@@ -570,19 +590,23 @@ fn options(op: &Op, acl: &Option<String>) -> PutOptions {
 /// Writes the operation with the source's ACL, if one is configured and the
 /// bucket takes ACLs. Some stores accept `x-amz-acl` on a PUT and ignore it, so
 /// the ACL is also set on the new version explicitly.
-async fn perform_with_acl(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, StoreError> {
+async fn perform_with_acl(
+    inner: &Arc<Inner>,
+    op: &Op,
+    small: Option<&Bytes>,
+) -> Result<PutResult, StoreError> {
     let store = inner.store.as_ref();
     let configured = inner.acl.lock().unwrap().clone();
     let Some((canned, state)) = configured.filter(|_| op.kind != OpKind::Delete) else {
-        return perform(inner, op, &None).await;
+        return perform(inner, op, &None, small).await;
     };
     if !state.enabled(store).await {
-        return perform(inner, op, &None).await;
+        return perform(inner, op, &None, small).await;
     }
-    let res = match perform(inner, op, &Some(canned.clone())).await {
+    let res = match perform(inner, op, &Some(canned.clone()), small).await {
         Err(StoreError::AclNotSupported { message, .. }) => {
             state.refused(store, &message);
-            return perform(inner, op, &None).await;
+            return perform(inner, op, &None, small).await;
         }
         other => other?,
     };
@@ -598,10 +622,37 @@ async fn perform_with_acl(inner: &Arc<Inner>, op: &Op) -> Result<PutResult, Stor
     Ok(res)
 }
 
+/// The bytes of a small put, read once when a replicator will want them: the
+/// upload sends this very buffer and the replicas are written from it
+/// (`replicator::Fresh`), so they need not read the source.
+fn small_body(inner: &Inner, op: &Op) -> Result<Option<Bytes>, StoreError> {
+    let (OpKind::Put, Some(name), None, Some(_)) =
+        (op.kind, &op.file, &op.multipart_id, &inner.replicator)
+    else {
+        return Ok(None);
+    };
+    if inner.acl.lock().unwrap().is_some() {
+        // Its replicas copy the source version's ACL, read from the source.
+        return Ok(None);
+    }
+    if op.size > crate::journal::INLINE_MAX || op.size >= inner.cfg.multipart_threshold.0 {
+        return Ok(None);
+    }
+    let path = inner.cache.data_path(name);
+    let bytes = std::fs::read(&path).map_err(|e| StoreError::LocalIo {
+        bucket: inner.store.describe(),
+        source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+    })?;
+    // The size in the row is what was staged; a staged file is never written
+    // again, so a mismatch means something else changed it: upload the file.
+    Ok((bytes.len() as u64 == op.size).then(|| Bytes::from(bytes)))
+}
+
 async fn perform(
     inner: &Arc<Inner>,
     op: &Op,
     acl: &Option<String>,
+    small: Option<&Bytes>,
 ) -> Result<PutResult, StoreError> {
     let store = &inner.store;
     match op.kind {
@@ -645,6 +696,11 @@ async fn perform(
                 if let Some(f) = e.finish(op, size, &options(op, acl)).await {
                     return complete_early(inner, op, path, size, f).await;
                 }
+            }
+            if let Some(b) = small.filter(|b| b.len() as u64 == size) {
+                return store
+                    .put(&op.key, PutBody::Bytes(b.clone()), &options(op, acl))
+                    .await;
             }
             if size < inner.cfg.multipart_threshold.0 {
                 return store
@@ -1206,4 +1262,108 @@ mod tests {
         assert!(r.mem.open_uploads().is_empty());
         assert!(r.journal.early_uploads().await.unwrap().is_empty());
     }
+
+    /// An uploader from the rig's source that replicates everything to a
+    /// memory bucket "eu".
+    fn replicating(r: &Rig) -> (Uploader, crate::replicator::Replicator, Arc<MemoryStore>) {
+        let config = crate::config::Config::parse(
+            r#"
+[source]
+name = "us"
+region = "us-east-1"
+bucket = "src"
+endpoint = "http://127.0.0.1:1"
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "dst"
+endpoint = "http://127.0.0.1:2"
+[[rule]]
+id = "all"
+destination = "eu"
+"#,
+        )
+        .unwrap();
+        let dest = Arc::new(MemoryStore::new("dst"));
+        let dests: HashMap<String, Arc<dyn ObjectStore>> =
+            HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]);
+        let rep = crate::replicator::Replicator::start_with(
+            &config,
+            r.faulty.clone(),
+            dests,
+            r.journal.clone(),
+            vec![],
+        );
+        let cfg = UploadConfig {
+            multipart_threshold: crate::config::ByteSize(5 * MIB),
+            ..Default::default()
+        };
+        let (up, _) = Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            cfg,
+            Duration::ZERO,
+            vec![],
+            Some(rep.clone()),
+        );
+        (up, rep, dest)
+    }
+
+    #[tokio::test]
+    async fn a_small_file_is_replicated_from_its_uploaded_bytes_without_reading_the_source() {
+        let r = rig();
+        let (up, rep, dest) = replicating(&r);
+        let mut meta = ObjectMeta::new(crate::meta::S_IFREG | 0o640, 7, 8);
+        meta.xattrs.insert("user.tag.team".into(), b"blue".to_vec());
+        meta.xattrs.insert("user.note".into(), b"kept".to_vec());
+        let submit = |key: &'static str, body: Vec<u8>| {
+            let f = staged_file(&r, &body);
+            let mut op = put(key, &f, body.len() as u64);
+            op.meta = meta.to_json();
+            up.submit(op)
+        };
+        let small = b"four KiB at most".repeat(256);
+        let larger = vec![7u8; 100 * 1024];
+        submit("small", small.clone()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while up.pending_count() > 0 || rep.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "replicated in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            r.faulty.reads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no HEAD, tagging request or GET at the source"
+        );
+        // Over the size kept in memory: the replica is read from the source.
+        submit("larger", larger.clone()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while up.pending_count() > 0 || rep.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "replicated in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(r.faulty.reads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+        for (key, body) in [("small", small), ("larger", larger)] {
+            let src = r.mem.head(key, None).await.unwrap();
+            let got = dest.head(key, None).await.unwrap();
+            let mut want = src.metadata.clone();
+            want.insert(
+                crate::store::SOURCE_VERSION_META.into(),
+                src.version_id.clone().unwrap(),
+            );
+            assert_eq!(got.metadata, want, "{key}: the source's metadata");
+            assert_eq!(got.content_type, src.content_type, "{key}");
+            assert_eq!(
+                dest.get_tags(key, None).await.unwrap(),
+                BTreeMap::from([("team".to_string(), "blue".to_string())]),
+                "{key}: the source's tags"
+            );
+            let history = dest.history(key);
+            assert_eq!(history.len(), 1, "{key}: one replica version");
+            assert_eq!(history[0].1.as_deref(), Some(&body[..]), "{key}: its bytes");
+        }
+    }
 }
+

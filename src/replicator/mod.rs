@@ -13,7 +13,8 @@
 //! older copy never overwrites a newer one.
 //!
 //! # Idempotency
-//! Before copying, the destination's current object is checked: if it already
+//! Before copying (except on a fresh version's first attempt, below), the
+//! destination's current object is checked: if it already
 //! carries `regionfs-source-version` = this version (a copy that finished just
 //! before a crash), the task completes without writing a duplicate version.
 //!
@@ -29,6 +30,17 @@
 //!
 //! Bytes are streamed: a GET of the source version feeds the destination PUT
 //! (ranged GETs per part for large objects); nothing is held whole in memory.
+//!
+//! # Fresh small versions
+//! A small file this process has just uploaded hands its bytes and options to
+//! its tasks ([`Fresh`], at most [`FRESH_BUDGET`] bytes held): the replica is
+//! written from them, with no HEAD, tagging, ACL request or GET at the
+//! source (only versions uploaded without an ACL, hence private, qualify). They
+//! are exactly the uploaded bytes (the uploader PUT this very buffer), so the
+//! replica is still the source version. A fresh task's first attempt also
+//! skips the destination HEAD: nothing else writes that version there, and any
+//! retry (or a recovered task) checks it as above. Fresh bodies live in memory
+//! only; after a failure or a restart the task takes the ordinary path.
 
 pub mod heartbeat;
 pub mod ordering;
@@ -123,6 +135,32 @@ impl AclState {
     }
 }
 
+/// The bytes and metadata of a version this process has just uploaded,
+/// without an ACL (so it is private).
+pub struct Fresh {
+    pub body: bytes::Bytes,
+    /// What the upload sent (metadata, content type, tags), without an ACL.
+    pub opts: PutOptions,
+}
+
+/// At most this many bytes of fresh versions are held for their replicas;
+/// beyond it a task reads the source like any other.
+pub const FRESH_BUDGET: usize = 8 << 20;
+
+#[derive(Default)]
+struct FreshBodies {
+    by_task: HashMap<i64, Arc<Fresh>>,
+    bytes: usize,
+}
+
+impl FreshBodies {
+    fn take(&mut self, task: i64) -> Option<Arc<Fresh>> {
+        let f = self.by_task.remove(&task)?;
+        self.bytes -= f.body.len();
+        Some(f)
+    }
+}
+
 struct Queue {
     open: Vec<Task>,
     running: HashSet<(String, String)>,
@@ -138,6 +176,7 @@ struct Inner {
     upload: UploadConfig,
     target_ms: i64,
     queue: Mutex<Queue>,
+    fresh: Mutex<FreshBodies>,
     wake: Notify,
     /// Signalled whenever a task finishes (fsync all-regions waits on it).
     finished: Notify,
@@ -219,6 +258,7 @@ impl Replicator {
                 running: HashSet::new(),
                 retry_at,
             }),
+            fresh: Mutex::new(FreshBodies::default()),
             wake: Notify::new(),
             finished: Notify::new(),
             pending: watch::channel(n).0,
@@ -267,8 +307,25 @@ impl Replicator {
 
     /// Queues tasks just committed to the journal.
     pub fn enqueue(&self, tasks: Vec<Task>) {
+        self.enqueue_fresh(tasks, None);
+    }
+
+    /// Queues tasks just committed to the journal, with the bytes of their
+    /// version when the uploader still holds them (see [`Fresh`]).
+    pub fn enqueue_fresh(&self, tasks: Vec<Task>, fresh: Option<Fresh>) {
         if tasks.is_empty() {
             return;
+        }
+        if let Some(f) = fresh {
+            let f = Arc::new(f);
+            let mut held = self.inner.fresh.lock().unwrap();
+            for t in tasks.iter().filter(|t| t.kind == TaskKind::Version) {
+                if held.bytes + f.body.len() > FRESH_BUDGET {
+                    break;
+                }
+                held.bytes += f.body.len();
+                held.by_task.insert(t.id, f.clone());
+            }
         }
         let mut q = self.inner.queue.lock().unwrap();
         q.open.extend(tasks);
@@ -403,8 +460,10 @@ async fn run(inner: Arc<Inner>) {
 }
 
 async fn execute(inner: &Arc<Inner>, task: Task) {
+    // Taken whatever happens: a retry reads the source like any other task.
+    let fresh = inner.fresh.lock().unwrap().take(task.id);
     let result = match inner.destinations.get(&task.destination) {
-        Some(d) => replicate(inner, d, &task).await,
+        Some(d) => replicate(inner, d, &task, fresh).await,
         None => Err(StoreError::Rejected {
             bucket: task.destination.clone(),
             status: 0,
@@ -509,13 +568,19 @@ async fn replicate(
     inner: &Arc<Inner>,
     d: &Destination,
     task: &Task,
+    fresh: Option<Arc<Fresh>>,
 ) -> Result<Option<String>, StoreError> {
     check_destination(d).await?;
     let dest = &d.store;
-    let current = match dest.head(&task.key, None).await {
-        Ok(info) => Some(info),
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e),
+    let first_fresh = fresh.is_some() && task.attempts == 0;
+    let current = if first_fresh {
+        None
+    } else {
+        match dest.head(&task.key, None).await {
+            Ok(info) => Some(info),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        }
     };
     if task.kind == TaskKind::Delete {
         // Already absent (deleted, or never replicated): nothing to mark.
@@ -532,16 +597,18 @@ async fn replicate(
         _ => {
             let canned = (override_owner && d.acls.enabled(dest.as_ref()).await)
                 .then(|| "bucket-owner-full-control".to_string());
-            match write_replica(inner, d, task, canned.clone()).await {
+            match write_replica(inner, d, task, fresh.as_deref(), canned.clone()).await {
                 Err(StoreError::AclNotSupported { message, .. }) if canned.is_some() => {
                     d.acls.refused(dest.as_ref(), &message);
-                    write_replica(inner, d, task, None).await?
+                    write_replica(inner, d, task, fresh.as_deref(), None).await?
                 }
                 other => other?,
             }
         }
     };
-    if !override_owner {
+    // A fresh version was uploaded without an ACL, so it is private, and so
+    // is every new replica: nothing to copy.
+    if !override_owner && fresh.is_none() {
         copy_acl(inner, d, task, replica.as_deref()).await?;
     }
     Ok(replica)
@@ -594,14 +661,27 @@ async fn copy_acl(
     }
 }
 
-/// Writes the replica (streamed from the source version); returns its version id.
+/// Writes the replica (streamed from the source version, or from the fresh
+/// bytes); returns its version id.
 async fn write_replica(
     inner: &Arc<Inner>,
     d: &Destination,
     task: &Task,
+    fresh: Option<&Fresh>,
     acl: Option<String>,
 ) -> Result<Option<String>, StoreError> {
     let dest = &d.store;
+    if let Some(f) = fresh {
+        let mut opts = f.opts.clone();
+        opts.metadata
+            .insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
+        opts.storage_class = task.storage_class.clone();
+        opts.acl = acl;
+        let res = dest
+            .put(&task.key, PutBody::Bytes(f.body.clone()), &opts)
+            .await?;
+        return Ok(res.version_id);
+    }
     let src = &inner.source;
     let head = src.head(&task.key, Some(&task.version_id)).await?;
     let tags = src

@@ -19,6 +19,8 @@ pub struct FaultyStore {
     permanent: AtomicBool,
     /// Writes attempted (failed or not).
     pub attempts: AtomicU64,
+    /// Reads of objects (HEAD, GET, tags, ACL): never failed.
+    pub reads: AtomicU64,
 }
 
 impl FaultyStore {
@@ -28,6 +30,7 @@ impl FaultyStore {
             transient_left: AtomicU64::new(0),
             permanent: AtomicBool::new(false),
             attempts: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -73,9 +76,11 @@ impl ObjectStore for FaultyStore {
         self.inner.versioning().await
     }
     async fn head(&self, key: &str, v: Option<&str>) -> Result<ObjectInfo, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.head(key, v).await
     }
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key, req).await
     }
     async fn put(
@@ -154,12 +159,14 @@ impl ObjectStore for FaultyStore {
         key: &str,
         v: Option<&str>,
     ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_tags(key, v).await
     }
     async fn acl_support(&self) -> Result<super::AclSupport, StoreError> {
         self.inner.acl_support().await
     }
     async fn get_acl(&self, key: &str, v: Option<&str>) -> Result<super::Acl, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.get_acl(key, v).await
     }
     async fn put_acl(
