@@ -13,14 +13,16 @@
 //! - When data + clean bytes would exceed `max_size`, clean files are evicted;
 //!   when only dirty data is left, writers wait for uploads to free space and
 //!   get ENOSPC after `space_wait` without progress.
+//! - `spare/` holds empty files made ahead of need ([`Spares`]); they hold no
+//!   data and are deleted at start.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -70,8 +72,76 @@ struct Space {
     entry_synced: HashSet<String>,
 }
 
+/// Empty files made ahead of need: allocating an inode can cost far more than
+/// the rest of a create (ext4 without a journal looks past every inode freed
+/// in the last minutes, at up to a millisecond per create after a large
+/// delete), so a background thread keeps some ready in `spare/` and a create
+/// only renames one into `data/`.
+struct Spares {
+    dir: PathBuf,
+    prefix: String,
+    ready: Mutex<Vec<String>>,
+    wanted: Condvar,
+    closed: AtomicBool,
+}
+
+/// Spare files kept ready; refilled when half are used.
+const SPARES: usize = 64;
+
+impl Spares {
+    /// The refill thread: runs at a lower priority than the file system's
+    /// own work, and stops when the cache is dropped or `spare/` fails.
+    fn refill(self: Arc<Self>) {
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+        }
+        let mut n = 0u64;
+        loop {
+            {
+                let mut ready = self.ready.lock().unwrap();
+                while ready.len() >= SPARES / 2 && !self.closed.load(Ordering::Relaxed) {
+                    ready = self.wanted.wait(ready).unwrap();
+                }
+                if self.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+            loop {
+                let missing = SPARES.saturating_sub(self.ready.lock().unwrap().len());
+                if missing == 0 || self.closed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("{}-s{n}", self.prefix);
+                n += 1;
+                let made = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(self.dir.join(&name));
+                if let Err(e) = made {
+                    // Creates fall back to making their own file, which
+                    // reports the error where it matters.
+                    tracing::debug!(error = %e, "cannot make spare cache files");
+                    return;
+                }
+                self.ready.lock().unwrap().push(name);
+            }
+        }
+    }
+
+    fn take(&self) -> Option<String> {
+        let mut ready = self.ready.lock().unwrap();
+        let name = ready.pop();
+        if ready.len() < SPARES / 2 {
+            self.wanted.notify_one();
+        }
+        name
+    }
+}
+
 pub struct Cache {
     root: PathBuf,
+    spares: Arc<Spares>,
     max_size: u64,
     space_wait: Duration,
     next_id: AtomicU64,
@@ -81,6 +151,16 @@ pub struct Cache {
     _lock: File,
 }
 
+impl Drop for Cache {
+    fn drop(&mut self) {
+        // Under the lock: the refill thread cannot be between its check and
+        // its wait.
+        let _ready = self.spares.ready.lock().unwrap();
+        self.spares.closed.store(true, Ordering::Relaxed);
+        self.spares.wanted.notify_all();
+    }
+}
+
 impl Cache {
     /// Opens the cache directory (creating it 0700), taking its lock.
     pub fn open(
@@ -88,7 +168,7 @@ impl Cache {
         max_size: u64,
         space_wait: Duration,
     ) -> Result<Arc<Cache>, CacheError> {
-        for d in ["", "data", "clean", "quarantine"] {
+        for d in ["", "data", "clean", "quarantine", "spare"] {
             let p = root.join(d);
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -129,8 +209,27 @@ impl Cache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let spare_dir = root.join("spare");
+        if let Ok(left) = std::fs::read_dir(&spare_dir) {
+            for e in left.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let spares = Arc::new(Spares {
+            dir: spare_dir,
+            prefix: format!("{nanos:x}"),
+            ready: Mutex::new(Vec::new()),
+            wanted: Condvar::new(),
+            closed: AtomicBool::new(false),
+        });
+        let refill = spares.clone();
+        std::thread::Builder::new()
+            .name("regionfs-spares".into())
+            .spawn(move || refill.refill())
+            .map_err(|e| CacheError::io(root, e))?;
         Ok(Arc::new(Cache {
             root: root.to_path_buf(),
+            spares,
             max_size,
             space_wait,
             next_id: AtomicU64::new(0),
@@ -173,8 +272,14 @@ impl Cache {
         )
     }
 
-    /// Creates an empty working file in `data/`.
+    /// Creates an empty working file in `data/` (a spare one when ready).
     pub fn create_data_file(&self) -> Result<String, CacheError> {
+        if let Some(name) = self.spares.take() {
+            if std::fs::rename(self.spares.dir.join(&name), self.data_path(&name)).is_ok() {
+                self.space.lock().unwrap().data.insert(name.clone(), 0);
+                return Ok(name);
+            }
+        }
         let name = self.new_name();
         let path = self.data_path(&name);
         OpenOptions::new()
@@ -521,4 +626,48 @@ mod tests {
         );
         assert_eq!(std::fs::read(c.data_path(&keep)).unwrap(), b"acked");
     }
+
+    fn spare_files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir.join("spare"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    }
+
+    fn wait_for_spares(dir: &Path, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = spare_files(dir);
+            if s.len() == n {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} spare files, not {n}", s.len());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn creates_take_files_made_ahead_and_the_spares_refill() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+            let ready = wait_for_spares(dir.path(), SPARES);
+            let made: Vec<String> = (0..SPARES / 2 + 1)
+                .map(|_| c.create_data_file().unwrap())
+                .collect();
+            for name in &made {
+                assert!(ready.contains(name), "{name} was a spare file");
+                assert_eq!(std::fs::metadata(c.data_path(name)).unwrap().len(), 0);
+            }
+            // Below half: the thread makes new ones up to the full count.
+            let now = wait_for_spares(dir.path(), SPARES);
+            assert!(now.iter().all(|n| !made.contains(n)));
+            now
+        };
+        // Spare files hold nothing: a new start deletes them and makes its own.
+        let _c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        let again = wait_for_spares(dir.path(), SPARES);
+        assert!(again.iter().all(|n| !first.contains(n)));
+    }
 }
+
