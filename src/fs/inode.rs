@@ -79,7 +79,9 @@ impl Node {
 }
 
 pub struct Inodes {
-    pub nodes: HashMap<u64, Node>,
+    /// Boxed: the table keeps spare slots as it grows, and a slot is then a
+    /// pointer rather than a whole node.
+    pub nodes: HashMap<u64, Box<Node>>,
     pub by_path: HashMap<String, u64>,
     /// Nodes that exist only locally (created and not yet staged).
     pub local_only: HashSet<u64>,
@@ -97,7 +99,7 @@ impl Inodes {
         let mut root = Self::blank(ROOT, String::new(), root_meta);
         root.meta_known = true;
         root.fetched = Some(Instant::now());
-        t.nodes.insert(ROOT, root);
+        t.nodes.insert(ROOT, Box::new(root));
         t.by_path.insert(String::new(), ROOT);
         t
     }
@@ -132,11 +134,11 @@ impl Inodes {
     }
 
     pub fn get(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(&ino)
+        self.nodes.get(&ino).map(|n| &**n)
     }
 
     pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
-        self.nodes.get_mut(&ino)
+        self.nodes.get_mut(&ino).map(|n| &mut **n)
     }
 
     pub fn lookup_path(&self, path: &str) -> Option<u64> {
@@ -156,7 +158,7 @@ impl Inodes {
         let ino = self.next;
         self.next += 1;
         self.nodes
-            .insert(ino, Self::blank(ino, path.to_string(), meta));
+            .insert(ino, Box::new(Self::blank(ino, path.to_string(), meta)));
         self.by_path.insert(path.to_string(), ino);
         ino
     }
