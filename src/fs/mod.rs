@@ -327,13 +327,30 @@ impl Core {
 
     /// Records that `name` now exists (or not) in the known directory `dir`.
     fn note_entry(&self, dir: &str, name: &str, exists: bool) {
-        if let Some((_, names)) = self.known_dirs.lock().unwrap().get_mut(dir) {
-            if exists {
-                names.insert(name.to_string());
-            } else {
-                names.remove(name);
-            }
+        let mut known = self.known_dirs.lock().unwrap();
+        let Some((at, names)) = known.get_mut(dir) else {
+            return;
+        };
+        if at.elapsed() >= self.dir_ttl {
+            // Expired knowledge is never used again: drop it rather than keep
+            // growing it.
+            known.remove(dir);
+        } else if exists {
+            names.insert(name.to_string());
+        } else {
+            names.remove(name);
         }
+    }
+
+    /// Remembers the complete contents of `dir` as of `at`. Expired entries
+    /// are dropped as new ones come, so what is kept is bounded by the
+    /// directories listed within `dir_ttl`, not by all ever listed.
+    fn know_dir(&self, dir: String, at: Instant, names: HashSet<String>) {
+        let mut known = self.known_dirs.lock().unwrap();
+        if known.len() >= 64 {
+            known.retain(|_, (seen, _)| seen.elapsed() < self.dir_ttl);
+        }
+        known.insert(dir, (at, names));
     }
 
     fn note_path(&self, path: &str, exists: bool) {
@@ -752,10 +769,7 @@ impl Core {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         drop(t);
-        self.known_dirs
-            .lock()
-            .unwrap()
-            .insert(dir, (started, out.iter().map(|e| e.name.clone()).collect()));
+        self.know_dir(dir, started, out.iter().map(|e| e.name.clone()).collect());
         Ok(out)
     }
 
@@ -865,10 +879,7 @@ impl Core {
         self.touch_dir(parent);
         self.note_path(&path, true);
         // A directory made here starts empty: its contents are known.
-        self.known_dirs
-            .lock()
-            .unwrap()
-            .insert(path.clone(), (Instant::now(), HashSet::new()));
+        self.know_dir(path.clone(), Instant::now(), HashSet::new());
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(&path, meta.clone());
         let n = t.get_mut(ino).unwrap();
