@@ -641,7 +641,11 @@ mod tests {
             if s.len() == n {
                 return s;
             }
-            assert!(Instant::now() < deadline, "{} spare files, not {n}", s.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} spare files, not {n}",
+                s.len()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -670,4 +674,3 @@ mod tests {
         assert!(again.iter().all(|n| !first.contains(n)));
     }
 }
-

@@ -570,32 +570,35 @@ impl Journal {
     {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
         let path = self.path.clone();
-        let job: Job = (durability, Box::new(move |conn| {
-            let r = conn.map(f);
-            let ok = matches!(r, Some(Ok(_)));
-            let done: Completer = Box::new(move |commit| {
-                let out = match (r, commit) {
-                    (Some(Ok(v)), Ok(())) => Ok(v),
-                    (Some(Err(source)), _) => Err(JournalError::Sqlite {
-                        path: path.to_string(),
-                        source,
-                    }),
-                    (_, Err(msg)) if msg == "injected" => {
-                        Err(JournalError::Injected(path.to_string()))
-                    }
-                    (_, Err(msg)) => Err(JournalError::Sqlite {
-                        path: path.to_string(),
-                        source: rusqlite::Error::InvalidParameterName(msg),
-                    }),
-                    (None, Ok(())) => Err(JournalError::Sqlite {
-                        path: path.to_string(),
-                        source: rusqlite::Error::InvalidParameterName("job not run".into()),
-                    }),
-                };
-                let _ = tx.send(out);
-            });
-            (ok, done)
-        }));
+        let job: Job = (
+            durability,
+            Box::new(move |conn| {
+                let r = conn.map(f);
+                let ok = matches!(r, Some(Ok(_)));
+                let done: Completer = Box::new(move |commit| {
+                    let out = match (r, commit) {
+                        (Some(Ok(v)), Ok(())) => Ok(v),
+                        (Some(Err(source)), _) => Err(JournalError::Sqlite {
+                            path: path.to_string(),
+                            source,
+                        }),
+                        (_, Err(msg)) if msg == "injected" => {
+                            Err(JournalError::Injected(path.to_string()))
+                        }
+                        (_, Err(msg)) => Err(JournalError::Sqlite {
+                            path: path.to_string(),
+                            source: rusqlite::Error::InvalidParameterName(msg),
+                        }),
+                        (None, Ok(())) => Err(JournalError::Sqlite {
+                            path: path.to_string(),
+                            source: rusqlite::Error::InvalidParameterName("job not run".into()),
+                        }),
+                    };
+                    let _ = tx.send(out);
+                });
+                (ok, done)
+            }),
+        );
         let sent = self.tx.send(job);
         let path = self.path.clone();
         async move {
@@ -1323,4 +1326,3 @@ mod tests {
         assert_eq!(j.open_tasks().await.unwrap().len(), 1);
     }
 }
-

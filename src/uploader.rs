@@ -1366,4 +1366,3 @@ destination = "eu"
         }
     }
 }
-
