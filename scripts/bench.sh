@@ -3,7 +3,8 @@
 # (boto3, 16 threads), rclone mount (--vfs-cache-mode writes) and s3fs, against
 # two local SeaweedFS regions, in one run, interleaved per repetition.
 #
-#   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--out FILE]
+#   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--rss-files N] [--out FILE]
+#                    [--phases "peers lag rss"]   (default: all three)
 #
 # Workloads (each system, each repetition):
 #   big    M MiB sequential write (dd bs=1M conv=fsync): time to close, time until
@@ -19,20 +20,26 @@
 #   cpu    CPU seconds of each daemon over both of its mounts
 #   rss    peak RSS (VmHWM) of each daemon
 #   lag    replication lag p50/p99 at a steady 200 files/s (4 writers) for 30 s (regionfs metrics)
+#   rss-1x, rss-10x, rss-10x-ls
+#          regionfs peak RSS on one mount after N small files (uploaded and replicated),
+#          after 10 × N, and after `ls -l` of all of them (--rss-files N, default --files;
+#          0 skips it)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-reps=3 big_mib=1024 files=2000 out=bench-results.txt
+reps=3 big_mib=1024 files=2000 out=bench-results.txt rss_files= phases="peers lag rss"
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
     --big-mib) big_mib=$2; shift ;;
     --files) files=$2; shift ;;
     --out) out=$2; shift ;;
-    *) sed -n '2,23p' "$0"; exit 2 ;;
+    --rss-files) rss_files=$2; shift ;;
+    --phases) phases=$2; shift ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -65,6 +72,7 @@ cleanup() {
 trap cleanup EXIT
 bash scripts/regions.sh start >/dev/null
 
+phase() { case " $phases " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 now() { date +%s.%N; }
 since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
 add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
@@ -83,7 +91,7 @@ read_phase() { # system mountpoint
   t=$(now); mv "$m/small/d0" "$m/small/moved"; ls -l "$m/small/moved" > /dev/null; record rename-dir "$sys" "$(since $t)"
 }
 
-head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
+phase peers && head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
 per_dir=$((files / 20))
 total_small=$((per_dir * 20))
 echo "rclone 1.60 / s3fs 1.90 / SeaweedFS $("$REGIONFS_VENV/bin/weed" version 2>/dev/null | awk '{print $3}')" > "$work/versions"
@@ -138,6 +146,7 @@ mount_s3fs() { # bucket mountpoint
 
 unmount() { umount "$1" 2>/dev/null || umount -l "$1"; }
 
+phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
   echo "== repetition $rep of $reps"
   $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
@@ -223,6 +232,7 @@ done
 # Replication lag at a steady load: 200 files/s of 4 KiB for 30 s (4 writer threads
 # at 50 files/s each: one writer alone cannot close 200 durable files/s), from close to
 # replica present (the regionfs_replication_lag_seconds histogram).
+if phase lag; then
 $py mkbuckets $A lag; $py mkbuckets $B lag
 port=$((REGIONFS_PORT_A + 50))
 mnt=$work/mnt-lag
@@ -233,6 +243,31 @@ read -r count p50 p99 <<< "$($py lag "http://127.0.0.1:$port/metrics" b)"
 echo "lag-p50 regionfs $p50" >> "$work/results"; echo "lag-p99 regionfs $p99" >> "$work/results"
 echo "# steady load: $n files written in 30 s; $count replicated; replication lag p50 ${p50}s p99 ${p99}s" >> "$work/versions"
 unmount "$mnt"; wait "$rfs_pid" || true
+fi
+
+# Memory as the file count grows: N files, then 9 × N more (10 × in all), each
+# batch uploaded and replicated, then `ls -l` of them all; peak RSS after each.
+rss_files=${rss_files:-$files}
+if phase rss && [ "$rss_files" -gt 0 ]; then
+  $py mkbuckets $A mem; $py mkbuckets $B mem
+  mnt=$work/mnt-mem
+  mount_regionfs mem mem "$mnt" "$work/cache-mem"
+  settled() { # files bytes
+    $py wait $A mem "" "$1" "$2"
+    until "$bin" status --config "$work/rfs.toml" --json | grep -q '"uploads":{"pending":0,.*"b":{[^}]*"pending":0,'; do sleep 0.2; done
+  }
+  per=$((rss_files / 20))
+  mkdir -p "$mnt/one" "$mnt/nine"
+  $py write-small "$mnt/one" 20 $per 4096 > /dev/null
+  settled $((per * 20)) $((per * 20 * 4096))
+  record rss-1x regionfs "$(peak_rss $rfs_pid)"
+  $py write-small "$mnt/nine" 20 $((per * 9)) 4096 > /dev/null
+  settled $((per * 200)) $((per * 200 * 4096))
+  record rss-10x regionfs "$(peak_rss $rfs_pid)"
+  ls -lR "$mnt" > /dev/null
+  record rss-10x-ls regionfs "$(peak_rss $rfs_pid)"
+  unmount "$mnt"; wait "$rfs_pid" || true
+fi
 
 cp "$work/results" "$out.raw"
 {
@@ -264,6 +299,10 @@ r("read-warm", "regionfs", "local-read", "<= 1.25 (throughput >= 0.8 x local)")
 r("ls-warm", "regionfs", "s3fs", "")
 r("rename-dir", "regionfs", "s3fs", "")
 r("rss", "regionfs", "rclone", "")
+if ("rss-1x", "regionfs") in med:
+    for w in ("rss-10x", "rss-10x-ls"):
+        if (w, "regionfs") in med:
+            print(f"{w:<16} regionfs/rss-1x       {med[(w, 'regionfs')] / med[('rss-1x', 'regionfs')]:6.2f}   [flat: ~1]")
 r("cpu", "regionfs", "rclone", "regionfs also replicates")
 PY
 cat "$out"

@@ -10,7 +10,8 @@
 //!   evicted (LRU) whenever it is not open. Losing it loses nothing.
 //! - `data/` files the journal does not know after a crash held unacknowledged
 //!   writes; they are moved to `quarantine/` (never deleted silently).
-//! - When data + clean bytes would exceed `max_size`, clean files are evicted;
+//! - When data + clean bytes would exceed `max_size`, or clean files would be
+//!   more than `max_clean_files` (each costs memory here), clean files are evicted;
 //!   when only dirty data is left, writers wait for uploads to free space and
 //!   get ENOSPC after `space_wait` without progress.
 //! - `spare/` holds empty files made ahead of need ([`Spares`]); they hold no
@@ -63,9 +64,8 @@ struct Space {
     /// Bytes per `data/` file.
     data: HashMap<String, u64>,
     data_total: u64,
-    /// key -> clean copy; `lru` orders keys oldest first.
-    clean: HashMap<String, CleanEntry>,
-    lru: lru::LruCache<String, ()>,
+    /// key -> clean copy, least recently used first.
+    clean: lru::LruCache<String, CleanEntry>,
     clean_total: u64,
     last_progress: Instant,
     /// Data files whose directory entry is known durable.
@@ -143,6 +143,7 @@ pub struct Cache {
     root: PathBuf,
     spares: Arc<Spares>,
     max_size: u64,
+    max_clean_files: std::sync::atomic::AtomicUsize,
     space_wait: Duration,
     next_id: AtomicU64,
     prefix: String,
@@ -231,14 +232,14 @@ impl Cache {
             root: root.to_path_buf(),
             spares,
             max_size,
+            max_clean_files: std::sync::atomic::AtomicUsize::new(usize::MAX),
             space_wait,
             next_id: AtomicU64::new(0),
             prefix: format!("{nanos:x}"),
             space: Mutex::new(Space {
                 data: HashMap::new(),
                 data_total: 0,
-                clean: HashMap::new(),
-                lru: lru::LruCache::unbounded(),
+                clean: lru::LruCache::unbounded(),
                 clean_total: 0,
                 last_progress: Instant::now(),
                 entry_synced: HashSet::new(),
@@ -250,6 +251,18 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// At most `n` clean copies are kept (oldest evicted first).
+    pub fn limit_clean_files(&self, n: usize) {
+        self.max_clean_files.store(n, Ordering::Relaxed);
+        let mut s = self.space.lock().unwrap();
+        self.evict_clean(&mut s, 0);
+    }
+
+    /// Clean copies held.
+    pub fn clean_files(&self) -> usize {
+        self.space.lock().unwrap().clean.len()
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -310,12 +323,11 @@ impl Cache {
     pub fn adopt_clean(&self, key: &str, tag: &str) -> Result<Option<String>, CacheError> {
         let entry = {
             let mut s = self.space.lock().unwrap();
-            if tag.is_empty() || s.clean.get(key).is_some_and(|e| e.tag != tag) {
+            if tag.is_empty() || s.clean.peek(key).is_some_and(|e| e.tag != tag) {
                 return Ok(None);
             }
-            match s.clean.remove(key) {
+            match s.clean.pop(key) {
                 Some(e) => {
-                    s.lru.pop(key);
                     s.clean_total -= e.size;
                     e
                 }
@@ -365,25 +377,26 @@ impl Cache {
         }
     }
 
-    /// Evicts clean copies (oldest first, not open) until `need` more bytes fit.
+    /// Evicts clean copies (oldest first, not open) until `need` more bytes
+    /// fit and the count is within `max_clean_files`.
     fn evict_clean(&self, s: &mut Space, need: u64) {
         let mut skipped = Vec::new();
-        while s.data_total + s.clean_total + need > self.max_size {
-            let Some((key, ())) = s.lru.pop_lru() else {
+        let max_files = self.max_clean_files.load(Ordering::Relaxed);
+        while s.data_total + s.clean_total + need > self.max_size
+            || s.clean.len() + skipped.len() > max_files
+        {
+            let Some((key, e)) = s.clean.pop_lru() else {
                 break;
             };
-            let open = s.clean.get(&key).map(|e| e.open > 0).unwrap_or(false);
-            if open {
-                skipped.push(key);
+            if e.open > 0 {
+                skipped.push((key, e));
                 continue;
             }
-            if let Some(e) = s.clean.remove(&key) {
-                s.clean_total -= e.size;
-                let _ = std::fs::remove_file(self.clean_path(&e.name));
-            }
+            s.clean_total -= e.size;
+            let _ = std::fs::remove_file(self.clean_path(&e.name));
         }
-        for k in skipped {
-            s.lru.put(k, ());
+        for (k, e) in skipped {
+            s.clean.put(k, e);
         }
     }
 
@@ -423,12 +436,12 @@ impl Cache {
     }
 
     fn insert_clean(&self, s: &mut Space, key: &str, tag: &str, name: String, size: u64) {
-        if let Some(old) = s.clean.remove(key) {
+        if let Some(old) = s.clean.pop(key) {
             s.clean_total -= old.size;
             let _ = std::fs::remove_file(self.clean_path(&old.name));
         }
         s.clean_total += size;
-        s.clean.insert(
+        s.clean.put(
             key.to_string(),
             CleanEntry {
                 name,
@@ -437,29 +450,28 @@ impl Cache {
                 open: 0,
             },
         );
-        s.lru.put(key.to_string(), ());
         self.evict_clean(s, 0);
     }
 
     /// Whether a clean copy of `key` at version `tag` is here (not pinned).
     pub fn has_clean(&self, key: &str, tag: &str) -> bool {
         let s = self.space.lock().unwrap();
-        s.clean.get(key).is_some_and(|e| e.tag == tag)
+        s.clean.peek(key).is_some_and(|e| e.tag == tag)
     }
 
     /// Opens the clean copy of `key` if it holds version `tag`; pins it while open.
     pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.space.lock().unwrap();
-        let e = s.clean.get_mut(key).filter(|e| e.tag == tag)?;
+        let e = s.clean.peek_mut(key).filter(|e| e.tag == tag)?;
         e.open += 1;
         let out = (self.clean_path(&e.name), e.size);
-        s.lru.get(key);
+        s.clean.promote(key);
         Some(out)
     }
 
     pub fn close_clean(&self, key: &str) {
         let mut s = self.space.lock().unwrap();
-        if let Some(e) = s.clean.get_mut(key) {
+        if let Some(e) = s.clean.peek_mut(key) {
             e.open = e.open.saturating_sub(1);
         }
     }
@@ -467,8 +479,7 @@ impl Cache {
     /// Drops the clean copy of `key` (the object changed or was deleted).
     pub fn forget_clean(&self, key: &str) {
         let mut s = self.space.lock().unwrap();
-        if let Some(e) = s.clean.remove(key) {
-            s.lru.pop(key);
+        if let Some(e) = s.clean.pop(key) {
             s.clean_total -= e.size;
             if e.open == 0 {
                 let _ = std::fs::remove_file(self.clean_path(&e.name));
@@ -496,7 +507,7 @@ impl Cache {
         let mut s = self.space.lock().unwrap();
         self.evict_clean(&mut s, size);
         self.insert_clean(&mut s, key, tag, name, size);
-        if let Some(e) = s.clean.get_mut(key) {
+        if let Some(e) = s.clean.peek_mut(key) {
             e.open += 1;
         }
         Ok((path, f))
@@ -569,6 +580,27 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, CacheError::Locked { pid: Some(_), .. }), "{e}");
+    }
+
+    #[test]
+    fn clean_copies_beyond_the_count_limit_go_oldest_first_unless_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        c.limit_clean_files(3);
+        for i in 0..5 {
+            let key = format!("k{i}");
+            c.begin_clean(&key, "t", 1).unwrap();
+            if i != 0 {
+                c.close_clean(&key); // k0 stays open (a reader)
+            }
+        }
+        let kept: Vec<bool> = (0..5).map(|i| c.has_clean(&format!("k{i}"), "t")).collect();
+        assert_eq!(kept, [true, false, false, true, true]);
+        assert_eq!(c.clean_files(), 3);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("clean")).unwrap().count(),
+            3
+        );
     }
 
     #[tokio::test]

@@ -193,6 +193,9 @@ pub struct CacheConfig {
     /// How long a writer waits for space (with no upload progress) before ENOSPC.
     #[serde(default = "default_space_wait")]
     pub space_wait: HumanDuration,
+    /// Clean copies kept at most (each costs memory besides its bytes).
+    #[serde(default = "default_max_clean_files")]
+    pub max_clean_files: usize,
 }
 
 impl Default for CacheConfig {
@@ -202,8 +205,13 @@ impl Default for CacheConfig {
             max_size: default_cache_size(),
             write_back_delay: HumanDuration::default(),
             space_wait: default_space_wait(),
+            max_clean_files: default_max_clean_files(),
         }
     }
+}
+
+fn default_max_clean_files() -> usize {
+    4096
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -401,6 +409,10 @@ pub struct MountConfig {
     /// reach regionfs in large requests at close/fsync. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writeback_cache: Option<bool>,
+    /// Inodes kept in memory: beyond this, idle clean files are let go (the
+    /// kernel is asked to drop their entries) and looked up again when used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inodes: Option<usize>,
 }
 
 impl MountConfig {
@@ -419,7 +431,17 @@ impl MountConfig {
     pub fn dir_ttl(&self) -> Duration {
         self.dir_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(10))
     }
+    pub fn max_inodes(&self) -> usize {
+        self.max_inodes.unwrap_or(DEFAULT_MAX_INODES)
+    }
 }
+
+/// About 1 KiB of memory each (path, metadata, ETag, version and the kernel's
+/// page-cache tag), so at most ~8 MiB for inodes.
+pub const DEFAULT_MAX_INODES: usize = 8192;
+
+/// Fewer than this would let go of files between two steps of one `ls -l`.
+pub const MIN_MAX_INODES: usize = 256;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -760,6 +782,21 @@ impl Config {
             return Err(invalid(
                 "read.max_staleness".into(),
                 "bounds how stale a replica mount may be: it needs `read.from`".into(),
+            ));
+        }
+        if self.cache.max_clean_files == 0 {
+            return Err(invalid(
+                "cache.max_clean_files".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.mount.max_inodes() < MIN_MAX_INODES {
+            return Err(invalid(
+                "mount.max_inodes".into(),
+                format!(
+                    "{} is too small: at least {MIN_MAX_INODES}",
+                    self.mount.max_inodes()
+                ),
             ));
         }
         if self.cache.max_size.0 < 64 * MIB {

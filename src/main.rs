@@ -115,6 +115,16 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    // Freed memory between live blocks is not returned by free() alone: the
+    // nodes let go of as the file count grows, and request buffers, would
+    // keep the resident size at its high-water mark.
+    std::thread::Builder::new()
+        .name("regionfs-trim-heap".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            unsafe { libc::malloc_trim(0) };
+        })
+        .ok();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")
@@ -196,6 +206,7 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         metrics.set_fs_counters(
             svc.core.served_bytes.clone(),
             svc.core.attribute_heads.clone(),
+            svc.core.inode_count.clone(),
         );
         let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
         rt.spawn(async move {
@@ -228,6 +239,7 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         &opts,
     )
     .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    regionfs::fs::fuse::spawn_trimmer(svc.core.clone(), session.notifier());
     eprintln!(
         "regionfs: mounted {} at {} (cache {})",
         config.source.describe(),

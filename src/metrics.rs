@@ -209,7 +209,7 @@ impl Metrics {
 
     /// Reports the mount's own counters: bytes read() served to the kernel,
     /// and HEADs sent for attributes.
-    pub fn set_fs_counters(&self, served: Counter, attribute_heads: Counter) {
+    pub fn set_fs_counters(&self, served: Counter, attribute_heads: Counter, inodes: Gauge) {
         let mut r = self.registry.lock().unwrap();
         r.register(
             "fuse_read_bytes",
@@ -220,6 +220,11 @@ impl Metrics {
             "attribute_heads",
             "HEAD requests sent to the source for attributes (lookups, stat, after a listing)",
             attribute_heads,
+        );
+        r.register(
+            "inodes",
+            "Inodes the mount keeps in memory (idle clean files beyond mount.max_inodes are let go)",
+            inodes,
         );
     }
 

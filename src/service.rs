@@ -120,6 +120,7 @@ pub async fn start_with_stores(
         config.cache.max_size.0,
         config.cache.space_wait.0,
     )?;
+    cache.limit_clean_files(config.cache.max_clean_files);
     let journal = Journal::open(&cache.journal_path())?;
     let ops = journal.open_ops().await?;
     if config.read_only() && (!ops.is_empty() || !journal.open_tasks().await?.is_empty()) {

@@ -928,3 +928,62 @@ async fn a_large_file_goes_up_in_parts_while_written_and_its_mtime_is_the_last_m
         "the replica keeps the source's mtime"
     );
 }
+
+/// More files than `mount.max_inodes`: the idle clean ones are let go (the
+/// kernel forgets them and the node count falls back under the limit), an
+/// open file with unflushed writes is kept, and every file let go still
+/// reads, renames, unlinks and appends as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_max_inodes_idle_files_are_let_go_and_still_work() {
+    use std::io::Write;
+    let port = common::free_port();
+    let (r, m, _c) = setup(&format!(
+        "[mount]\nmax_inodes = 256\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    let inodes = || common::metric(&common::scrape(port), "regionfs_inodes").unwrap_or(-1.0);
+    let mut open = std::fs::File::create(m.path("open.txt")).unwrap();
+    open.write_all(b"written before, ").unwrap();
+    std::fs::create_dir(m.path("d")).unwrap();
+    let files = 600;
+    for i in 0..files {
+        std::fs::write(m.path(&format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    m.wait_uploaded(DRAIN);
+    let seen = common::wait_for("the node count to fall under the limit", DRAIN, || {
+        let n = inodes();
+        (0.0..=256.0).contains(&n).then_some(n)
+    });
+    assert!(seen < files as f64, "{seen} nodes for {files} files");
+
+    let listed = std::fs::read_dir(m.path("d")).unwrap().count();
+    assert_eq!(listed, files);
+    for i in 0..files {
+        let p = m.path(&format!("d/f{i}"));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("file {i}"));
+    }
+    std::fs::rename(m.path("d/f0"), m.path("d/g0")).unwrap();
+    std::fs::remove_file(m.path("d/f1")).unwrap();
+    let mut f2 = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("d/f2"))
+        .unwrap();
+    f2.write_all(b" and more").unwrap();
+    drop(f2);
+    open.write_all(b"and after").unwrap();
+    drop(open);
+    m.wait_uploaded(DRAIN);
+
+    let got = common::bucket_contents(&r.src, "").await;
+    assert_eq!(got["open.txt"], b"written before, and after");
+    assert_eq!(got["d/g0"], b"file 0");
+    assert!(!got.contains_key("d/f0") && !got.contains_key("d/f1"));
+    assert_eq!(got["d/f2"], b"file 2 and more");
+    assert_eq!(got["d/f599"], b"file 599");
+    assert_eq!(
+        got.keys()
+            .filter(|k| k.starts_with("d/f") || k.starts_with("d/g"))
+            .count(),
+        files - 1
+    );
+}

@@ -38,6 +38,30 @@ impl FuseFs {
     }
 }
 
+/// Keeps the inode table bounded: once a second, the entries
+/// [`Core::trim`] lets go of are dropped from the kernel's cache (whose
+/// FORGET then frees the nodes). Its own thread: an invalidation waits for
+/// the kernel's lock on the parent directory, which a request being answered
+/// by the FUSE threads may hold.
+pub fn spawn_trimmer(core: Arc<Core>, notifier: fuser::Notifier) {
+    let core = Arc::downgrade(&core);
+    let _ = std::thread::Builder::new()
+        .name("regionfs-trim".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let Some(core) = core.upgrade() else { return };
+            for (parent, name) in core.trim() {
+                if let Err(e) = notifier.inval_entry(INodeNo(parent), OsStr::new(&name)) {
+                    // ENOENT: the kernel had already dropped it.
+                    let gone = [libc::ENODEV, libc::EBADF, libc::ENOTCONN, libc::EPIPE];
+                    if e.raw_os_error().is_some_and(|c| gone.contains(&c)) {
+                        return; // the mount is gone
+                    }
+                }
+            }
+        });
+}
+
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }

@@ -3,6 +3,14 @@
 //!
 //! Lock order: a node's `io` lock (async, held across cache I/O and journal
 //! commits) before the table's mutex (std, never held across an await).
+//!
+//! Bounded size: a node lives while the kernel holds its inode, and the
+//! kernel holds an inode while a dentry names it, which on a large machine is
+//! until unmount. So [`Inodes::trim`] picks the least recently used idle clean
+//! files beyond a limit: those the kernel does not hold are dropped at once,
+//! the others are named for the adapter to invalidate in the kernel, whose
+//! FORGET then drops them. A dropped node costs a lookup (and, once its
+//! attributes are older than `attr_ttl`, a HEAD) at its next use.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -12,6 +20,15 @@ use std::time::{Instant, SystemTime};
 use crate::meta::{ObjectMeta, S_IFDIR, S_IFLNK, S_IFMT};
 
 pub const ROOT: u64 = 1;
+
+/// Stands for an ETag where only equality matters (64 bits: a chance
+/// collision between two versions of one file is not a concern).
+pub fn content_tag(etag: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    etag.hash(&mut h);
+    h.finish()
+}
 
 /// A local file holding the node's current content.
 #[derive(Clone)]
@@ -60,21 +77,48 @@ pub struct Node {
     pub unlinked: bool,
     /// Entries the kernel holds for this inode (lookups minus forgets).
     pub lookups: u64,
-    /// The content (ETag) the kernel's page cache holds for this inode, as of
-    /// the last open: while it is still the node's, an open keeps the cache.
-    pub kernel_etag: Option<String>,
+    /// The content (a [`content_tag`] of the ETag) the kernel's page cache
+    /// holds for this inode, as of the last open: while it is still the
+    /// node's, an open keeps the cache.
+    pub kernel_tag: Option<u64>,
     /// Parts of the working file already on their way to the bucket (a file
     /// written from empty); handed to the put at staging.
     pub early: Option<Arc<crate::uploader::EarlyUpload>>,
-    pub io: Arc<tokio::sync::Mutex<()>>,
+    /// Made at first use: most nodes are only ever listed or stat'ed.
+    io: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// When the node was last used (seconds since the table was made).
+    pub used: u32,
+    /// The kernel was asked to drop its entry (see [`Inodes::trim`]).
+    pub release_asked: bool,
 }
 
 impl Node {
     pub fn is_dir(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFDIR
     }
+
+    /// The node's `io` lock (see the lock order above).
+    pub fn io(&mut self) -> Arc<tokio::sync::Mutex<()>> {
+        self.io
+            .get_or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
     pub fn is_symlink(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFLNK
+    }
+
+    /// Nothing here but what the bucket can tell again: a file (or symlink)
+    /// not open, without local data, upload or pending change.
+    fn idle_clean(&self) -> bool {
+        self.ino != ROOT
+            && !self.is_dir()
+            && self.open == 0
+            && self.working.is_none()
+            && !self.dirty
+            && !self.shared
+            && !self.local_only
+            && !self.unlinked
+            && self.early.is_none()
     }
 }
 
@@ -86,6 +130,7 @@ pub struct Inodes {
     /// Nodes that exist only locally (created and not yet staged).
     pub local_only: HashSet<u64>,
     next: u64,
+    epoch: Instant,
 }
 
 impl Inodes {
@@ -95,8 +140,9 @@ impl Inodes {
             by_path: HashMap::new(),
             local_only: HashSet::new(),
             next: ROOT + 1,
+            epoch: Instant::now(),
         };
-        let mut root = Self::blank(ROOT, String::new(), root_meta);
+        let mut root = Self::blank(ROOT, String::new(), root_meta, 0);
         root.meta_known = true;
         root.fetched = Some(Instant::now());
         t.nodes.insert(ROOT, Box::new(root));
@@ -104,7 +150,7 @@ impl Inodes {
         t
     }
 
-    fn blank(ino: u64, path: String, meta: ObjectMeta) -> Node {
+    fn blank(ino: u64, path: String, meta: ObjectMeta, used: u32) -> Node {
         Node {
             ino,
             path,
@@ -127,9 +173,24 @@ impl Inodes {
             meta_known: false,
             unlinked: false,
             lookups: 0,
-            kernel_etag: None,
+            kernel_tag: None,
             early: None,
-            io: Arc::new(tokio::sync::Mutex::new(())),
+            io: None,
+            used,
+            release_asked: false,
+        }
+    }
+
+    fn now_s(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    /// Marks a node used now: trimming lets go of the least recently used.
+    pub fn touch(&mut self, ino: u64) {
+        let now = self.now_s();
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.used = now;
+            n.release_asked = false;
         }
     }
 
@@ -157,8 +218,11 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.nodes
-            .insert(ino, Box::new(Self::blank(ino, path.to_string(), meta)));
+        let used = self.now_s();
+        self.nodes.insert(
+            ino,
+            Box::new(Self::blank(ino, path.to_string(), meta, used)),
+        );
         self.by_path.insert(path.to_string(), ino);
         ino
     }
@@ -240,5 +304,100 @@ impl Inodes {
                 }
             }
         }
+    }
+
+    /// Brings the table back to three quarters of `limit` nodes when it holds
+    /// more, letting go of idle clean files unused for `idle_s` seconds or
+    /// more, least recently used first. Those the kernel does not hold are
+    /// dropped here; the others are returned as (parent inode, name) for the
+    /// kernel to drop its entry, after which its FORGET drops the node.
+    /// Directories are kept (their children's entries pin them in the kernel
+    /// anyway), and so is everything with local state.
+    pub fn trim(&mut self, limit: usize, idle_s: u32) -> Vec<(u64, String)> {
+        if self.nodes.len() <= limit {
+            return Vec::new();
+        }
+        let now = self.now_s();
+        let mut idle: Vec<(u32, u64)> = self
+            .nodes
+            .values()
+            .filter(|n| n.idle_clean() && !n.release_asked && now.saturating_sub(n.used) >= idle_s)
+            .map(|n| (n.used, n.ino))
+            .collect();
+        idle.sort_unstable();
+        let excess = self.nodes.len() - (limit - limit / 4);
+        let mut asks = Vec::new();
+        for (_, ino) in idle.into_iter().take(excess) {
+            let n = &self.nodes[&ino];
+            if n.lookups == 0 {
+                let n = self.nodes.remove(&ino).expect("listed above");
+                if self.by_path.get(&n.path) == Some(&ino) {
+                    self.by_path.remove(&n.path);
+                }
+                continue;
+            }
+            let parent = crate::fs::names::parent_of(&n.path);
+            if let Some(&p) = self.by_path.get(parent) {
+                asks.push((p, crate::fs::names::name_of(&n.path).to_string()));
+                self.nodes
+                    .get_mut(&ino)
+                    .expect("listed above")
+                    .release_asked = true;
+            }
+        }
+        asks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(files: usize) -> Inodes {
+        let dir = ObjectMeta::new(S_IFDIR | 0o755, 0, 0);
+        let mut t = Inodes::new(dir.clone());
+        t.upsert("d", dir);
+        for i in 0..files {
+            let ino = t.upsert(&format!("d/f{i}"), ObjectMeta::new(0o100644, 0, 0));
+            t.get_mut(ino).unwrap().lookups = 1;
+        }
+        t
+    }
+
+    #[test]
+    fn trim_lets_go_of_idle_clean_files_only_and_keeps_three_quarters() {
+        let mut t = table(20);
+        assert!(t.trim(100, 0).is_empty(), "under the limit: nothing");
+        let ino = |t: &Inodes, i: usize| t.lookup_path(&format!("d/f{i}")).unwrap();
+        // Local state of every kind is kept.
+        let (a, b, c) = (ino(&t, 0), ino(&t, 1), ino(&t, 2));
+        t.get_mut(a).unwrap().open = 1;
+        t.get_mut(b).unwrap().dirty = true;
+        t.get_mut(c).unwrap().lookups = 0; // listed, never handed to the kernel
+                                           // 22 nodes (root, d, 20 files), limit 16: down to 12.
+        let asks = t.trim(16, 0);
+        assert_eq!(
+            t.nodes.len(),
+            21,
+            "the unreferenced node is dropped at once"
+        );
+        assert_eq!(asks.len(), 9, "the rest asked of the kernel");
+        let d = t.lookup_path("d").unwrap();
+        assert!(asks.iter().all(|(p, n)| *p == d && n != "f0" && n != "f1"));
+        assert!(t.lookup_path("d/f2").is_none());
+        // Asked once: the kernel's FORGET does the rest.
+        assert!(t.trim(16, 0).iter().all(|a| !asks.contains(a)));
+        for (_, name) in &asks {
+            let i = t.lookup_path(&format!("d/{name}")).unwrap();
+            t.forget(i, 1);
+        }
+        assert_eq!(t.nodes.len(), 12);
+        assert!(t.get(a).is_some() && t.get(b).is_some() && t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn trim_keeps_recently_used_nodes() {
+        let mut t = table(20);
+        assert!(t.trim(16, 60).is_empty(), "all used within the last minute");
     }
 }

@@ -135,6 +135,10 @@ pub struct Core {
     pub served_bytes: prometheus_client::metrics::counter::Counter,
     /// HEAD requests sent for a path's attributes.
     pub attribute_heads: prometheus_client::metrics::counter::Counter,
+    /// Nodes beyond which idle clean files are let go.
+    max_inodes: usize,
+    /// Nodes in the table, as of the last trim.
+    pub inode_count: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// How far this host's clock may run ahead of the bucket's without a listing
@@ -143,6 +147,12 @@ const CLOCK_SKEW_S: i64 = 2;
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;
+
+/// Seconds a node must have been unused before trimming lets it go. Every
+/// path that hands a node to the kernel touches it, then counts the kernel's
+/// reference without an await in between, so a node the kernel does not hold
+/// yet is never dropped under a reply on its way.
+const TRIM_IDLE_S: u32 = 2;
 
 /// Files of a renamed directory moved at once.
 const RENAME_PARALLEL: usize = 16;
@@ -198,6 +208,8 @@ impl Core {
             served_bytes: Default::default(),
             attribute_heads: Default::default(),
             resolving: Mutex::new(HashMap::new()),
+            max_inodes: m.max_inodes(),
+            inode_count: Default::default(),
         })
     }
 
@@ -233,7 +245,8 @@ impl Core {
     }
 
     fn node_attr(&self, ino: u64) -> Result<Attr, FsError> {
-        let t = self.inodes.lock().unwrap();
+        let mut t = self.inodes.lock().unwrap();
+        t.touch(ino);
         t.get(ino).map(Self::attr_of).ok_or(FsError::NotFound)
     }
 
@@ -275,9 +288,20 @@ impl Core {
     /// Counts a new kernel reference to the node and returns its attributes.
     pub fn remember(&self, ino: u64) -> Result<Attr, FsError> {
         let mut t = self.inodes.lock().unwrap();
+        t.touch(ino);
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.lookups += 1;
         Ok(Self::attr_of(n))
+    }
+
+    /// Lets go of idle clean files beyond `mount.max_inodes` (see
+    /// [`Inodes::trim`]); returns the (parent inode, name) entries the kernel
+    /// should drop.
+    pub fn trim(&self) -> Vec<(u64, String)> {
+        let mut t = self.inodes.lock().unwrap();
+        let asks = t.trim(self.max_inodes, TRIM_IDLE_S);
+        self.inode_count.set(t.nodes.len() as i64);
+        asks
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
@@ -302,8 +326,10 @@ impl Core {
         if self.known_absent(&path) {
             return None;
         }
-        let t = self.inodes.lock().unwrap();
-        let n = t.get(t.lookup_path(&path)?)?;
+        let mut t = self.inodes.lock().unwrap();
+        let ino = t.lookup_path(&path)?;
+        t.touch(ino);
+        let n = t.get(ino)?;
         let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
         let local = n.local_only || n.working.is_some() || n.dirty;
         (!n.unlinked && (local || fresh)).then(|| Self::attr_of(n))
@@ -740,6 +766,7 @@ impl Core {
                     i
                 }
             };
+            t.touch(ino);
             let n = t.get_mut(ino).unwrap();
             if n.working.is_none() && !n.dirty && !etag.is_empty() && n.etag != etag {
                 // Changed in the bucket since we looked: sizes from the listing,
@@ -936,7 +963,7 @@ impl Core {
             n.meta_known = true;
             n.fetched = Some(Instant::now());
             n.ctime = SystemTime::now();
-            n.kernel_etag = None;
+            n.kernel_tag = None;
             t.local_only.insert(ino);
             ino
         };
@@ -1041,12 +1068,12 @@ impl Core {
         let (_, path) = self.child(parent, name)?;
         let ino = self.resolve(&path).await?;
         let (local_only, io) = {
-            let t = self.inodes.lock().unwrap();
-            let n = &t.nodes[&ino];
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             if n.is_dir() {
                 return Err(FsError::IsDir);
             }
-            (n.local_only, n.io.clone())
+            (n.local_only, n.io())
         };
         let _g = io.lock().await;
         let key = self.key(&path);
@@ -1502,8 +1529,9 @@ impl Core {
             if write {
                 n.open_writers += 1;
             }
-            keep = n.kernel_etag.as_ref() == Some(&n.etag);
-            n.kernel_etag = Some(n.etag.clone());
+            let tag = inode::content_tag(&n.etag);
+            keep = n.kernel_tag == Some(tag);
+            n.kernel_tag = Some(tag);
         }
         (fh, keep)
     }
@@ -1674,8 +1702,8 @@ impl Core {
 
     /// The node's I/O lock (held across cache I/O and journal commits).
     fn io_lock(&self, ino: u64) -> Result<Arc<tokio::sync::Mutex<()>>, FsError> {
-        let t = self.inodes.lock().unwrap();
-        Ok(t.get(ino).ok_or(FsError::NotFound)?.io.clone())
+        let mut t = self.inodes.lock().unwrap();
+        Ok(t.get_mut(ino).ok_or(FsError::NotFound)?.io())
     }
 
     fn handle_ino(&self, fh: u64) -> Result<u64, FsError> {
@@ -1762,6 +1790,11 @@ impl Core {
                             }
                             None => Download::start(from, self.cache.clone(), key, etag, size)?,
                         };
+                        if map.len() >= 1024 {
+                            // A finished download's entry would keep its
+                            // allocation (and key) for good.
+                            map.retain(|_, w| w.strong_count() > 0);
+                        }
                         map.insert(key.to_string(), Arc::downgrade(&d));
                         d
                     }
@@ -1903,6 +1936,7 @@ impl Core {
         }
         let (drop_file, maybe_clean) = {
             let mut t = self.inodes.lock().unwrap();
+            t.touch(h.ino);
             let mut drop_file = None;
             let mut maybe_clean = None;
             if let Some(n) = t.get_mut(h.ino) {
@@ -2116,8 +2150,8 @@ impl Core {
                 if !c.result.etag.is_empty() {
                     // The uploaded bytes were written through the kernel's
                     // pages (or are the pages' content, renamed or re-tagged).
-                    if n.kernel_etag.as_ref() == Some(&n.etag) {
-                        n.kernel_etag = Some(c.result.etag.clone());
+                    if n.kernel_tag == Some(inode::content_tag(&n.etag)) {
+                        n.kernel_tag = Some(inode::content_tag(&c.result.etag));
                     }
                     n.etag = c.result.etag.clone();
                 }
