@@ -14,8 +14,11 @@
 //!   more than `max_clean_files` (each costs memory here), clean files are evicted;
 //!   when only dirty data is left, writers wait for uploads to free space and
 //!   get ENOSPC after `space_wait` without progress.
-//! - `spare/` holds empty files made ahead of need ([`Spares`]); they hold no
-//!   data and are deleted at start.
+//! - `spare/` holds empty files made ahead of need ([`Spares`]), and small
+//!   files no longer needed, truncated to nothing (recycled rather than
+//!   deleted); they hold no data and are deleted at start. A file is recycled
+//!   only where it would otherwise be deleted, so nothing still reading it
+//!   (a queued upload, an open clean copy) can see it emptied.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -80,6 +83,7 @@ struct Space {
 struct Spares {
     dir: PathBuf,
     prefix: String,
+    next: AtomicU64,
     ready: Mutex<Vec<String>>,
     wanted: Condvar,
     closed: AtomicBool,
@@ -88,6 +92,13 @@ struct Spares {
 /// Spare files kept ready; refilled when half are used.
 const SPARES: usize = 64;
 
+/// Recycled files kept at most (beyond, they are deleted).
+const RECYCLED: usize = 4 * SPARES;
+
+/// Files up to this size are recycled instead of deleted: those come by the
+/// thousand; a large file's inode is a small part of its cost.
+const RECYCLE_MAX: u64 = 1 << 20;
+
 impl Spares {
     /// The refill thread: runs at a lower priority than the file system's
     /// own work, and stops when the cache is dropped or `spare/` fails.
@@ -95,7 +106,6 @@ impl Spares {
         unsafe {
             libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
         }
-        let mut n = 0u64;
         loop {
             {
                 let mut ready = self.ready.lock().unwrap();
@@ -111,8 +121,7 @@ impl Spares {
                 if missing == 0 || self.closed.load(Ordering::Relaxed) {
                     break;
                 }
-                let name = format!("{}-s{n}", self.prefix);
-                n += 1;
+                let name = self.new_name();
                 let made = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -127,6 +136,37 @@ impl Spares {
                 self.ready.lock().unwrap().push(name);
             }
         }
+    }
+
+    fn new_name(&self) -> String {
+        format!(
+            "{}-s{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Empties a file no longer needed and keeps it as a spare: freeing an
+    /// inode and allocating another costs far more on ext4 without a journal
+    /// (each allocation looks past every inode freed in the last minutes)
+    /// than truncating and renaming. False: the caller deletes it.
+    fn recycle(&self, path: &Path) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        if self.ready.lock().unwrap().len() >= RECYCLED {
+            return false;
+        }
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        if unsafe { libc::truncate(c.as_ptr(), 0) } != 0 {
+            return false;
+        }
+        let name = self.new_name();
+        if std::fs::rename(path, self.dir.join(&name)).is_err() {
+            return false;
+        }
+        self.ready.lock().unwrap().push(name);
+        true
     }
 
     fn take(&self) -> Option<String> {
@@ -219,6 +259,7 @@ impl Cache {
         let spares = Arc::new(Spares {
             dir: spare_dir,
             prefix: format!("{nanos:x}"),
+            next: AtomicU64::new(0),
             ready: Mutex::new(Vec::new()),
             wanted: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -393,21 +434,36 @@ impl Cache {
                 continue;
             }
             s.clean_total -= e.size;
-            let _ = std::fs::remove_file(self.clean_path(&e.name));
+            self.discard(&self.clean_path(&e.name), e.size);
         }
         for (k, e) in skipped {
             s.clean.put(k, e);
         }
     }
 
+    /// Deletes (or recycles) a file that nothing uses any more.
+    fn discard(&self, path: &Path, size: u64) {
+        if size > RECYCLE_MAX || !self.spares.recycle(path) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// A data file is no longer needed (uploaded and superseded, or unlinked).
     pub fn remove_data(&self, name: &str) {
-        let _ = std::fs::remove_file(self.data_path(name));
         let mut s = self.space.lock().unwrap();
         s.entry_synced.remove(name);
-        if let Some(n) = s.data.remove(name) {
+        let size = s.data.remove(name);
+        if let Some(n) = size {
             s.data_total -= n;
         }
+        drop(s);
+        // The recorded size may lag the file's (a write in progress): ask the file.
+        let path = self.data_path(name);
+        let real = std::fs::metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
+        self.discard(&path, real.max(size.unwrap_or(0)));
+        let mut s = self.space.lock().unwrap();
         s.last_progress = Instant::now();
         drop(s);
         self.freed.notify_waiters();
@@ -438,7 +494,11 @@ impl Cache {
     fn insert_clean(&self, s: &mut Space, key: &str, tag: &str, name: String, size: u64) {
         if let Some(old) = s.clean.pop(key) {
             s.clean_total -= old.size;
-            let _ = std::fs::remove_file(self.clean_path(&old.name));
+            if old.open == 0 {
+                self.discard(&self.clean_path(&old.name), old.size);
+            } else {
+                let _ = std::fs::remove_file(self.clean_path(&old.name));
+            }
         }
         s.clean_total += size;
         s.clean.put(
@@ -482,7 +542,7 @@ impl Cache {
         if let Some(e) = s.clean.pop(key) {
             s.clean_total -= e.size;
             if e.open == 0 {
-                let _ = std::fs::remove_file(self.clean_path(&e.name));
+                self.discard(&self.clean_path(&e.name), e.size);
             }
         }
     }
@@ -601,6 +661,47 @@ mod tests {
             std::fs::read_dir(dir.path().join("clean")).unwrap().count(),
             3
         );
+    }
+
+    #[test]
+    fn small_files_no_longer_needed_are_emptied_and_reused_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let spares = || spare_files(dir.path()).len();
+        wait_for_spares(dir.path(), SPARES);
+        let a = c.create_data_file().unwrap();
+        std::fs::write(c.data_path(&a), b"acknowledged bytes").unwrap();
+        let ino = std::fs::metadata(c.data_path(&a)).unwrap().ino();
+        c.remove_data(&a);
+        assert!(!c.data_path(&a).exists());
+        let recycled: Vec<_> = std::fs::read_dir(dir.path().join("spare"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.metadata().unwrap().ino() == ino)
+            .collect();
+        assert_eq!(recycled.len(), 1, "the same inode is now a spare");
+        assert_eq!(
+            recycled[0].metadata().unwrap().len(),
+            0,
+            "and holds nothing"
+        );
+        // The most recently recycled spare is the next one handed out.
+        let b = c.create_data_file().unwrap();
+        assert_eq!(std::fs::metadata(c.data_path(&b)).unwrap().ino(), ino);
+        assert_eq!(std::fs::read(c.data_path(&b)).unwrap(), b"");
+        // A large file is deleted as before.
+        let big = c.create_data_file().unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(c.data_path(&big))
+            .unwrap()
+            .set_len(RECYCLE_MAX + 1)
+            .unwrap();
+        let before = spares();
+        c.remove_data(&big);
+        assert!(!c.data_path(&big).exists());
+        assert_eq!(spares(), before);
     }
 
     #[tokio::test]
