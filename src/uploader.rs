@@ -1187,6 +1187,18 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn at_a_close_every_whole_part_written_goes_up_before_staging() {
+        let (r, up) = early_rig();
+        let (body, name, early) = big_file_with_early_parts(&r, &up).await;
+        // While written, the part just behind the written end waits (the
+        // kernel may still write it again); once the close stages, it goes.
+        early.flushing();
+        wait_parts(&r, "big", 3).await;
+        let got = stage_big(&r, &up, &name, body.len(), early).await;
+        assert!(got[..] == body[..], "the object is the staged file");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_write_below_the_uploaded_parts_makes_the_file_upload_whole() {
         let (r, up) = early_rig();
         let (mut body, name, early) = big_file_with_early_parts(&r, &up).await;

@@ -1831,6 +1831,9 @@ impl Core {
             return Ok(None);
         }
         let Some(w) = working else { return Ok(None) };
+        if let Some(e) = &early {
+            e.flushing();
+        }
         // A small file's bytes go into the journal commit itself: one sync
         // instead of three (file, directory entry, journal).
         let inline = if size <= crate::journal::INLINE_MAX {
