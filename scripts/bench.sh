@@ -14,7 +14,8 @@
 #   repl   regionfs: time until region B holds every version written above
 #          (measured from the end of the writes); peer: `rclone sync` A → B
 #   read   cold sequential read of the big file after a fresh mount (raw: one GET),
-#          then warm: the same file again, 3 times (local disk: its page cache)
+#          then warm: the same file again, 3 times, each right after a read of the
+#          local disk's copy from its page cache (local-read: same moment, same load)
 #   ls     `ls -l` of the small files on that fresh mount (cold), then again (warm)
 #   rename `mv` of one directory of the small files (100 with the defaults)
 #   cpu    CPU seconds of each daemon over both of its mounts
@@ -85,7 +86,10 @@ cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null |
 read_phase() { # system mountpoint
   local sys=$1 m=$2 t
   t=$(now); cat "$m/big" > /dev/null; record read-cold "$sys" "$(since $t)"
-  for _ in 1 2 3; do t=$(now); cat "$m/big" > /dev/null; record read-warm "$sys" "$(since $t)"; done
+  for _ in 1 2 3; do
+    t=$(now); cat "$work/local.big" > /dev/null; record read-warm local-read "$(since $t)"
+    t=$(now); cat "$m/big" > /dev/null; record read-warm "$sys" "$(since $t)"
+  done
   t=$(now); ls -l "$m"/small/d*/ > /dev/null; record ls-cold "$sys" "$(since $t)"
   t=$(now); ls -l "$m"/small/d*/ > /dev/null; record ls-warm "$sys" "$(since $t)"
   t=$(now); mv "$m/small/d0" "$m/small/moved"; ls -l "$m/small/moved" > /dev/null; record rename-dir "$sys" "$(since $t)"
@@ -157,10 +161,9 @@ for rep in $(seq 1 "$reps"); do
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
-  # warm reads take ~0.1-0.2 s: three of each per repetition (median of all)
+  # local.big stays (in the page cache) as the warm-read baseline of each read phase
   cat "$work/local.big" > /dev/null
-  for _ in 1 2 3; do t=$(now); cat "$work/local.big" > /dev/null; record read-warm local-read "$(since $t)"; done
-  rm -rf "$work/local.big" "$work/local.small"
+  rm -rf "$work/local.small"
 
   # raw parallel S3 client
   t=$(now); $py put-big $A "raw$rep" big "$work/big.src"; s=$(since $t); record big-durable raw "$s"
@@ -225,7 +228,7 @@ for rep in $(seq 1 "$reps"); do
   read_phase s3fs "$mnt"
   record cpu s3fs "$(add "$cpu" "$(cpu_s $s3_pid)")"
   unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
-  rm -rf "$work/small.src" "$work/rclone-cache" "$cache"
+  rm -rf "$work/small.src" "$work/rclone-cache" "$cache" "$work/local.big"
 done
 
 

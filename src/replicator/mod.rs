@@ -432,7 +432,9 @@ async fn run(inner: Arc<Inner>) {
                     }
                 })
                 .collect();
-            let ids = ordering::runnable(&queued, &q.running, &free);
+            let ids: HashSet<i64> = ordering::runnable(&queued, &q.running, &free)
+                .into_iter()
+                .collect();
             let tasks: Vec<Task> = q
                 .open
                 .iter()

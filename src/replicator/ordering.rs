@@ -26,16 +26,26 @@ pub fn runnable(
     running: &HashSet<(String, String)>,
     free: &HashMap<String, usize>,
 ) -> Vec<i64> {
+    let running: HashSet<(&str, &str)> = running
+        .iter()
+        .map(|(k, d)| (k.as_str(), d.as_str()))
+        .collect();
     let mut blocked: HashSet<(&str, &str)> = HashSet::new();
     let mut slots: HashMap<&str, usize> = HashMap::new();
+    // Once every slot is taken nothing else can start: the rest of a long
+    // queue is not looked at.
+    let mut open_slots: usize = free.values().sum();
     let mut out = Vec::new();
     for q in queued {
+        if open_slots == 0 {
+            break;
+        }
         let pair = (q.key, q.destination);
         // The first task of a pair decides for every later one of that pair.
         if !blocked.insert(pair) {
             continue;
         }
-        if !q.due || running.contains(&(q.key.to_string(), q.destination.to_string())) {
+        if !q.due || running.contains(&pair) {
             continue;
         }
         let left = slots
@@ -45,6 +55,7 @@ pub fn runnable(
             continue;
         }
         *left -= 1;
+        open_slots -= 1;
         out.push(q.id);
     }
     out
