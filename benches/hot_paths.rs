@@ -49,36 +49,31 @@ fn part_planning(c: &mut Criterion) {
     });
 }
 
-fn ordering(c: &mut Criterion) {
-    let keys: Vec<String> = (0..2000).map(|i| format!("k{}", i % 500)).collect();
-    let queued: Vec<Queued> = keys
-        .iter()
+/// Queued tasks in id order, one per key, sent to `dest(i)`.
+fn queued<'a>(keys: &'a [String], dest: fn(usize) -> &'static str, due: bool) -> Vec<Queued<'a>> {
+    keys.iter()
         .enumerate()
         .map(|(i, k)| Queued {
             id: i as i64,
             key: k,
-            destination: if i % 2 == 0 { "eu" } else { "ap" },
-            due: true,
+            destination: dest(i),
+            due,
         })
-        .collect();
+        .collect()
+}
+
+fn ordering(c: &mut Criterion) {
+    let keys: Vec<String> = (0..2000).map(|i| format!("k{}", i % 500)).collect();
+    let ready = queued(&keys, |i| if i % 2 == 0 { "eu" } else { "ap" }, true);
     let free: HashMap<String, usize> = [("eu".to_string(), 16), ("ap".to_string(), 16)].into();
     let running = HashSet::new();
     c.bench_function("ordering: 2000 queued tasks", |b| {
-        b.iter(|| black_box(runnable(&queued, &running, &free)))
+        b.iter(|| black_box(runnable(&ready, &running, &free)))
     });
     // A destination down for a while under load: every task waits for its
     // retry, so the whole queue is looked at and nothing starts.
     let keys: Vec<String> = (0..100_000).map(|i| format!("dir/file-{i}")).collect();
-    let waiting: Vec<Queued> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| Queued {
-            id: i as i64,
-            key: k,
-            destination: "eu",
-            due: false,
-        })
-        .collect();
+    let waiting = queued(&keys, |_| "eu", false);
     c.bench_function("ordering: 100000 queued tasks waiting for retry", |b| {
         b.iter(|| black_box(runnable(&waiting, &running, &free)))
     });
