@@ -51,7 +51,7 @@ pub(super) async fn run(inner: Arc<Inner>, prefix: String) {
         let oldest: std::collections::HashMap<String, i64> = {
             let q = inner.queue.lock().unwrap();
             let mut m = std::collections::HashMap::new();
-            for t in &q.open {
+            for t in q.open.values() {
                 let e = m.entry(t.destination.clone()).or_insert(t.created_at_ms);
                 *e = (*e).min(t.created_at_ms);
             }

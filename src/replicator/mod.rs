@@ -47,7 +47,7 @@ pub mod ordering;
 pub mod resync;
 pub mod rules;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,7 +162,9 @@ impl FreshBodies {
 }
 
 struct Queue {
-    open: Vec<Task>,
+    /// By id: source order per key. A map, so that finishing one task of a
+    /// long backlog costs O(log n), not a pass over the backlog.
+    open: BTreeMap<i64, Task>,
     running: HashSet<(String, String)>,
     retry_at: HashMap<i64, Instant>,
 }
@@ -254,7 +256,7 @@ impl Replicator {
             upload: config.upload.clone(),
             target_ms: config.replication.time_target.0.as_millis() as i64,
             queue: Mutex::new(Queue {
-                open,
+                open: open.into_iter().map(|t| (t.id, t)).collect(),
                 running: HashSet::new(),
                 retry_at,
             }),
@@ -328,7 +330,7 @@ impl Replicator {
             }
         }
         let mut q = self.inner.queue.lock().unwrap();
-        q.open.extend(tasks);
+        q.open.extend(tasks.into_iter().map(|t| (t.id, t)));
         let n = q.open.len();
         drop(q);
         self.inner.pending.send_replace(n);
@@ -398,6 +400,7 @@ async fn run(inner: Arc<Inner>) {
             }
         }
         let mut next_wake = Duration::from_secs(1);
+        let pass = Instant::now();
         let start: Vec<Task> = {
             let mut q = inner.queue.lock().unwrap();
             let now = Instant::now();
@@ -415,7 +418,7 @@ async fn run(inner: Arc<Inner>) {
                 .collect();
             let queued: Vec<ordering::Queued> = q
                 .open
-                .iter()
+                .values()
                 .map(|t| {
                     let due = match q.retry_at.get(&t.id) {
                         Some(at) if *at > now => {
@@ -432,13 +435,10 @@ async fn run(inner: Arc<Inner>) {
                     }
                 })
                 .collect();
-            let ids: HashSet<i64> = ordering::runnable(&queued, &q.running, &free)
-                .into_iter()
-                .collect();
-            let tasks: Vec<Task> = q
-                .open
+            let ids = ordering::runnable(&queued, &q.running, &free);
+            let tasks: Vec<Task> = ids
                 .iter()
-                .filter(|t| ids.contains(&t.id))
+                .filter_map(|id| q.open.get(id))
                 .cloned()
                 .collect();
             for t in &tasks {
@@ -446,6 +446,7 @@ async fn run(inner: Arc<Inner>) {
             }
             tasks
         };
+        let took = pass.elapsed();
         for task in start {
             *in_flight.entry(task.destination.clone()).or_default() += 1;
             let inner = inner.clone();
@@ -456,6 +457,12 @@ async fn run(inner: Arc<Inner>) {
                 let _ = done_tx.send(dest);
                 inner.wake.notify_one();
             });
+        }
+        if took > Duration::from_millis(1) {
+            // Each pass looks at the whole backlog: with a long one (a
+            // destination down under load) passes take at most a tenth of
+            // a core, instead of one per arriving version.
+            tokio::time::sleep(took * 9).await;
         }
         let _ = tokio::time::timeout(next_wake, inner.wake.notified()).await;
     }
@@ -495,7 +502,7 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
             let mut q = inner.queue.lock().unwrap();
             q.running.remove(&pair);
             q.retry_at.remove(&task.id);
-            q.open.retain(|t| t.id != task.id);
+            q.open.remove(&task.id);
             let n = q.open.len();
             drop(q);
             inner.pending.send_replace(n);
@@ -514,7 +521,7 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
                 .await;
             let mut q = inner.queue.lock().unwrap();
             q.running.remove(&pair);
-            let attempts = match q.open.iter_mut().find(|t| t.id == task.id) {
+            let attempts = match q.open.get_mut(&task.id) {
                 Some(t) => {
                     t.attempts += 1;
                     t.error = Some(msg);
