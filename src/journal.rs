@@ -300,7 +300,8 @@ fn insert_task(
     created_at: i64,
     t: &NewTask,
 ) -> rusqlite::Result<Task> {
-    c.execute(
+    exec_cached(
+        c,
         "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -315,11 +316,28 @@ fn insert_task(
             created_at
         ],
     )?;
-    c.query_row(
+    query_cached(
+        c,
         &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"),
         params![c.last_insert_rowid()],
         task_from_row,
     )
+}
+
+/// Runs one statement through the connection's statement cache: the
+/// statements of every commit are parsed once, not at each.
+fn exec_cached<P: rusqlite::Params>(c: &Connection, sql: &str, p: P) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// `query_row` through the statement cache.
+fn query_cached<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    p: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
 }
 
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -463,6 +481,7 @@ impl Journal {
             .map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(sq)?;
         // Journals made before inline staging lack the column.
         let has_inline = conn
@@ -615,7 +634,8 @@ impl Journal {
         op: NewOp,
     ) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
         self.send(Durability::Synced, move |c| {
-            c.execute(
+            exec_cached(
+                c,
                 "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline],
             )?;
@@ -652,7 +672,8 @@ impl Journal {
         self.send(durability, move |c| {
             let mut stored = Vec::new();
             if let Some(v) = &version_id {
-                let (key, size, staged_at): (String, i64, i64) = c.query_row(
+                let (key, size, staged_at): (String, i64, i64) = query_cached(
+                    c,
                     "SELECT key, size, staged_at FROM ops WHERE seq = ?1",
                     params![seq],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -661,11 +682,13 @@ impl Journal {
                     stored.push(insert_task(c, seq, &key, v, size as u64, staged_at, t)?);
                 }
             }
-            c.execute(
+            exec_cached(
+                c,
                 "UPDATE ops SET state = 'done', version_id = ?2, done_at = ?3, error = NULL, multipart_id = NULL, inline = NULL WHERE seq = ?1",
                 params![seq, version_id, now_ms()],
             )?;
-            c.execute(
+            exec_cached(
+                c,
                 "DELETE FROM ops WHERE state = 'done' AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
                 params![seq],
             )?;
@@ -697,18 +720,21 @@ impl Journal {
     ) -> Result<(), JournalError> {
         self.run_lazy(move |c| {
             let now = now_ms();
-            c.execute(
+            exec_cached(
+                c,
                 "UPDATE tasks SET status = 'COMPLETED', replica_version = ?2, done_at = ?3, error = NULL WHERE id = ?1",
                 params![id, replica_version, now],
             )?;
-            c.execute(
+            exec_cached(
+                c,
                 "INSERT INTO replication_stats (destination, completed, bytes, missed_target)
                  SELECT destination, 1, size, (?2 - created_at > ?3) FROM tasks WHERE id = ?1
                  ON CONFLICT(destination) DO UPDATE SET completed = completed + 1, bytes = bytes + excluded.bytes,
                      missed_target = missed_target + excluded.missed_target",
                 params![id, now, target_ms],
             )?;
-            c.execute(
+            exec_cached(
+                c,
                 "DELETE FROM tasks WHERE status = 'COMPLETED' AND id < ?1 AND (key, destination) =
                    (SELECT key, destination FROM tasks WHERE id = ?1)",
                 params![id],
@@ -731,7 +757,8 @@ impl Journal {
             TaskStatus::Pending
         };
         self.run_lazy(move |c| {
-            c.execute(
+            exec_cached(
+                c,
                 "UPDATE tasks SET attempts = attempts + 1, error = ?2, status = ?3 WHERE id = ?1",
                 params![id, error, status.as_str()],
             )?;
@@ -750,7 +777,8 @@ impl Journal {
         self.run(move |c| {
             let mut out = Vec::new();
             for (key, version, size, t) in items {
-                let exists: bool = c.query_row(
+                let exists: bool = query_cached(
+                    c,
                     "SELECT EXISTS(SELECT 1 FROM tasks WHERE key = ?1 AND version_id = ?2 AND destination = ?3 AND status != 'COMPLETED')",
                     params![key, version, t.destination],
                     |r| r.get(0),
@@ -852,7 +880,8 @@ impl Journal {
         permanent: bool,
     ) -> Result<(), JournalError> {
         self.run_lazy(move |c| {
-            c.execute(
+            exec_cached(
+                c,
                 "UPDATE ops SET attempts = attempts + 1, error = ?2, state = CASE WHEN ?3 THEN 'failed' ELSE 'pending' END WHERE seq = ?1",
                 params![seq, error, permanent],
             )?;
@@ -882,7 +911,7 @@ impl Journal {
         values: Vec<rusqlite::types::Value>,
     ) -> Result<(), JournalError> {
         self.run(move |c| {
-            c.execute(sql, rusqlite::params_from_iter(values))?;
+            exec_cached(c, sql, rusqlite::params_from_iter(values))?;
             Ok(())
         })
         .await
@@ -895,7 +924,7 @@ impl Journal {
         values: Vec<rusqlite::types::Value>,
     ) -> Result<(), JournalError> {
         self.run_lazy(move |c| {
-            c.execute(sql, rusqlite::params_from_iter(values))?;
+            exec_cached(c, sql, rusqlite::params_from_iter(values))?;
             Ok(())
         })
         .await
@@ -944,7 +973,8 @@ impl Journal {
     /// The newest operation on `key`, done or not.
     pub async fn latest(&self, key: String) -> Result<Option<Op>, JournalError> {
         self.run(move |c| {
-            c.query_row(
+            query_cached(
+                c,
                 &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 ORDER BY seq DESC LIMIT 1"),
                 params![key],
                 op_from_row,
@@ -957,7 +987,8 @@ impl Journal {
     /// The newest finished operation on `key` (its version id is the one in the bucket).
     pub async fn latest_done(&self, key: String) -> Result<Option<Op>, JournalError> {
         self.run(move |c| {
-            c.query_row(
+            query_cached(
+                c,
                 &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 AND state = 'done' ORDER BY seq DESC LIMIT 1"),
                 params![key],
                 op_from_row,
@@ -1030,7 +1061,8 @@ fn replication_summary_in(
 }
 
 fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummary> {
-    c.query_row(
+    query_cached(
+        c,
         "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(state = 'failed'), 0), MIN(staged_at) FROM ops WHERE state != 'done'",
         [],
         |r| {
@@ -1075,7 +1107,7 @@ fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) 
                 }
             }
         }
-        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let began = exec_cached(&conn, "BEGIN IMMEDIATE", []).map(|_| ());
         if let Err(e) = began {
             // Not run: outside a transaction each statement would commit on
             // its own, and a job reported failed must have changed nothing.
@@ -1086,10 +1118,10 @@ fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) 
             continue;
         }
         for (_, job) in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = exec_cached(&conn, "SAVEPOINT job", []).map(|_| ());
             let (ok, complete) = job(Some(&conn));
             if ok {
-                let _ = conn.execute_batch("RELEASE job");
+                let _ = exec_cached(&conn, "RELEASE job", []).map(|_| ());
             } else {
                 let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
             }
@@ -1103,7 +1135,7 @@ fn actor(conn: Connection, rx: mpsc::Receiver<Job>, fail_after: Arc<AtomicI64>) 
             if left > 0 {
                 fail_after.store(left - 1, Ordering::SeqCst);
             }
-            conn.execute_batch("COMMIT").map_err(|e| {
+            exec_cached(&conn, "COMMIT", []).map(|_| ()).map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 e.to_string()
             })
@@ -1182,7 +1214,7 @@ mod tests {
             j.complete(s, Some(format!("v{i}"))).await.unwrap();
         }
         let count = j
-            .run(|c| c.query_row("SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0)))
+            .run(|c| query_cached(c, "SELECT COUNT(*) FROM ops", [], |r| r.get::<_, i64>(0)))
             .await
             .unwrap();
         assert_eq!(count, 1);
@@ -1309,7 +1341,7 @@ mod tests {
         // The level each job's transaction commits with (1 NORMAL, 2 FULL).
         let level = |d| {
             j.send(d, |c| {
-                c.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+                query_cached(c, "PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
             })
         };
         assert_eq!(level(Durability::Synced).await.unwrap(), 2);
