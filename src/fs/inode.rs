@@ -108,7 +108,8 @@ impl Node {
     }
 
     /// Nothing here but what the bucket can tell again: a file (or symlink)
-    /// not open, without local data, upload or pending change.
+    /// not open, without local data, upload or pending change (nor a rename
+    /// whose copy is still queued).
     fn idle_clean(&self) -> bool {
         self.ino != ROOT
             && !self.is_dir()
@@ -119,6 +120,7 @@ impl Node {
             && !self.local_only
             && !self.unlinked
             && self.early.is_none()
+            && self.content_key.is_none()
     }
 }
 
