@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --rss-files) rss_files=$2; shift ;;
     --phases) phases=$2; shift ;;
-    *) sed -n '2,28p' "$0"; exit 2 ;;
+    *) sed -n '2,29p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -149,6 +149,10 @@ mount_s3fs() { # bucket mountpoint
 }
 
 unmount() { umount "$1" 2>/dev/null || umount -l "$1"; }
+# Until the current regionfs mount has nothing left to upload or replicate.
+settled() {
+  until "$bin" status --config "$work/rfs.toml" --json | grep -q '"uploads":{"pending":0,.*"b":{[^}]*"pending":0,'; do sleep 0.1; done
+}
 
 phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
@@ -187,7 +191,7 @@ for rep in $(seq 1 "$reps"); do
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
   t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
   writes_done=$(now)
-  until "$bin" status --config "$work/rfs.toml" --json | grep -q '"b":{[^}]*"pending":0,'; do sleep 0.1; done
+  settled
   record repl regionfs "$(since $writes_done)"
   record repl-total regionfs "$(since $t0)"
   record rss regionfs "$(peak_rss $rfs_pid)"
@@ -241,7 +245,7 @@ port=$((REGIONFS_PORT_A + 50))
 mnt=$work/mnt-lag
 mount_regionfs lag lag "$mnt" "$work/cache-lag" "$(printf '[metrics]\nlisten = "127.0.0.1:%s"' "$port")"
 n=$($py steady "$mnt/steady" 200 30 4096)
-until "$bin" status --config "$work/rfs.toml" --json | grep -q '"b":{[^}]*"pending":0,'; do sleep 0.1; done
+settled
 read -r count p50 p99 <<< "$($py lag "http://127.0.0.1:$port/metrics" b)"
 echo "lag-p50 regionfs $p50" >> "$work/results"; echo "lag-p99 regionfs $p99" >> "$work/results"
 echo "# steady load: $n files written in 30 s; $count replicated; replication lag p50 ${p50}s p99 ${p99}s" >> "$work/versions"
@@ -255,17 +259,14 @@ if phase rss && [ "$rss_files" -gt 0 ]; then
   $py mkbuckets $A mem; $py mkbuckets $B mem
   mnt=$work/mnt-mem
   mount_regionfs mem mem "$mnt" "$work/cache-mem"
-  settled() { # files bytes
-    $py wait $A mem "" "$1" "$2"
-    until "$bin" status --config "$work/rfs.toml" --json | grep -q '"uploads":{"pending":0,.*"b":{[^}]*"pending":0,'; do sleep 0.2; done
-  }
+  in_bucket() { $py wait $A mem "" "$1" "$2"; settled; } # files bytes
   per=$((rss_files / 20))
   mkdir -p "$mnt/one" "$mnt/nine"
   $py write-small "$mnt/one" 20 $per 4096 > /dev/null
-  settled $((per * 20)) $((per * 20 * 4096))
+  in_bucket $((per * 20)) $((per * 20 * 4096))
   record rss-1x regionfs "$(peak_rss $rfs_pid)"
   $py write-small "$mnt/nine" 20 $((per * 9)) 4096 > /dev/null
-  settled $((per * 200)) $((per * 200 * 4096))
+  in_bucket $((per * 200)) $((per * 200 * 4096))
   record rss-10x regionfs "$(peak_rss $rfs_pid)"
   ls -lR "$mnt" > /dev/null
   record rss-10x-ls regionfs "$(peak_rss $rfs_pid)"

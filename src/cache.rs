@@ -452,20 +452,15 @@ impl Cache {
     pub fn remove_data(&self, name: &str) {
         let mut s = self.space.lock().unwrap();
         s.entry_synced.remove(name);
-        let size = s.data.remove(name);
-        if let Some(n) = size {
-            s.data_total -= n;
+        // Unknown size: not recycled.
+        let size = s.data.remove(name).unwrap_or(u64::MAX);
+        if size != u64::MAX {
+            s.data_total -= size;
         }
-        drop(s);
-        // The recorded size may lag the file's (a write in progress): ask the file.
-        let path = self.data_path(name);
-        let real = std::fs::metadata(&path)
-            .map(|m| m.len())
-            .unwrap_or(u64::MAX);
-        self.discard(&path, real.max(size.unwrap_or(0)));
-        let mut s = self.space.lock().unwrap();
         s.last_progress = Instant::now();
         drop(s);
+        // Recorded sizes are the files' own: space is reserved before a file grows.
+        self.discard(&self.data_path(name), size);
         self.freed.notify_waiters();
     }
 
@@ -663,14 +658,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn small_files_no_longer_needed_are_emptied_and_reused_not_deleted() {
+    #[tokio::test]
+    async fn small_files_no_longer_needed_are_emptied_and_reused_not_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
         use std::os::unix::fs::MetadataExt;
         let spares = || spare_files(dir.path()).len();
         wait_for_spares(dir.path(), SPARES);
         let a = c.create_data_file().unwrap();
+        c.resize_data(&a, 18).await.unwrap();
         std::fs::write(c.data_path(&a), b"acknowledged bytes").unwrap();
         let ino = std::fs::metadata(c.data_path(&a)).unwrap().ino();
         c.remove_data(&a);
@@ -692,6 +688,7 @@ mod tests {
         assert_eq!(std::fs::read(c.data_path(&b)).unwrap(), b"");
         // A large file is deleted as before.
         let big = c.create_data_file().unwrap();
+        c.resize_data(&big, RECYCLE_MAX + 1).await.unwrap();
         std::fs::File::options()
             .write(true)
             .open(c.data_path(&big))

@@ -1030,6 +1030,14 @@ destination = "eu"
     }
 
     #[test]
+    fn memory_limits_below_their_minimum_name_the_field() {
+        let e = err(&format!("{MINIMAL}\n[mount]\nmax_inodes = 10\n"));
+        assert!(e.contains("mount.max_inodes") && e.contains("256"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[cache]\nmax_clean_files = 0\n"));
+        assert!(e.contains("cache.max_clean_files"), "{e}");
+    }
+
+    #[test]
     fn bad_size_names_the_field() {
         let e = err(&format!("{MINIMAL}\n[cache]\nmax_size = \"ten\"\n"));
         assert!(e.contains("cache.max_size"), "{e}");

@@ -115,16 +115,6 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    // Freed memory between live blocks is not returned by free() alone: the
-    // nodes let go of as the file count grows, and request buffers, would
-    // keep the resident size at its high-water mark.
-    std::thread::Builder::new()
-        .name("regionfs-trim-heap".into())
-        .spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            unsafe { libc::malloc_trim(0) };
-        })
-        .ok();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")

@@ -96,15 +96,15 @@ impl Node {
     pub fn is_dir(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFDIR
     }
+    pub fn is_symlink(&self) -> bool {
+        self.meta.mode & S_IFMT == S_IFLNK
+    }
 
     /// The node's `io` lock (see the lock order above).
     pub fn io(&mut self) -> Arc<tokio::sync::Mutex<()>> {
         self.io
             .get_or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone()
-    }
-    pub fn is_symlink(&self) -> bool {
-        self.meta.mode & S_IFMT == S_IFLNK
     }
 
     /// Nothing here but what the bucket can tell again: a file (or symlink)
@@ -375,8 +375,9 @@ mod tests {
         let (a, b, c) = (ino(&t, 0), ino(&t, 1), ino(&t, 2));
         t.get_mut(a).unwrap().open = 1;
         t.get_mut(b).unwrap().dirty = true;
-        t.get_mut(c).unwrap().lookups = 0; // listed, never handed to the kernel
-                                           // 22 nodes (root, d, 20 files), limit 16: down to 12.
+        // Listed only, never handed to the kernel.
+        t.get_mut(c).unwrap().lookups = 0;
+        // 22 nodes (root, d, 20 files), limit 16: down to 12.
         let asks = t.trim(16, 0);
         assert_eq!(
             t.nodes.len(),

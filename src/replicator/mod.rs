@@ -458,14 +458,19 @@ async fn run(inner: Arc<Inner>) {
                 inner.wake.notify_one();
             });
         }
-        if took > Duration::from_millis(1) {
-            // Each pass looks at the whole backlog: with a long one (a
-            // destination down under load) passes take at most a tenth of
-            // a core, instead of one per arriving version.
-            tokio::time::sleep(took * 9).await;
+        if let Some(pause) = pause_after_pass(took) {
+            tokio::time::sleep(pause).await;
         }
         let _ = tokio::time::timeout(next_wake, inner.wake.notified()).await;
     }
+}
+
+/// How long to wait before the next scheduling pass after one that took
+/// `took`. Each pass looks at the whole backlog: with a long one (a
+/// destination down under load) passes take at most a tenth of a core,
+/// instead of one per arriving version; short passes are not held back.
+fn pause_after_pass(took: Duration) -> Option<Duration> {
+    (took > Duration::from_millis(1)).then(|| took * 9)
 }
 
 async fn execute(inner: &Arc<Inner>, task: Task) {
@@ -785,4 +790,20 @@ async fn copy_in_parts(
         }
     }
     dest.complete_multipart(&task.key, &id, parts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduling_passes_take_at_most_a_tenth_of_a_core() {
+        assert_eq!(pause_after_pass(Duration::from_micros(300)), None);
+        let took = Duration::from_millis(8);
+        let pause = pause_after_pass(took).unwrap();
+        assert!(
+            took + pause >= took * 10,
+            "{pause:?} after a pass of {took:?}"
+        );
+    }
 }
