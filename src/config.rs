@@ -413,6 +413,11 @@ pub struct MountConfig {
     /// kernel is asked to drop their entries) and looked up again when used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_inodes: Option<usize>,
+    /// Read and write per-directory attribute indexes (objects under
+    /// `<prefix>.regionfs-index/`): a listing then gives every file's mode,
+    /// owner and times without a HEAD per file. Default on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_index: Option<bool>,
 }
 
 impl MountConfig {
@@ -433,6 +438,9 @@ impl MountConfig {
     }
     pub fn max_inodes(&self) -> usize {
         self.max_inodes.unwrap_or(DEFAULT_MAX_INODES)
+    }
+    pub fn attribute_index(&self) -> bool {
+        self.attribute_index.unwrap_or(true)
     }
 }
 

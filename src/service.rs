@@ -213,6 +213,9 @@ pub async fn start_with_stores(
         owner,
         dir_sidecar,
     );
+    if let Some(ix) = core.indexer() {
+        tokio::spawn(ix.run());
+    }
     let c = core.clone();
     tokio::spawn(async move {
         while let Some(completion) = done.recv().await {
@@ -259,6 +262,13 @@ impl Service {
     pub async fn drain(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         let uploads = self.drain_uploads(timeout).await;
+        if let Some(ix) = self.core.indexer() {
+            // Attribute indexes of what was just uploaded (a cache: a few
+            // seconds at most, whatever is left is not written).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            ix.flush(tokio::time::Instant::now() + left.min(Duration::from_secs(5)))
+                .await;
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut last = usize::MAX;
         let replication = self

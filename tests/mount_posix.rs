@@ -854,6 +854,101 @@ async fn a_second_listing_needs_no_head_and_still_sees_another_clients_metadata_
     );
 }
 
+/// Files written through one mount are listed with their modes and mtimes by
+/// a fresh mount elsewhere (its own, empty cache) without a HEAD per file:
+/// the first mount left the directory's attribute index in the bucket. A
+/// metadata-only change by another client afterwards (same ETag) makes that
+/// entry stale, and the next fresh mount asks for that file again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_mount_lists_attributes_from_the_index_without_a_head_per_file() {
+    use regionfs::store::PutOptions;
+    let files = 40;
+    let (r, mut m, _c) = setup("").await;
+    sh(&format!("mkdir {0}/d && for i in $(seq 0 {1}); do echo body $i > {0}/d/f$i; done && chmod 600 {0}/d/f1 && touch -d @1700000000 {0}/d/f2",
+        m.dir.display(), files - 1));
+    m.unmount();
+    let index = r
+        .src
+        .list_versions(".regionfs-index/", None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        index
+            .versions
+            .iter()
+            .map(|v| v.key.as_str())
+            .collect::<Vec<_>>(),
+        vec![".regionfs-index/d/index.json"],
+        "one index, in one version: {:?}",
+        index.versions
+    );
+
+    let fresh_ls = |expect_heads_at_most: f64| -> Vec<(String, u32, i64)> {
+        let port = common::free_port();
+        let cache = tempfile::tempdir().unwrap();
+        let mut other = Mount::start(&r.config(
+            cache.path(),
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ));
+        let root: Vec<String> = std::fs::read_dir(&other.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(root, vec!["d"], "the index folder is not listed");
+        let mut got: Vec<(String, u32, i64)> = std::fs::read_dir(other.path("d"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let md = std::fs::symlink_metadata(e.path()).unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    md.mode() & 0o7777,
+                    md.mtime(),
+                )
+            })
+            .collect();
+        got.sort();
+        let heads =
+            common::metric(&common::scrape(port), "regionfs_attribute_heads_total").unwrap_or(0.0);
+        assert!(
+            heads <= expect_heads_at_most,
+            "ls -l on a fresh mount sent {heads} HEADs"
+        );
+        other.unmount();
+        got
+    };
+    let got = fresh_ls(2.0);
+    assert_eq!(got.len(), files);
+    let of = |name: &str| got.iter().find(|(n, _, _)| n == name).unwrap().clone();
+    assert_eq!(of("f1").1, 0o600);
+    assert_eq!(of("f0").1, 0o644);
+    assert_eq!(of("f2").2, 1_700_000_000);
+    assert_ne!(of("f0").2, 1_700_000_000);
+
+    let meta = r.src.head("d/f0", None).await.unwrap().metadata;
+    let mut changed = meta.clone();
+    changed.insert("mode".into(), format!("{}", 0o100000 | 0o640));
+    r.src
+        .copy(
+            "d/f0",
+            None,
+            "d/f0",
+            &PutOptions {
+                metadata: changed,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let got = fresh_ls(files as f64);
+    assert_eq!(
+        got.iter().find(|(n, _, _)| n == "f0").unwrap().1,
+        0o640,
+        "another client's metadata change is seen, not the index's entry"
+    );
+    assert_eq!(got.iter().find(|(n, _, _)| n == "f1").unwrap().1, 0o600);
+}
+
 /// A large file written in order is uploaded part by part while it is still
 /// open; at close only the rest goes up. Its bytes are exact, and since its
 /// metadata was fixed before the last write it stores no mtime: the source's

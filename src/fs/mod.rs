@@ -14,6 +14,7 @@
 //!   next write copies it first, so the staged bytes never change.
 
 pub mod fuse;
+pub mod index;
 pub mod inode;
 pub mod names;
 mod read;
@@ -36,6 +37,7 @@ use crate::regions::Fetch;
 use crate::store::{GetRequest, ObjectStore};
 use crate::uploader::{Completion, Uploader};
 
+use index::{Fact, Indexer, CLOCK_SKEW_S};
 use inode::{Inodes, Node, Working, ROOT};
 use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry, DIR_ATTRS};
 
@@ -139,11 +141,9 @@ pub struct Core {
     max_inodes: usize,
     /// Nodes in the table, as of the last trim.
     pub inode_count: prometheus_client::metrics::gauge::Gauge,
+    /// Per-directory attribute indexes (None: `mount.attribute_index = false`).
+    index: Option<Arc<Indexer>>,
 }
-
-/// How far this host's clock may run ahead of the bucket's without a listing
-/// vouching for attributes it should not (see [`Node::listed_as`]).
-const CLOCK_SKEW_S: i64 = 2;
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;
@@ -182,7 +182,6 @@ impl Core {
         let default_file = ObjectMeta::new(S_IFREG | m.file_mode(), owner.uid, owner.gid);
         let default_dir = ObjectMeta::new(S_IFDIR | m.dir_mode(), owner.uid, owner.gid);
         Arc::new(Core {
-            store,
             uploader,
             replicator,
             cache,
@@ -210,6 +209,14 @@ impl Core {
             resolving: Mutex::new(HashMap::new()),
             max_inodes: m.max_inodes(),
             inode_count: Default::default(),
+            index: m.attribute_index().then(|| {
+                Indexer::new(
+                    store.clone(),
+                    config.source.prefix.clone(),
+                    !config.read_only(),
+                )
+            }),
+            store,
         })
     }
 
@@ -456,6 +463,16 @@ impl Core {
                         return Err(FsError::NotFound);
                     }
                     let meta = ObjectMeta::from_object(&info, &self.default_file);
+                    if let (Some(ix), Some(v)) = (&self.index, &info.version_id) {
+                        ix.learn(
+                            path,
+                            Fact {
+                                version: v.clone(),
+                                content_type: info.content_type.clone(),
+                                metadata: info.metadata.clone(),
+                            },
+                        );
+                    }
                     let mut t = self.inodes.lock().unwrap();
                     self.renumber_if_changed(&mut t, path, &info.etag);
                     let ino = t.upsert(path, meta.clone());
@@ -679,6 +696,7 @@ impl Core {
                     Some((name, _)) => {
                         dirs.insert(name.to_string());
                     }
+                    None if names::is_index_key(p) => {}
                     None => self.hide(p, &dkey),
                 }
             }
@@ -722,6 +740,10 @@ impl Core {
         for name in gone {
             dirs.remove(&name);
         }
+        let index = match &self.index {
+            Some(ix) if self.needs_attributes(&dir, &files) => ix.read(&dir).await.map(|(i, _)| i),
+            _ => None,
+        };
         let mut out = Vec::with_capacity(files.len() + dirs.len());
         let mut t = self.inodes.lock().unwrap();
         for ino in t.local_children(&dir) {
@@ -771,7 +793,7 @@ impl Core {
             if n.working.is_none() && !n.dirty && !etag.is_empty() && n.etag != etag {
                 // Changed in the bucket since we looked: sizes from the listing,
                 // attributes again at the next lookup.
-                n.etag = etag;
+                n.etag = etag.clone();
                 n.size = size;
                 n.meta_known = false;
                 n.fetched = None;
@@ -788,6 +810,20 @@ impl Core {
                 // one: trust them again without a HEAD per file.
                 n.fetched = Some(started);
             }
+            let fresh = n.meta_known && n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
+            if let Some(e) = index.as_ref().and_then(|i| i.files.get(&name)) {
+                if !fresh && n.working.is_none() && !n.dirty && e.describes(size, &etag, modified) {
+                    // The index names this very version: its attributes
+                    // without a HEAD (see `index`).
+                    n.meta = ObjectMeta::from_object(&e.info(&path), &self.default_file);
+                    n.etag = etag.clone();
+                    n.size = size;
+                    n.version = e.version.clone();
+                    n.meta_known = true;
+                    n.fetched = Some(started);
+                    n.listed_as = Some(e.modified);
+                }
+            }
             out.push(DirEntry {
                 ino,
                 name,
@@ -798,6 +834,29 @@ impl Core {
         drop(t);
         self.know_dir(dir, started, out.iter().map(|e| e.name.clone()).collect());
         Ok(out)
+    }
+
+    /// Whether some listed file has no fresh attributes in memory (then the
+    /// directory's attribute index is worth a GET).
+    fn needs_attributes(
+        &self,
+        dir: &str,
+        files: &BTreeMap<String, (u64, String, Option<SystemTime>)>,
+    ) -> bool {
+        let t = self.inodes.lock().unwrap();
+        files.iter().any(|(name, (_, etag, _))| {
+            !etag.is_empty()
+                && t.lookup_path(&child_path(dir, name))
+                    .and_then(|i| t.get(i))
+                    .is_none_or(|n| {
+                        !n.meta_known || n.fetched.is_none_or(|f| f.elapsed() >= self.ttl)
+                    })
+        })
+    }
+
+    /// The attribute indexer, to run in the background (None: disabled).
+    pub fn indexer(&self) -> Option<Arc<Indexer>> {
+        self.index.clone()
     }
 
     pub fn opendir(&self, _ino: u64) -> u64 {
@@ -2148,6 +2207,7 @@ impl Core {
         let mut make_clean = false;
         if let Some(n) = ino.and_then(|i| t.get_mut(i)) {
             if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
+                self.learn_uploaded(rel, c);
                 n.content_key = None;
                 n.version = c.result.version_id.clone();
                 if !c.result.etag.is_empty() {
@@ -2184,6 +2244,31 @@ impl Core {
         } else if !keep_file {
             self.cache.remove_data(f);
         }
+    }
+
+    /// Tells the indexer what a HEAD of an uploaded file's version would say.
+    /// Only below 5 MiB, S3's smallest part: a file uploaded in parts while
+    /// it was written carries other metadata (no mtime, see
+    /// `uploader::early`), which its HEAD will tell.
+    fn learn_uploaded(&self, rel: &str, c: &Completion) {
+        let (Some(ix), Some(v)) = (&self.index, &c.result.version_id) else {
+            return;
+        };
+        if c.op.size >= 5 << 20 || c.op.key.ends_with('/') || c.result.etag.is_empty() {
+            return;
+        }
+        let Some(meta) = ObjectMeta::from_json(&c.op.meta) else {
+            return;
+        };
+        let o = meta.to_put_options();
+        ix.learn(
+            rel,
+            Fact {
+                version: v.clone(),
+                content_type: o.content_type,
+                metadata: o.metadata,
+            },
+        );
     }
 
     pub fn statfs(&self) -> (u64, u64) {

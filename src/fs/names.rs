@@ -20,8 +20,18 @@ pub const DIR_ATTRS: &str = ".regionfs-dir";
 /// like [`DIR_ATTRS`].
 pub const HEARTBEAT: &str = ".regionfs-replicated";
 
+/// The folder, at the source prefix, of the per-directory attribute indexes
+/// (see `fs::index`). Reserved like [`DIR_ATTRS`], also as a directory name.
+pub const INDEX_DIR: &str = ".regionfs-index";
+
 fn reserved(name: &str) -> bool {
-    name == DIR_ATTRS || name == HEARTBEAT
+    name == DIR_ATTRS || name == HEARTBEAT || name == INDEX_DIR
+}
+
+/// Whether a key is one of regionfs's own attribute indexes (never a file,
+/// never replicated).
+pub fn is_index_key(key: &str) -> bool {
+    key.split('/').any(|s| s == INDEX_DIR)
 }
 
 /// Why a name cannot be used.
@@ -97,7 +107,8 @@ pub fn listed_entry<'a>(dir_prefix: &str, key: &'a str) -> Option<(&'a str, bool
         Some(i) => (&rest[..i], true),
         None => (rest, false),
     };
-    ((is_dir || !reserved(name)) && valid_segment(name)).then_some((name, is_dir))
+    ((!reserved(name) || is_dir && name != INDEX_DIR) && valid_segment(name))
+        .then_some((name, is_dir))
 }
 
 fn valid_segment(s: &str) -> bool {
@@ -147,6 +158,15 @@ mod tests {
         assert_eq!(listed_entry("d/", "d//"), None, "empty segment");
         assert_eq!(listed_entry("d/", "d/../"), None);
         assert_eq!(listed_entry("d/", "d/."), None);
+        assert_eq!(
+            listed_entry("", ".regionfs-index/"),
+            None,
+            "the attribute indexes"
+        );
+        assert_eq!(
+            listed_entry("d/", "d/.regionfs-dir/"),
+            Some((".regionfs-dir", true))
+        );
         let long = format!("d/{}", "x".repeat(256));
         assert_eq!(listed_entry("d/", &long), None);
         assert!(key_is_path("", "a/b/c"));

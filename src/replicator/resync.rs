@@ -54,7 +54,11 @@ pub async fn candidates(
     loop {
         let page = source.list_versions(prefix, from, None).await?;
         for v in page.versions {
-            if v.is_delete_marker || (!all_versions && !v.is_latest) {
+            // Attribute indexes are each mount's cache, never replicated.
+            if v.is_delete_marker
+                || (!all_versions && !v.is_latest)
+                || crate::fs::names::is_index_key(&v.key)
+            {
                 continue;
             }
             versions
