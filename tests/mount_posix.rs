@@ -949,6 +949,49 @@ async fn a_fresh_mount_lists_attributes_from_the_index_without_a_head_per_file()
     assert_eq!(got.iter().find(|(n, _, _)| n == "f1").unwrap().1, 0o600);
 }
 
+/// A subdirectory a listing just showed is looked up from its marker alone
+/// (no HEAD of a file of that name, no listing of its prefix), with the
+/// attributes it was made with; once the listing is older than `attr_ttl`, a
+/// directory another client removed is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_subdirectories_are_looked_up_from_their_marker_alone() {
+    let (r, mut m, _c) = setup("").await;
+    sh(&format!(
+        "for i in 0 1 2 3 4; do mkdir -m 750 {0}/sub$i && echo x > {0}/sub$i/f; done",
+        m.dir.display()
+    ));
+    m.unmount();
+    let port = common::free_port();
+    let cache = tempfile::tempdir().unwrap();
+    let other = Mount::start(&r.config(
+        cache.path(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    let heads =
+        || common::metric(&common::scrape(port), "regionfs_attribute_heads_total").unwrap_or(0.0);
+    assert_eq!(std::fs::read_dir(&other.dir).unwrap().count(), 5);
+    for i in 0..5 {
+        let md = std::fs::metadata(other.path(&format!("sub{i}"))).unwrap();
+        assert!(md.is_dir());
+        assert_eq!(md.mode() & 0o7777, 0o750, "sub{i}");
+    }
+    assert_eq!(
+        heads(),
+        0.0,
+        "no HEAD of a file named like a listed directory"
+    );
+
+    for o in r.src.list("sub0/", None, None, None).await.unwrap().objects {
+        r.src.delete(&o.key).await.unwrap();
+    }
+    common::wait_for(
+        "the directory another client removed to be gone",
+        Duration::from_secs(15),
+        || (!other.path("sub0").exists()).then_some(()),
+    );
+    assert!(other.path("sub1").is_dir());
+}
+
 /// A large file written in order is uploaded part by part while it is still
 /// open; at close only the rest goes up. Its bytes are exact, and since its
 /// metadata was fixed before the last write it stores no mtime: the source's

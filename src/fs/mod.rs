@@ -390,6 +390,21 @@ impl Core {
         self.note_entry(names::parent_of(path), names::name_of(path), exists);
     }
 
+    /// Whether a listing of `path`'s parent taken within `attr_ttl` showed it
+    /// as a directory (a common prefix, and no object of that name): then a
+    /// HEAD of the name and a listing of the prefix would tell nothing new,
+    /// just as a listing vouches for a file's attributes for `attr_ttl`.
+    fn listed_as_dir(&self, path: &str) -> bool {
+        let dir = names::parent_of(path);
+        let name = names::name_of(path);
+        let listed = {
+            let known = self.known_dirs.lock().unwrap();
+            matches!(known.get(dir), Some((at, names)) if at.elapsed() < self.ttl && names.contains(name))
+        };
+        let t = self.inodes.lock().unwrap();
+        listed && t.lookup_path(path).is_some_and(|i| t.nodes[&i].is_dir())
+    }
+
     /// Whether `path` is known not to exist (its directory's contents are known
     /// and fresh, and the name is not among them).
     fn known_absent(&self, path: &str) -> bool {
@@ -440,12 +455,15 @@ impl Core {
             }
         }
         let key = self.key(path);
+        let listed_dir = self.listed_as_dir(path)
+            && self.uploader.pending_for(&key).is_empty()
+            && self.uploader.pending_under(&self.dkey(path)).is_empty();
         // The newest queued operation on the key decides before the bucket does.
         if let Some(op) = self.uploader.pending_for(&key).pop() {
             if op.kind != OpKind::Delete {
                 return Ok(self.adopt_pending(path, &op).await);
             }
-        } else {
+        } else if !listed_dir {
             self.attribute_heads.inc();
             let asked = unix_secs(SystemTime::now());
             match self.store.head(&key, None).await {
@@ -495,7 +513,7 @@ impl Core {
                 Err(e) => return Err(e.into()),
             }
         }
-        if self.dir_exists(path).await? {
+        if listed_dir || self.dir_exists(path).await? {
             let meta = self.dir_meta(path).await;
             let mut t = self.inodes.lock().unwrap();
             let ino = t.upsert(path, meta.clone());
@@ -613,17 +631,22 @@ impl Core {
             m.mode = S_IFDIR | (m.mode & 0o7777);
             m
         };
-        if let Ok(info) = self.store.head(&dkey, None).await {
+        // Both at once: one round trip where markers lose metadata.
+        let (marker, side) = tokio::join!(self.store.head(&dkey, None), async {
+            match self.dir_sidecar {
+                true => self.store.head(&sidecar, None).await.ok(),
+                false => None,
+            }
+        });
+        if let Ok(info) = marker {
             if info.metadata.contains_key("mode") || !self.dir_sidecar {
                 return as_dir(&info);
             }
         }
-        if self.dir_sidecar {
-            if let Ok(info) = self.store.head(&sidecar, None).await {
-                return as_dir(&info);
-            }
+        match side {
+            Some(info) => as_dir(&info),
+            None => self.default_dir.clone(),
         }
-        self.default_dir.clone()
     }
 
     /// Writes a directory's marker (and, where markers lose metadata, its
@@ -888,7 +911,8 @@ impl Core {
 
     /// A listing is usually followed by a stat of every entry (`ls -l`, `find`,
     /// `rsync`), one lookup at a time. LIST carries no metadata (mode, owner,
-    /// mtime), so fetch it for the listed files now, [`PREFETCH`] HEADs at a
+    /// mtime), so fetch it now for the listed entries the attribute index did
+    /// not cover (files, and directories: their marker), [`PREFETCH`] at a
     /// time in listing order: the lookups then find fresh attributes.
     fn prefetch_attributes(self: &Arc<Self>, entries: &[DirEntry]) {
         let paths: Vec<String> = {
@@ -897,8 +921,7 @@ impl Core {
                 .iter()
                 .filter_map(|e| t.get(e.ino))
                 .filter(|n| {
-                    !n.is_dir()
-                        && !n.local_only
+                    !n.local_only
                         && n.working.is_none()
                         && !n.dirty
                         && n.fetched.is_none_or(|f| f.elapsed() >= self.ttl)
