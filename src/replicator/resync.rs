@@ -291,6 +291,35 @@ mod tests {
         i
     }
 
+    #[tokio::test]
+    async fn resync_never_replicates_the_attribute_indexes() {
+        use crate::config::RuleConfig;
+        use crate::store::{MemoryStore, PutBody, PutOptions};
+        let src = MemoryStore::new("src");
+        for key in [
+            "a.txt",
+            ".regionfs-index/index.json",
+            ".regionfs-index/d/index.json",
+        ] {
+            src.put(key, PutBody::Bytes("x".into()), &PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let rules = Rules::new(vec![RuleConfig {
+            id: "all".into(),
+            priority: 0,
+            prefix: String::new(),
+            tags: Default::default(),
+            destination: "b".into(),
+            delete_markers: false,
+            storage_class: None,
+            owner_override: None,
+        }]);
+        let got = candidates(&src, &rules, "", true, |_| {}).await.unwrap();
+        let keys: Vec<&str> = got.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, vec!["a.txt"]);
+    }
+
     #[test]
     fn a_replica_matches_missing_stale_or_mismatched() {
         let src = info(10, "e1", None);
