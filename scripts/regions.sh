@@ -94,6 +94,11 @@ start_region() {
   if [ -f "$d/pid" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then
     echo "region $name already running (pid $(cat "$d/pid"))"; return
   fi
+  # A server left from another run would answer in this one's place.
+  if (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null; then
+    echo "regions.sh: 127.0.0.1:$port is already in use (a server not started from $dir?): stop it or choose other ports (REGIONFS_PORT_A/B)" >&2
+    return 1
+  fi
   mkdir -p "$d"
   setsid "$0" exec-one "$d" "$port" "$buckets" > "$d/weed.log" 2>&1 < /dev/null &
   echo $! > "$d/pid"

@@ -47,7 +47,7 @@ const MAX_DELAY: Duration = Duration::from_secs(10);
 const MAX_LISTED: usize = 10_000;
 /// Versions learned and not yet indexed, over all directories: beyond, new
 /// ones are not remembered (memory stays bounded; those files cost HEADs).
-const MAX_FACTS: usize = 16_384;
+const MAX_FACTS: usize = 8192;
 
 /// The index object of directory `dir` ("" is the root).
 pub fn index_key(prefix: &str, dir: &str) -> String {
@@ -107,11 +107,29 @@ impl Entry {
 }
 
 /// A version whose HEAD this mount knows exactly (it uploaded it, or asked).
+/// Kept compact (one string for the metadata, ~250 bytes in all): a burst of
+/// writes holds thousands until their directories are indexed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fact {
-    pub version: String,
-    pub content_type: Option<String>,
-    pub metadata: BTreeMap<String, String>,
+    version: Box<str>,
+    content_type: Option<Box<str>>,
+    metadata: Box<str>,
+}
+
+impl Fact {
+    pub fn new(
+        version: &str,
+        content_type: Option<&str>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Fact {
+        Fact {
+            version: version.into(),
+            content_type: content_type.map(Into::into),
+            metadata: serde_json::to_string(metadata)
+                .unwrap_or_default()
+                .into_boxed_str(),
+        }
+    }
 }
 
 /// The index to write for a directory, from its old index, the current
@@ -139,7 +157,7 @@ pub fn rebuild(
             .get(name)
             .filter(|e| e.describes(v.size, &v.etag, v.last_modified));
         match facts.remove(name) {
-            Some(f) if f.version == v.version_id && !v.etag.is_empty() => {
+            Some(f) if *f.version == v.version_id && !v.etag.is_empty() => {
                 if asked_s >= modified + 1 + CLOCK_SKEW_S {
                     new.files.insert(
                         name.clone(),
@@ -147,9 +165,9 @@ pub fn rebuild(
                             etag: v.etag.clone(),
                             size: v.size,
                             modified,
-                            version: Some(f.version),
-                            content_type: f.content_type,
-                            metadata: f.metadata,
+                            version: Some(f.version.into()),
+                            content_type: f.content_type.map(Into::into),
+                            metadata: serde_json::from_str(&f.metadata).unwrap_or_default(),
                         },
                     );
                     continue;
@@ -391,11 +409,11 @@ mod tests {
     }
 
     fn fact(version: &str, mode: &str) -> Fact {
-        Fact {
-            version: version.to_string(),
-            content_type: None,
-            metadata: [("mode".to_string(), mode.to_string())].into(),
-        }
+        Fact::new(
+            version,
+            None,
+            &[("mode".to_string(), mode.to_string())].into(),
+        )
     }
 
     #[test]

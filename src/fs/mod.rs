@@ -484,11 +484,7 @@ impl Core {
                     if let (Some(ix), Some(v)) = (&self.index, &info.version_id) {
                         ix.learn(
                             path,
-                            Fact {
-                                version: v.clone(),
-                                content_type: info.content_type.clone(),
-                                metadata: info.metadata.clone(),
-                            },
+                            Fact::new(v, info.content_type.as_deref(), &info.metadata),
                         );
                     }
                     let mut t = self.inodes.lock().unwrap();
@@ -2284,14 +2280,7 @@ impl Core {
             return;
         };
         let o = meta.to_put_options();
-        ix.learn(
-            rel,
-            Fact {
-                version: v.clone(),
-                content_type: o.content_type,
-                metadata: o.metadata,
-            },
-        );
+        ix.learn(rel, Fact::new(v, o.content_type.as_deref(), &o.metadata));
     }
 
     pub fn statfs(&self) -> (u64, u64) {
