@@ -947,6 +947,17 @@ async fn a_fresh_mount_lists_attributes_from_the_index_without_a_head_per_file()
         "another client's metadata change is seen, not the index's entry"
     );
     assert_eq!(got.iter().find(|(n, _, _)| n == "f1").unwrap().1, 0o600);
+
+    // A directory removed takes its index with it.
+    m.remount();
+    sh(&format!("rm -r {}/d", m.dir.display()));
+    m.unmount();
+    let left = r
+        .src
+        .list(".regionfs-index/", None, None, None)
+        .await
+        .unwrap();
+    assert!(left.objects.is_empty(), "{:?}", left.objects);
 }
 
 /// A subdirectory a listing just showed is looked up from its marker alone

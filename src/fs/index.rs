@@ -41,7 +41,7 @@ pub const CLOCK_SKEW_S: i64 = 2;
 /// A directory is indexed once nothing new was learned about it for this long,
 /// or at the latest [`MAX_DELAY`] after the first thing learned.
 const QUIET: Duration = Duration::from_secs(2);
-const MAX_DELAY: Duration = Duration::from_secs(10);
+const MAX_DELAY: Duration = Duration::from_secs(30);
 /// Versions listed at most per directory: larger directories are not indexed
 /// (their files are asked about one HEAD each, as without an index).
 const MAX_LISTED: usize = 10_000;
@@ -200,6 +200,12 @@ pub struct Indexer {
     state: Mutex<(HashMap<String, Pending>, usize)>,
     /// Directories too large to index, not tried again for a while.
     too_large: Mutex<HashMap<String, Instant>>,
+    /// One directory indexed at a time: the background pass and the flush at
+    /// unmount would otherwise rewrite the same index from the same old one,
+    /// each dropping the other's entries.
+    writing: tokio::sync::Mutex<()>,
+    /// Removals of indexes of removed directories, awaited by the flush.
+    forgetting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Indexer {
@@ -210,6 +216,8 @@ impl Indexer {
             writes,
             state: Mutex::new((HashMap::new(), 0)),
             too_large: Mutex::new(HashMap::new()),
+            writing: tokio::sync::Mutex::new(()),
+            forgetting: Mutex::new(Vec::new()),
         })
     }
 
@@ -294,6 +302,10 @@ impl Indexer {
     /// Indexes everything learned, waiting (until `deadline`) for versions too
     /// recent to be indexed yet. Called at unmount; what is left is dropped.
     pub async fn flush(&self, deadline: tokio::time::Instant) {
+        let forgetting = std::mem::take(&mut *self.forgetting.lock().unwrap());
+        for h in forgetting {
+            let _ = tokio::time::timeout_at(deadline, h).await;
+        }
         loop {
             for dir in self.due(Instant::now(), true) {
                 self.index_dir(&dir).await;
@@ -307,7 +319,38 @@ impl Indexer {
         }
     }
 
+    /// A directory removed (or renamed away): its index goes too, so the
+    /// bucket keeps none for directories that are gone. Best effort, in the
+    /// background; a new directory of that name writes its own.
+    pub fn forget_dir(self: &Arc<Self>, dir: &str) {
+        if !self.writes {
+            return;
+        }
+        {
+            let mut s = self.state.lock().unwrap();
+            let (dirs, count) = &mut *s;
+            if let Some(p) = dirs.remove(dir) {
+                *count = count.saturating_sub(p.facts.len());
+            }
+        }
+        let me = self.clone();
+        let key = index_key(&self.prefix, dir);
+        let mut forgetting = self.forgetting.lock().unwrap();
+        forgetting.retain(|h| !h.is_finished());
+        forgetting.push(tokio::spawn(async move {
+            let _one = me.writing.lock().await;
+            if let Ok(ObjectInfo {
+                version_id: Some(v),
+                ..
+            }) = me.store.head(&key, None).await
+            {
+                let _ = me.store.delete_version(&key, &v).await;
+            }
+        }));
+    }
+
     async fn index_dir(&self, dir: &str) {
+        let _one = self.writing.lock().await;
         let mut facts = {
             let mut s = self.state.lock().unwrap();
             let (dirs, count) = &mut *s;

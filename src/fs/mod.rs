@@ -671,6 +671,9 @@ impl Core {
 
     /// Deletes a directory's marker (and attributes object).
     async fn delete_dir_keys(&self, path: &str) -> Result<(), FsError> {
+        if let Some(ix) = &self.index {
+            ix.forget_dir(path);
+        }
         let dkey = self.dkey(path);
         if self.dir_sidecar {
             self.uploader
