@@ -861,9 +861,26 @@ async fn a_second_listing_needs_no_head_and_still_sees_another_clients_metadata_
 /// entry stale, and the next fresh mount asks for that file again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_mount_lists_attributes_from_the_index_without_a_head_per_file() {
+    fresh_mounts_list_attributes_from_the_index(Regions::start().await).await;
+}
+
+/// The same on moto: the index leans on version listings, LastModified and
+/// deletes of one version behaving as S3 says, not as SeaweedFS happens to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_mount_lists_attributes_from_the_index_on_moto() {
+    let r = Regions::with(
+        common::Region::moto("us-east-1"),
+        common::Region::seaweed("eu-west-1"),
+    )
+    .await;
+    fresh_mounts_list_attributes_from_the_index(r).await;
+}
+
+async fn fresh_mounts_list_attributes_from_the_index(r: Regions) {
     use regionfs::store::PutOptions;
     let files = 40;
-    let (r, mut m, _c) = setup("").await;
+    let c = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&r.config(c.path(), ""));
     sh(&format!("mkdir {0}/d && for i in $(seq 0 {1}); do echo body $i > {0}/d/f$i; done && chmod 600 {0}/d/f1 && touch -d @1700000000 {0}/d/f2",
         m.dir.display(), files - 1));
     m.unmount();

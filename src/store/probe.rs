@@ -101,7 +101,7 @@ pub async fn markers_keep_metadata(
     let key = format!("{prefix}.regionfs-probe/");
     let mut opts = super::PutOptions::default();
     opts.metadata.insert("mode".into(), "16877".into());
-    store
+    let put = store
         .put(&key, super::PutBody::Bytes(bytes::Bytes::new()), &opts)
         .await?;
     let kept = store
@@ -109,6 +109,14 @@ pub async fn markers_keep_metadata(
         .await
         .map(|i| i.metadata.contains_key("mode"))
         .unwrap_or(false);
-    let _ = store.delete(&key).await;
+    // Its one version removed for good: a delete marker would be one more
+    // object version, and some stores list the prefix of a deleted marker.
+    let removed = match &put.version_id {
+        Some(v) => store.delete_version(&key, v).await.is_ok(),
+        None => false,
+    };
+    if !removed {
+        let _ = store.delete(&key).await;
+    }
     Ok(kept)
 }
