@@ -884,28 +884,32 @@ async fn fresh_mounts_list_attributes_from_the_index(r: Regions) {
     sh(&format!("mkdir {0}/d && for i in $(seq 0 {1}); do echo body $i > {0}/d/f$i; done && chmod 600 {0}/d/f1 && touch -d @1700000000 {0}/d/f2",
         m.dir.display(), files - 1));
     m.unmount();
-    let index = r
-        .src
-        .list_versions(".regionfs-index/", None, None)
-        .await
-        .unwrap();
+    // The index's versions: (key, version id, current).
+    let index_versions = || async {
+        let page = r
+            .src
+            .list_versions(".regionfs-index/", None, None)
+            .await
+            .unwrap();
+        page.versions
+            .into_iter()
+            .map(|v| (v.key, v.version_id, v.is_latest))
+            .collect::<Vec<_>>()
+    };
+    let written = index_versions().await;
     assert_eq!(
-        index
-            .versions
-            .iter()
-            .map(|v| v.key.as_str())
-            .collect::<Vec<_>>(),
+        written.iter().map(|v| v.0.as_str()).collect::<Vec<_>>(),
         vec![".regionfs-index/d/index.json"],
-        "one index, in one version: {:?}",
-        index.versions
+        "one index, in one version: {written:?}"
     );
 
-    let fresh_ls = |expect_heads_at_most: f64| -> Vec<(String, u32, i64)> {
+    // `ls -l` of d on a fresh mount (its own, empty cache), with `extra` config.
+    let fresh_ls = |extra: &str, expect_heads_at_most: f64| -> Vec<(String, u32, i64)> {
         let port = common::free_port();
         let cache = tempfile::tempdir().unwrap();
         let mut other = Mount::start(&r.config(
             cache.path(),
-            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n{extra}"),
         ));
         let root: Vec<String> = std::fs::read_dir(&other.dir)
             .unwrap()
@@ -934,7 +938,9 @@ async fn fresh_mounts_list_attributes_from_the_index(r: Regions) {
         other.unmount();
         got
     };
-    let got = fresh_ls(2.0);
+    let mode_of =
+        |got: &[(String, u32, i64)], name: &str| got.iter().find(|(n, _, _)| n == name).unwrap().1;
+    let got = fresh_ls("", 2.0);
     assert_eq!(got.len(), files);
     let of = |name: &str| got.iter().find(|(n, _, _)| n == name).unwrap().clone();
     assert_eq!(of("f1").1, 0o600);
@@ -957,17 +963,47 @@ async fn fresh_mounts_list_attributes_from_the_index(r: Regions) {
         )
         .await
         .unwrap();
-    let got = fresh_ls(files as f64);
+    // A read-only mount sees the change (a HEAD) and leaves the index alone.
+    let got = fresh_ls("[mount]\nread_only = true\n", files as f64);
     assert_eq!(
-        got.iter().find(|(n, _, _)| n == "f0").unwrap().1,
+        mode_of(&got, "f0"),
         0o640,
         "another client's metadata change is seen, not the index's entry"
     );
-    assert_eq!(got.iter().find(|(n, _, _)| n == "f1").unwrap().1, 0o600);
+    assert_eq!(mode_of(&got, "f1"), 0o600);
+    assert_eq!(
+        index_versions().await,
+        written,
+        "a read-only mount writes no index"
+    );
+    // A writable one rewrites it with what its HEAD said, and the replaced
+    // version is deleted.
+    let got = fresh_ls("", files as f64);
+    assert_eq!(mode_of(&got, "f0"), 0o640);
+    let rewritten = index_versions().await;
+    assert_eq!(
+        rewritten.len(),
+        1,
+        "one version after a rewrite: {rewritten:?}"
+    );
+    assert_ne!(rewritten[0].1, written[0].1, "rewritten: {rewritten:?}");
+    assert_eq!(
+        mode_of(&fresh_ls("", 2.0), "f0"),
+        0o640,
+        "from the rewritten index"
+    );
 
-    // A directory removed takes its index with it.
+    // A directory renamed or removed takes its index with it.
     m.remount();
-    sh(&format!("rm -r {}/d", m.dir.display()));
+    sh(&format!("mv {0}/d {0}/e", m.dir.display()));
+    m.unmount();
+    let keys: Vec<String> = index_versions().await.into_iter().map(|v| v.0).collect();
+    assert!(
+        !keys.iter().any(|k| k == ".regionfs-index/d/index.json"),
+        "{keys:?}"
+    );
+    m.remount();
+    sh(&format!("rm -r {}/e", m.dir.display()));
     m.unmount();
     let left = r
         .src

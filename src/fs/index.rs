@@ -32,7 +32,7 @@ use crate::error::StoreError;
 use crate::meta::unix_secs;
 use crate::store::{GetRequest, ObjectInfo, ObjectStore, PutBody, PutOptions, VersionEntry};
 
-use super::names::{dir_key, listed_entry, INDEX_DIR};
+use super::names::{child_path, dir_key, listed_entry, name_of, parent_of, INDEX_DIR};
 
 /// How far this host's clock may run ahead of the bucket's (see the module
 /// comment and [`super::inode::Node::listed_as`]).
@@ -140,7 +140,7 @@ impl Fact {
 pub fn rebuild(
     old: &Index,
     current: &[(String, VersionEntry)],
-    facts: &mut HashMap<String, Fact>,
+    mut facts: HashMap<String, Fact>,
     asked_s: i64,
 ) -> (Index, HashMap<String, Fact>) {
     let mut new = Index::default();
@@ -184,10 +184,10 @@ pub fn rebuild(
     (new, later)
 }
 
-#[derive(Default)]
+/// What was learned about one directory since it was last indexed.
 struct Pending {
-    first: Option<Instant>,
-    last: Option<Instant>,
+    first: Instant,
+    last: Instant,
     facts: HashMap<String, Fact>,
 }
 
@@ -226,19 +226,19 @@ impl Indexer {
         if !self.writes {
             return;
         }
-        let (dir, name) = match path.rfind('/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => ("", path),
-        };
+        let (dir, name) = (parent_of(path), name_of(path));
         if self.too_large.lock().unwrap().contains_key(dir) {
             return;
         }
         let mut s = self.state.lock().unwrap();
         let (dirs, count) = &mut *s;
-        let p = dirs.entry(dir.to_string()).or_default();
         let now = Instant::now();
-        p.first.get_or_insert(now);
-        p.last = Some(now);
+        let p = dirs.entry(dir.to_string()).or_insert_with(|| Pending {
+            first: now,
+            last: now,
+            facts: HashMap::new(),
+        });
+        p.last = now;
         if !p.facts.contains_key(name) {
             if *count >= MAX_FACTS {
                 return;
@@ -254,8 +254,8 @@ impl Indexer {
         let s = self.state.lock().unwrap();
         s.0.iter()
             .filter(|(_, p)| {
-                all || p.last.is_some_and(|l| now.duration_since(l) >= QUIET)
-                    || p.first.is_some_and(|f| now.duration_since(f) >= MAX_DELAY)
+                all || now.duration_since(p.last) >= QUIET
+                    || now.duration_since(p.first) >= MAX_DELAY
             })
             .map(|(d, _)| d.clone())
             .collect()
@@ -326,13 +326,7 @@ impl Indexer {
         if !self.writes {
             return;
         }
-        {
-            let mut s = self.state.lock().unwrap();
-            let (dirs, count) = &mut *s;
-            if let Some(p) = dirs.remove(dir) {
-                *count = count.saturating_sub(p.facts.len());
-            }
-        }
+        self.take(dir);
         let me = self.clone();
         let key = index_key(&self.prefix, dir);
         let mut forgetting = self.forgetting.lock().unwrap();
@@ -349,23 +343,24 @@ impl Indexer {
         }));
     }
 
+    /// What was learned about `dir`, no longer counted as pending.
+    fn take(&self, dir: &str) -> HashMap<String, Fact> {
+        let mut s = self.state.lock().unwrap();
+        let (dirs, count) = &mut *s;
+        let facts = dirs.remove(dir).map(|p| p.facts).unwrap_or_default();
+        *count = count.saturating_sub(facts.len());
+        facts
+    }
+
     async fn index_dir(&self, dir: &str) {
         let _one = self.writing.lock().await;
-        let mut facts = {
-            let mut s = self.state.lock().unwrap();
-            let (dirs, count) = &mut *s;
-            let p = dirs.remove(dir).unwrap_or_default();
-            *count = count.saturating_sub(p.facts.len());
-            p.facts
-        };
-        match self.write_index(dir, &mut facts).await {
-            Ok(later) if !later.is_empty() => {
+        let facts = self.take(dir);
+        match self.write_index(dir, facts).await {
+            Ok(later) => {
                 for (name, f) in later {
-                    let path = super::names::child_path(dir, &name);
-                    self.learn(&path, f);
+                    self.learn(&child_path(dir, &name), f);
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(dir, error = %e, "attribute index not written"),
         }
     }
@@ -373,7 +368,7 @@ impl Indexer {
     async fn write_index(
         &self,
         dir: &str,
-        facts: &mut HashMap<String, Fact>,
+        facts: HashMap<String, Fact>,
     ) -> Result<HashMap<String, Fact>, StoreError> {
         let dkey = dir_key(&self.prefix, dir);
         let asked_s = unix_secs(SystemTime::now());
@@ -384,11 +379,11 @@ impl Indexer {
             let page = self.store.list_versions(&dkey, from, None).await?;
             listed += page.versions.len();
             for v in page.versions {
-                // Newest first within a key: the first seen is the current one.
+                // Files directly in the directory, current versions only.
                 let Some((name, false)) = listed_entry(&dkey, &v.key) else {
                     continue;
                 };
-                if v.is_latest && current.last().is_none_or(|(n, _)| n != name) {
+                if v.is_latest {
                     current.push((name.to_string(), v));
                 }
             }
@@ -466,19 +461,19 @@ mod tests {
             current("too-recent", "v2", "e2", 100),
             current("rewritten", "v9", "e3", 90),
         ];
-        let mut facts: HashMap<String, Fact> = [
+        let facts: HashMap<String, Fact> = [
             ("old-enough".to_string(), fact("v1", "33152")),
             ("too-recent".to_string(), fact("v2", "33152")),
             ("rewritten".to_string(), fact("v8", "33152")),
         ]
         .into();
         // Listed 3 s after the first one's Last-Modified second: 100 + 1 + skew.
-        let (new, later) = rebuild(&Index::default(), &listing[..1], &mut facts.clone(), 103);
+        let (new, later) = rebuild(&Index::default(), &listing[..1], facts.clone(), 103);
         assert_eq!(new.files["old-enough"].metadata["mode"], "33152");
         assert_eq!(new.files["old-enough"].version.as_deref(), Some("v1"));
         assert!(later.is_empty());
 
-        let (new, later) = rebuild(&Index::default(), &listing, &mut facts, 102);
+        let (new, later) = rebuild(&Index::default(), &listing, facts, 102);
         assert!(new.files.is_empty(), "{new:?}");
         assert!(later.contains_key("old-enough") && later.contains_key("too-recent"));
         assert!(
@@ -510,7 +505,7 @@ mod tests {
             current("recopied", "v2", "e2", 130),
             marker,
         ];
-        let (new, _) = rebuild(&old, &listing, &mut HashMap::new(), 200);
+        let (new, _) = rebuild(&old, &listing, HashMap::new(), 200);
         assert_eq!(new.files.keys().collect::<Vec<_>>(), vec!["same"]);
         assert!(new.files["same"].describes(5, "e1", at(100)));
         assert!(!new.files["same"].describes(5, "e1", at(101)));

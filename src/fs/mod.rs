@@ -832,9 +832,12 @@ impl Core {
                 // one: trust them again without a HEAD per file.
                 n.fetched = Some(started);
             }
-            let fresh = n.meta_known && n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
             if let Some(e) = index.as_ref().and_then(|i| i.files.get(&name)) {
-                if !fresh && n.working.is_none() && !n.dirty && e.describes(size, &etag, modified) {
+                if !self.attributes_fresh(n)
+                    && n.working.is_none()
+                    && !n.dirty
+                    && e.describes(size, &etag, modified)
+                {
                     // The index names this very version: its attributes
                     // without a HEAD (see `index`).
                     n.meta = ObjectMeta::from_object(&e.info(&path), &self.default_file);
@@ -870,10 +873,13 @@ impl Core {
             !etag.is_empty()
                 && t.lookup_path(&child_path(dir, name))
                     .and_then(|i| t.get(i))
-                    .is_none_or(|n| {
-                        !n.meta_known || n.fetched.is_none_or(|f| f.elapsed() >= self.ttl)
-                    })
+                    .is_none_or(|n| !self.attributes_fresh(n))
         })
+    }
+
+    /// The node's attributes came from the bucket within `attr_ttl`.
+    fn attributes_fresh(&self, n: &Node) -> bool {
+        n.meta_known && n.fetched.is_some_and(|f| f.elapsed() < self.ttl)
     }
 
     /// The attribute indexer, to run in the background (None: disabled).
@@ -2276,7 +2282,10 @@ impl Core {
         let (Some(ix), Some(v)) = (&self.index, &c.result.version_id) else {
             return;
         };
-        if c.op.size >= 5 << 20 || c.op.key.ends_with('/') || c.result.etag.is_empty() {
+        if c.op.size >= crate::config::MIN_PART_SIZE
+            || c.op.key.ends_with('/')
+            || c.result.etag.is_empty()
+        {
             return;
         }
         let Some(meta) = ObjectMeta::from_json(&c.op.meta) else {
