@@ -602,6 +602,37 @@ async fn a_directory_rename_moves_every_key_with_its_attributes() {
     assert!(!m.path("old").exists());
 }
 
+/// Uploads and deletes finish while a directory is listed: the listing still
+/// counts each of them once, so rmdir, `rm -r` and rename see every file.
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_racing_finishing_uploads_and_deletes_miss_no_file() {
+    let (r, mut m, _c) = setup("[upload]\ndefer_while_writing = \"0s\"\n").await;
+    for i in 0..40 {
+        let d = format!("d{i}");
+        std::fs::create_dir(m.path(&d)).unwrap();
+        std::fs::write(m.path(&format!("{d}/x")), b"x").unwrap();
+        let e = std::fs::remove_dir(m.path(&d)).expect_err("a directory with a file");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{d}");
+        std::fs::remove_file(m.path(&format!("{d}/x"))).unwrap();
+        std::fs::remove_dir(m.path(&d)).unwrap_or_else(|e| panic!("rmdir {d}: {e}"));
+
+        let (from, to) = (format!("r{i}"), format!("s{i}"));
+        std::fs::create_dir(m.path(&from)).unwrap();
+        std::fs::write(m.path(&format!("{from}/x")), format!("{i}")).unwrap();
+        std::fs::rename(m.path(&from), m.path(&to)).unwrap();
+    }
+    assert!(m.unmount().success());
+    let files: std::collections::BTreeMap<String, Vec<u8>> = bucket_contents(&r.src, "")
+        .await
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with('/') && !k.contains(".regionfs"))
+        .collect();
+    let want: std::collections::BTreeMap<String, Vec<u8>> = (0..40)
+        .map(|i| (format!("s{i}/x"), format!("{i}").into_bytes()))
+        .collect();
+    assert_eq!(files, want);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_file_stays_readable_after_unlink_and_the_bucket_gets_a_delete_marker() {
     use std::io::{Read, Seek};

@@ -698,6 +698,18 @@ impl Core {
         let dkey = self.dkey(&dir);
         let mut files: BTreeMap<String, (u64, String, Option<SystemTime>)> = BTreeMap::new();
         let mut dirs: HashSet<String> = HashSet::new();
+        // What is local or queued before the LIST is sent: an upload or delete
+        // finishing while it runs may be missing from both the listing and
+        // the queue afterwards. Local first: a file leaves the local set only
+        // once queued.
+        let local_before: Vec<String> = {
+            let t = self.inodes.lock().unwrap();
+            t.local_children(&dir)
+                .into_iter()
+                .map(|i| t.nodes[&i].path.clone())
+                .collect()
+        };
+        let queued_before = self.uploader.pending_under(&dkey);
         let mut token = None;
         loop {
             let page = self.store.list(&dkey, Some("/"), token, None).await?;
@@ -709,7 +721,7 @@ impl Core {
                     Some((name, true)) => {
                         dirs.insert(name.to_string());
                     }
-                    None if o.key.ends_with(DIR_ATTRS) => {}
+                    None if o.key.ends_with(DIR_ATTRS) || o.key == dkey => {}
                     None => self.hide(&o.key, &dkey),
                 }
             }
@@ -728,7 +740,8 @@ impl Core {
             }
         }
         // Queued operations are newer than the listing.
-        for op in self.uploader.pending_under(&dkey) {
+        let queued = queued_across(queued_before, self.uploader.pending_under(&dkey));
+        for op in &queued {
             let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else {
                 continue;
             };
@@ -754,8 +767,11 @@ impl Core {
         let mut gone = Vec::new();
         for name in &dirs {
             let sub = child_path(&dir, name);
-            let below = self.uploader.pending_under(&self.dkey(&sub));
-            if below.iter().any(|o| o.kind == OpKind::Delete) && !self.dir_exists(&sub).await? {
+            let below = self.dkey(&sub);
+            let deleting = queued
+                .iter()
+                .any(|o| o.kind == OpKind::Delete && o.key.starts_with(&below));
+            if deleting && !self.dir_exists(&sub).await? {
                 gone.push(name.clone());
             }
         }
@@ -768,7 +784,9 @@ impl Core {
         };
         let mut out = Vec::with_capacity(files.len() + dirs.len());
         let mut t = self.inodes.lock().unwrap();
-        for ino in t.local_children(&dir) {
+        let still_linked = local_before.iter().filter_map(|p| t.lookup_path(p));
+        let local: HashSet<u64> = still_linked.chain(t.local_children(&dir)).collect();
+        for ino in local {
             let n = &t.nodes[&ino];
             let name = names::name_of(&n.path).to_string();
             if n.is_dir() {
@@ -1372,6 +1390,7 @@ impl Core {
         let from_prefix = self.dkey(from);
         // Every key below the old prefix: the bucket's and the queued ones.
         let mut keys: BTreeMap<String, ()> = BTreeMap::new();
+        let queued_before = self.uploader.pending_under(&from_prefix);
         let mut token = None;
         loop {
             let page = self.store.list(&from_prefix, None, token, None).await?;
@@ -1381,7 +1400,7 @@ impl Core {
                 None => break,
             }
         }
-        for op in self.uploader.pending_under(&from_prefix) {
+        for op in queued_across(queued_before, self.uploader.pending_under(&from_prefix)) {
             if op.kind == OpKind::Delete {
                 keys.remove(&op.key);
             } else {
@@ -2298,4 +2317,18 @@ impl Core {
     pub fn statfs(&self) -> (u64, u64) {
         self.cache.usage()
     }
+}
+
+/// The queued operations to merge into a LIST sent between two snapshots of
+/// the queue: each key's newest. One queued before and finished while the
+/// LIST ran may be missing from the listing, so it still counts (its effect
+/// happened either way).
+fn queued_across(before: Vec<Op>, after: Vec<Op>) -> Vec<Op> {
+    let mut newest: BTreeMap<String, Op> = BTreeMap::new();
+    for op in before.into_iter().chain(after) {
+        if newest.get(&op.key).is_none_or(|o| o.seq <= op.seq) {
+            newest.insert(op.key.clone(), op);
+        }
+    }
+    newest.into_values().collect()
 }
