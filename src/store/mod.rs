@@ -17,6 +17,7 @@ use crate::error::StoreError;
 pub mod memory;
 pub mod probe;
 pub mod s3;
+mod unsigned;
 
 pub use memory::MemoryStore;
 pub use s3::S3Store;
