@@ -418,3 +418,113 @@ async fn bad_credentials_are_access_denied_on_seaweedfs() {
     assert!(e.is_permanent());
     assert!(e.to_string().contains("credentials"), "{e}");
 }
+
+/// The head of the first request a store sends for `send`, read by a server
+/// on loopback that refuses it (403: the SDK does not retry).
+async fn first_request_head<F, Fut>(checksums: regionfs::config::ChecksumMode, send: F) -> String
+where
+    F: FnOnce(S3Store) -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request ended inside its head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = "<Error><Code>AccessDenied</Code><Message>no</Message></Error>";
+        let answer = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(answer.as_bytes()).await.unwrap();
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        String::from_utf8_lossy(&head[..end]).to_ascii_lowercase()
+    });
+    let cfg = BucketConfig {
+        name: "wire".into(),
+        region: "us-east-1".into(),
+        bucket: "wire".into(),
+        prefix: String::new(),
+        endpoint: Some(endpoint),
+        profile: None,
+        path_style: Some(true),
+        access_key_id: Some("regionfs".into()),
+        secret_access_key: Some("regionfs-secret".into()),
+        checksums,
+        allow_same_region: false,
+        acl: None,
+    };
+    let e = send(S3Store::connect(&cfg).await).await.unwrap_err();
+    assert!(matches!(e, StoreError::AccessDenied { .. }), "{e:?}");
+    server.await.unwrap()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+#[tokio::test]
+async fn bodies_go_unsigned_with_a_crc32_and_the_request_signed() {
+    use regionfs::config::ChecksumMode;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(&vec![7u8; MIB as usize]).unwrap();
+    let path = file.path().to_path_buf();
+    let streamed = first_request_head(ChecksumMode::WhenSupported, |s| async move {
+        let body = PutBody::File {
+            path,
+            offset: 0,
+            len: MIB,
+        };
+        s.upload_part("k", "id", 1, body).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        header(&streamed, "x-amz-content-sha256"),
+        Some("streaming-unsigned-payload-trailer"),
+        "{streamed}"
+    );
+    assert_eq!(
+        header(&streamed, "x-amz-trailer"),
+        Some("x-amz-checksum-crc32")
+    );
+    // 16 unsigned 64 KiB chunks, the last chunk, the CRC32 trailer, the end.
+    let encoded = 16 * (7 + 65536 + 2) + 3 + (21 + 8 + 2) + 2;
+    assert_eq!(
+        header(&streamed, "content-length"),
+        Some(encoded.to_string().as_str())
+    );
+    assert!(header(&streamed, "authorization").is_some_and(|a| a.starts_with("aws4-hmac-sha256")));
+
+    let in_memory = first_request_head(ChecksumMode::WhenSupported, |s| async move {
+        let body = PutBody::Bytes(Bytes::from_static(b"small"));
+        s.put("k", body, &PutOptions::default()).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        header(&in_memory, "x-amz-content-sha256"),
+        Some("unsigned-payload")
+    );
+    assert!(
+        header(&in_memory, "x-amz-checksum-crc32").is_some(),
+        "{in_memory}"
+    );
+
+    // Without checksums the body is what the signature covers.
+    let signed = first_request_head(ChecksumMode::WhenRequired, |s| async move {
+        let body = PutBody::Bytes(Bytes::from_static(b"small"));
+        s.put("k", body, &PutOptions::default()).await.map(|_| ())
+    })
+    .await;
+    let sha = header(&signed, "x-amz-content-sha256").unwrap();
+    assert_eq!(sha.len(), 64, "{signed}");
+    assert!(header(&signed, "x-amz-checksum-crc32").is_none());
+}
