@@ -160,8 +160,10 @@ for rep in $(seq 1 "$reps"); do
   $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
   $py mkbuckets $B "rfs$rep" "sync$rep"
 
-  # local disk
-  t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
+  # local disk. Every timed 1 GiB write starts after a `sync`: an fsync
+  # otherwise waits behind the writeback of what the previous phase (and the
+  # SeaweedFS servers) left dirty, and which system pays depends on the order.
+  sync; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
@@ -186,7 +188,7 @@ for rep in $(seq 1 "$reps"); do
   mnt=$work/mnt-rfs; cache=$work/cache-rfs$rep
   mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
   t0=$(now)
-  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
+  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
   $py wait $A "rfs$rep" big 1 $((big_mib << 20)); record big-durable regionfs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
   t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
@@ -206,7 +208,7 @@ for rep in $(seq 1 "$reps"); do
   # rclone mount
   mnt=$work/mnt-rc
   mount_rclone "rc$rep" "$mnt"
-  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
+  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
   $py wait $A "rc$rep" big 1 $((big_mib << 20)); record big-durable rclone "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close rclone "$s"
   t=$(now); $py wait $A "rc$rep" small/ $total_small $((total_small * 4096)); record small-durable rclone "$(add "$(since $t)" "$s")"
@@ -221,7 +223,7 @@ for rep in $(seq 1 "$reps"); do
   # s3fs
   mnt=$work/mnt-s3
   mount_s3fs "s3$rep" "$mnt"
-  t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
+  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
   $py wait $A "s3$rep" big 1 $((big_mib << 20)); record big-durable s3fs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close s3fs "$s"
   t=$(now); $py wait $A "s3$rep" small/ $total_small $((total_small * 4096)); record small-durable s3fs "$(add "$(since $t)" "$s")"
