@@ -226,11 +226,7 @@ async fn remount_keeps_file_and_directory_attributes_on_seaweedfs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn remount_keeps_file_and_directory_attributes_on_moto() {
-    let r = Regions::with(
-        common::Region::moto("us-east-1"),
-        common::Region::seaweed("eu-west-1"),
-    )
-    .await;
+    let r = Regions::start_moto_source().await;
     remount_shows_the_tree_with_its_attributes(r).await;
 }
 
@@ -272,11 +268,7 @@ async fn objects_written_by_others_are_listed_and_read_and_bad_keys_hidden() {
     use bytes::Bytes;
     use regionfs::store::{PutBody, PutOptions};
     // SeaweedFS refuses such keys itself; moto, like S3, stores them.
-    let r = Regions::with(
-        common::Region::moto("us-east-1"),
-        common::Region::seaweed("eu-west-1"),
-    )
-    .await;
+    let r = Regions::start_moto_source().await;
     let c = tempfile::tempdir().unwrap();
     let m = Mount::start(&r.config(c.path(), ""));
     let long = format!("ext/{}", "l".repeat(300));
@@ -899,11 +891,7 @@ async fn a_fresh_mount_lists_attributes_from_the_index_without_a_head_per_file()
 /// deletes of one version behaving as S3 says, not as SeaweedFS happens to.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fresh_mount_lists_attributes_from_the_index_on_moto() {
-    let r = Regions::with(
-        common::Region::moto("us-east-1"),
-        common::Region::seaweed("eu-west-1"),
-    )
-    .await;
+    let r = Regions::start_moto_source().await;
     fresh_mounts_list_attributes_from_the_index(r).await;
 }
 

@@ -29,6 +29,7 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 
+use super::unsigned::UnsignedBodies;
 use super::{
     encode_tags, url_encode_path, Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject,
     GetRequest, Grantee, ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions,
@@ -520,7 +521,7 @@ impl ObjectStore for S3Store {
         opts: &PutOptions,
     ) -> Result<PutResult, StoreError> {
         let (body, len) = self.body(body).await?;
-        let op = self
+        let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
@@ -532,16 +533,11 @@ impl ObjectStore for S3Store {
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
-            .customize();
-        let out = match self.unsigned_payloads {
-            true => op
-                .disable_payload_signing()
-                .interceptor(super::unsigned::UnsignedChunks),
-            false => op,
-        }
-        .send()
-        .await
-        .map_err(|e| self.err(Some(key), e))?;
+            .customize()
+            .interceptor(UnsignedBodies(self.unsigned_payloads))
+            .send()
+            .await
+            .map_err(|e| self.err(Some(key), e))?;
         Ok(PutResult {
             version_id: out.version_id().map(str::to_string),
             etag: etag(out.e_tag()),
@@ -580,7 +576,7 @@ impl ObjectStore for S3Store {
         body: PutBody,
     ) -> Result<CompletedPart, StoreError> {
         let (body, len) = self.body(body).await?;
-        let op = self
+        let out = self
             .client
             .upload_part()
             .bucket(&self.bucket)
@@ -589,16 +585,11 @@ impl ObjectStore for S3Store {
             .part_number(number)
             .body(body)
             .content_length(len)
-            .customize();
-        let out = match self.unsigned_payloads {
-            true => op
-                .disable_payload_signing()
-                .interceptor(super::unsigned::UnsignedChunks),
-            false => op,
-        }
-        .send()
-        .await
-        .map_err(|e| self.err(Some(key), e))?;
+            .customize()
+            .interceptor(UnsignedBodies(self.unsigned_payloads))
+            .send()
+            .await
+            .map_err(|e| self.err(Some(key), e))?;
         Ok(CompletedPart {
             number,
             etag: out.e_tag().unwrap_or_default().to_string(),

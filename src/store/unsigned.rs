@@ -1,5 +1,7 @@
-//! Streamed bodies to plain-`http:` endpoints go as
-//! `STREAMING-UNSIGNED-PAYLOAD-TRAILER` instead of signed aws-chunked.
+//! Upload bodies go unsigned, with their CRC32: in memory as
+//! `UNSIGNED-PAYLOAD` (the CRC32 in a header), streamed from a file to a
+//! plain-`http:` endpoint as `STREAMING-UNSIGNED-PAYLOAD-TRAILER` instead of
+//! signed aws-chunked.
 //!
 //! Over `http:` the SDK signs every 64 KiB chunk of a streamed body, a
 //! SHA-256 of every byte uploaded: a fifth of the daemon's CPU while a large
@@ -7,8 +9,9 @@
 //! trailer (`checksums = "when_supported"`, the default) already lets the
 //! store reject damaged bytes, which is all the chunk signatures add on a
 //! loopback or private link; the request itself stays signed. Over `https:`
-//! the SDK already sends unsigned chunks, and in-memory bodies carry their
-//! checksum as a header: both are left alone.
+//! the SDK already sends unsigned chunks. Without checksums
+//! (`when_required`) nothing is changed: the signature is then the body's
+//! only check.
 
 use aws_runtime::auth::PayloadSigningOverride;
 use aws_runtime::content_encoding::AwsChunkedBodyOptions;
@@ -17,22 +20,32 @@ use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_s3::error::BoxError;
 use aws_smithy_checksums::ChecksumAlgorithm;
 
+/// For one PutObject or UploadPart; does nothing when its flag is false
+/// (the bucket sends no checksums).
 #[derive(Debug)]
-pub struct UnsignedChunks;
+pub struct UnsignedBodies(pub bool);
 
-impl Intercept for UnsignedChunks {
+impl Intercept for UnsignedBodies {
     fn name(&self) -> &'static str {
-        "UnsignedChunks"
+        "UnsignedBodies"
     }
 
-    /// Runs after the SDK's aws-chunked interceptor (operation interceptors
-    /// come first) chose signed chunks, and before the request is signed.
+    /// Runs after the SDK's checksum and aws-chunked interceptors (operation
+    /// interceptors come first), and before the request is signed.
     fn modify_before_signing(
         &self,
         context: &mut BeforeTransmitInterceptorContextMut<'_>,
         _rc: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        if !self.0 {
+            return Ok(());
+        }
+        if context.request().body().bytes().is_some() {
+            cfg.interceptor_state()
+                .store_put(PayloadSigningOverride::UnsignedPayload);
+            return Ok(());
+        }
         let signed = matches!(
             cfg.load::<PayloadSigningOverride>(),
             Some(PayloadSigningOverride::StreamingSignedPayloadTrailer)

@@ -340,6 +340,12 @@ impl Regions {
         Self::with(Region::seaweed("us-east-1"), Region::seaweed("eu-west-1")).await
     }
 
+    /// moto as the source (S3's semantics, not SeaweedFS's), SeaweedFS as
+    /// the destination.
+    pub async fn start_moto_source() -> Regions {
+        Self::with(Region::moto("us-east-1"), Region::seaweed("eu-west-1")).await
+    }
+
     pub async fn with(a: Region, b: Region) -> Regions {
         let (src_bucket, dst_bucket) = (bucket_name("src"), bucket_name("dst"));
         let src = a.versioned_bucket(&src_bucket).await;
