@@ -147,6 +147,10 @@ pub struct Core {
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;
+/// Writeback of a working file is started every this many bytes written
+/// (sequentially): the close's fdatasync then has at most this much to write
+/// (1 GiB `dd conv=fsync`, paired runs: see docs/BENCHMARKS.md).
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Seconds a node must have been unused before trimming lets it go. Every
 /// path that hands a node to the kernel touches it, then counts the kernel's
@@ -1698,6 +1702,7 @@ impl Core {
         n.working = Some(fresh.clone());
         n.shared = false;
         n.size = len;
+        n.written_back = 0;
         Ok(fresh)
     }
 
@@ -1763,6 +1768,7 @@ impl Core {
         // Its parts may hold bytes this cuts or zeroes.
         n.early = None;
         n.working = Some(w);
+        n.written_back = n.written_back.min(size);
         n.shared = false;
         n.size = size;
         n.dirty = true;
@@ -1792,11 +1798,19 @@ impl Core {
         }
         n.size = n.size.max(end);
         n.dirty = true;
+        let kick = (end >= n.written_back + WRITEBACK_STEP).then(|| {
+            let from = std::mem::replace(&mut n.written_back, end);
+            (from, end)
+        });
         if !self.writeback {
             // With the writeback cache the kernel's mtime (from the write
             // syscall) arrives by SETATTR; a write-back processed after it
             // must not move it.
             n.meta.set_mtime(SystemTime::now());
+        }
+        drop(t);
+        if let Some((from, to)) = kick {
+            Cache::start_writeback(&w.file, from, to);
         }
         Ok(data.len() as u32)
     }
