@@ -389,25 +389,6 @@ impl Cache {
         Ok(Some(name))
     }
 
-    /// [`Cache::resize_data`] when it need not wait: false if the file would
-    /// grow past `max_size` (nothing recorded then).
-    pub fn resize_data_now(&self, name: &str, new_size: u64) -> bool {
-        let mut s = self.space.lock().unwrap();
-        self.try_resize(&mut s, name, new_size)
-    }
-
-    fn try_resize(&self, s: &mut Space, name: &str, new_size: u64) -> bool {
-        let old = s.data.get(name).copied().unwrap_or(0);
-        let grow = new_size.saturating_sub(old);
-        if grow > 0 && s.data_total + grow > self.max_size {
-            return false;
-        }
-        self.evict_clean(s, grow);
-        s.data_total = s.data_total + new_size - old;
-        s.data.insert(name.to_string(), new_size);
-        true
-    }
-
     /// Records the new size of a data file, waiting for space first when it grows
     /// past `max_size` (back-pressure), and failing with NoSpace after
     /// `space_wait` without upload progress.
@@ -416,7 +397,12 @@ impl Cache {
             let notified = self.freed.notified();
             {
                 let mut s = self.space.lock().unwrap();
-                if self.try_resize(&mut s, name, new_size) {
+                let old = s.data.get(name).copied().unwrap_or(0);
+                let grow = new_size.saturating_sub(old);
+                if grow == 0 || s.data_total + grow <= self.max_size {
+                    self.evict_clean(&mut s, grow);
+                    s.data_total = s.data_total + new_size - old;
+                    s.data.insert(name.to_string(), new_size);
                     return Ok(());
                 }
                 let waited = s.last_progress.elapsed();

@@ -365,13 +365,6 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // The write may start an early upload, which spawns on the runtime.
-        let rt = self.rt.enter();
-        match self.core.write_now(fh.0, offset, data) {
-            Some(Ok(n)) => return reply.written(n),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => drop(rt),
-        }
         let (core, data) = (self.core.clone(), data.to_vec());
         self.spawn(async move {
             match core.write(fh.0, offset, &data).await {

@@ -1786,48 +1786,11 @@ impl Core {
         if end > size {
             self.cache.resize_data(&w.name, end).await?;
         }
-        self.write_into(fh, ino, &w, offset, data)
-    }
-
-    /// [`Core::write`] done on the calling thread (a FUSE thread), for the
-    /// common case where nothing in it can wait: the node's working file is
-    /// its own, its I/O lock is free and the cache has room. The kernel's
-    /// buffer is written as it is, with no copy and no hop to the runtime.
-    /// `None`: nothing was done; take the async path.
-    pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
-        let ino = self.handle_ino(fh).ok()?;
-        let io = self.io_lock(ino).ok()?;
-        let _g = io.try_lock().ok()?;
-        let (w, size) = {
-            let t = self.inodes.lock().unwrap();
-            let n = t.get(ino)?;
-            match &n.working {
-                Some(w) if !n.shared => (w.clone(), n.size),
-                _ => return None,
-            }
-        };
-        let end = offset + data.len() as u64;
-        if end > size && !self.cache.resize_data_now(&w.name, end) {
-            return None;
-        }
-        Some(self.write_into(fh, ino, &w, offset, data))
-    }
-
-    /// Writes into the node's own working file (space reserved). Caller holds `io`.
-    fn write_into(
-        &self,
-        fh: u64,
-        ino: u64,
-        w: &Working,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<u32, FsError> {
-        let end = offset + data.len() as u64;
         w.file.write_all_at(data, offset)?;
         self.mark_written(fh);
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        if n.early.is_none() && offset == 0 && n.size == 0 && !n.unlinked {
+        if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked {
             n.early = self.uploader.early(&self.key(&n.path), &w.name, &n.meta);
         }
         if let Some(e) = &n.early {
