@@ -84,9 +84,6 @@ pub struct Node {
     /// Parts of the working file already on their way to the bucket (a file
     /// written from empty); handed to the put at staging.
     pub early: Option<Arc<crate::uploader::EarlyUpload>>,
-    /// The working file's bytes below this were handed to the kernel's
-    /// writeback ([`crate::cache::Cache::start_writeback`]).
-    pub written_back: u64,
     /// Made at first use: most nodes are only ever listed or stat'ed.
     io: Option<Arc<tokio::sync::Mutex<()>>>,
     /// When the node was last used (seconds since the table was made).
@@ -180,7 +177,6 @@ impl Inodes {
             lookups: 0,
             kernel_tag: None,
             early: None,
-            written_back: 0,
             io: None,
             used,
             release_asked: false,

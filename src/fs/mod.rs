@@ -147,10 +147,20 @@ pub struct Core {
 
 /// Attribute HEADs in flight after a directory listing.
 const PREFETCH: usize = 16;
-/// Writeback of a working file is started every this many bytes written
-/// (sequentially): the close's fdatasync then has at most this much to write
-/// (1 GiB `dd conv=fsync`, paired runs: see docs/BENCHMARKS.md).
+/// A working file's writeback is started in blocks of this many bytes, as
+/// writes complete them: the close's fdatasync of a file written
+/// sequentially then has at most this much left to write (1 GiB `dd
+/// conv=fsync`, paired runs: see docs/BENCHMARKS.md).
 const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// The whole [`WRITEBACK_STEP`] blocks that a write of `offset..end`
+/// completes (written sequentially, every byte of a file is in one of them
+/// by its close but the tail), if any.
+fn writeback_range(offset: u64, end: u64) -> Option<(u64, u64)> {
+    let from = offset / WRITEBACK_STEP * WRITEBACK_STEP;
+    let to = end / WRITEBACK_STEP * WRITEBACK_STEP;
+    (to > from).then_some((from, to))
+}
 
 /// Seconds a node must have been unused before trimming lets it go. Every
 /// path that hands a node to the kernel touches it, then counts the kernel's
@@ -1702,7 +1712,6 @@ impl Core {
         n.working = Some(fresh.clone());
         n.shared = false;
         n.size = len;
-        n.written_back = 0;
         Ok(fresh)
     }
 
@@ -1768,7 +1777,6 @@ impl Core {
         // Its parts may hold bytes this cuts or zeroes.
         n.early = None;
         n.working = Some(w);
-        n.written_back = n.written_back.min(size);
         n.shared = false;
         n.size = size;
         n.dirty = true;
@@ -1798,10 +1806,6 @@ impl Core {
         }
         n.size = n.size.max(end);
         n.dirty = true;
-        let kick = (end >= n.written_back + WRITEBACK_STEP).then(|| {
-            let from = std::mem::replace(&mut n.written_back, end);
-            (from, end)
-        });
         if !self.writeback {
             // With the writeback cache the kernel's mtime (from the write
             // syscall) arrives by SETATTR; a write-back processed after it
@@ -1809,7 +1813,7 @@ impl Core {
             n.meta.set_mtime(SystemTime::now());
         }
         drop(t);
-        if let Some((from, to)) = kick {
+        if let Some((from, to)) = writeback_range(offset, end) {
             Cache::start_writeback(&w.file, from, to);
         }
         Ok(data.len() as u32)
@@ -2345,4 +2349,24 @@ fn queued_across(before: Vec<Op>, after: Vec<Op>) -> Vec<Op> {
         }
     }
     newest.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{writeback_range, WRITEBACK_STEP as STEP};
+
+    #[test]
+    fn writeback_starts_for_each_block_a_write_completes_and_never_past_its_end() {
+        const M: u64 = 1 << 20;
+        // 1 MiB sequential writes: nothing until one ends on a block's end.
+        assert_eq!(writeback_range(0, M), None);
+        assert_eq!(writeback_range(STEP - M, STEP), Some((0, STEP)));
+        assert_eq!(writeback_range(STEP, STEP + M), None);
+        // A write across a boundary completes the block it started in.
+        assert_eq!(writeback_range(STEP - 4096, STEP + 4096), Some((0, STEP)));
+        // One large write: every whole block below its end.
+        assert_eq!(writeback_range(M, 3 * STEP + M), Some((0, 3 * STEP)));
+        // Small writes inside a block, at any offset.
+        assert_eq!(writeback_range(5 * STEP + 10, 5 * STEP + 4096), None);
+    }
 }
