@@ -420,7 +420,8 @@ async fn bad_credentials_are_access_denied_on_seaweedfs() {
 }
 
 /// The head of the first request a store sends for `send`, read by a server
-/// on loopback that refuses it (403: the SDK does not retry).
+/// on loopback that refuses it (403: the SDK does not retry) and then reads
+/// the rest of the request, so the client gets the answer rather than a reset.
 async fn first_request_head<F, Fut>(checksums: regionfs::config::ChecksumMode, send: F) -> String
 where
     F: FnOnce(S3Store) -> Fut,
@@ -444,6 +445,13 @@ where
             body.len()
         );
         sock.write_all(answer.as_bytes()).await.unwrap();
+        // Read what is left of the body before closing: closing on unread
+        // bytes resets the connection, and the SDK may then see an I/O error
+        // before the answer and retry against a listener that is gone. The
+        // client closes once it has the answer (`Connection: close`).
+        let _ = sock.shutdown().await;
+        let drain = async { while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), drain).await;
         let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         String::from_utf8_lossy(&head[..end]).to_ascii_lowercase()
     });
