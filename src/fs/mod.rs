@@ -2266,6 +2266,12 @@ impl Core {
         let key = &c.op.key;
         let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
         let still_queued = !self.uploader.pending_for(key).is_empty();
+        // Another queued operation may stage the same file under another key
+        // (a rename's put): the file stays shared, so an unlink keeps it.
+        let referenced =
+            c.op.file
+                .as_deref()
+                .is_some_and(|f| self.uploader.references(f));
         let mut t = self.inodes.lock().unwrap();
         let ino = t.lookup_path(rel.trim_end_matches('/'));
         let mut keep_file = false;
@@ -2288,12 +2294,12 @@ impl Core {
             if let (Some(f), Some(w)) = (&c.op.file, &n.working) {
                 if &w.name == f {
                     keep_file = true;
-                    if !still_queued && n.shared && n.open_writers == 0 && !c.result.etag.is_empty()
-                    {
+                    let settled = !referenced && !still_queued;
+                    if settled && n.shared && n.open_writers == 0 && !c.result.etag.is_empty() {
                         n.working = None;
                         n.shared = false;
                         make_clean = true;
-                    } else if !still_queued {
+                    } else if settled {
                         n.shared = false;
                     }
                 }
