@@ -63,8 +63,9 @@ pub type WaitResult = Result<(), String>;
 
 struct Queue {
     by_key: BTreeMap<String, VecDeque<Op>>,
-    /// Operations in `by_key`, and how many of them use each cache file
-    /// (kept alongside so neither needs a scan of the queue).
+    /// Operations in `by_key`, and how many of them (and of the live
+    /// [`FileClaim`]s) use each cache file (kept alongside so neither needs a
+    /// scan of the queue).
     count: usize,
     files: HashMap<String, usize>,
     running: HashSet<String>,
@@ -297,9 +298,30 @@ impl Uploader {
             .collect()
     }
 
-    /// Whether a queued operation still needs the cache file `name`.
+    /// Whether a queued operation (or a [`FileClaim`]) still needs the cache
+    /// file `name`.
     pub fn references(&self, name: &str) -> bool {
         self.inner.queue.lock().unwrap().files.contains_key(name)
+    }
+
+    /// Marks the cache file `name` as needed from now until the returned claim
+    /// drops. A caller about to stage an operation with a node's working file
+    /// takes the claim when it reads the node, and drops it once the operation
+    /// is queued: an upload finishing in between sees the file referenced and
+    /// does not retire it (make it a clean copy, or delete it).
+    pub fn claim(&self, name: &str) -> FileClaim {
+        *self
+            .inner
+            .queue
+            .lock()
+            .unwrap()
+            .files
+            .entry(name.to_string())
+            .or_default() += 1;
+        FileClaim {
+            inner: self.inner.clone(),
+            name: name.to_string(),
+        }
     }
 
     /// Whether an operation on `key` is being submitted right now.
@@ -349,7 +371,28 @@ pub(crate) async fn wait_for_zero(
     }
 }
 
+/// See [`Uploader::claim`].
+pub struct FileClaim {
+    inner: Arc<Inner>,
+    name: String,
+}
+
+impl Drop for FileClaim {
+    fn drop(&mut self) {
+        Queue::release(&mut self.inner.queue.lock().unwrap().files, &self.name);
+    }
+}
+
 impl Queue {
+    fn release(files: &mut HashMap<String, usize>, f: &str) {
+        if let Some(n) = files.get_mut(f) {
+            *n -= 1;
+            if *n == 0 {
+                files.remove(f);
+            }
+        }
+    }
+
     /// Queues `op` behind the operations of its key with smaller seqs.
     fn insert(&mut self, op: Op) {
         if let Some(f) = &op.file {
@@ -373,12 +416,7 @@ impl Queue {
             let op = list.pop_front().expect("front exists");
             self.count -= 1;
             if let Some(f) = &op.file {
-                if let Some(n) = self.files.get_mut(f) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.files.remove(f);
-                    }
-                }
+                Self::release(&mut self.files, f);
             }
         }
         if list.is_empty() {
@@ -948,6 +986,27 @@ mod tests {
 
     async fn landed(r: &Rig, key: &str) -> bool {
         r.mem.head(key, None).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_claimed_file_stays_referenced_after_its_uploads_finish_until_the_claim_drops() {
+        let r = rig();
+        let up = start(&r, vec![]);
+        let f = staged_file(&r, b"body");
+        let seq = up.submit(put("old", &f, 4)).await.unwrap();
+        // Taken before the upload finishes, as a rename reading the node does.
+        let claim = up.claim(&f);
+        up.wait(seq).await.unwrap();
+        assert!(landed(&r, "old").await);
+        assert!(up.pending_for("old").is_empty());
+        assert!(up.references(&f), "the claim keeps the file needed");
+        let seq = up.submit(put("new", &f, 4)).await.unwrap();
+        drop(claim);
+        assert!(up.references(&f), "the queued put still needs it");
+        up.wait(seq).await.unwrap();
+        assert!(!up.references(&f), "nothing needs the file any more");
+        let body = r.mem.get("new", Default::default()).await.unwrap();
+        assert_eq!(&body.bytes().await.unwrap()[..], b"body");
     }
 
     /// Submits a small put every 50 ms for `n` rounds (a writer closing files).

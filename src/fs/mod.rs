@@ -1326,7 +1326,7 @@ impl Core {
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, dirty, local_only, meta, size, version) = {
+        let (working, dirty, local_only, meta, size, version, _claim) = {
             let t = self.inodes.lock().unwrap();
             let n = &t.nodes[&ino];
             (
@@ -1336,6 +1336,10 @@ impl Core {
                 n.meta.clone(),
                 n.size,
                 n.version.clone(),
+                // Read under the lock the finishing upload of the old key
+                // checks it in (`on_uploaded`), so that upload cannot retire
+                // the file before the put below is queued.
+                n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
             )
         };
         let (from_key, to_key) = (self.key(from), self.key(to));
@@ -1936,7 +1940,7 @@ impl Core {
     async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, path, meta, size, unlinked, early) = {
+        let (working, path, meta, size, unlinked, early, _claim) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             if !n.dirty {
@@ -1949,6 +1953,9 @@ impl Core {
                 n.size,
                 n.unlinked,
                 n.early.take(),
+                // As in `rename_file`: no finishing upload retires the file
+                // until the put below is queued.
+                n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
             )
         };
         if unlinked {
@@ -2266,13 +2273,14 @@ impl Core {
         let key = &c.op.key;
         let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
         let still_queued = !self.uploader.pending_for(key).is_empty();
+        let mut t = self.inodes.lock().unwrap();
         // Another queued operation may stage the same file under another key
-        // (a rename's put): the file stays shared, so an unlink keeps it.
+        // (a rename's put), or be about to (a claim taken under this lock):
+        // the file stays shared, so an unlink keeps it.
         let referenced =
             c.op.file
                 .as_deref()
                 .is_some_and(|f| self.uploader.references(f));
-        let mut t = self.inodes.lock().unwrap();
         let ino = t.lookup_path(rel.trim_end_matches('/'));
         let mut keep_file = false;
         let mut make_clean = false;
