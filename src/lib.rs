@@ -15,6 +15,7 @@
 //!
 //! Modules follow that flow: [`config`] → [`store`] (one bucket, one region).
 
+pub mod background;
 pub mod cache;
 pub mod config;
 pub mod error;

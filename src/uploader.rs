@@ -157,7 +157,7 @@ impl Uploader {
                 q.insert(op);
             }
         }
-        tokio::spawn(run(inner.clone()));
+        crate::background::spawn(run(inner.clone()));
         (Uploader { inner }, done_rx)
     }
 

@@ -273,7 +273,7 @@ impl Replicator {
                 .map(|r| r.id.clone())
                 .collect(),
         });
-        tokio::spawn(run(inner.clone()));
+        crate::background::spawn(run(inner.clone()));
         Replicator { inner }
     }
 
