@@ -6,7 +6,8 @@
 //! an S3 server on the same host) take the CPU the writer's requests need.
 //! At a lower priority they use what the file system leaves: a burst of
 //! writes closes faster, and uploads still start at once, so the replication
-//! lag of a steady load stays where it was. The measurements are in
+//! lag of a steady load stays far below its 1 s target (p99 0.072 s against
+//! 0.050 s at the normal priority). The measurements are in
 //! docs/BENCHMARKS.md (session 10). Durability is untouched: what runs here
 //! only reads what the journal already holds.
 //!

@@ -2272,11 +2272,15 @@ impl Core {
     pub fn on_uploaded(&self, c: &Completion) {
         let key = &c.op.key;
         let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
-        let still_queued = !self.uploader.pending_for(key).is_empty();
         let mut t = self.inodes.lock().unwrap();
+        // Both asked under the inodes lock: a stage or rename queues its op
+        // before it updates the node under this lock, and takes its claim
+        // while it reads the node under it, so neither can fall between
+        // these answers and the node's state below.
+        let still_queued = !self.uploader.pending_for(key).is_empty();
         // Another queued operation may stage the same file under another key
-        // (a rename's put), or be about to (a claim taken under this lock):
-        // the file stays shared, so an unlink keeps it.
+        // (a rename's put), or be about to (a claim): the file stays shared,
+        // so an unlink keeps it.
         let referenced =
             c.op.file
                 .as_deref()
@@ -2314,8 +2318,11 @@ impl Core {
             }
         }
         drop(t);
+        // Only a node holding the file can hand it to a new op (a claim is
+        // taken from `working`, under the lock): if none did above, nothing
+        // can reference it now that was not counted in `referenced`.
         let Some(f) = &c.op.file else { return };
-        if self.uploader.references(f) {
+        if referenced {
             return;
         }
         if make_clean {
