@@ -26,6 +26,15 @@
 //! operation is already durable in the journal, so deferral only moves when
 //! it reaches the bucket.
 //!
+//! # Scheduling
+//! The next operation of every key that is neither running nor backing off
+//! is a *head*, kept by seq. The scheduler starts heads oldest first and
+//! stops at the first one not yet due (when an operation is due grows with
+//! its staging time, so every later head is due no sooner). A wake therefore
+//! costs the operations it starts, not a pass over the queue: a burst of
+//! deferred closes, or a queue waiting out a source outage, no longer makes
+//! every submission scan everything queued.
+//!
 //! # Retries
 //! Transient errors (network, throttling, 5xx) retry with jittered exponential
 //! backoff, capped at 30 s, forever. Permanent errors (AccessDenied,
@@ -69,7 +78,15 @@ struct Queue {
     count: usize,
     files: HashMap<String, usize>,
     running: HashSet<String>,
-    retry_at: HashMap<i64, Instant>,
+    /// Heads: the front op's seq of every key neither running nor backing
+    /// off (see "Scheduling"). An entry whose op is no longer its key's
+    /// idle front is stale and dropped when met.
+    heads: BTreeMap<i64, String>,
+    /// Front ops waiting out a retry backoff, by when they may run again.
+    backoff: BTreeMap<(Instant, i64), String>,
+    /// Heads the scheduler looked at, over its life (tests).
+    #[cfg(test)]
+    examined: u64,
     waiters: HashMap<i64, Vec<oneshot::Sender<WaitResult>>>,
     /// Next queue position of a submitted op whose seq is not known yet.
     next_ticket: u64,
@@ -134,7 +151,10 @@ impl Uploader {
                 count: 0,
                 files: HashMap::new(),
                 running: HashSet::new(),
-                retry_at: HashMap::new(),
+                heads: BTreeMap::new(),
+                backoff: BTreeMap::new(),
+                #[cfg(test)]
+                examined: 0,
                 waiters: HashMap::new(),
                 next_ticket: 0,
                 tickets: HashMap::new(),
@@ -404,7 +424,32 @@ impl Queue {
             .iter()
             .position(|o| o.seq > op.seq)
             .unwrap_or(list.len());
+        let (seq, key) = (op.seq, op.key.clone());
         list.insert(pos, op);
+        // A new front of a key that is not running is a head (an older entry
+        // of that key goes stale).
+        if pos == 0 && !self.running.contains(&key) {
+            self.heads.insert(seq, key);
+        }
+    }
+
+    /// `key` stopped running: its next op, if any, becomes a head, now or
+    /// (`retry`) once that backoff has passed.
+    fn idle(&mut self, key: &str, retry: Option<Instant>) {
+        self.running.remove(key);
+        let Some(seq) = self.by_key.get(key).and_then(|l| l.front()).map(|o| o.seq) else {
+            return;
+        };
+        match retry {
+            Some(at) => self.backoff.insert((at, seq), key.to_string()),
+            None => self.heads.insert(seq, key.to_string()),
+        };
+    }
+
+    /// Whether `seq` is still `key`'s front op, not running.
+    fn is_idle_front(&self, key: &str, seq: i64) -> bool {
+        !self.running.contains(key)
+            && self.by_key.get(key).and_then(|l| l.front()).map(|o| o.seq) == Some(seq)
     }
 
     /// Removes the finished head operation `seq` of `key`.
@@ -446,43 +491,59 @@ fn due_at(inner: &Inner, q: &Queue, op: &Op, now: Instant) -> i64 {
     due
 }
 
-/// The scheduler: starts the head operation of every idle key whose write-back
-/// delay, deferral and retry backoff have passed, up to `concurrency` at once.
+/// The scheduler: starts heads (see "Scheduling") whose write-back delay,
+/// deferral and retry backoff have passed, oldest first, up to `concurrency`
+/// at once.
 async fn run(inner: Arc<Inner>) {
     let slots = Arc::new(Semaphore::new(inner.cfg.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     loop {
         let mut next_wake = Duration::from_secs(1);
         let ready: Vec<Op> = {
-            let mut q = inner.queue.lock().unwrap();
+            let mut guard = inner.queue.lock().unwrap();
+            let q = &mut *guard;
             let now = Instant::now();
             let now_ms = now_ms();
+            while let Some(entry) = q.backoff.first_entry() {
+                let (at, seq) = *entry.key();
+                if at > now {
+                    next_wake = next_wake.min(at - now);
+                    break;
+                }
+                let key = entry.remove();
+                if q.is_idle_front(&key, seq) {
+                    q.heads.insert(seq, key);
+                }
+            }
             let mut ready: Vec<Op> = Vec::new();
+            let mut stale: Vec<i64> = Vec::new();
             let budget = slots.available_permits();
-            // Only the operations that start are cloned: a long queue (a
-            // source outage) costs one pass over its keys per wake.
-            for (key, ops) in &q.by_key {
+            for (&seq, key) in &q.heads {
                 if ready.len() >= budget {
                     break;
                 }
-                if q.running.contains(key) {
+                #[cfg(test)]
+                {
+                    q.examined += 1;
+                }
+                if !q.is_idle_front(key, seq) {
+                    stale.push(seq);
                     continue;
                 }
-                let Some(op) = ops.front() else { continue };
-                if let Some(at) = q.retry_at.get(&op.seq) {
-                    if *at > now {
-                        next_wake = next_wake.min(*at - now);
-                        continue;
-                    }
-                }
-                let due = due_at(&inner, &q, op, now);
+                let op = q.by_key[key].front().expect("an idle front");
+                let due = due_at(&inner, q, op, now);
                 if due > now_ms {
+                    // Later heads were staged no sooner: none is due before it.
                     next_wake = next_wake.min(Duration::from_millis((due - now_ms) as u64));
-                    continue;
+                    break;
                 }
                 ready.push(op.clone());
             }
+            for seq in stale {
+                q.heads.remove(&seq);
+            }
             for op in &ready {
+                q.heads.remove(&op.seq);
                 q.running.insert(op.key.clone());
             }
             ready
@@ -555,16 +616,13 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 // and runs again (a duplicate version with the same bytes).
                 tracing::error!(key = %op.key, error = %e, "cannot record an upload in the journal; will retry");
                 let mut q = inner.queue.lock().unwrap();
-                q.running.remove(&op.key);
-                q.retry_at
-                    .insert(op.seq, Instant::now() + backoff(op.attempts, false));
+                q.idle(&op.key, Some(Instant::now() + backoff(op.attempts, false)));
                 return;
             }
             let waiters = {
                 let mut q = inner.queue.lock().unwrap();
-                q.running.remove(&op.key);
-                q.retry_at.remove(&op.seq);
                 q.remove_front(&op.key, op.seq);
+                q.idle(&op.key, None);
                 inner.pending.send_replace(q.count);
                 q.waiters.remove(&op.seq).unwrap_or_default()
             };
@@ -588,7 +646,6 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 .await;
             let waiters = {
                 let mut q = inner.queue.lock().unwrap();
-                q.running.remove(&op.key);
                 let attempts =
                     if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
                         o.attempts += 1;
@@ -602,8 +659,7 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                     } else {
                         op.attempts + 1
                     };
-                q.retry_at
-                    .insert(op.seq, Instant::now() + backoff(attempts, permanent));
+                q.idle(&op.key, Some(Instant::now() + backoff(attempts, permanent)));
                 if permanent {
                     q.waiters.remove(&op.seq).unwrap_or_default()
                 } else {
@@ -1083,6 +1139,58 @@ mod tests {
         let r = rig();
         let _up = first_then_burst(&r, Duration::ZERO, 10).await;
         assert!(landed(&r, "first").await);
+    }
+
+    /// Held back by a deferral, then let go by a drain with one upload at a
+    /// time: keys go oldest first, not in key order.
+    #[tokio::test]
+    async fn held_back_uploads_start_oldest_first_across_keys() {
+        let r = rig();
+        let cfg = UploadConfig {
+            defer_while_writing: crate::config::HumanDuration(Duration::from_secs(30)),
+            concurrency: 1,
+            ..Default::default()
+        };
+        let up = start_with(&r, cfg, Duration::from_secs(30), vec![]);
+        let keys = ["z", "a", "m", "b", "y"];
+        for k in keys {
+            let f = staged_file(&r, k.as_bytes());
+            up.submit(put(k, &f, 1)).await.unwrap();
+        }
+        assert!(!landed(&r, "z").await, "held back");
+        assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+        let mut landed_in: Vec<(String, &str)> = Vec::new();
+        for k in keys {
+            let v = r.mem.head(k, None).await.unwrap().version_id.unwrap();
+            landed_in.push((v, k));
+        }
+        landed_in.sort();
+        let order: Vec<&str> = landed_in.into_iter().map(|(_, k)| k).collect();
+        assert_eq!(order, keys);
+    }
+
+    /// A burst of closes held back by the deferral: each submission wakes the
+    /// scheduler, which looks at the oldest head only, not at every queued op
+    /// (a pass per submission was quadratic in the burst).
+    #[tokio::test]
+    async fn a_burst_of_held_back_uploads_costs_the_scheduler_no_pass_per_submission() {
+        let r = rig();
+        let up = start_deferring(&r, Duration::from_secs(30));
+        let n = 1000u64;
+        for i in 0..n {
+            let f = staged_file(&r, b"x");
+            up.submit(put(&format!("k{i:04}"), &f, 1)).await.unwrap();
+            if i % 100 == 0 {
+                // Let the scheduler run its wakes as they come.
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let examined = up.inner.queue.lock().unwrap().examined;
+        assert!(examined <= 2 * n, "{examined} heads examined for {n} submissions");
+        assert_eq!(up.pending_count(), n as usize, "all still held back");
+        assert_eq!(up.drain(Duration::from_secs(30), |_| {}).await, 0);
+        assert!(landed(&r, "k0999").await);
     }
 
     #[tokio::test]
