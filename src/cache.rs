@@ -397,12 +397,7 @@ impl Cache {
             let notified = self.freed.notified();
             {
                 let mut s = self.space.lock().unwrap();
-                let old = s.data.get(name).copied().unwrap_or(0);
-                let grow = new_size.saturating_sub(old);
-                if grow == 0 || s.data_total + grow <= self.max_size {
-                    self.evict_clean(&mut s, grow);
-                    s.data_total = s.data_total + new_size - old;
-                    s.data.insert(name.to_string(), new_size);
+                if self.resize_if_room(&mut s, name, new_size) {
                     return Ok(());
                 }
                 let waited = s.last_progress.elapsed();
@@ -416,6 +411,25 @@ impl Cache {
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), notified).await;
         }
+    }
+
+    /// [`Cache::resize_data`] when it need not wait: false (and nothing
+    /// recorded) when the growth does not fit.
+    pub fn try_resize_data(&self, name: &str, new_size: u64) -> bool {
+        let mut s = self.space.lock().unwrap();
+        self.resize_if_room(&mut s, name, new_size)
+    }
+
+    fn resize_if_room(&self, s: &mut Space, name: &str, new_size: u64) -> bool {
+        let old = s.data.get(name).copied().unwrap_or(0);
+        let grow = new_size.saturating_sub(old);
+        if grow == 0 || s.data_total + grow <= self.max_size {
+            self.evict_clean(s, grow);
+            s.data_total = s.data_total + new_size - old;
+            s.data.insert(name.to_string(), new_size);
+            return true;
+        }
+        false
     }
 
     /// Evicts clean copies (oldest first, not open) until `need` more bytes

@@ -365,6 +365,16 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The first write of a file may start its early upload, which
+        // spawns onto the runtime.
+        let _rt = self.rt.enter();
+        if let Some(r) = self.core.write_now(fh.0, offset, data) {
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         let (core, data) = (self.core.clone(), data.to_vec());
         self.spawn(async move {
             match core.write(fh.0, offset, &data).await {
