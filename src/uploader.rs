@@ -1184,7 +1184,10 @@ mod tests {
             up.submit(put(&format!("k{i:04}"), &f, 1)).await.unwrap();
         }
         let examined = up.inner.queue.lock().unwrap().examined;
-        assert!(examined <= 2 * n, "{examined} heads examined for {n} submissions");
+        assert!(
+            examined <= 2 * n,
+            "{examined} heads examined for {n} submissions"
+        );
         assert_eq!(up.pending_count(), n as usize, "all still held back");
         assert_eq!(up.drain(Duration::from_secs(30), |_| {}).await, 0);
         assert!(landed(&r, "k0999").await);
