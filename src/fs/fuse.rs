@@ -1,7 +1,10 @@
 //! The thin fuser adapter: decode a request, call one method of [`Core`] on the
 //! tokio runtime, reply (mapping errors through `FsError::errno`). It makes no
-//! decisions. Replies are `Send + 'static`, so every request runs as its own
-//! task and the FUSE threads return at once.
+//! decisions. Replies are `Send + 'static`, so a request that may wait runs
+//! as its own task and the FUSE threads return at once; what cannot wait (a
+//! lookup known from memory, a write whose file's lock is free and whose
+//! growth fits the cache) is answered on the FUSE thread, which spares the
+//! hop and, for writes, the copy of the data.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
