@@ -747,6 +747,22 @@ mod tests {
         c.resize_data(&b, 5).await.unwrap();
     }
 
+    #[test]
+    fn a_growth_that_does_not_fit_is_refused_at_once_and_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 10, Duration::from_secs(30)).unwrap();
+        let a = c.create_data_file().unwrap();
+        assert!(c.try_resize_data(&a, 8));
+        let b = c.create_data_file().unwrap();
+        assert!(!c.try_resize_data(&b, 5), "8 + 5 bytes do not fit in 10");
+        assert_eq!(c.usage().0, 8, "the refused growth is not counted");
+        assert!(c.try_resize_data(&b, 2), "what fits is recorded");
+        assert_eq!(c.usage().0, 10);
+        c.remove_data(&a);
+        assert!(c.try_resize_data(&b, 5));
+        assert_eq!(c.usage().0, 5);
+    }
+
     #[tokio::test]
     async fn a_waiting_writer_proceeds_when_an_upload_frees_space() {
         let dir = tempfile::tempdir().unwrap();

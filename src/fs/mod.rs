@@ -1798,7 +1798,7 @@ impl Core {
         if end > size {
             self.cache.resize_data(&w.name, end).await?;
         }
-        self.write_locked(ino, fh, &w, offset, data, size)
+        self.write_locked(ino, &w, offset, data, size)
     }
 
     /// [`Core::write`] answered by the calling (FUSE) thread, so the data
@@ -1817,7 +1817,7 @@ impl Core {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino)?;
             match &n.working {
-                Some(w) if !n.shared && !n.is_dir() => (w.clone(), n.size),
+                Some(w) if !n.shared => (w.clone(), n.size),
                 _ => return None,
             }
         };
@@ -1825,7 +1825,7 @@ impl Core {
         if end > size && !self.cache.try_resize_data(&w.name, end) {
             return None;
         }
-        Some(self.write_locked(ino, fh, &w, offset, data, size))
+        Some(self.write_locked(ino, &w, offset, data, size))
     }
 
     /// The write itself, with the node's I/O lock held, its working file
@@ -1834,7 +1834,6 @@ impl Core {
     fn write_locked(
         &self,
         ino: u64,
-        fh: u64,
         w: &Working,
         offset: u64,
         data: &[u8],
@@ -1842,9 +1841,9 @@ impl Core {
     ) -> Result<u32, FsError> {
         let end = offset + data.len() as u64;
         w.file.write_all_at(data, offset)?;
-        self.mark_written(fh);
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.written = true;
         if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked {
             n.early = self.uploader.early(&self.key(&n.path), &w.name, &n.meta);
         }
