@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+pub mod direct;
+
 /// Why the cache cannot serve a request.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

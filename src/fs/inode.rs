@@ -36,6 +36,8 @@ pub struct Working {
     /// Name under the cache's `data/`.
     pub name: String,
     pub file: Arc<File>,
+    /// Its large writes bypass the page cache (see [`crate::cache::direct`]).
+    pub direct: Arc<crate::cache::direct::Direct>,
 }
 
 pub struct Node {

@@ -1628,6 +1628,7 @@ impl Core {
         Ok(Working {
             name,
             file: Arc::new(file),
+            direct: Default::default(),
         })
     }
 
@@ -1840,7 +1841,7 @@ impl Core {
         size: u64,
     ) -> Result<u32, FsError> {
         let end = offset + data.len() as u64;
-        w.file.write_all_at(data, offset)?;
+        w.direct.write_all_at(&w.file, data, offset)?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.written = true;
