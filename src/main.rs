@@ -105,6 +105,21 @@ enum Command {
     },
 }
 
+/// Every file being written or waiting for its upload holds a descriptor
+/// (two while large writes go direct, see `cache::direct`), so the soft limit
+/// of 1024 open files that many shells give could refuse a busy mount's
+/// opens. The hard limit is what the administrator allows; use all of it.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit read and write only the struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // Request buffers (up to 1 MiB each) are allocated and freed all the time.
     // With glibc's defaults they spread over up to 16 per-thread heaps and
@@ -115,6 +130,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    raise_open_file_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")

@@ -430,8 +430,49 @@ async fn dd_of_1_gib_lands_as_one_multipart_version_with_the_same_bytes() {
     let want = sh(&format!("md5sum < {}", local.display()));
     let got = sh(&format!("md5sum < {}", m.path("big").display()));
     assert_eq!(want, got, "read back through the mount");
+    // The bucket's bytes, not the kernel's pages: most of the file went to
+    // the cache disk with O_DIRECT and was uploaded from there.
+    let body = r
+        .src
+        .get("big", regionfs::store::GetRequest::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let fetched = src.path().join("fetched");
+    std::fs::write(&fetched, &body).unwrap();
+    drop(body);
+    let in_bucket = sh(&format!("md5sum < {}", fetched.display()));
+    assert_eq!(want, in_bucket, "the object in the bucket");
     let versions = r.src.list_versions("big", None, None).await.unwrap();
     assert_eq!(versions.versions.len(), 1, "one close, one version");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_may_open_as_many_files_as_the_hard_limit_allows() {
+    let r = Regions::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    // A low soft limit, as many shells set, inherited by the daemon only (the
+    // regions run already; nextest runs each test in a process of its own).
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        assert!(l.rlim_max > 256, "hard limit {}", l.rlim_max);
+        l.rlim_cur = 256;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    let mut m = Mount::start(&r.config(cache.path(), ""));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  <soft>  <hard>  files"
+    assert_eq!(f[3], f[4], "soft limit raised to the hard one: {line}");
+    assert!(m.unmount().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
