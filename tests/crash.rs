@@ -56,6 +56,8 @@ fn writer(
         };
         let len = match i % 13 {
             0 => 16 * 1024 * 1024 + 12345, // multipart, parts uploaded before close
+            // One write-back request: its aligned middle goes direct, its tail buffered.
+            6 => 700_001,
             n => (n as usize) * 3001,
         };
         let body = content(round * 1_000_003 + i, len);
