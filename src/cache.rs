@@ -19,6 +19,8 @@
 //!   deleted); they hold no data and are deleted at start. A file is recycled
 //!   only where it would otherwise be deleted, so nothing still reading it
 //!   (a queued upload, an open clean copy) can see it emptied.
+//! - Large writes to `data/` files skip the page cache ([`direct`]); that
+//!   changes when their bytes reach the disk, never what a sync promises.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
