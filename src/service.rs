@@ -192,6 +192,7 @@ pub async fn start_with_stores(
         ops,
         Some(replicator.clone()),
     );
+    replicator.give_way_to(uploader.busy_signal(), crate::replicator::GIVE_WAY_AT_MOST);
     uploader.abort_stale_early().await;
     uploader.set_acl(
         &config.source.name,

@@ -359,6 +359,21 @@ impl Uploader {
         *self.inner.pending.borrow()
     }
 
+    /// The load replicas give way to (`Replicator::give_way_to`): operations
+    /// queued, and whether one was submitted less than [`QUIET`] ago.
+    pub fn busy_signal(&self) -> crate::replicator::SourceBusy {
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move || {
+            inner.upgrade().map_or_else(Default::default, |i| {
+                let q = i.queue.lock().unwrap();
+                crate::replicator::SourceLoad {
+                    queued: q.count,
+                    submitting: q.last_submit.is_some_and(|t| t.elapsed() < q.quiet),
+                }
+            })
+        })
+    }
+
     /// Waits until no operation is queued, or `timeout` passes; returns how many
     /// are left. `progress` is called whenever the count changes.
     pub async fn drain(&self, timeout: Duration, progress: impl FnMut(usize)) -> usize {
@@ -1487,6 +1502,157 @@ destination = "eu"
             Some(rep.clone()),
         );
         (up, rep, dest)
+    }
+
+    /// Submits `body` as `key` and waits until it is in the source.
+    async fn uploaded(r: &Rig, up: &Uploader, key: &str, body: &[u8]) {
+        let f = staged_file(r, body);
+        up.submit(put(key, &f, body.len() as u64)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while up.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "{key} uploaded in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn replicated(rep: &crate::replicator::Replicator, within: Duration) {
+        let deadline = Instant::now() + within;
+        while rep.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "replicated within {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_replica_waits_while_the_source_takes_new_writes_then_copies_every_part() {
+        let r = rig();
+        let (up, rep, dest) = replicating(&r);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = busy.clone();
+        rep.give_way_to(
+            Arc::new(move || crate::replicator::SourceLoad {
+                queued: 0,
+                submitting: flag.load(std::sync::atomic::Ordering::SeqCst),
+            }),
+            Duration::from_secs(60),
+        );
+        // Three parts of 8, 8 and 4 MiB, all in flight at once.
+        let body: Vec<u8> = (0..20 * MIB as usize).map(|i| (i % 251) as u8).collect();
+        uploaded(&r, &up, "big", &body).await;
+        // While the source is busy no part is copied (watched for 300 ms).
+        let watch_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < watch_until {
+            assert_eq!(rep.pending_count(), 1, "the replica waits");
+            assert!(
+                dest.open_uploads().iter().all(|(_, parts)| *parts == 0),
+                "no part copied while the source is busy: {:?}",
+                dest.open_uploads()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        busy.store(false, std::sync::atomic::Ordering::SeqCst);
+        replicated(&rep, Duration::from_secs(10)).await;
+        let history = dest.history("big");
+        assert_eq!(history.len(), 1, "one replica version");
+        assert!(
+            history[0].1.as_deref() == Some(&body[..]),
+            "the replica has the source's bytes, parts in order"
+        );
+        assert!(dest.open_uploads().is_empty(), "no upload left open");
+    }
+
+    #[tokio::test]
+    async fn a_small_replica_waits_only_while_the_uploads_are_backed_up() {
+        let r = rig();
+        let (up, rep, dest) = replicating(&r);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let q = queued.clone();
+        rep.give_way_to(
+            Arc::new(move || crate::replicator::SourceLoad {
+                queued: q.load(std::sync::atomic::Ordering::SeqCst),
+                submitting: true,
+            }),
+            Duration::from_secs(60),
+        );
+        // A source that keeps up (one upload queued): replicated at once, not
+        // after the 60 s bound.
+        uploaded(&r, &up, "steady", b"one of a steady stream").await;
+        replicated(&rep, Duration::from_secs(10)).await;
+        assert_eq!(dest.history("steady").len(), 1);
+        // Backed up (more than twice the uploader's 16 at a time): it waits.
+        queued.store(33, std::sync::atomic::Ordering::SeqCst);
+        uploaded(&r, &up, "burst", b"one of a burst").await;
+        let watch_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < watch_until {
+            assert_eq!(rep.pending_count(), 1, "the replica waits");
+            assert!(dest.history("burst").is_empty());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        queued.store(32, std::sync::atomic::Ordering::SeqCst);
+        replicated(&rep, Duration::from_secs(10)).await;
+        assert_eq!(
+            dest.history("burst")[0].1.as_deref(),
+            Some(&b"one of a burst"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_source_that_is_never_idle_slows_a_large_replica_but_does_not_stop_it() {
+        let r = rig();
+        let (up, rep, dest) = replicating(&r);
+        let at_most = Duration::from_millis(300);
+        rep.give_way_to(
+            Arc::new(|| crate::replicator::SourceLoad {
+                queued: 1,
+                submitting: true,
+            }),
+            at_most,
+        );
+        let body = vec![9u8; 20 * MIB as usize]; // over the 16 MiB multipart threshold
+                                                 // Its replica starts the moment the version is in the source.
+        let t = Instant::now();
+        uploaded(&r, &up, "big", &body).await;
+        replicated(&rep, Duration::from_secs(10)).await;
+        assert!(t.elapsed() >= at_most, "each part waited its bound first");
+        assert!(dest.history("big")[0].1.as_deref() == Some(&body[..]));
+    }
+
+    #[tokio::test]
+    async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_submit() {
+        let r = rig();
+        let cfg = UploadConfig {
+            multipart_threshold: crate::config::ByteSize(5 * MIB),
+            ..Default::default()
+        };
+        let quiet = Duration::from_millis(100);
+        let up = start_with(&r, cfg, quiet, vec![]);
+        let load = up.busy_signal();
+        let busy = || {
+            let l = load();
+            l.queued > 0 || l.submitting
+        };
+        assert!(!busy(), "idle before any write");
+        // An upload retrying after two refusals (backoffs of at least 125 and
+        // 250 ms) keeps the source busy past the pause.
+        r.faulty.fail_next(2);
+        let f = staged_file(&r, b"refused for now");
+        up.submit(put("k", &f, 15)).await.unwrap();
+        assert!(busy(), "busy right after a submit");
+        let t = Instant::now();
+        while t.elapsed() < quiet * 3 {
+            assert!(busy(), "busy while the upload is queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while busy() {
+            assert!(Instant::now() < deadline, "idle once uploaded and quiet");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(up.pending_count(), 0);
+        assert!(
+            r.mem.head("k", None).await.is_ok(),
+            "the write is in the source"
+        );
     }
 
     #[tokio::test]

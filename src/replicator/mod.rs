@@ -29,7 +29,19 @@
 //! every 30 s, so fixing the cause completes them without manual steps.
 //!
 //! Bytes are streamed: a GET of the source version feeds the destination PUT
-//! (ranged GETs per part for large objects); nothing is held whole in memory.
+//! (ranged GETs per part for large objects, [`PARTS_IN_FLIGHT`] at a time);
+//! nothing is held whole in memory.
+//!
+//! # Giving way to new writes
+//! A new write is durable only once it is in the source; a replica of an
+//! older version can wait. So replicas give way to the uploader (its
+//! [`SourceLoad`]), each at most [`GIVE_WAY_AT_MOST`] at a time, so that a
+//! source that is never idle slows replication but never stops it:
+//! - each part of a large replica (one copied in parts) waits while any
+//!   upload is queued or one was submitted a moment ago;
+//! - a small replica waits only while the uploads are backed up (more queued
+//!   than twice the uploader's concurrency): a steady stream the uploader
+//!   keeps up with replicates at once, which keeps its replication lag low.
 //!
 //! # Fresh small versions
 //! A small file this process has just uploaded hands its bytes and options to
@@ -59,7 +71,7 @@ use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind};
 use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
 use crate::store::{
-    AclBody, AclSupport, GetRequest, ObjectStore, PutBody, PutOptions, PutResult,
+    AclBody, AclSupport, CompletedPart, GetRequest, ObjectStore, PutBody, PutOptions, PutResult,
     SOURCE_VERSION_META,
 };
 use rules::{Change, Rules};
@@ -143,6 +155,32 @@ pub struct Fresh {
     pub opts: PutOptions,
 }
 
+/// Parts of one large replica copied at once.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+/// The longest one part of a large replica waits for the source to go idle.
+pub const GIVE_WAY_AT_MOST: Duration = Duration::from_secs(1);
+
+/// How often a waiting part looks again.
+const GIVE_WAY_POLL: Duration = Duration::from_millis(20);
+
+/// What the uploader is doing now (see "Giving way").
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceLoad {
+    /// Operations queued for the source (running ones included).
+    pub queued: usize,
+    /// One was submitted a moment ago: a writer between two closes.
+    pub submitting: bool,
+}
+
+/// Reads the uploader's [`SourceLoad`].
+pub type SourceBusy = Arc<dyn Fn() -> SourceLoad + Send + Sync>;
+
+struct GiveWay {
+    busy: SourceBusy,
+    at_most: Duration,
+}
+
 /// At most this many bytes of fresh versions are held for their replicas;
 /// beyond it a task reads the source like any other.
 pub const FRESH_BUDGET: usize = 8 << 20;
@@ -187,6 +225,7 @@ struct Inner {
     source_acls: AclState,
     /// Rules whose replicas go to the destination's owner.
     owner_override: HashSet<String>,
+    give_way: std::sync::OnceLock<GiveWay>,
 }
 
 /// Handle to the replication workers.
@@ -272,9 +311,17 @@ impl Replicator {
                 .filter(|r| r.owner_override == Some(OwnerOverride::Destination))
                 .map(|r| r.id.clone())
                 .collect(),
+            give_way: std::sync::OnceLock::new(),
         });
         crate::background::spawn(run(inner.clone()));
         Replicator { inner }
+    }
+
+    /// From now on replicas give way to the uploads `busy` reports, each at
+    /// most `at_most` at a time (see "Giving way").
+    /// Only the first call counts.
+    pub fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
+        let _ = self.inner.give_way.set(GiveWay { busy, at_most });
     }
 
     /// Reports replication lag and bytes to `metrics` from now on.
@@ -474,6 +521,9 @@ fn pause_after_pass(took: Duration) -> Option<Duration> {
 }
 
 async fn execute(inner: &Arc<Inner>, task: Task) {
+    if task.size < inner.upload.multipart_threshold.0 {
+        give_way(inner, Yield::BackedUp).await;
+    }
     // Taken whatever happens: a retry reads the source like any other task.
     let fresh = inner.fresh.lock().unwrap().take(task.id);
     let result = match inner.destinations.get(&task.destination) {
@@ -745,7 +795,8 @@ async fn write_replica(
     Ok(res.version_id)
 }
 
-/// Large objects: one ranged GET per part, streamed into UploadPart.
+/// Large objects: one ranged GET per part, streamed into UploadPart,
+/// [`PARTS_IN_FLIGHT`] parts at a time, each giving way to new writes first.
 async fn copy_in_parts(
     inner: &Arc<Inner>,
     dest: &dyn ObjectStore,
@@ -753,43 +804,74 @@ async fn copy_in_parts(
     size: u64,
     opts: &PutOptions,
 ) -> Result<PutResult, StoreError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
     let part = inner.upload.part_size_for(size);
     let id = dest.create_multipart(&task.key, opts).await?;
-    let mut parts = Vec::new();
-    for (i, offset) in (0..size).step_by(part as usize).enumerate() {
-        let end = (offset + part).min(size) - 1;
-        let got = async {
-            let obj = inner
-                .source
-                .get(
+    let copies = stream::iter((0..size).step_by(part as usize).enumerate())
+        .map(|(i, offset)| {
+            let (id, end) = (&id, (offset + part).min(size) - 1);
+            async move {
+                give_way(inner, Yield::Busy).await;
+                let obj = inner
+                    .source
+                    .get(
+                        &task.key,
+                        GetRequest {
+                            version_id: Some(task.version_id.clone()),
+                            range: Some((offset, end)),
+                        },
+                    )
+                    .await?;
+                dest.upload_part(
                     &task.key,
-                    GetRequest {
-                        version_id: Some(task.version_id.clone()),
-                        range: Some((offset, end)),
+                    id,
+                    i as i32 + 1,
+                    PutBody::Stream {
+                        body: obj.body,
+                        len: end - offset + 1,
                     },
                 )
-                .await?;
-            dest.upload_part(
-                &task.key,
-                &id,
-                i as i32 + 1,
-                PutBody::Stream {
-                    body: obj.body,
-                    len: end - offset + 1,
-                },
-            )
-            .await
-        }
-        .await;
-        match got {
-            Ok(p) => parts.push(p),
-            Err(e) => {
-                let _ = dest.abort_multipart(&task.key, &id).await;
-                return Err(e);
+                .await
             }
+        })
+        .buffered(PARTS_IN_FLIGHT);
+    // The first failure drops the parts still in flight, then aborts.
+    let parts: Result<Vec<CompletedPart>, StoreError> = copies.try_collect().await;
+    match parts {
+        Ok(parts) => dest.complete_multipart(&task.key, &id, parts).await,
+        Err(e) => {
+            let _ = dest.abort_multipart(&task.key, &id).await;
+            Err(e)
         }
     }
-    dest.complete_multipart(&task.key, &id, parts).await
+}
+
+/// When a replica waits for the uploader (see "Giving way").
+#[derive(Clone, Copy)]
+enum Yield {
+    /// While any upload is queued or being submitted (parts of large replicas).
+    Busy,
+    /// While the uploads are backed up (small replicas).
+    BackedUp,
+}
+
+/// Waits while the source's load calls for it, at most the configured bound.
+async fn give_way(inner: &Inner, when: Yield) {
+    let Some(g) = inner.give_way.get() else {
+        return;
+    };
+    let backed_up = 2 * inner.upload.concurrency.max(1);
+    let waits = || {
+        let load = (g.busy)();
+        match when {
+            Yield::Busy => load.queued > 0 || load.submitting,
+            Yield::BackedUp => load.queued > backed_up,
+        }
+    };
+    let until = Instant::now() + g.at_most;
+    while waits() && Instant::now() < until {
+        tokio::time::sleep(GIVE_WAY_POLL.min(until - Instant::now())).await;
+    }
 }
 
 #[cfg(test)]
