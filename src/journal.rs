@@ -247,6 +247,17 @@ pub struct Task {
     pub created_at_ms: i64,
 }
 
+/// The oldest open tasks of a destination and a summary of all of them
+/// ([`Journal::open_tasks_window`]).
+#[derive(Debug, Clone, Default)]
+pub struct TaskWindow {
+    pub tasks: Vec<Task>,
+    /// Open tasks of the destination, those in `tasks` included.
+    pub open: u64,
+    /// The earliest `created_at_ms` among them.
+    pub earliest_ms: Option<i64>,
+}
+
 /// Per-destination totals for `status` and metrics (exact: from the journal).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DestinationSummary {
@@ -419,6 +430,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
+CREATE INDEX IF NOT EXISTS tasks_open_dest ON tasks(destination, id, created_at) WHERE status != 'COMPLETED';
 CREATE TABLE IF NOT EXISTS early_uploads (
     upload_id TEXT PRIMARY KEY,
     key TEXT NOT NULL
@@ -789,6 +801,48 @@ impl Journal {
                 out.push(insert_task(c, 0, &key, &version, size, now_ms(), &t)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The oldest `limit` open tasks of one destination (by id, hence in the
+    /// order their versions were recorded), with how many are open there in
+    /// all and the earliest staging time among them: what the replicator
+    /// holds in memory of a long backlog, and what it knows of the rest.
+    pub async fn open_tasks_window(
+        &self,
+        destination: String,
+        limit: usize,
+    ) -> Result<TaskWindow, JournalError> {
+        self.run_lazy(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE destination = ?1 AND status != 'COMPLETED' ORDER BY id LIMIT ?2"
+            ))?;
+            let tasks = st
+                .query_map(params![destination, limit as i64], task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let (open, earliest_ms) = c.query_row(
+                "SELECT COUNT(*), MIN(created_at) FROM tasks WHERE destination = ?1 AND status != 'COMPLETED'",
+                params![destination],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?)),
+            )?;
+            Ok(TaskWindow {
+                tasks,
+                open,
+                earliest_ms,
+            })
+        })
+        .await
+    }
+
+    /// The destinations that have open tasks.
+    pub async fn open_task_destinations(&self) -> Result<Vec<String>, JournalError> {
+        self.run_lazy(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT destination FROM tasks WHERE status != 'COMPLETED' ORDER BY destination",
+            )?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            rows.collect()
         })
         .await
     }

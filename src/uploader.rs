@@ -1460,7 +1460,55 @@ mod tests {
     /// An uploader from the rig's source that replicates everything to a
     /// memory bucket "eu".
     fn replicating(r: &Rig) -> (Uploader, crate::replicator::Replicator, Arc<MemoryStore>) {
-        let config = crate::config::Config::parse(
+        let dest = Arc::new(MemoryStore::new("dst"));
+        let rep = crate::replicator::Replicator::start_with(
+            &replicating_config(),
+            r.faulty.clone(),
+            HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]),
+            r.journal.clone(),
+            vec![],
+        );
+        (replicating_uploader(r, &rep), rep, dest)
+    }
+
+    /// [`replicating`] with a replicator that holds at most `held` open tasks
+    /// in memory and reads the rest from the rig's journal.
+    async fn replicating_held(
+        r: &Rig,
+        dest: Arc<dyn ObjectStore>,
+        held: usize,
+    ) -> (Uploader, crate::replicator::Replicator) {
+        let rep = crate::replicator::Replicator::start_from_journal(
+            &replicating_config(),
+            r.faulty.clone(),
+            HashMap::from([("eu".to_string(), dest)]),
+            r.journal.clone(),
+            held,
+        )
+        .await
+        .unwrap();
+        (replicating_uploader(r, &rep), rep)
+    }
+
+    fn replicating_uploader(r: &Rig, rep: &crate::replicator::Replicator) -> Uploader {
+        let cfg = UploadConfig {
+            multipart_threshold: crate::config::ByteSize(5 * MIB),
+            ..Default::default()
+        };
+        Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            cfg,
+            Duration::ZERO,
+            vec![],
+            Some(rep.clone()),
+        )
+        .0
+    }
+
+    fn replicating_config() -> crate::config::Config {
+        crate::config::Config::parse(
             r#"
 [source]
 name = "us"
@@ -1477,31 +1525,140 @@ id = "all"
 destination = "eu"
 "#,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Holds every small replica back (the uploads look backed up) until the
+    /// returned flag is cleared.
+    fn hold_replicas(rep: &crate::replicator::Replicator) -> Arc<std::sync::atomic::AtomicBool> {
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let h = hold.clone();
+        rep.give_way_to(
+            Arc::new(move || crate::replicator::SourceLoad {
+                queued: if h.load(std::sync::atomic::Ordering::SeqCst) {
+                    1000
+                } else {
+                    0
+                },
+                submitting: false,
+            }),
+            Duration::from_secs(60),
+        );
+        hold
+    }
+
+    #[tokio::test]
+    async fn a_backlog_longer_than_memory_holds_replicates_every_version_in_order() {
+        let r = rig();
         let dest = Arc::new(MemoryStore::new("dst"));
-        let dests: HashMap<String, Arc<dyn ObjectStore>> =
-            HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]);
-        let rep = crate::replicator::Replicator::start_with(
-            &config,
-            r.faulty.clone(),
-            dests,
-            r.journal.clone(),
-            vec![],
-        );
-        let cfg = UploadConfig {
-            multipart_threshold: crate::config::ByteSize(5 * MIB),
-            ..Default::default()
-        };
-        let (up, _) = Uploader::start(
-            r.faulty.clone(),
-            r.journal.clone(),
-            r.cache.clone(),
-            cfg,
-            Duration::ZERO,
-            vec![],
-            Some(rep.clone()),
-        );
-        (up, rep, dest)
+        let (up, rep) = replicating_held(&r, dest.clone(), 4).await;
+        let hold = hold_replicas(&rep);
+        // 10 keys, 4 versions each, round robin: 40 tasks, 4 held in memory.
+        let body = |k: usize, v: usize| format!("key {k} version {v}").into_bytes();
+        for v in 0..4 {
+            for k in 0..10 {
+                uploaded(&r, &up, &format!("k{k}"), &body(k, v)).await;
+            }
+        }
+        assert_eq!(rep.held_count(), 4, "the rest wait in the journal");
+        assert_eq!(rep.pending_count(), 40, "all of them count as pending");
+        // Memory never holds more than the share while the backlog drains.
+        hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rep.pending_count() > 0 {
+            assert!(rep.held_count() <= 4, "held {}", rep.held_count());
+            assert!(Instant::now() < deadline, "replicated in time");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for k in 0..10 {
+            let bodies: Vec<Vec<u8>> = dest
+                .history(&format!("k{k}"))
+                .into_iter()
+                .map(|(_, b)| b.unwrap().to_vec())
+                .collect();
+            assert_eq!(
+                bodies,
+                (0..4).map(|v| body(k, v)).collect::<Vec<_>>(),
+                "k{k}: every version once, in source order"
+            );
+        }
+        assert!(r.journal.open_tasks().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_tasks_do_not_hold_back_the_rest_of_a_long_backlog() {
+        let r = rig();
+        let mem = Arc::new(MemoryStore::new("dst"));
+        let dest = Arc::new(FaultyStore::new(mem.clone()));
+        dest.refuse_prefix(Some("refused/"));
+        let (up, rep) = replicating_held(&r, dest.clone(), 4).await;
+        // More refused files than the share, then files it takes.
+        for i in 0..10 {
+            uploaded(&r, &up, &format!("refused/f{i}"), b"refused").await;
+        }
+        for i in 0..10 {
+            uploaded(&r, &up, &format!("ok/f{i}"), b"taken").await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (0..10).any(|i| mem.history(&format!("ok/f{i}")).is_empty()) {
+            assert!(
+                Instant::now() < deadline,
+                "the others replicated past the refused ones"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rep.pending_count(), 10, "the refused ones stay pending");
+        let failed = r.journal.open_tasks().await.unwrap();
+        assert_eq!(failed.len(), 10);
+        assert!(failed.iter().all(
+            |t| t.key.starts_with("refused/") && t.status == crate::journal::TaskStatus::Failed
+        ));
+        // Fixed: they complete at the next retry.
+        dest.refuse_prefix(None);
+        rep.retry_failed();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rep.pending_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the refused ones replicated once fixed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!((0..10).all(|i| mem.history(&format!("refused/f{i}")).len() == 1));
+    }
+
+    #[tokio::test]
+    async fn a_restart_reads_a_long_backlog_from_the_journal_a_share_at_a_time() {
+        let r = rig();
+        // A first process uploads 30 versions and dies before replicating any.
+        {
+            let dest = Arc::new(MemoryStore::new("dst"));
+            let (up, rep) = replicating_held(&r, dest, 1000).await;
+            let _hold = hold_replicas(&rep);
+            for i in 0..30 {
+                uploaded(&r, &up, &format!("f{i}"), format!("file {i}").as_bytes()).await;
+            }
+            assert_eq!(r.journal.open_tasks().await.unwrap().len(), 30);
+        }
+        // The next one holds 8 of them at a time and replicates them all.
+        let dest = Arc::new(MemoryStore::new("dst2"));
+        let (_up, rep) = replicating_held(&r, dest.clone(), 8).await;
+        assert_eq!(rep.held_count(), 8);
+        assert_eq!(rep.pending_count(), 30);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rep.pending_count() > 0 {
+            assert!(rep.held_count() <= 8, "held {}", rep.held_count());
+            assert!(Instant::now() < deadline, "replicated in time");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for i in 0..30 {
+            assert_eq!(
+                dest.history(&format!("f{i}"))[0].1.as_deref(),
+                Some(format!("file {i}").as_bytes()),
+                "f{i}"
+            );
+        }
+        assert!(r.journal.open_tasks().await.unwrap().is_empty());
     }
 
     /// Submits `body` as `key` and waits until it is in the source.

@@ -55,6 +55,11 @@ pub(super) async fn run(inner: Arc<Inner>, prefix: String) {
                 let e = m.entry(t.destination.clone()).or_insert(t.created_at_ms);
                 *e = (*e).min(t.created_at_ms);
             }
+            // Tasks in the journal only count as well (never later than theirs).
+            for (d, s) in &q.spilled {
+                let e = m.entry(d.clone()).or_insert(s.earliest_ms);
+                *e = (*e).min(s.earliest_ms);
+            }
             m
         };
         for (name, d) in &inner.destinations {

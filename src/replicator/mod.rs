@@ -43,6 +43,17 @@
 //!   than twice the uploader's concurrency): a steady stream the uploader
 //!   keeps up with replicates at once, which keeps its replication lag low.
 //!
+//! # Bounded memory
+//! A long backlog (a destination down for a day, a burst of files) lives in
+//! the journal, not in memory: at most [`HELD_TASKS`] open tasks per
+//! destination are held, its oldest by id. Tasks arriving beyond that stay in
+//! the journal only (they are committed before they are queued); when the
+//! held ones fall to half, the next oldest are read back. Ids follow the order
+//! versions were recorded in, and a key's next version is recorded only after
+//! its previous one was queued, so the oldest open task of every key is held
+//! before any newer one: ordering is unchanged. Pending counts include the
+//! tasks in the journal only, and so does the heartbeat's oldest open task.
+//!
 //! # Fresh small versions
 //! A small file this process has just uploaded hands its bytes and options to
 //! its tasks ([`Fresh`], at most [`FRESH_BUDGET`] bytes held): the replica is
@@ -67,7 +78,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, OwnerOverride, UploadConfig};
 use crate::error::StoreError;
-use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind};
+use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind, TaskStatus};
 use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
 use crate::store::{
@@ -199,12 +210,108 @@ impl FreshBodies {
     }
 }
 
+/// Open tasks held in memory per destination, at most (see "Bounded memory").
+pub const HELD_TASKS: usize = 2048;
+
 struct Queue {
     /// By id: source order per key. A map, so that finishing one task of a
     /// long backlog costs O(log n), not a pass over the backlog.
     open: BTreeMap<i64, Task>,
     running: HashSet<(String, String)>,
     retry_at: HashMap<i64, Instant>,
+    /// Tasks in `open`, per destination, and how many of them FAILED (they
+    /// do not count against the share, so that tasks that keep failing never
+    /// hold back the rest; see "Bounded memory").
+    held: HashMap<String, usize>,
+    failed: HashMap<String, usize>,
+    /// Destinations whose backlog is partly in the journal only.
+    spilled: HashMap<String, Spill>,
+    /// Destinations being refilled from the journal, and the tasks finished
+    /// meanwhile (a refill's read may still have seen them open).
+    refilling: HashSet<String>,
+    done_while_refilling: HashSet<i64>,
+}
+
+/// What is known of a destination's tasks that are in the journal only.
+#[derive(Debug, Default)]
+struct Spill {
+    /// How many (exact after a refill, counted up as tasks arrive).
+    count: usize,
+    /// The earliest staging time among them (or earlier: never later).
+    earliest_ms: i64,
+    /// Tasks that arrived since the last refill began, and their earliest
+    /// staging time: a refill that began before them has not seen them.
+    arrived: u64,
+    arrived_earliest_ms: i64,
+    /// A refill failed: the next one not before then.
+    refill_after: Option<Instant>,
+}
+
+impl Queue {
+    fn insert(&mut self, t: Task) {
+        let (dest, failed) = (t.destination.clone(), t.status == TaskStatus::Failed);
+        if self.open.insert(t.id, t).is_none() {
+            *self.held.entry(dest.clone()).or_default() += 1;
+            if failed {
+                *self.failed.entry(dest).or_default() += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, id: i64) {
+        if let Some(t) = self.open.remove(&id) {
+            if let Some(n) = self.held.get_mut(&t.destination) {
+                *n = n.saturating_sub(1);
+            }
+            self.set_failed(&t.destination, t.status == TaskStatus::Failed, false);
+            if !self.refilling.is_empty() {
+                self.done_while_refilling.insert(id);
+            }
+        }
+    }
+
+    fn set_failed(&mut self, dest: &str, was: bool, now: bool) {
+        if was != now {
+            let n = self.failed.entry(dest.to_string()).or_default();
+            *n = if now { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Held tasks of `dest` that count against its share.
+    fn held(&self, dest: &str) -> usize {
+        let failed = self.failed.get(dest).copied().unwrap_or(0);
+        self.held
+            .get(dest)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(failed)
+    }
+
+    fn failed(&self, dest: &str) -> usize {
+        self.failed.get(dest).copied().unwrap_or(0)
+    }
+
+    /// Open tasks, in memory and in the journal only (never 0 while any is
+    /// in the journal only).
+    fn pending(&self) -> usize {
+        self.open.len() + self.spilled.values().map(|s| s.count.max(1)).sum::<usize>()
+    }
+
+    /// Leaves `t` to the journal (its destination's share of memory is full).
+    fn spill(&mut self, t: &Task) {
+        let s = self
+            .spilled
+            .entry(t.destination.clone())
+            .or_insert_with(|| Spill {
+                earliest_ms: i64::MAX,
+                arrived_earliest_ms: i64::MAX,
+                ..Default::default()
+            });
+        s.count += 1;
+        s.earliest_ms = s.earliest_ms.min(t.created_at_ms);
+        s.arrived += 1;
+        s.arrived_earliest_ms = s.arrived_earliest_ms.min(t.created_at_ms);
+    }
 }
 
 struct Inner {
@@ -226,6 +333,10 @@ struct Inner {
     /// Rules whose replicas go to the destination's owner.
     owner_override: HashSet<String>,
     give_way: std::sync::OnceLock<GiveWay>,
+    /// Open tasks held per destination; `None`: all of them (a resync's own).
+    held_at_most: Option<usize>,
+    /// Until then, tasks read from the journal wait (see [`RECOVERY_GRACE`]).
+    grace_until: Instant,
 }
 
 /// Handle to the replication workers.
@@ -242,8 +353,7 @@ impl Replicator {
         destinations: HashMap<String, Arc<dyn ObjectStore>>,
         journal: Journal,
     ) -> Result<Replicator, crate::journal::JournalError> {
-        let open = journal.open_tasks().await?;
-        let r = Self::start_with(config, source, destinations, journal, open);
+        let r = Self::start_from_journal(config, source, destinations, journal, HELD_TASKS).await?;
         // Only the replicator that owns all open tasks may say how far
         // replication has got (resync runs a partial one).
         tokio::spawn(heartbeat::run(
@@ -253,14 +363,67 @@ impl Replicator {
         Ok(r)
     }
 
-    /// Starts the workers with only the given tasks (resync runs the tasks it
-    /// queued, not those a running mount owns).
+    /// Starts the workers with the oldest `held` open tasks of each
+    /// destination from the journal; the rest are read as those finish.
+    pub async fn start_from_journal(
+        config: &Config,
+        source: Arc<dyn ObjectStore>,
+        destinations: HashMap<String, Arc<dyn ObjectStore>>,
+        journal: Journal,
+        held: usize,
+    ) -> Result<Replicator, crate::journal::JournalError> {
+        let mut names: Vec<String> = journal.open_task_destinations().await?;
+        let mut open = Vec::new();
+        let mut spilled = HashMap::new();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let w = journal.open_tasks_window(name.clone(), held).await?;
+            let left = (w.open as usize).saturating_sub(w.tasks.len());
+            if left > 0 {
+                let earliest = w.earliest_ms.unwrap_or(i64::MIN);
+                spilled.insert(
+                    name,
+                    Spill {
+                        count: left,
+                        earliest_ms: earliest,
+                        arrived: 0,
+                        arrived_earliest_ms: i64::MAX,
+                        refill_after: None,
+                    },
+                );
+            }
+            open.extend(w.tasks);
+        }
+        Ok(Self::start_inner(
+            config,
+            source,
+            destinations,
+            journal,
+            open,
+            Some((held.max(1), spilled)),
+        ))
+    }
+
+    /// Starts the workers with only the given tasks, all held in memory
+    /// (resync runs the tasks it queued, not those a running mount owns).
     pub fn start_with(
         config: &Config,
         source: Arc<dyn ObjectStore>,
         destinations: HashMap<String, Arc<dyn ObjectStore>>,
         journal: Journal,
         open: Vec<Task>,
+    ) -> Replicator {
+        Self::start_inner(config, source, destinations, journal, open, None)
+    }
+
+    fn start_inner(
+        config: &Config,
+        source: Arc<dyn ObjectStore>,
+        destinations: HashMap<String, Arc<dyn ObjectStore>>,
+        journal: Journal,
+        open: Vec<Task>,
+        window: Option<(usize, HashMap<String, Spill>)>,
     ) -> Replicator {
         let destinations = destinations
             .into_iter()
@@ -278,13 +441,30 @@ impl Replicator {
                 ))
             })
             .collect();
-        let n = open.len();
         // A copy in flight when the previous process died may still land at the
         // destination a moment later: give it that moment before the recovered
         // tasks look at the destination (else the late copy could overwrite a
         // newer version, or be written twice).
         let grace = Instant::now() + RECOVERY_GRACE;
         let retry_at: HashMap<i64, Instant> = open.iter().map(|t| (t.id, grace)).collect();
+        let (held_at_most, spilled) = match window {
+            Some((n, spilled)) => (Some(n), spilled),
+            None => (None, HashMap::new()),
+        };
+        let mut queue = Queue {
+            open: BTreeMap::new(),
+            running: HashSet::new(),
+            retry_at,
+            held: HashMap::new(),
+            failed: HashMap::new(),
+            spilled,
+            refilling: HashSet::new(),
+            done_while_refilling: HashSet::new(),
+        };
+        for t in open {
+            queue.insert(t);
+        }
+        let n = queue.pending();
         let source_acls = AclState::new(&config.source.name, journal.clone());
         let inner = Arc::new(Inner {
             source,
@@ -294,11 +474,7 @@ impl Replicator {
             workers: config.replication.workers,
             upload: config.upload.clone(),
             target_ms: config.replication.time_target.0.as_millis() as i64,
-            queue: Mutex::new(Queue {
-                open: open.into_iter().map(|t| (t.id, t)).collect(),
-                running: HashSet::new(),
-                retry_at,
-            }),
+            queue: Mutex::new(queue),
             fresh: Mutex::new(FreshBodies::default()),
             wake: Notify::new(),
             finished: Notify::new(),
@@ -312,6 +488,8 @@ impl Replicator {
                 .map(|r| r.id.clone())
                 .collect(),
             give_way: std::sync::OnceLock::new(),
+            held_at_most,
+            grace_until: grace,
         });
         crate::background::spawn(run(inner.clone()));
         Replicator { inner }
@@ -365,23 +543,45 @@ impl Replicator {
         if tasks.is_empty() {
             return;
         }
+        let mut q = self.inner.queue.lock().unwrap();
+        let mut kept = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let full = self
+                .inner
+                .held_at_most
+                .is_some_and(|at_most| q.held(&t.destination) >= at_most);
+            if full || q.spilled.contains_key(&t.destination) {
+                // In the journal already; a refill reads it in its turn.
+                q.spill(&t);
+            } else {
+                kept.push((t.id, t.kind));
+                q.insert(t);
+            }
+        }
         if let Some(f) = fresh {
+            // Bodies only for tasks held: a spilled one may wait long. Given
+            // before the queue lock is let go, so that no worker starts one of
+            // these tasks without its body.
             let f = Arc::new(f);
             let mut held = self.inner.fresh.lock().unwrap();
-            for t in tasks.iter().filter(|t| t.kind == TaskKind::Version) {
+            for (id, _) in kept.iter().filter(|(_, k)| *k == TaskKind::Version) {
                 if held.bytes + f.body.len() > FRESH_BUDGET {
                     break;
                 }
                 held.bytes += f.body.len();
-                held.by_task.insert(t.id, f.clone());
+                held.by_task.insert(*id, f.clone());
             }
         }
-        let mut q = self.inner.queue.lock().unwrap();
-        q.open.extend(tasks.into_iter().map(|t| (t.id, t)));
-        let n = q.open.len();
+        let n = q.pending();
         drop(q);
         self.inner.pending.send_replace(n);
         self.inner.wake.notify_one();
+    }
+
+    /// Open tasks held in memory now.
+    #[cfg(test)]
+    pub fn held_count(&self) -> usize {
+        self.inner.queue.lock().unwrap().open.len()
     }
 
     pub fn pending_count(&self) -> usize {
@@ -402,10 +602,7 @@ impl Replicator {
             if open.is_empty() {
                 return Ok(());
             }
-            if let Some(f) = open
-                .iter()
-                .find(|t| t.status == crate::journal::TaskStatus::Failed)
-            {
+            if let Some(f) = open.iter().find(|t| t.status == TaskStatus::Failed) {
                 return Err(format!(
                     "replication to {} failed: {}",
                     f.destination,
@@ -447,6 +644,7 @@ async fn run(inner: Arc<Inner>) {
             }
         }
         let mut next_wake = Duration::from_secs(1);
+        start_refills(&inner);
         let pass = Instant::now();
         let start: Vec<Task> = {
             let mut q = inner.queue.lock().unwrap();
@@ -512,6 +710,100 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
+/// Starts a refill for each destination whose backlog is partly in the
+/// journal and whose tasks in memory have fallen to half their share.
+fn start_refills(inner: &Arc<Inner>) {
+    let Some(at_most) = inner.held_at_most else {
+        return;
+    };
+    let now = Instant::now();
+    let due: Vec<String> = {
+        let mut q = inner.queue.lock().unwrap();
+        let due: Vec<String> = q
+            .spilled
+            .iter()
+            .filter(|(d, s)| {
+                !q.refilling.contains(*d)
+                    && q.held(d) <= at_most / 2
+                    && s.refill_after.is_none_or(|at| at <= now)
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &due {
+            q.refilling.insert(d.clone());
+            let s = q.spilled.get_mut(d).expect("listed above");
+            s.arrived = 0;
+            s.arrived_earliest_ms = i64::MAX;
+        }
+        due
+    };
+    for d in due {
+        tokio::spawn(refill(inner.clone(), d, at_most));
+    }
+}
+
+/// Reads the oldest open tasks of `dest` from the journal into memory, up to
+/// its share; ends the spill when the journal holds no more than memory.
+///
+/// The window is the destination's oldest open tasks by id, and ids follow
+/// the order versions were recorded in, so a key's older version is always
+/// read before (or with) a newer one: [`ordering::runnable`] still sees the
+/// oldest open task of every key it runs. A task finished while the read was
+/// under way may still be in the window; `done_while_refilling` keeps it out.
+async fn refill(inner: Arc<Inner>, dest: String, at_most: usize) {
+    // The window reaches past the held FAILED tasks (they are among the oldest).
+    let failed = inner.queue.lock().unwrap().failed(&dest);
+    let read = inner
+        .journal
+        .open_tasks_window(dest.clone(), at_most + failed)
+        .await;
+    let mut q = inner.queue.lock().unwrap();
+    q.refilling.remove(&dest);
+    match read {
+        Err(e) => {
+            tracing::warn!(destination = %dest, error = %e, "cannot read queued replications from the journal; will retry");
+            if let Some(s) = q.spilled.get_mut(&dest) {
+                s.refill_after = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        Ok(w) => {
+            let now = Instant::now();
+            let whole = w.tasks.len() as u64 >= w.open;
+            let mut all_held = true;
+            for t in w.tasks {
+                if q.open.contains_key(&t.id) || q.done_while_refilling.contains(&t.id) {
+                    continue;
+                }
+                if q.held(&dest) >= at_most {
+                    all_held = false;
+                    break;
+                }
+                if inner.grace_until > now {
+                    q.retry_at.insert(t.id, inner.grace_until);
+                }
+                q.insert(t);
+            }
+            let held = q.held.get(&dest).copied().unwrap_or(0);
+            if let Some(s) = q.spilled.get_mut(&dest) {
+                if whole && all_held && s.arrived == 0 {
+                    q.spilled.remove(&dest);
+                } else {
+                    s.count = (w.open as usize).saturating_sub(held) + s.arrived as usize;
+                    s.earliest_ms = w.earliest_ms.unwrap_or(i64::MAX).min(s.arrived_earliest_ms);
+                    s.refill_after = None;
+                }
+            }
+        }
+    }
+    if q.refilling.is_empty() {
+        q.done_while_refilling.clear();
+    }
+    let n = q.pending();
+    drop(q);
+    inner.pending.send_replace(n);
+    inner.wake.notify_one();
+}
+
 /// How long to wait before the next scheduling pass after one that took
 /// `took`. Each pass looks at the whole backlog: with a long one (a
 /// destination down under load) passes take at most a tenth of a core,
@@ -557,8 +849,8 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
             let mut q = inner.queue.lock().unwrap();
             q.running.remove(&pair);
             q.retry_at.remove(&task.id);
-            q.open.remove(&task.id);
-            let n = q.open.len();
+            q.remove(task.id);
+            let n = q.pending();
             drop(q);
             inner.pending.send_replace(n);
         }
@@ -576,19 +868,23 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
                 .await;
             let mut q = inner.queue.lock().unwrap();
             q.running.remove(&pair);
-            let attempts = match q.open.get_mut(&task.id) {
+            let (attempts, was_failed) = match q.open.get_mut(&task.id) {
                 Some(t) => {
+                    let was = t.status == TaskStatus::Failed;
                     t.attempts += 1;
                     t.error = Some(msg);
                     t.status = if permanent {
-                        crate::journal::TaskStatus::Failed
+                        TaskStatus::Failed
                     } else {
-                        crate::journal::TaskStatus::Pending
+                        TaskStatus::Pending
                     };
-                    t.attempts
+                    (t.attempts, Some(was))
                 }
-                None => task.attempts + 1,
+                None => (task.attempts + 1, None),
             };
+            if let Some(was) = was_failed {
+                q.set_failed(&task.destination, was, permanent);
+            }
             let wait = if permanent {
                 FAILED_RETRY
             } else {

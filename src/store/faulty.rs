@@ -17,6 +17,8 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     transient_left: AtomicU64,
     permanent: AtomicBool,
+    /// PUTs of keys under this prefix fail with AccessDenied.
+    refused_prefix: std::sync::Mutex<Option<String>>,
     /// Writes attempted (failed or not).
     pub attempts: AtomicU64,
     /// Reads of objects (HEAD, GET, tags, ACL): never failed.
@@ -29,6 +31,7 @@ impl FaultyStore {
             inner,
             transient_left: AtomicU64::new(0),
             permanent: AtomicBool::new(false),
+            refused_prefix: std::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
             reads: AtomicU64::new(0),
         }
@@ -42,6 +45,12 @@ impl FaultyStore {
     /// Every write fails with AccessDenied until switched off.
     pub fn fail_permanently(&self, on: bool) {
         self.permanent.store(on, Ordering::SeqCst);
+    }
+
+    /// PUTs of keys under `prefix` fail with AccessDenied (a bucket policy
+    /// refusing them), until set to `None`.
+    pub fn refuse_prefix(&self, prefix: Option<&str>) {
+        *self.refused_prefix.lock().unwrap() = prefix.map(str::to_string);
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -90,6 +99,14 @@ impl ObjectStore for FaultyStore {
         opts: &PutOptions,
     ) -> Result<PutResult, StoreError> {
         self.check()?;
+        let refused = self.refused_prefix.lock().unwrap().clone();
+        if refused.is_some_and(|p| key.starts_with(&p)) {
+            return Err(StoreError::AccessDenied {
+                bucket: self.inner.describe(),
+                code: "AccessDenied".into(),
+                message: "injected: prefix refused".into(),
+            });
+        }
         self.inner.put(key, body, opts).await
     }
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
