@@ -1547,6 +1547,21 @@ destination = "eu"
         hold
     }
 
+    /// Waits until every task is done, checking all along that at most
+    /// `held` are in memory.
+    async fn drained_holding_at_most(
+        rep: &crate::replicator::Replicator,
+        held: usize,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
+        while rep.pending_count() > 0 {
+            assert!(rep.held_count() <= held, "held {}", rep.held_count());
+            assert!(Instant::now() < deadline, "replicated within {within:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_backlog_longer_than_memory_holds_replicates_every_version_in_order() {
         let r = rig();
@@ -1564,12 +1579,7 @@ destination = "eu"
         assert_eq!(rep.pending_count(), 40, "all of them count as pending");
         // Memory never holds more than the share while the backlog drains.
         hold.store(false, std::sync::atomic::Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while rep.pending_count() > 0 {
-            assert!(rep.held_count() <= 4, "held {}", rep.held_count());
-            assert!(Instant::now() < deadline, "replicated in time");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        drained_holding_at_most(&rep, 4, Duration::from_secs(30)).await;
         for k in 0..10 {
             let bodies: Vec<Vec<u8>> = dest
                 .history(&format!("k{k}"))
@@ -1645,12 +1655,7 @@ destination = "eu"
         let (_up, rep) = replicating_held(&r, dest.clone(), 8).await;
         assert_eq!(rep.held_count(), 8);
         assert_eq!(rep.pending_count(), 30);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while rep.pending_count() > 0 {
-            assert!(rep.held_count() <= 8, "held {}", rep.held_count());
-            assert!(Instant::now() < deadline, "replicated in time");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        drained_holding_at_most(&rep, 8, Duration::from_secs(30)).await;
         for i in 0..30 {
             assert_eq!(
                 dest.history(&format!("f{i}"))[0].1.as_deref(),

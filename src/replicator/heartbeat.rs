@@ -48,20 +48,7 @@ pub(super) async fn run(inner: Arc<Inner>, prefix: String) {
         }
         first = false;
         let now = crate::journal::now_ms();
-        let oldest: std::collections::HashMap<String, i64> = {
-            let q = inner.queue.lock().unwrap();
-            let mut m = std::collections::HashMap::new();
-            for t in q.open.values() {
-                let e = m.entry(t.destination.clone()).or_insert(t.created_at_ms);
-                *e = (*e).min(t.created_at_ms);
-            }
-            // Tasks in the journal only count as well (never later than theirs).
-            for (d, s) in &q.spilled {
-                let e = m.entry(d.clone()).or_insert(s.earliest_ms);
-                *e = (*e).min(s.earliest_ms);
-            }
-            m
-        };
+        let oldest = inner.queue.lock().unwrap().oldest_open_ms();
         for (name, d) in &inner.destinations {
             let hb = Heartbeat {
                 until_ms: oldest.get(name).copied().unwrap_or(now),

@@ -233,7 +233,7 @@ struct Queue {
 }
 
 /// What is known of a destination's tasks that are in the journal only.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Spill {
     /// How many (exact after a refill, counted up as tasks arrive).
     count: usize,
@@ -247,7 +247,35 @@ struct Spill {
     refill_after: Option<Instant>,
 }
 
+impl Spill {
+    fn empty() -> Spill {
+        Spill {
+            count: 0,
+            earliest_ms: i64::MAX,
+            arrived: 0,
+            arrived_earliest_ms: i64::MAX,
+            refill_after: None,
+        }
+    }
+}
+
 impl Queue {
+    /// The earliest staging time of an open task per destination, those in
+    /// the journal only included (what the heartbeat reports).
+    fn oldest_open_ms(&self) -> HashMap<String, i64> {
+        let mut m: HashMap<String, i64> = HashMap::new();
+        let times = self
+            .open
+            .values()
+            .map(|t| (&t.destination, t.created_at_ms))
+            .chain(self.spilled.iter().map(|(d, s)| (d, s.earliest_ms)));
+        for (d, at) in times {
+            let e = m.entry(d.clone()).or_insert(at);
+            *e = (*e).min(at);
+        }
+        m
+    }
+
     fn insert(&mut self, t: Task) {
         let (dest, failed) = (t.destination.clone(), t.status == TaskStatus::Failed);
         if self.open.insert(t.id, t).is_none() {
@@ -302,11 +330,7 @@ impl Queue {
         let s = self
             .spilled
             .entry(t.destination.clone())
-            .or_insert_with(|| Spill {
-                earliest_ms: i64::MAX,
-                arrived_earliest_ms: i64::MAX,
-                ..Default::default()
-            });
+            .or_insert_with(Spill::empty);
         s.count += 1;
         s.earliest_ms = s.earliest_ms.min(t.created_at_ms);
         s.arrived += 1;
@@ -372,24 +396,18 @@ impl Replicator {
         journal: Journal,
         held: usize,
     ) -> Result<Replicator, crate::journal::JournalError> {
-        let mut names: Vec<String> = journal.open_task_destinations().await?;
         let mut open = Vec::new();
         let mut spilled = HashMap::new();
-        names.sort();
-        names.dedup();
-        for name in names {
+        for name in journal.open_task_destinations().await? {
             let w = journal.open_tasks_window(name.clone(), held).await?;
             let left = (w.open as usize).saturating_sub(w.tasks.len());
             if left > 0 {
-                let earliest = w.earliest_ms.unwrap_or(i64::MIN);
                 spilled.insert(
                     name,
                     Spill {
                         count: left,
-                        earliest_ms: earliest,
-                        arrived: 0,
-                        arrived_earliest_ms: i64::MAX,
-                        refill_after: None,
+                        earliest_ms: w.earliest_ms.unwrap_or(i64::MIN),
+                        ..Spill::empty()
                     },
                 );
             }
@@ -1173,6 +1191,42 @@ async fn give_way(inner: &Inner, when: Yield) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_open_task_counts_the_ones_in_the_journal_only() {
+        let task = |id: i64, created_at_ms: i64| Task {
+            id,
+            seq: id,
+            key: format!("k{id}"),
+            version_id: "v".into(),
+            destination: "eu".into(),
+            rule_id: "all".into(),
+            kind: TaskKind::Version,
+            size: 1,
+            storage_class: None,
+            status: TaskStatus::Pending,
+            attempts: 0,
+            error: None,
+            replica_version: None,
+            created_at_ms,
+        };
+        let mut q = Queue {
+            open: BTreeMap::new(),
+            running: HashSet::new(),
+            retry_at: HashMap::new(),
+            held: HashMap::new(),
+            failed: HashMap::new(),
+            spilled: HashMap::new(),
+            refilling: HashSet::new(),
+            done_while_refilling: HashSet::new(),
+        };
+        q.insert(task(1, 100));
+        assert_eq!(q.oldest_open_ms()["eu"], 100);
+        // Staged earlier, recorded later (a large upload), left to the journal.
+        q.spill(&task(2, 50));
+        assert_eq!(q.oldest_open_ms()["eu"], 50);
+        assert_eq!(q.pending(), 2);
+    }
 
     #[test]
     fn scheduling_passes_take_at_most_a_tenth_of_a_core() {
