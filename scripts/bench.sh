@@ -25,6 +25,9 @@
 #          regionfs peak RSS on one mount after N small files (uploaded and replicated),
 #          after 10 × N, and after `ls -l` of all of them (--rss-files N, default --files;
 #          0 skips it)
+#   idle-1x, idle-10x
+#          regionfs RSS (VmRSS) 11 s after the 1 × and 10 × batches were replicated:
+#          what stays resident between bursts
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --rss-files) rss_files=$2; shift ;;
     --phases) phases=$2; shift ;;
-    *) sed -n '2,29p' "$0"; exit 2 ;;
+    *) sed -n '2,32p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -79,6 +82,7 @@ since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
 add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 record() { echo "$1 $2 $3" >> "$work/results"; }   # workload system seconds
 peak_rss() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+now_rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
 cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }   # user+system
 
 # On a fresh mount of what a system wrote: cold and warm reads of the big file,
@@ -267,9 +271,11 @@ if phase rss && [ "$rss_files" -gt 0 ]; then
   $py write-small "$mnt/one" 20 $per 4096 > /dev/null
   in_bucket $((per * 20)) $((per * 20 * 4096))
   record rss-1x regionfs "$(peak_rss $rfs_pid)"
+  sleep 11; record idle-1x regionfs "$(now_rss $rfs_pid)"
   $py write-small "$mnt/nine" 20 $((per * 9)) 4096 > /dev/null
   in_bucket $((per * 200)) $((per * 200 * 4096))
   record rss-10x regionfs "$(peak_rss $rfs_pid)"
+  sleep 11; record idle-10x regionfs "$(now_rss $rfs_pid)"
   ls -lR "$mnt" > /dev/null
   record rss-10x-ls regionfs "$(peak_rss $rfs_pid)"
   unmount "$mnt"; wait "$rfs_pid" || true
@@ -298,7 +304,11 @@ r("big-close", "regionfs", "local", "<= 1.25")
 r("big-durable", "regionfs", "raw", "<= 1.15")
 r("small-close", "regionfs", "rclone", "<= 0.2")
 r("small-durable", "regionfs", "raw", "<= 1.3")
-r("repl-total", "regionfs", "rclone-sync", "<= 0.7; regionfs: first write to last replica")
+def r2(wa, a, wb, b, target):
+    if (wa, a) in med and (wb, b) in med and med[(wb, b)] > 0:
+        print(f"{wa:<16} {a}/{b:<12} {med[(wa, a)] / med[(wb, b)]:6.2f}   [{target}]")
+r2("repl", "regionfs", "repl", "rclone-sync", "<= 0.7")
+r2("repl-total", "regionfs", "repl", "rclone-sync", "regionfs: first write to last replica")
 r("ls-cold", "regionfs", "s3fs", "<= 0.5")
 r("read-cold", "regionfs", "raw", "<= 1.11 (throughput >= 0.9 x raw)")
 r("read-warm", "regionfs", "local-read", "<= 1.25 (throughput >= 0.8 x local)")
@@ -309,6 +319,8 @@ if ("rss-1x", "regionfs") in med:
     for w in ("rss-10x", "rss-10x-ls"):
         if (w, "regionfs") in med:
             print(f"{w:<16} regionfs/rss-1x       {med[(w, 'regionfs')] / med[('rss-1x', 'regionfs')]:6.2f}   [flat: ~1]")
+if ("idle-1x", "regionfs") in med and ("idle-10x", "regionfs") in med:
+    print(f"{'idle-10x':<16} regionfs/idle-1x      {med[('idle-10x', 'regionfs')] / med[('idle-1x', 'regionfs')]:6.2f}   []")
 r("cpu", "regionfs", "rclone", "regionfs also replicates")
 PY
 cat "$out"

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod fs;
+pub mod heap;
 pub mod journal;
 pub mod meta;
 pub mod metrics;

@@ -205,6 +205,7 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     };
     service::clear_stale_mount(mountpoint)?;
     regionfs::background::install().context("starting the background runtime")?;
+    regionfs::heap::start();
     let svc = rt.block_on(service::start(&config, owner))?;
     if let Some(m) = &config.metrics {
         let metrics = regionfs::metrics::Metrics::new();
