@@ -16,6 +16,7 @@
 pub mod fuse;
 pub mod index;
 pub mod inode;
+mod known;
 pub mod names;
 mod read;
 
@@ -119,10 +120,8 @@ pub struct Core {
     hidden_keys: Mutex<HashSet<String>>,
     pub hidden_count: AtomicU64,
     /// Directories whose complete contents this mount knows (listed, or
-    /// created here), with when it learned them: within `dir_ttl` a name not
-    /// in the set does not exist, without a round trip to the bucket.
-    known_dirs: Mutex<HashMap<String, (Instant, HashSet<String>)>>,
-    dir_ttl: Duration,
+    /// created here), for `mount.dir_ttl`.
+    known_dirs: Mutex<known::KnownDirs>,
     /// Chooses the region a version's bytes are read from (None: always `store`).
     regions: Option<Arc<crate::regions::Regions>>,
     /// The kernel's writeback cache is on: the kernel owns a regular file's
@@ -214,8 +213,7 @@ impl Core {
             downloads: Mutex::new(HashMap::new()),
             hidden_keys: Mutex::new(HashSet::new()),
             hidden_count: AtomicU64::new(0),
-            known_dirs: Mutex::new(HashMap::new()),
-            dir_ttl: m.dir_ttl(),
+            known_dirs: Mutex::new(known::KnownDirs::new(m.dir_ttl())),
             writeback: m.writeback_cache(),
             regions,
             served_bytes: Default::default(),
@@ -374,30 +372,12 @@ impl Core {
 
     /// Records that `name` now exists (or not) in the known directory `dir`.
     fn note_entry(&self, dir: &str, name: &str, exists: bool) {
-        let mut known = self.known_dirs.lock().unwrap();
-        let Some((at, names)) = known.get_mut(dir) else {
-            return;
-        };
-        if at.elapsed() >= self.dir_ttl {
-            // Expired knowledge is never used again: drop it rather than keep
-            // growing it.
-            known.remove(dir);
-        } else if exists {
-            names.insert(name.to_string());
-        } else {
-            names.remove(name);
-        }
+        self.known_dirs.lock().unwrap().note(dir, name, exists);
     }
 
-    /// Remembers the complete contents of `dir` as of `at`. Expired entries
-    /// are dropped as new ones come, so what is kept is bounded by the
-    /// directories listed within `dir_ttl`, not by all ever listed.
+    /// Remembers the complete contents of `dir` as of `at`.
     fn know_dir(&self, dir: String, at: Instant, names: HashSet<String>) {
-        let mut known = self.known_dirs.lock().unwrap();
-        if known.len() >= 64 {
-            known.retain(|_, (seen, _)| seen.elapsed() < self.dir_ttl);
-        }
-        known.insert(dir, (at, names));
+        self.known_dirs.lock().unwrap().know(dir, at, names);
     }
 
     fn note_path(&self, path: &str, exists: bool) {
@@ -411,10 +391,7 @@ impl Core {
     fn listed_as_dir(&self, path: &str) -> bool {
         let dir = names::parent_of(path);
         let name = names::name_of(path);
-        let listed = {
-            let known = self.known_dirs.lock().unwrap();
-            matches!(known.get(dir), Some((at, names)) if at.elapsed() < self.ttl && names.contains(name))
-        };
+        let listed = self.known_dirs.lock().unwrap().listed(dir, name, self.ttl);
         let t = self.inodes.lock().unwrap();
         listed && t.lookup_path(path).is_some_and(|i| t.nodes[&i].is_dir())
     }
@@ -424,8 +401,7 @@ impl Core {
     fn known_absent(&self, path: &str) -> bool {
         let dir = names::parent_of(path);
         let name = names::name_of(path);
-        let known = self.known_dirs.lock().unwrap();
-        matches!(known.get(dir), Some((at, names)) if at.elapsed() < self.dir_ttl && !names.contains(name))
+        self.known_dirs.lock().unwrap().absent(dir, name)
     }
 
     /// The lock that serializes bucket lookups of `path`.
@@ -1252,7 +1228,7 @@ impl Core {
         self.inodes.lock().unwrap().detach(ino);
         self.touch_dir(parent);
         self.note_path(&path, false);
-        self.known_dirs.lock().unwrap().remove(&path);
+        self.known_dirs.lock().unwrap().forget(&path);
         Ok(())
     }
 
@@ -1309,11 +1285,7 @@ impl Core {
         self.note_path(&to, true);
         if src_is_dir {
             // What this mount knew of the old subtree no longer holds.
-            let below = format!("{from}/");
-            self.known_dirs
-                .lock()
-                .unwrap()
-                .retain(|d, _| d != &from && !d.starts_with(&below));
+            self.known_dirs.lock().unwrap().forget_tree(&from);
             self.rename_dir(src, &from, &to).await
         } else {
             self.rename_file(src, &from, &to).await?;
