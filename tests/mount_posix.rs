@@ -475,6 +475,23 @@ async fn the_daemon_may_open_as_many_files_as_the_hard_limit_allows() {
     assert!(m.unmount().success());
 }
 
+/// The trim itself is pinned in `heap`'s unit test; this pins that the
+/// mounted daemon runs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mounted_daemon_runs_the_heap_trimming_thread() {
+    let (_r, mut m, _c) = setup("").await;
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", m.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "regionfs-heap"),
+        "threads: {names:?}"
+    );
+    assert!(m.unmount().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn umount_waits_for_pending_uploads_then_the_daemon_exits() {
     let (r, mut m, _c) = setup("[cache]\nwrite_back_delay = \"2s\"\n").await;

@@ -6,9 +6,10 @@
 //! Bounded: knowledge past its time to live is never used again, so it is
 //! dropped when the directory is next touched, and at the latest at the next
 //! directory learned once a time to live has passed since the last sweep (or
-//! at once when 64 are known). What is held is the names of the directories
-//! learned within about two times to live, not of every one ever created:
-//! a burst of 18,000 files into new directories otherwise kept 1.2 MiB of
+//! at once when 64 are known). So a mount that keeps learning directories
+//! holds the names of those learned within about two times to live, and an
+//! idle one those of its last time to live, not of every one ever created: a
+//! burst of 18,000 files into new directories otherwise kept 1.2 MiB of
 //! names until 64 directories had been learned (docs/BENCHMARKS.md, session 16).
 
 use std::collections::{HashMap, HashSet};
@@ -115,7 +116,10 @@ mod tests {
         k.know("d".into(), Instant::now() - 2 * ttl, names(3));
         assert!(!k.absent("d", "new"));
         assert!(!k.listed("d", "f1", ttl));
-        assert!(k.listed("d", "f1", 3 * ttl), "a listing vouches for names for its own window");
+        assert!(
+            k.listed("d", "f1", 3 * ttl),
+            "a listing vouches for names for its own window"
+        );
     }
 
     /// A few directories, each filled and then left alone: what was learned of
