@@ -65,6 +65,13 @@ struct CleanEntry {
     tag: String,
     size: u64,
     open: u32,
+    /// Holds the whole version: made from an upload, or a download that
+    /// finished. A download under way is registered before its bytes arrive.
+    complete: bool,
+}
+
+fn is_copy(e: &CleanEntry, path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new(&e.name))
 }
 
 struct Space {
@@ -498,13 +505,21 @@ impl Cache {
         s.data_total -= size;
         s.last_progress = Instant::now();
         if ok {
-            self.insert_clean(&mut s, key, tag, name_clean, size);
+            self.insert_clean(&mut s, key, tag, name_clean, size, true);
         }
         drop(s);
         self.freed.notify_waiters();
     }
 
-    fn insert_clean(&self, s: &mut Space, key: &str, tag: &str, name: String, size: u64) {
+    fn insert_clean(
+        &self,
+        s: &mut Space,
+        key: &str,
+        tag: &str,
+        name: String,
+        size: u64,
+        complete: bool,
+    ) {
         if let Some(old) = s.clean.pop(key) {
             s.clean_total -= old.size;
             if old.open == 0 {
@@ -521,37 +536,79 @@ impl Cache {
                 tag: tag.to_string(),
                 size,
                 open: 0,
+                complete,
             },
         );
         self.evict_clean(s, 0);
     }
 
-    /// Whether a clean copy of `key` at version `tag` is here (not pinned).
+    /// Whether a whole clean copy of `key` at version `tag` is here (not pinned).
     pub fn has_clean(&self, key: &str, tag: &str) -> bool {
         let s = self.space.lock().unwrap();
-        s.clean.peek(key).is_some_and(|e| e.tag == tag)
+        s.clean
+            .peek(key)
+            .is_some_and(|e| e.tag == tag && e.complete)
     }
 
-    /// Opens the clean copy of `key` if it holds version `tag`; pins it while open.
+    /// Opens the clean copy of `key` if it holds all of version `tag`; pins
+    /// it while open (until [`Cache::close_clean`] with the path's name).
     pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.space.lock().unwrap();
-        let e = s.clean.peek_mut(key).filter(|e| e.tag == tag)?;
+        let e = s
+            .clean
+            .peek_mut(key)
+            .filter(|e| e.tag == tag && e.complete)?;
         e.open += 1;
         let out = (self.clean_path(&e.name), e.size);
         s.clean.promote(key);
         Some(out)
     }
 
-    pub fn close_clean(&self, key: &str) {
+    /// Unpins the clean copy of `key` at `path`. Only that copy: once a newer
+    /// one took its place (the old file was unlinked then, being open), the
+    /// newer one's pins are its own readers'.
+    pub fn close_clean(&self, key: &str, path: &Path) {
         let mut s = self.space.lock().unwrap();
-        if let Some(e) = s.clean.peek_mut(key) {
+        if let Some(e) = s.clean.peek_mut(key).filter(|e| is_copy(e, path)) {
             e.open = e.open.saturating_sub(1);
         }
     }
 
+    /// The download into the clean copy of `key` at `path` has every byte.
+    pub fn clean_complete(&self, key: &str, path: &Path) {
+        let mut s = self.space.lock().unwrap();
+        if let Some(e) = s.clean.peek_mut(key).filter(|e| is_copy(e, path)) {
+            e.complete = true;
+        }
+    }
+
+    /// The bytes of the clean copy of `key` if it holds all of version `tag`
+    /// and has `size` bytes; `None` otherwise (evicted, replaced by another
+    /// version, still downloading, or unreadable). Pinned while read, so it
+    /// is neither evicted nor recycled (emptied) under the read.
+    pub fn read_clean(&self, key: &str, tag: &str, size: u64) -> Option<Vec<u8>> {
+        let (path, _) = self.open_clean(key, tag)?;
+        let bytes = std::fs::read(&path).ok();
+        self.close_clean(key, &path);
+        bytes.filter(|b| b.len() as u64 == size)
+    }
+
     /// Drops the clean copy of `key` (the object changed or was deleted).
     pub fn forget_clean(&self, key: &str) {
+        self.forget_clean_if(key, |_| true);
+    }
+
+    /// Drops the clean copy of `key` at `path` (its download failed), not a
+    /// newer one that took its place.
+    pub fn forget_clean_copy(&self, key: &str, path: &Path) {
+        self.forget_clean_if(key, |e| is_copy(e, path));
+    }
+
+    fn forget_clean_if(&self, key: &str, which: impl Fn(&CleanEntry) -> bool) {
         let mut s = self.space.lock().unwrap();
+        if !s.clean.peek(key).is_some_and(which) {
+            return;
+        }
         if let Some(e) = s.clean.pop(key) {
             s.clean_total -= e.size;
             if e.open == 0 {
@@ -579,7 +636,7 @@ impl Cache {
             .map_err(|e| CacheError::io(&path, e))?;
         let mut s = self.space.lock().unwrap();
         self.evict_clean(&mut s, size);
-        self.insert_clean(&mut s, key, tag, name, size);
+        self.insert_clean(&mut s, key, tag, name, size, false);
         if let Some(e) = s.clean.peek_mut(key) {
             e.open += 1;
         }
@@ -679,9 +736,10 @@ mod tests {
         c.limit_clean_files(3);
         for i in 0..5 {
             let key = format!("k{i}");
-            c.begin_clean(&key, "t", 1).unwrap();
+            let (path, _) = c.begin_clean(&key, "t", 1).unwrap();
+            c.clean_complete(&key, &path);
             if i != 0 {
-                c.close_clean(&key); // k0 stays open (a reader)
+                c.close_clean(&key, &path); // k0 stays open (a reader)
             }
         }
         let kept: Vec<bool> = (0..5).map(|i| c.has_clean(&format!("k{i}"), "t")).collect();
@@ -691,6 +749,37 @@ mod tests {
             std::fs::read_dir(dir.path().join("clean")).unwrap().count(),
             3
         );
+    }
+
+    #[test]
+    fn a_clean_copy_is_read_whole_or_not_at_all_and_its_readers_pins_are_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        // Under way: registered, but not read as a whole version.
+        let (old, mut w) = c.begin_clean("k", "v1", 5).unwrap();
+        std::io::Write::write_all(&mut w, b"ab").unwrap();
+        assert_eq!(c.read_clean("k", "v1", 5), None, "still downloading");
+        assert!(c.open_clean("k", "v1").is_none());
+        std::io::Write::write_all(&mut w, b"cde").unwrap();
+        c.clean_complete("k", &old);
+        assert_eq!(c.read_clean("k", "v1", 5).as_deref(), Some(&b"abcde"[..]));
+        assert_eq!(c.read_clean("k", "v2", 5), None, "another version");
+        assert_eq!(c.read_clean("k", "v1", 4), None, "another size");
+        // A newer version takes the key while the old copy is still pinned by
+        // its download; then a reader pins the newer one.
+        let f = c.create_data_file().unwrap();
+        std::fs::write(c.data_path(&f), b"fghij").unwrap();
+        c.make_clean(&f, "k", "v2");
+        let (new, _) = c.open_clean("k", "v2").unwrap();
+        // The old copy's last pin goes: the newer copy stays pinned, so it is
+        // neither evicted nor emptied under its reader.
+        c.close_clean("k", &old);
+        c.limit_clean_files(0);
+        assert!(c.has_clean("k", "v2"), "still pinned by its reader");
+        assert_eq!(std::fs::read(&new).unwrap(), b"fghij");
+        c.close_clean("k", &new);
+        c.limit_clean_files(0);
+        assert!(!c.has_clean("k", "v2"), "evicted once its reader is gone");
     }
 
     #[tokio::test]

@@ -193,6 +193,7 @@ pub async fn start_with_stores(
         Some(replicator.clone()),
     );
     replicator.give_way_to(uploader.busy_signal(), crate::replicator::GIVE_WAY_AT_MOST);
+    replicator.read_fresh_from(cache.clone());
     uploader.abort_stale_early().await;
     uploader.set_acl(
         &config.source.name,

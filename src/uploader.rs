@@ -621,7 +621,8 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 .await;
             if let (Ok(tasks), Some(r)) = (&recorded, &inner.replicator) {
                 let fresh = small.map(|body| crate::replicator::Fresh {
-                    body,
+                    body: Some(body),
+                    etag: res.etag.clone(),
                     opts: options(&op, &None),
                 });
                 r.enqueue_fresh(tasks.clone(), fresh);
@@ -1871,5 +1872,57 @@ destination = "eu"
             assert_eq!(history.len(), 1, "{key}: one replica version");
             assert_eq!(history[0].1.as_deref(), Some(&body[..]), "{key}: its bytes");
         }
+    }
+
+    #[tokio::test]
+    async fn small_replicas_beyond_the_memory_budget_are_written_from_their_clean_copies() {
+        let r = rig();
+        let (up, rep, dest) = replicating(&r);
+        rep.read_fresh_from(r.cache.clone());
+        let hold = hold_replicas(&rep);
+        let size = 60 * 1024;
+        let n = crate::replicator::FRESH_BUDGET / size + 4;
+        let mut files = Vec::new();
+        for i in 0..n {
+            let key = format!("burst/{i:03}");
+            let body = vec![i as u8; size];
+            let f = staged_file(&r, &body);
+            up.submit(put(&key, &f, size as u64)).await.unwrap();
+            files.push((key, f, body));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.pending_count() > 0 {
+            assert!(Instant::now() < deadline, "uploaded in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rep.pending_count(), n, "the replicas wait");
+        // What the mount does once a file is uploaded: its staged file becomes
+        // the clean copy of that version. But the last one's copy was evicted,
+        // and the one before now holds another version (written since).
+        let (evicted, rewritten) = (&files[n - 1].0, &files[n - 2].0);
+        for (key, f, _) in &files {
+            let etag = r.mem.head(key, None).await.unwrap().etag;
+            if key == rewritten {
+                let newer = staged_file(&r, &vec![0xee; size]);
+                r.cache
+                    .make_clean(&newer, key, "\"etag-of-a-newer-version\"");
+            } else if key != evicted {
+                r.cache.make_clean(f, key, &etag);
+            }
+        }
+        hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        replicated(&rep, Duration::from_secs(20)).await;
+        for (key, _, body) in &files {
+            let history = dest.history(key);
+            assert_eq!(history.len(), 1, "{key}: one replica version");
+            assert_eq!(history[0].1.as_deref(), Some(&body[..]), "{key}: its bytes");
+        }
+        let mut got = r.faulty.got.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(
+            got,
+            [rewritten.clone(), evicted.clone()],
+            "only the replicas without a clean copy of their version read the source"
+        );
     }
 }

@@ -31,6 +31,8 @@ pub struct Download {
     pub key: String,
     /// The ETag of the version being copied.
     pub tag: String,
+    /// The clean copy, pinned until this is dropped.
+    path: PathBuf,
     file: File,
     size: AtomicU64,
     /// Bytes written so far at the start of each chunk (one chunk for the
@@ -56,6 +58,7 @@ impl Download {
         Ok(Arc::new(Download {
             key: key.to_string(),
             tag: tag.to_string(),
+            path,
             file,
             size: AtomicU64::new(len),
             progress: vec![AtomicU64::new(len)],
@@ -86,6 +89,7 @@ impl Download {
         let d = Arc::new(Download {
             key: key.to_string(),
             tag: tag.to_string(),
+            path,
             file,
             size: AtomicU64::new(size),
             progress: (0..size.div_ceil(chunk).max(1))
@@ -101,10 +105,13 @@ impl Download {
         tokio::spawn(async move {
             let writer = Arc::new(writer);
             let result = dl.clone().fetch_all(&from, writer).await;
-            if let Err(e) = result {
-                tracing::warn!(key = %dl.key, error = %e, "download failed");
-                *dl.error.lock().unwrap() = Some(e.to_string());
-                dl.cache.forget_clean(&dl.key);
+            match result {
+                Ok(()) => dl.cache.clean_complete(&dl.key, &dl.path),
+                Err(e) => {
+                    tracing::warn!(key = %dl.key, error = %e, "download failed");
+                    *dl.error.lock().unwrap() = Some(e.to_string());
+                    dl.cache.forget_clean_copy(&dl.key, &dl.path);
+                }
             }
             dl.done.store(true, Ordering::SeqCst);
             dl.arrived.notify_waiters();
@@ -267,6 +274,6 @@ impl Download {
 
 impl Drop for Download {
     fn drop(&mut self) {
-        self.cache.close_clean(&self.key);
+        self.cache.close_clean(&self.key, &self.path);
     }
 }

@@ -55,15 +55,20 @@
 //! tasks in the journal only, and so does the heartbeat's oldest open task.
 //!
 //! # Fresh small versions
-//! A small file this process has just uploaded hands its bytes and options to
-//! its tasks ([`Fresh`], at most [`FRESH_BUDGET`] bytes held): the replica is
-//! written from them, with no HEAD, tagging, ACL request or GET at the
-//! source (only versions uploaded without an ACL, hence private, qualify). They
-//! are exactly the uploaded bytes (the uploader PUT this very buffer), so the
-//! replica is still the source version. A fresh task's first attempt also
-//! skips the destination HEAD: nothing else writes that version there, and any
-//! retry (or a recovered task) checks it as above. Fresh bodies live in memory
-//! only; after a failure or a restart the task takes the ordinary path.
+//! A small file this process has just uploaded hands its bytes, ETag and
+//! options to its tasks ([`Fresh`]): the replica is written from them, with no
+//! HEAD, tagging, ACL request or GET at the source (only versions uploaded
+//! without an ACL, hence private, qualify). At most [`FRESH_BUDGET`] bytes are
+//! held in memory; the tasks beyond it keep only the ETag and options and
+//! read the bytes from the file's clean copy in the cache when they run
+//! ([`Replicator::read_fresh_from`]), taking the ordinary path when that copy
+//! is gone, incomplete or of another version. Either way they are exactly the
+//! uploaded bytes: the uploader PUT this very buffer, and a clean copy is a
+//! whole copy of the version whose ETag it carries, pinned while read (see
+//! `cache`). A fresh task's first attempt also skips the destination HEAD:
+//! nothing else writes that version there, and any retry (or a recovered
+//! task) checks it as above. Fresh state lives in memory only; after a
+//! failure or a restart the task takes the ordinary path.
 
 pub mod heartbeat;
 pub mod ordering;
@@ -161,9 +166,18 @@ impl AclState {
 /// The bytes and metadata of a version this process has just uploaded,
 /// without an ACL (so it is private).
 pub struct Fresh {
-    pub body: bytes::Bytes,
+    /// `None` for tasks beyond [`FRESH_BUDGET`]: read from the clean copy.
+    pub body: Option<bytes::Bytes>,
+    /// The uploaded version's ETag (its clean copy carries it).
+    pub etag: String,
     /// What the upload sent (metadata, content type, tags), without an ACL.
     pub opts: PutOptions,
+}
+
+/// A fresh version's bytes in hand for its replica.
+struct FreshReady {
+    body: bytes::Bytes,
+    fresh: Arc<Fresh>,
 }
 
 /// Parts of one large replica copied at once.
@@ -192,9 +206,11 @@ struct GiveWay {
     at_most: Duration,
 }
 
-/// At most this many bytes of fresh versions are held for their replicas;
-/// beyond it a task reads the source like any other.
-pub const FRESH_BUDGET: usize = 8 << 20;
+/// At most this many bytes of fresh versions are held in memory for their
+/// replicas; beyond it a task reads its clean copy (see "Fresh small versions").
+/// Enough for a steady stream, whose replicas run at once; a burst, whose
+/// replicas wait, is what reads its clean copies.
+pub const FRESH_BUDGET: usize = 1 << 20;
 
 #[derive(Default)]
 struct FreshBodies {
@@ -205,7 +221,7 @@ struct FreshBodies {
 impl FreshBodies {
     fn take(&mut self, task: i64) -> Option<Arc<Fresh>> {
         let f = self.by_task.remove(&task)?;
-        self.bytes -= f.body.len();
+        self.bytes -= f.body.as_ref().map_or(0, |b| b.len());
         Some(f)
     }
 }
@@ -348,6 +364,8 @@ struct Inner {
     target_ms: i64,
     queue: Mutex<Queue>,
     fresh: Mutex<FreshBodies>,
+    /// Where fresh tasks beyond the budget read their bytes.
+    clean: std::sync::OnceLock<Arc<crate::cache::Cache>>,
     wake: Notify,
     /// Signalled whenever a task finishes (fsync all-regions waits on it).
     finished: Notify,
@@ -494,6 +512,7 @@ impl Replicator {
             target_ms: config.replication.time_target.0.as_millis() as i64,
             queue: Mutex::new(queue),
             fresh: Mutex::new(FreshBodies::default()),
+            clean: std::sync::OnceLock::new(),
             wake: Notify::new(),
             finished: Notify::new(),
             pending: watch::channel(n).0,
@@ -518,6 +537,13 @@ impl Replicator {
     /// Only the first call counts.
     pub fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
         let _ = self.inner.give_way.set(GiveWay { busy, at_most });
+    }
+
+    /// Fresh tasks beyond [`FRESH_BUDGET`] read their bytes from the clean
+    /// copies in `cache` from now on (see "Fresh small versions"); without
+    /// it they read the source. Only the first call counts.
+    pub fn read_fresh_from(&self, cache: Arc<crate::cache::Cache>) {
+        let _ = self.inner.clean.set(cache);
     }
 
     /// Reports replication lag and bytes to `metrics` from now on.
@@ -580,14 +606,28 @@ impl Replicator {
             // Bodies only for tasks held: a spilled one may wait long. Given
             // before the queue lock is let go, so that no worker starts one of
             // these tasks without its body.
+            let len = f.body.as_ref().map_or(0, |b| b.len());
             let f = Arc::new(f);
+            // Shared by this version's tasks beyond the budget.
+            let mut lean: Option<Arc<Fresh>> = None;
             let mut held = self.inner.fresh.lock().unwrap();
             for (id, _) in kept.iter().filter(|(_, k)| *k == TaskKind::Version) {
-                if held.bytes + f.body.len() > FRESH_BUDGET {
+                let f = if f.body.is_some() && held.bytes + len <= FRESH_BUDGET {
+                    held.bytes += len;
+                    f.clone()
+                } else if self.inner.clean.get().is_some() {
+                    lean.get_or_insert_with(|| {
+                        Arc::new(Fresh {
+                            body: None,
+                            etag: f.etag.clone(),
+                            opts: f.opts.clone(),
+                        })
+                    })
+                    .clone()
+                } else {
                     break;
-                }
-                held.bytes += f.body.len();
-                held.by_task.insert(*id, f.clone());
+                };
+                held.by_task.insert(*id, f);
             }
         }
         let n = q.pending();
@@ -836,6 +876,7 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
     }
     // Taken whatever happens: a retry reads the source like any other task.
     let fresh = inner.fresh.lock().unwrap().take(task.id);
+    let fresh = fresh.and_then(|f| fresh_bytes(inner, &task, f));
     let result = match inner.destinations.get(&task.destination) {
         Some(d) => replicate(inner, d, &task, fresh).await,
         None => Err(StoreError::Rejected {
@@ -941,12 +982,26 @@ async fn check_destination(d: &Destination) -> Result<(), StoreError> {
     })
 }
 
+/// The bytes of a fresh version: held, or read from its clean copy; `None`
+/// when that copy no longer holds exactly the uploaded version.
+fn fresh_bytes(inner: &Inner, task: &Task, fresh: Arc<Fresh>) -> Option<FreshReady> {
+    let body = match &fresh.body {
+        Some(b) => b.clone(),
+        None => inner
+            .clean
+            .get()?
+            .read_clean(&task.key, &fresh.etag, task.size)
+            .map(bytes::Bytes::from)?,
+    };
+    Some(FreshReady { body, fresh })
+}
+
 /// Makes the replica of one version; returns the replica's version id.
 async fn replicate(
     inner: &Arc<Inner>,
     d: &Destination,
     task: &Task,
-    fresh: Option<Arc<Fresh>>,
+    fresh: Option<FreshReady>,
 ) -> Result<Option<String>, StoreError> {
     check_destination(d).await?;
     let dest = &d.store;
@@ -975,10 +1030,10 @@ async fn replicate(
         _ => {
             let canned = (override_owner && d.acls.enabled(dest.as_ref()).await)
                 .then(|| "bucket-owner-full-control".to_string());
-            match write_replica(inner, d, task, fresh.as_deref(), canned.clone()).await {
+            match write_replica(inner, d, task, fresh.as_ref(), canned.clone()).await {
                 Err(StoreError::AclNotSupported { message, .. }) if canned.is_some() => {
                     d.acls.refused(dest.as_ref(), &message);
-                    write_replica(inner, d, task, fresh.as_deref(), None).await?
+                    write_replica(inner, d, task, fresh.as_ref(), None).await?
                 }
                 other => other?,
             }
@@ -1045,12 +1100,12 @@ async fn write_replica(
     inner: &Arc<Inner>,
     d: &Destination,
     task: &Task,
-    fresh: Option<&Fresh>,
+    fresh: Option<&FreshReady>,
     acl: Option<String>,
 ) -> Result<Option<String>, StoreError> {
     let dest = &d.store;
     if let Some(f) = fresh {
-        let mut opts = f.opts.clone();
+        let mut opts = f.fresh.opts.clone();
         opts.metadata
             .insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
         opts.storage_class = task.storage_class.clone();

@@ -23,6 +23,8 @@ pub struct FaultyStore {
     pub attempts: AtomicU64,
     /// Reads of objects (HEAD, GET, tags, ACL): never failed.
     pub reads: AtomicU64,
+    /// Keys whose bytes were read (GET), in order.
+    pub got: std::sync::Mutex<Vec<String>>,
 }
 
 impl FaultyStore {
@@ -34,6 +36,7 @@ impl FaultyStore {
             refused_prefix: std::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            got: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -90,6 +93,7 @@ impl ObjectStore for FaultyStore {
     }
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        self.got.lock().unwrap().push(key.to_string());
         self.inner.get(key, req).await
     }
     async fn put(

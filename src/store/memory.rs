@@ -24,6 +24,8 @@ struct StoredVersion {
     id: String,
     /// `None` for a delete marker.
     data: Option<Bytes>,
+    /// What the PUT returned, and HEAD and GET say again.
+    etag: String,
     opts: PutOptions,
     at: SystemTime,
     acl: Acl,
@@ -136,6 +138,7 @@ impl MemoryStore {
             .push(StoredVersion {
                 id: id.clone(),
                 data,
+                etag: etag.clone(),
                 acl: canned(opts.acl.as_deref()),
                 opts,
                 at: SystemTime::now(),
@@ -162,7 +165,7 @@ impl MemoryStore {
         ObjectInfo {
             key: key.to_string(),
             size: data as u64,
-            etag: format!("{:x}", data),
+            etag: v.etag.clone(),
             version_id: Some(v.id.clone()),
             last_modified: Some(v.at),
             content_type: v.opts.content_type.clone(),
