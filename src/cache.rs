@@ -7,7 +7,11 @@
 //!   the content of a journaled put (then it is never written again: a writer
 //!   copies it first). Files in `data/` are never evicted.
 //! - A file in `clean/` is an exact copy of one object version; it may be
-//!   evicted (LRU) whenever it is not open. Losing it loses nothing.
+//!   evicted (LRU) whenever it is not open. Losing it loses nothing. A
+//!   download registers its copy before the bytes arrive; only a finished one
+//!   (or an uploaded file made clean) is whole, and only a whole copy is
+//!   opened as one. Pins are per copy: a newer version taking the key
+//!   unlinks an open old copy and leaves its readers' pins with it.
 //! - `data/` files the journal does not know after a crash held unacknowledged
 //!   writes; they are moved to `quarantine/` (never deleted silently).
 //! - When data + clean bytes would exceed `max_size`, or clean files would be
@@ -587,6 +591,10 @@ impl Cache {
     /// version, still downloading, or unreadable). Pinned while read, so it
     /// is neither evicted nor recycled (emptied) under the read.
     pub fn read_clean(&self, key: &str, tag: &str, size: u64) -> Option<Vec<u8>> {
+        if tag.is_empty() {
+            // Names no version.
+            return None;
+        }
         let (path, _) = self.open_clean(key, tag)?;
         let bytes = std::fs::read(&path).ok();
         self.close_clean(key, &path);
@@ -765,6 +773,10 @@ mod tests {
         assert_eq!(c.read_clean("k", "v1", 5).as_deref(), Some(&b"abcde"[..]));
         assert_eq!(c.read_clean("k", "v2", 5), None, "another version");
         assert_eq!(c.read_clean("k", "v1", 4), None, "another size");
+        let (untagged, mut w2) = c.begin_clean("e", "", 1).unwrap();
+        std::io::Write::write_all(&mut w2, b"x").unwrap();
+        c.clean_complete("e", &untagged);
+        assert_eq!(c.read_clean("e", "", 1), None, "a copy naming no version");
         // A newer version takes the key while the old copy is still pinned by
         // its download; then a reader pins the newer one.
         let f = c.create_data_file().unwrap();
