@@ -81,8 +81,9 @@ now() { date +%s.%N; }
 since() { awk -v a="$(now)" -v b="$1" 'BEGIN { printf "%.3f", a - b }'; }
 add() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a + b }'; }
 record() { echo "$1 $2 $3" >> "$work/results"; }   # workload system seconds
-peak_rss() { awk '/VmHWM/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
-now_rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+status_mib() { awk -v f="$2:" '$1 == f {print $2/1024}' "/proc/$1/status" 2>/dev/null || echo 0; }   # pid field
+peak_rss() { status_mib "$1" VmHWM; }
+now_rss() { status_mib "$1" VmRSS; }
 cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat" 2>/dev/null || echo 0; }   # user+system
 
 # On a fresh mount of what a system wrote: cold and warm reads of the big file,

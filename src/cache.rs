@@ -74,6 +74,13 @@ struct CleanEntry {
     complete: bool,
 }
 
+impl CleanEntry {
+    /// Whether this is a whole copy of version `tag`.
+    fn holds(&self, tag: &str) -> bool {
+        self.tag == tag && self.complete
+    }
+}
+
 fn is_copy(e: &CleanEntry, path: &Path) -> bool {
     path.file_name() == Some(std::ffi::OsStr::new(&e.name))
 }
@@ -549,19 +556,14 @@ impl Cache {
     /// Whether a whole clean copy of `key` at version `tag` is here (not pinned).
     pub fn has_clean(&self, key: &str, tag: &str) -> bool {
         let s = self.space.lock().unwrap();
-        s.clean
-            .peek(key)
-            .is_some_and(|e| e.tag == tag && e.complete)
+        s.clean.peek(key).is_some_and(|e| e.holds(tag))
     }
 
     /// Opens the clean copy of `key` if it holds all of version `tag`; pins
-    /// it while open (until [`Cache::close_clean`] with the path's name).
+    /// it while open (until [`Cache::close_clean`] with the same path).
     pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.space.lock().unwrap();
-        let e = s
-            .clean
-            .peek_mut(key)
-            .filter(|e| e.tag == tag && e.complete)?;
+        let e = s.clean.peek_mut(key).filter(|e| e.holds(tag))?;
         e.open += 1;
         let out = (self.clean_path(&e.name), e.size);
         s.clean.promote(key);
@@ -778,7 +780,9 @@ mod tests {
         c.clean_complete("e", &untagged);
         assert_eq!(c.read_clean("e", "", 1), None, "a copy naming no version");
         // A newer version takes the key while the old copy is still pinned by
-        // its download; then a reader pins the newer one.
+        // its download (whose reader keeps reading it); then a reader pins
+        // the newer one.
+        let old_reader = std::fs::File::open(&old).unwrap();
         let f = c.create_data_file().unwrap();
         std::fs::write(c.data_path(&f), b"fghij").unwrap();
         c.make_clean(&f, "k", "v2");
@@ -787,6 +791,12 @@ mod tests {
         // neither evicted nor emptied under its reader.
         c.close_clean("k", &old);
         c.limit_clean_files(0);
+        let mut still = Vec::new();
+        std::io::Read::read_to_end(&mut &old_reader, &mut still).unwrap();
+        assert_eq!(
+            still, b"abcde",
+            "the old copy is not emptied under its reader"
+        );
         assert!(c.has_clean("k", "v2"), "still pinned by its reader");
         assert_eq!(std::fs::read(&new).unwrap(), b"fghij");
         c.close_clean("k", &new);

@@ -1671,9 +1671,13 @@ destination = "eu"
     async fn uploaded(r: &Rig, up: &Uploader, key: &str, body: &[u8]) {
         let f = staged_file(r, body);
         up.submit(put(key, &f, body.len() as u64)).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        all_uploaded(up, Duration::from_secs(10)).await;
+    }
+
+    async fn all_uploaded(up: &Uploader, within: Duration) {
+        let deadline = Instant::now() + within;
         while up.pending_count() > 0 {
-            assert!(Instant::now() < deadline, "{key} uploaded in time");
+            assert!(Instant::now() < deadline, "uploaded within {within:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -1890,16 +1894,13 @@ destination = "eu"
             up.submit(put(&key, &f, size as u64)).await.unwrap();
             files.push((key, f, body));
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while up.pending_count() > 0 {
-            assert!(Instant::now() < deadline, "uploaded in time");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        all_uploaded(&up, Duration::from_secs(20)).await;
         assert_eq!(rep.pending_count(), n, "the replicas wait");
         // What the mount does once a file is uploaded: its staged file becomes
         // the clean copy of that version. But the last one's copy was evicted,
-        // and the one before now holds another version (written since).
-        let (evicted, rewritten) = (&files[n - 1].0, &files[n - 2].0);
+        // the one before now holds another version (written since), and the
+        // one before that was opened for writing (its copy is a working file).
+        let (evicted, rewritten, reopened) = (&files[n - 1].0, &files[n - 2].0, &files[n - 3].0);
         for (key, f, _) in &files {
             let etag = r.mem.head(key, None).await.unwrap().etag;
             if key == rewritten {
@@ -1908,6 +1909,10 @@ destination = "eu"
                     .make_clean(&newer, key, "\"etag-of-a-newer-version\"");
             } else if key != evicted {
                 r.cache.make_clean(f, key, &etag);
+            }
+            if key == reopened {
+                let working = r.cache.adopt_clean(key, &etag).unwrap().unwrap();
+                std::fs::write(r.cache.data_path(&working), vec![0xdd; size]).unwrap();
             }
         }
         hold.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -1921,7 +1926,7 @@ destination = "eu"
         got.sort();
         assert_eq!(
             got,
-            [rewritten.clone(), evicted.clone()],
+            [reopened.clone(), rewritten.clone(), evicted.clone()],
             "only the replicas without a clean copy of their version read the source"
         );
     }
