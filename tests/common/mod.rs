@@ -125,6 +125,13 @@ pub struct ProcessGuard {
 }
 
 impl ProcessGuard {
+    pub fn new(child: Child, name: &str) -> ProcessGuard {
+        CHILDREN.lock().unwrap().push(child.id());
+        ProcessGuard {
+            child,
+            name: name.to_string(),
+        }
+    }
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -142,6 +149,10 @@ impl ProcessGuard {
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
         self.kill();
+        // Reaped: its pid may be reused, so the hang report must not touch it.
+        let pid = self.pid();
+        LIVE_DAEMONS.lock().unwrap().retain(|(p, _, _)| *p != pid);
+        CHILDREN.lock().unwrap().retain(|p| *p != pid);
     }
 }
 
@@ -242,10 +253,7 @@ impl Region {
 
     fn try_start(&mut self) -> Result<(), String> {
         let child = (self.start)(self.dir.path(), self.port);
-        let mut guard = ProcessGuard {
-            child,
-            name: self.kind.to_string(),
-        };
+        let mut guard = ProcessGuard::new(child, self.kind);
         let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(60);
         while !port_open(port) {
@@ -427,6 +435,99 @@ pub fn detach(path: &Path) {
     }
 }
 
+/// How long a test may run before the harness reports where it hangs: under
+/// nextest's 300 s kill, so the report reaches the CI log
+/// (`REGIONFS_TEST_HANG_REPORT_S` sets it, to see the report).
+fn hang_report_after() -> Duration {
+    let s = std::env::var("REGIONFS_TEST_HANG_REPORT_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(240);
+    Duration::from_secs(s)
+}
+
+/// Every server and daemon this test process runs, for the hang report to stop.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The daemons this test process runs (pid, log, mountpoint), for the report.
+static LIVE_DAEMONS: std::sync::Mutex<Vec<(u32, PathBuf, PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Starts (once per test process) a thread that, if the test is still running
+/// after [`hang_report_after`], prints where every thread of this process and
+/// of its daemons waits, and each daemon's log tail; then detaches the mounts,
+/// kills the daemons and aborts, so a hang fails with its cause on record.
+fn watch_for_hangs() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            let after = hang_report_after();
+            std::thread::sleep(after);
+            eprintln!("=== hang report: the test is still running after {after:?}");
+            eprintln!("--- the test process ({}):", std::process::id());
+            eprintln!("{}", thread_stacks(std::process::id()));
+            eprintln!("{}", gdb_stacks(std::process::id()));
+            let live = LIVE_DAEMONS.lock().unwrap().clone();
+            for (pid, log, dir) in &live {
+                eprintln!("--- daemon {pid} mounted at {}:", dir.display());
+                eprintln!("{}", thread_stacks(*pid));
+                eprintln!("{}", gdb_stacks(*pid));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(80).collect();
+                eprintln!("--- last lines of its log ({}):", log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            // abort() runs no Drop guard: unmount and stop what they would.
+            for (_, _, dir) in &live {
+                detach(dir);
+            }
+            for pid in CHILDREN.lock().unwrap().iter() {
+                unsafe {
+                    libc::kill(*pid as i32, libc::SIGKILL);
+                }
+            }
+            eprintln!("=== end of hang report");
+            std::process::abort();
+        });
+    });
+}
+
+/// Each thread's user-space stack, where gdb is installed (scripts/test.sh
+/// installs it).
+fn gdb_stacks(pid: u32) -> String {
+    let pid = pid.to_string();
+    match Command::new("gdb")
+        .args(["-batch", "-nx", "-p", &pid, "-ex", "thread apply all bt 30"])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(gdb: {e})"),
+    }
+}
+
+/// Each thread of `pid`: its name, what it waits in (wchan) and its kernel stack.
+fn thread_stacks(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        out.push_str(&format!(
+            "thread {} {} wchan={}\n{}",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim(),
+            read("stack")
+        ));
+    }
+    out
+}
+
 pub fn regionfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_regionfs")
 }
@@ -502,10 +603,12 @@ impl Mount {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut guard = ProcessGuard {
-            child,
-            name: "regionfs".into(),
-        };
+        let mut guard = ProcessGuard::new(child, "regionfs");
+        watch_for_hangs();
+        LIVE_DAEMONS
+            .lock()
+            .unwrap()
+            .push((guard.pid(), self.log.clone(), self.dir.clone()));
         let dir = self.dir.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
         // A dead mount left by kill -9 is still listed until the new daemon
