@@ -464,9 +464,7 @@ fn watch_for_hangs() {
             let after = hang_report_after();
             std::thread::sleep(after);
             eprintln!("=== hang report: the test is still running after {after:?}");
-            eprintln!("--- the test process ({}):", std::process::id());
-            eprintln!("{}", thread_stacks(std::process::id()));
-            eprintln!("{}", gdb_stacks(std::process::id()));
+            // The daemons first: gdb takes seconds, the test may move on.
             let live = LIVE_DAEMONS.lock().unwrap().clone();
             for (pid, log, dir) in &live {
                 eprintln!("--- daemon {pid} mounted at {}:", dir.display());
@@ -479,6 +477,9 @@ fn watch_for_hangs() {
                     eprintln!("{l}");
                 }
             }
+            eprintln!("--- the test process ({}):", std::process::id());
+            eprintln!("{}", thread_stacks(std::process::id()));
+            eprintln!("{}", gdb_stacks(std::process::id()));
             // abort() runs no Drop guard: unmount and stop what they would.
             for (_, _, dir) in &live {
                 detach(dir);
