@@ -278,6 +278,10 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     if left == 0 {
         eprintln!("regionfs: unmounted; everything is uploaded");
     }
+    drop(svc);
+    // What is left is in the journal: a task stuck in a request must not keep
+    // the process from exiting (dropping a runtime waits for its tasks).
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
     Ok(ExitCode::SUCCESS)
 }
 
