@@ -215,6 +215,10 @@ impl Region {
             .prefix("regionfs-region-")
             .tempdir()
             .unwrap();
+        HANG_CLEANUP_DIRS
+            .lock()
+            .unwrap()
+            .push(dir.path().to_path_buf());
         let (port, lease) = free_port_block(width);
         let mut r = Region {
             port,
@@ -449,6 +453,10 @@ fn hang_report_after() -> Duration {
 /// Every server and daemon this test process runs, for the hang report to stop.
 static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
+/// The servers' and mounts' temp dirs, for the hang report to remove (no
+/// TempDir guard runs after abort). Ones already removed are skipped.
+static HANG_CLEANUP_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// The daemons this test process runs (pid, log, mountpoint), for the report.
 static LIVE_DAEMONS: std::sync::Mutex<Vec<(u32, PathBuf, PathBuf)>> =
     std::sync::Mutex::new(Vec::new());
@@ -484,10 +492,21 @@ fn watch_for_hangs() {
             for (_, _, dir) in &live {
                 detach(dir);
             }
-            for pid in CHILDREN.lock().unwrap().iter() {
+            let children = CHILDREN.lock().unwrap().clone();
+            for pid in &children {
                 unsafe {
                     libc::kill(*pid as i32, libc::SIGKILL);
                 }
+            }
+            // Reaped, they have let go of their files (ECHILD: the test's own
+            // wait got there first).
+            for pid in &children {
+                unsafe {
+                    libc::waitpid(*pid as i32, std::ptr::null_mut(), 0);
+                }
+            }
+            for d in HANG_CLEANUP_DIRS.lock().unwrap().iter() {
+                let _ = std::fs::remove_dir_all(d);
             }
             eprintln!("=== end of hang report");
             std::process::abort();
@@ -568,6 +587,10 @@ impl Mount {
             .prefix("regionfs-mnt-")
             .tempdir()
             .unwrap();
+        HANG_CLEANUP_DIRS
+            .lock()
+            .unwrap()
+            .push(tmp.path().to_path_buf());
         let dir = tmp.path().join("mnt");
         std::fs::create_dir(&dir).unwrap();
         let config = tmp.path().join("regionfs.toml");
