@@ -464,7 +464,8 @@ static LIVE_DAEMONS: std::sync::Mutex<Vec<(u32, PathBuf, PathBuf)>> =
 /// Starts (once per test process) a thread that, if the test is still running
 /// after [`hang_report_after`], prints where every thread of this process and
 /// of its daemons waits, and each daemon's log tail; then detaches the mounts,
-/// kills the daemons and aborts, so a hang fails with its cause on record.
+/// kills and reaps what the test started, removes the servers' and mounts'
+/// dirs and aborts, so a hang fails with its cause on record.
 fn watch_for_hangs() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
