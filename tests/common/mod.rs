@@ -479,12 +479,8 @@ fn watch_for_hangs() {
                 eprintln!("--- daemon {pid} mounted at {}:", dir.display());
                 eprintln!("{}", thread_stacks(*pid));
                 eprintln!("{}", gdb_stacks(*pid));
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(80).collect();
                 eprintln!("--- last lines of its log ({}):", log.display());
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
+                eprintln!("{}", log_tail(log, 80));
             }
             eprintln!("--- the test process ({}):", std::process::id());
             eprintln!("{}", thread_stacks(std::process::id()));
@@ -513,6 +509,14 @@ fn watch_for_hangs() {
             std::process::abort();
         });
     });
+}
+
+/// The last `n` lines of a daemon's log.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.reverse();
+    tail.join("\n")
 }
 
 /// Each thread's user-space stack, where gdb is installed (scripts/test.sh
@@ -722,15 +726,11 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A failed test: the daemon's own account, for the CI log.
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!(
                 "--- last lines of the regionfs log ({}):",
                 self.log.display()
             );
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
+            eprintln!("{}", log_tail(&self.log, 60));
         }
         detach(&self.dir);
         if let Some(mut p) = self.process.take() {
