@@ -347,6 +347,13 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if let Some(r) = self.core.read_now(fh.0, offset, size) {
+            match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
+            return;
+        }
         let core = self.core.clone();
         self.spawn(async move {
             match core.read(fh.0, offset, size).await {

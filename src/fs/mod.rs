@@ -1864,6 +1864,31 @@ impl Core {
         Ok(data)
     }
 
+    /// A read answered on the calling FUSE thread: only one the handle's
+    /// download already holds (the common case of a sequential read behind
+    /// a running or finished download). `None`: take [`Self::read`].
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
+        let (ino, dl) = {
+            let handles = self.handles.lock().unwrap();
+            let h = handles.get(&fh)?;
+            (h.ino, h.download.clone()?)
+        };
+        {
+            // As in `read_at`: a working file, or a newer version than the
+            // download's, is read elsewhere; past the end is the async path's.
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino)?;
+            if n.working.is_some() || n.etag != dl.tag || offset >= n.size {
+                return None;
+            }
+        }
+        let r = dl.read_now(offset, size)?;
+        if let Ok(d) = &r {
+            self.served_bytes.inc_by(d.len() as u64);
+        }
+        Some(r)
+    }
+
     async fn read_at(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
         let ino = self.handle_ino(fh)?;
         let (working, file_size, key, etag, version) = {
@@ -1874,10 +1899,7 @@ impl Core {
         };
         if let Some(w) = working {
             let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;
-            let mut buf = vec![0; len];
-            let n = w.file.read_at(&mut buf, offset)?;
-            buf.truncate(n);
-            return Ok(buf);
+            return Ok(crate::cache::read_at_most(&w.file, offset, len)?);
         }
         if offset >= file_size {
             return Ok(Vec::new());

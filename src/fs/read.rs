@@ -1,6 +1,8 @@
 //! Clean copies downloaded on first read: one download per object version,
 //! shared by every reader; a read waits only until its range has arrived, so
-//! sequential reads stream while the download runs.
+//! sequential reads stream while the download runs. A read whose range has
+//! already arrived is answered on the FUSE thread that received it
+//! ([`Download::read_now`]); only one that must wait goes to the runtime.
 //!
 //! Objects of [`PARALLEL_FROM`] bytes or more are fetched as ranged GETs of
 //! [`CHUNK`] bytes, [`PARALLEL`] at a time, each streamed straight to its place
@@ -261,19 +263,144 @@ impl Download {
                 )));
             }
             if done || self.covered(offset, want) {
-                let len = want.saturating_sub(offset) as usize;
-                let mut buf = vec![0; len];
-                let n = self.file.read_at(&mut buf, offset)?;
-                buf.truncate(n);
-                return Ok(buf);
+                return self.read_arrived(offset, want);
             }
             notified.await;
         }
+    }
+
+    /// Reads `offset..offset+size` if it has already arrived; `None` when
+    /// the read would wait or the download failed (the async [`Self::read`]
+    /// says why), so a FUSE thread can answer it without a hop to the
+    /// runtime.
+    pub fn read_now(&self, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
+        let want = (offset + size as u64).min(self.size.load(Ordering::SeqCst));
+        let done = self.done.load(Ordering::SeqCst);
+        if self.failed() || !(done || self.covered(offset, want)) {
+            return None;
+        }
+        Some(self.read_arrived(offset, want))
+    }
+
+    fn read_arrived(&self, offset: u64, want: u64) -> Result<Vec<u8>, FsError> {
+        let len = want.saturating_sub(offset) as usize;
+        Ok(crate::cache::read_at_most(&self.file, offset, len)?)
     }
 }
 
 impl Drop for Download {
     fn drop(&mut self) {
         self.cache.close_clean(&self.key, &self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MIB;
+    use crate::store::{MemoryStore, ObjectStore, PutBody, PutOptions};
+    use std::time::Duration;
+
+    /// A download of `body` whose progress the test sets by hand: chunks of
+    /// `chunk` bytes, none arrived yet.
+    fn in_progress(body: &[u8], chunk: u64) -> (tempfile::TempDir, Download) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
+        let (path, writer) = cache.begin_clean("k", "t", body.len() as u64).unwrap();
+        writer.write_all_at(body, 0).unwrap();
+        let size = body.len() as u64;
+        let d = Download {
+            key: "k".into(),
+            tag: "t".into(),
+            file: File::open(&path).unwrap(),
+            path,
+            size: AtomicU64::new(size),
+            progress: (0..size.div_ceil(chunk))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            chunk,
+            done: AtomicBool::new(false),
+            error: Mutex::new(None),
+            arrived: Notify::new(),
+            cache,
+        };
+        (dir, d)
+    }
+
+    #[test]
+    fn read_now_answers_only_ranges_that_have_arrived() {
+        let body: Vec<u8> = (0..40u32).map(|i| i as u8).collect();
+        let (_dir, d) = in_progress(&body, 16);
+        assert!(d.read_now(0, 8).is_none(), "nothing arrived");
+        d.progress[0].store(10, Ordering::SeqCst);
+        assert_eq!(d.read_now(0, 8).unwrap().unwrap(), &body[..8]);
+        assert!(d.read_now(4, 8).is_none(), "bytes 10..12 are missing");
+        d.progress[0].store(16, Ordering::SeqCst);
+        assert!(d.read_now(12, 8).is_none(), "spans into chunk 1");
+        d.progress[1].store(16, Ordering::SeqCst);
+        assert_eq!(d.read_now(12, 8).unwrap().unwrap(), &body[12..20]);
+        assert!(d.read_now(30, 20).is_none(), "the last chunk is missing");
+        d.progress[2].store(8, Ordering::SeqCst);
+        assert_eq!(
+            d.read_now(30, 20).unwrap().unwrap(),
+            &body[30..],
+            "a read past the end gets the bytes up to it"
+        );
+        assert_eq!(d.read_now(40, 8).unwrap().unwrap(), b"");
+    }
+
+    #[test]
+    fn read_now_leaves_a_failed_download_to_the_async_read_which_reports_it() {
+        let body = vec![7u8; 32];
+        let (_dir, d) = in_progress(&body, 32);
+        d.progress[0].store(32, Ordering::SeqCst);
+        *d.error.lock().unwrap() = Some("connection reset".into());
+        d.done.store(true, Ordering::SeqCst);
+        assert!(d.read_now(0, 8).is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(d.read(0, 8)).unwrap_err();
+        assert!(e.to_string().contains("connection reset"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_parallel_download_reads_back_exact_bytes_at_every_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 256 * MIB, Duration::from_secs(1)).unwrap();
+        let store = Arc::new(MemoryStore::new("src"));
+        let size = PARALLEL_FROM as usize + (CHUNK as usize) / 2 + 3;
+        let body: Vec<u8> = (0..size as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let put = store
+            .put(
+                "big",
+                PutBody::Bytes(body.clone().into()),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let from = vec![Fetch::direct(store.clone(), put.version_id.clone())];
+        let d = Download::start(from, cache, "big", &put.etag, size as u64).unwrap();
+        // Reads in the order a kernel's readahead sends them, each taking
+        // the synchronous path once its range is there.
+        let step = 256 << 10;
+        let mut got = Vec::with_capacity(size);
+        let mut offset = 0;
+        while offset < size as u64 {
+            let part = match d.read_now(offset, step) {
+                Some(r) => r.unwrap(),
+                None => d.read(offset, step).await.unwrap(),
+            };
+            assert!(!part.is_empty(), "no bytes at {offset}");
+            offset += part.len() as u64;
+            got.extend_from_slice(&part);
+        }
+        assert!(got == body, "bytes differ");
+        assert_eq!(
+            d.read_now(size as u64 - 5, 4).unwrap().unwrap(),
+            &body[size - 5..size - 1]
+        );
     }
 }
