@@ -241,6 +241,18 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         opts.acl = fuser::SessionACL::All;
     }
     opts.n_threads = Some(2);
+    // Before the mount exists: a SIGTERM or SIGINT that arrives once it does
+    // must unmount and drain, never take the default action and leave a dead
+    // mount (the handlers were once installed after it, and a test's SIGTERM
+    // right after "mounted" killed the daemon with the mount still there).
+    let stop = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        )
+    };
     let session = fuser::spawn_mount(
         FuseFs::new(svc.core.clone(), rt.handle().clone()),
         &mountpoint,
@@ -262,10 +274,10 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
         r
     });
     rt.spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let (mut term, mut int) = stop;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
         let _ = tx.send("signal");
     });
@@ -758,14 +770,17 @@ fn replicate(config: &Config) -> anyhow::Result<ExitCode> {
         gid: unsafe { libc::getgid() },
     };
     rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Before saying it runs: a signal from then on drains (as in `mount`).
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
         let svc = service::start(config, owner).await?;
         eprintln!(
             "regionfs: replicating from the journal in {} (no mount)",
             config.cache.dir.display()
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         svc.drain(config.durability.drain_on_unmount.0).await;

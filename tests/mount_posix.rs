@@ -492,6 +492,25 @@ async fn the_mounted_daemon_runs_the_heap_trimming_thread() {
     assert!(m.unmount().success());
 }
 
+/// A SIGTERM sent as soon as the daemon says it mounted unmounts, drains and
+/// exits 0: the signal handlers exist before the mount does. (They were once
+/// installed after it, and such a SIGTERM killed the daemon and left a dead
+/// mount; the window was short, so each round here only may catch it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_right_after_the_mount_unmounts_and_exits_cleanly() {
+    let (_r, mut m, _c) = setup("").await;
+    for round in 0..5 {
+        let status = m.unmount();
+        assert!(
+            status.success(),
+            "round {round}: {status}: {}",
+            m.log_text()
+        );
+        m.remount();
+    }
+    assert!(m.unmount().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn umount_waits_for_pending_uploads_then_the_daemon_exits() {
     let (r, mut m, _c) = setup("[cache]\nwrite_back_delay = \"2s\"\n").await;
