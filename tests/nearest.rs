@@ -274,6 +274,67 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
     }
 }
 
+/// An unmount while the source hangs (connections open, nothing answered)
+/// ends: the daemon waits `durability.drain_on_unmount` (4 s, past the 2 s
+/// `write_back_delay`, so the upload's request is out and hanging), says
+/// what is left, and exits within 10 s more, long before
+/// the SDK's 60 s read timeout would end it. The upload stays in the journal
+/// and lands at the next mount. (The file is created before the source
+/// hangs: a lookup of a new name would itself wait for the SDK's timeouts,
+/// a limit SEMANTICS.md states.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmount_while_the_source_hangs_exits_and_the_upload_lands_at_the_next_mount() {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
+    let c = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        c.path(),
+        "[durability]\ndrain_on_unmount = \"4s\"\n[cache]\nwrite_back_delay = \"2s\"\n",
+    ));
+    let body = b"uploaded while the source hangs";
+    std::fs::write(m.path("hung.txt"), body).unwrap();
+    proxy.set_stalled(true);
+    assert_eq!(m.status(None)["uploads"]["pending"], 1);
+    let start = Instant::now();
+    let status = m.unmount();
+    let took = start.elapsed();
+    assert!(status.success(), "{status}: {}", m.log_text());
+    assert!(
+        took < Duration::from_secs(45),
+        "the daemon took {took:?} to exit: {}",
+        m.log_text()
+    );
+    assert!(
+        proxy.holds(body),
+        "the upload's request was sent and is hanging"
+    );
+    assert!(
+        m.log_text().contains("1 upload(s) still pending"),
+        "{}",
+        m.log_text()
+    );
+    assert!(
+        r.src.head("hung.txt", None).await.is_err(),
+        "nothing reached the source"
+    );
+
+    proxy.set_stalled(false);
+    m.remount();
+    m.wait_uploaded(DRAIN);
+    let got = r
+        .src
+        .get("hung.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], body);
+    assert!(m.unmount().success());
+}
+
 fn erofs(r: std::io::Result<impl Sized>) -> bool {
     matches!(r, Err(e) if e.raw_os_error() == Some(libc::EROFS))
 }

@@ -812,11 +812,15 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 }
 
 /// A TCP proxy that adds `delay` to every byte in each direction (a far-away
-/// region: this kernel has no netem) and can cut the link. It runs on its own
-/// thread and runtime; dropping it stops it and closes every connection.
+/// region: this kernel has no netem) and can cut the link or stall it. It
+/// runs on its own thread and runtime; dropping it stops it and closes every
+/// connection.
 pub struct LatencyProxy {
     pub port: u16,
     cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    stall: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    /// What clients sent while the link was stalled (held, not yet passed on).
+    held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -827,8 +831,12 @@ impl LatencyProxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
+        let stall = std::sync::Arc::new(tokio::sync::watch::channel(false).0);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let cut2 = cut.clone();
+        let stall2 = stall.clone();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held2 = held.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -845,6 +853,8 @@ impl LatencyProxy {
                             continue;
                         }
                         let cut = cut2.subscribe();
+                        let (up, down) = (stall2.subscribe(), stall2.subscribe());
+                        let held = held2.clone();
                         tokio::spawn(async move {
                             let Ok(server) =
                                 tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -856,7 +866,7 @@ impl LatencyProxy {
                             let (cr, cw) = client.into_split();
                             let (sr, sw) = server.into_split();
                             tokio::select! {
-                                _ = async { tokio::join!(delayed_pipe(cr, sw, delay), delayed_pipe(sr, cw, delay)) } => {}
+                                _ = async { tokio::join!(delayed_pipe(cr, sw, delay, up, Some(held)), delayed_pipe(sr, cw, delay, down, None)) } => {}
                                 _ = wait_cut(cut) => {}
                             }
                         });
@@ -872,6 +882,8 @@ impl LatencyProxy {
         LatencyProxy {
             port,
             cut,
+            stall,
+            held,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -885,6 +897,26 @@ impl LatencyProxy {
     /// and new ones refused while cut.
     pub fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Stalls (true) or resumes (false) the link: connections, open and new,
+    /// stay open but no byte goes through in either direction (a region
+    /// that hangs); on resume what was held goes on.
+    pub fn set_stalled(&self, stalled: bool) {
+        if stalled {
+            self.held.lock().unwrap().clear();
+        }
+        self.stall.send_replace(stalled);
+    }
+
+    /// Whether `needle` is among the bytes clients sent since the link was
+    /// stalled: a request that is hanging there.
+    pub fn holds(&self, needle: &[u8]) -> bool {
+        self.held
+            .lock()
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
     }
 }
 
@@ -911,12 +943,16 @@ async fn wait_cut(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Copies `from` to `to`, each chunk delivered `delay` after it was read,
-/// without limiting throughput (chunks in flight overlap).
+/// without limiting throughput (chunks in flight overlap), and none while
+/// `stalled` says so (what is read meanwhile is also copied to `held`).
 async fn delayed_pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+    held: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
 ) {
+    let is_stalled = stalled.clone();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let reader = async move {
@@ -925,6 +961,9 @@ async fn delayed_pipe(
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some(h) = held.as_ref().filter(|_| *is_stalled.borrow()) {
+                        h.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
                     if tx
                         .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
                         .is_err()
@@ -938,6 +977,9 @@ async fn delayed_pipe(
     let writer = async move {
         while let Some((at, data)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
+            if stalled.wait_for(|s| !*s).await.is_err() {
+                return;
+            }
             if to.write_all(&data).await.is_err() {
                 return;
             }
