@@ -279,6 +279,15 @@ impl Regions {
         }
     }
 
+    /// Resolves once the first region (the bucket this mount looks names up
+    /// in: the source, or a replica mount's one bucket) is found unreachable,
+    /// by a probe or a failed read; at once if it already is.
+    pub async fn until_first_unreachable(&self) {
+        while Self::reachable(&self.regions[0]) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn reachable(r: &Region) -> bool {
         r.down_since.lock().unwrap().is_none()
     }

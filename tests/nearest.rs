@@ -274,14 +274,54 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
     }
 }
 
+/// With the source hanging (connections open, nothing answered), creating a
+/// file the mount has not seen waits only until its lookup has waited 5 s
+/// and the probes find the source unreachable, not for the S3 client's
+/// timeouts (60 s read timeout, 3 attempts: it took minutes); the file is
+/// uploaded once the source answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_source_hanging_a_new_file_is_created_in_seconds_and_uploaded_once_it_answers() {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
+    let c = tempfile::tempdir().unwrap();
+    let mut m = Mount::start(&far_source_config(&r, &proxy, c.path(), ""));
+    proxy.set_stalled(true);
+    let body = b"created while the source hangs";
+    let start = Instant::now();
+    std::fs::write(m.path("new.txt"), body).unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(40),
+        "the create took {took:?}: {}",
+        m.log_text()
+    );
+    assert_eq!(std::fs::read(m.path("new.txt")).unwrap(), body);
+    assert!(
+        r.src.head("new.txt", None).await.is_err(),
+        "nothing reached the source yet"
+    );
+
+    proxy.set_stalled(false);
+    m.wait_uploaded(DRAIN);
+    let got = r
+        .src
+        .get("new.txt", Default::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&got[..], body);
+    assert!(m.unmount().success());
+}
+
 /// An unmount while the source hangs (connections open, nothing answered)
 /// ends: the daemon waits `durability.drain_on_unmount` (4 s, past the 2 s
 /// `write_back_delay`, so the upload's request is out and hanging), says
 /// what is left, and exits within 10 s more, long before
 /// the SDK's 60 s read timeout would end it. The upload stays in the journal
 /// and lands at the next mount. (The file is created before the source
-/// hangs: a lookup of a new name would itself wait for the SDK's timeouts,
-/// a limit SEMANTICS.md states.)
+/// hangs, so the upload is the only request waiting on it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmount_while_the_source_hangs_exits_and_the_upload_lands_at_the_next_mount() {
     let r = Regions::start().await;

@@ -95,6 +95,12 @@ struct Handle {
     download: Option<Arc<Download>>,
 }
 
+/// How long a lookup waits on a bucket its probes find unreachable before
+/// answering from local state ([`Core::resolve`]). Long enough that a probe
+/// timing out on a busy machine does not hide a name a slow bucket still
+/// answers for.
+pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The mount-free filesystem.
 pub struct Core {
     store: Arc<dyn ObjectStore>,
@@ -355,8 +361,28 @@ impl Core {
     }
 
     /// The node at `path`, consulting local state first and the bucket last.
+    /// A bucket that hangs (connections open, no answer) would hold a lookup
+    /// for the S3 client's timeouts (minutes): one that has waited
+    /// [`LOOKUP_PATIENCE`] gives up once the probes find the bucket
+    /// unreachable, and is answered like one whose bucket refused.
     async fn resolve(&self, path: &str) -> Result<u64, FsError> {
-        match self.resolve_remote(path).await {
+        let remote = self.resolve_remote(path);
+        let answer = match &self.regions {
+            Some(regions) => tokio::select! {
+                r = remote => r,
+                _ = async {
+                    tokio::time::sleep(LOOKUP_PATIENCE).await;
+                    regions.until_first_unreachable().await
+                } => Err(FsError::Store(StoreError::Unreachable {
+                    bucket: self.store.describe(),
+                    message: format!(
+                        "no answer about `{path}` in {LOOKUP_PATIENCE:?}, and its probes find it unreachable"
+                    ),
+                })),
+            },
+            None => remote.await,
+        };
+        match answer {
             Err(FsError::Store(e)) if !e.is_permanent() => {
                 // The source is unreachable: answer from what this mount knows,
                 // so that new files can still be created (and uploaded later).
