@@ -79,6 +79,8 @@ struct Region {
     is_source: bool,
     rtt_ms: Mutex<Option<f64>>,
     down_since: Mutex<Option<SystemTime>>,
+    /// Woken when `down_since` is set.
+    went_down: tokio::sync::Notify,
     last_error: Mutex<Option<String>>,
     read_bytes: AtomicU64,
 }
@@ -151,6 +153,7 @@ impl Regions {
             is_source,
             rtt_ms: Mutex::new(None),
             down_since: Mutex::new(None),
+            went_down: tokio::sync::Notify::new(),
             last_error: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
         };
@@ -266,6 +269,7 @@ impl Regions {
                 if down.is_none() {
                     tracing::warn!(region = %r.name, error = %e, "region unreachable");
                     *down = Some(SystemTime::now());
+                    r.went_down.notify_waiters();
                 }
                 *r.last_error.lock().unwrap() = Some(e);
             }
@@ -283,8 +287,14 @@ impl Regions {
     /// in: the source, or a replica mount's one bucket) is found unreachable,
     /// by a probe or a failed read; at once if it already is.
     pub async fn until_first_unreachable(&self) {
-        while Self::reachable(&self.regions[0]) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = &self.regions[0];
+        loop {
+            // Registered before the check, so a change in between still wakes it.
+            let went_down = r.went_down.notified();
+            if !Self::reachable(r) {
+                return;
+            }
+            went_down.await;
         }
     }
 
@@ -428,6 +438,27 @@ mod tests {
             prefer,
             None,
         )
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_source_to_go_down_ends_when_it_does_and_at_once_after() {
+        let r = regions(Prefer::Source);
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.until_first_unreachable().await }
+        });
+        tokio::task::yield_now().await;
+        r.failed("eu", "a replica going down is not the source");
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        r.failed("us", "connection reset");
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when the source went down")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), r.until_first_unreachable())
+            .await
+            .expect("already down: at once");
     }
 
     fn set(r: &Regions, name: &str, ms: f64) {

@@ -48,6 +48,35 @@ pub struct Download {
 }
 
 impl Download {
+    /// The download of the clean copy at `path` in chunks of `chunk` bytes,
+    /// with every byte there already (`whole`) or none yet.
+    fn new(
+        cache: Arc<Cache>,
+        key: &str,
+        tag: &str,
+        path: PathBuf,
+        size: u64,
+        chunk: u64,
+        whole: bool,
+    ) -> Result<Download, FsError> {
+        let arrived = if whole { chunk } else { 0 };
+        Ok(Download {
+            key: key.to_string(),
+            tag: tag.to_string(),
+            file: File::open(&path)?,
+            path,
+            size: AtomicU64::new(size),
+            progress: (0..size.div_ceil(chunk).max(1))
+                .map(|_| AtomicU64::new(arrived))
+                .collect(),
+            chunk,
+            done: AtomicBool::new(whole),
+            error: Mutex::new(None),
+            arrived: Notify::new(),
+            cache,
+        })
+    }
+
     /// A clean copy already complete in the cache (pinned by `open_clean`).
     pub fn complete(
         cache: Arc<Cache>,
@@ -56,20 +85,15 @@ impl Download {
         path: PathBuf,
         len: u64,
     ) -> Result<Arc<Download>, FsError> {
-        let file = File::open(&path)?;
-        Ok(Arc::new(Download {
-            key: key.to_string(),
-            tag: tag.to_string(),
-            path,
-            file,
-            size: AtomicU64::new(len),
-            progress: vec![AtomicU64::new(len)],
-            chunk: len.max(1),
-            done: AtomicBool::new(true),
-            error: Mutex::new(None),
-            arrived: Notify::new(),
+        Ok(Arc::new(Download::new(
             cache,
-        }))
+            key,
+            tag,
+            path,
+            len,
+            len.max(1),
+            true,
+        )?))
     }
 
     /// Starts streaming `key` into a new clean copy from the first of `from`
@@ -82,27 +106,12 @@ impl Download {
         size: u64,
     ) -> Result<Arc<Download>, FsError> {
         let (path, writer) = cache.begin_clean(key, tag, size)?;
-        let file = File::open(&path)?;
         let chunk = if size >= PARALLEL_FROM {
             CHUNK
         } else {
             size.max(1)
         };
-        let d = Arc::new(Download {
-            key: key.to_string(),
-            tag: tag.to_string(),
-            path,
-            file,
-            size: AtomicU64::new(size),
-            progress: (0..size.div_ceil(chunk).max(1))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            chunk,
-            done: AtomicBool::new(false),
-            error: Mutex::new(None),
-            arrived: Notify::new(),
-            cache,
-        });
+        let d = Arc::new(Download::new(cache, key, tag, path, size, chunk, false)?);
         let dl = d.clone();
         tokio::spawn(async move {
             let writer = Arc::new(writer);
@@ -308,22 +317,7 @@ mod tests {
         let cache = Cache::open(dir.path(), 64 * MIB, Duration::from_secs(1)).unwrap();
         let (path, writer) = cache.begin_clean("k", "t", body.len() as u64).unwrap();
         writer.write_all_at(body, 0).unwrap();
-        let size = body.len() as u64;
-        let d = Download {
-            key: "k".into(),
-            tag: "t".into(),
-            file: File::open(&path).unwrap(),
-            path,
-            size: AtomicU64::new(size),
-            progress: (0..size.div_ceil(chunk))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            chunk,
-            done: AtomicBool::new(false),
-            error: Mutex::new(None),
-            arrived: Notify::new(),
-            cache,
-        };
+        let d = Download::new(cache, "k", "t", path, body.len() as u64, chunk, false).unwrap();
         (dir, d)
     }
 
