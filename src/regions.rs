@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::StoreError;
 use crate::journal::{Journal, TaskStatus};
 use crate::store::{ObjectStore, SOURCE_VERSION_META};
 
@@ -116,6 +117,41 @@ impl Fetch {
         }
     }
 
+    /// `request` to this fetch's region, bounded as
+    /// [`Regions::patiently_watching`]; a mount without region choice waits
+    /// as long as the S3 client does.
+    pub async fn patiently<T, E: From<StoreError>>(
+        &self,
+        what: &str,
+        progress: impl Fn() -> u64,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match &self.counter {
+            Some(c) => {
+                c.patiently_watching(&self.region, what, progress, request)
+                    .await
+            }
+            None => request.await,
+        }
+    }
+
+    /// Where to read `key` from now that this fetch, from the source, has
+    /// failed: while the source answered, the list held no replica
+    /// ([`Regions::sources_for`] stops at a reachable source); made afresh,
+    /// it names the replicas that hold this version. Empty for a replica or
+    /// a mount without region choice.
+    pub async fn after_source_failed(&self, key: &str) -> Vec<Fetch> {
+        match (&self.counter, self.is_source) {
+            (Some(c), true) => c
+                .sources_for(key, self.version.as_deref())
+                .await
+                .into_iter()
+                .filter(|f| f.region != self.region)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The read from this region failed in transit: rank it last until a probe
     /// answers again.
     pub fn failed(&self, error: &str) {
@@ -137,6 +173,13 @@ pub struct Regions {
 
 /// How often every region is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a request the file system waits on (a lookup, a listing, a
+/// read's bytes) waits for a region before it may give up on one the probes
+/// find unreachable (see [`Regions::patiently`]). Long enough that a probe
+/// timing out on a busy machine does not fail a request a slow region still
+/// answers.
+pub const PATIENCE: Duration = Duration::from_secs(5);
 
 impl Regions {
     /// `source` first, then the destinations by name. `journal` tells which
@@ -283,11 +326,19 @@ impl Regions {
         }
     }
 
-    /// Resolves once the first region (the bucket this mount looks names up
-    /// in: the source, or a replica mount's one bucket) is found unreachable,
-    /// by a probe or a failed read; at once if it already is.
-    pub async fn until_first_unreachable(&self) {
-        let r = &self.regions[0];
+    /// The bucket this mount looks names up in: the source, or a replica
+    /// mount's one bucket.
+    pub fn first(&self) -> &str {
+        &self.regions[0].name
+    }
+
+    /// Resolves once region `name` is found unreachable, by a probe or a
+    /// failed read; at once if it already is; never for a name it does not
+    /// know.
+    pub async fn until_unreachable(&self, name: &str) {
+        let Some(r) = self.find(name) else {
+            return std::future::pending().await;
+        };
         loop {
             // Registered before the check, so a change in between still wakes it.
             let went_down = r.went_down.notified();
@@ -295,6 +346,51 @@ impl Regions {
                 return;
             }
             went_down.await;
+        }
+    }
+
+    /// `request` (`what`, for the error) to region `name`, given up once it
+    /// has waited [`PATIENCE`] and the region is found unreachable. A region
+    /// that accepts connections and never answers would otherwise hold it
+    /// for the S3 client's timeouts (60 s read timeout, 3 attempts); given
+    /// up, it fails as a refused connection does: `Unreachable`, transient.
+    /// A slow region that still answers its probes is waited for.
+    pub async fn patiently<T, E: From<StoreError>>(
+        &self,
+        name: &str,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        self.patiently_watching(name, what, || 0, request).await
+    }
+
+    /// [`Regions::patiently`] for a request that streams: given up only once
+    /// `progress` (its bytes so far) has stood still for [`PATIENCE`] and
+    /// the region is found unreachable, so a long transfer that keeps
+    /// moving survives a probe that failed meanwhile.
+    pub async fn patiently_watching<T, E: From<StoreError>>(
+        &self,
+        name: &str,
+        what: &str,
+        progress: impl Fn() -> u64,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let silent_and_down = async {
+            loop {
+                let before = progress();
+                tokio::time::sleep(PATIENCE).await;
+                self.until_unreachable(name).await;
+                if progress() == before {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = request => r,
+            _ = silent_and_down => Err(E::from(StoreError::Unreachable {
+                bucket: self.find(name).map_or_else(|| name.to_string(), |r| r.store.describe()),
+                message: format!("no answer to {what} in {PATIENCE:?}, and the probes find {name} unreachable"),
+            })),
         }
     }
 
@@ -383,7 +479,11 @@ impl Regions {
         if !Self::reachable(r) {
             return None;
         }
-        match r.store.head(key, None).await {
+        let what = format!("a HEAD of `{key}`");
+        match self
+            .patiently(&r.name, &what, r.store.head(key, None))
+            .await
+        {
             Ok(info) if info.metadata.get(SOURCE_VERSION_META).map(String::as_str) == Some(v) => {
                 Some(info.version_id)
             }
@@ -445,7 +545,7 @@ mod tests {
         let r = regions(Prefer::Source);
         let waiting = tokio::spawn({
             let r = r.clone();
-            async move { r.until_first_unreachable().await }
+            async move { r.until_unreachable("us").await }
         });
         tokio::task::yield_now().await;
         r.failed("eu", "a replica going down is not the source");
@@ -456,9 +556,61 @@ mod tests {
             .await
             .expect("woken when the source went down")
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), r.until_first_unreachable())
+        tokio::time::timeout(Duration::from_secs(5), r.until_unreachable("us"))
             .await
             .expect("already down: at once");
+    }
+
+    /// Three cases at once (real time, about 10 s): a hung request to a
+    /// reachable region is waited for; to a region that is down it is given
+    /// up once it has waited the patience; and one whose bytes keep moving
+    /// is given up only a patience after they stopped.
+    #[tokio::test]
+    async fn a_hung_request_is_given_up_only_once_silent_for_the_patience_with_its_region_down() {
+        let r = regions(Prefer::Source);
+        let hung = || std::future::pending::<Result<(), StoreError>>();
+        let reachable = async {
+            let waited = PATIENCE + Duration::from_secs(2);
+            tokio::time::timeout(waited, r.patiently("eu", "a lookup", hung())).await
+        };
+        r.failed("us", "probe timed out");
+        let down = async {
+            let start = Instant::now();
+            let e = r.patiently("us", "a lookup", hung()).await.unwrap_err();
+            (start.elapsed(), e)
+        };
+        let moved = Arc::new(AtomicU64::new(0));
+        let streaming = async {
+            let start = Instant::now();
+            let e = r
+                .patiently_watching("us", "a read", || moved.load(Ordering::SeqCst), hung())
+                .await
+                .unwrap_err();
+            (start.elapsed(), e)
+        };
+        let bytes = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                moved.fetch_add(4096, Ordering::SeqCst);
+            }
+        };
+        let (reachable, (down_after, down_err), (streaming_after, _), ()) =
+            tokio::join!(reachable, down, streaming, bytes);
+        assert!(reachable.is_err(), "still waiting on a reachable region");
+        assert!(
+            down_after >= PATIENCE && down_after < PATIENCE * 2,
+            "{down_after:?}"
+        );
+        assert!(
+            matches!(&down_err, StoreError::Unreachable { message, .. } if message.contains("a lookup")),
+            "{down_err}"
+        );
+        assert!(!down_err.is_permanent());
+        // The bytes moved through the first patience: given up at the second.
+        assert!(
+            streaming_after >= PATIENCE * 2 - Duration::from_millis(100),
+            "{streaming_after:?}"
+        );
     }
 
     fn set(r: &Regions, name: &str, ms: f64) {

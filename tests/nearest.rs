@@ -310,6 +310,112 @@ async fn with_the_source_hanging_a_new_file_is_created_in_seconds_and_uploaded_o
     assert!(m.unmount().success());
 }
 
+fn eio<T>(r: &std::io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
+}
+
+/// With the source hanging, a listing only it can answer and a read that
+/// no cached copy or replica can serve fail with EIO once they have waited
+/// 5 s and the probes find the source unreachable, not after the S3
+/// client's timeouts (60 s read timeout, 3 attempts: minutes); both work
+/// again once the source answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_source_hanging_a_listing_and_an_unreplicated_read_fail_in_seconds_and_work_once_it_answers(
+) {
+    let r = Regions::start().await;
+    let body = b"put by another client, never replicated".to_vec();
+    r.src
+        .put(
+            "elsewhere.txt",
+            PutBody::Bytes(Bytes::from(body.clone())),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&far_source_config(&r, &proxy, c.path(), ""));
+    // Seen (looked up) but neither listed nor read before the source hangs.
+    assert_eq!(
+        std::fs::metadata(m.path("elsewhere.txt")).unwrap().len(),
+        body.len() as u64
+    );
+
+    proxy.set_stalled(true);
+    let start = Instant::now();
+    let listing =
+        std::fs::read_dir(m.path("")).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+    let took = start.elapsed();
+    assert!(eio(&listing), "the listing failed with EIO: {listing:?}");
+    assert!(
+        took < Duration::from_secs(40),
+        "the listing took {took:?}: {}",
+        m.log_text()
+    );
+    let start = Instant::now();
+    let read = std::fs::read(m.path("elsewhere.txt"));
+    let took = start.elapsed();
+    assert!(eio(&read), "the read failed with EIO: {read:?}");
+    assert!(
+        took < Duration::from_secs(40),
+        "the read took {took:?}: {}",
+        m.log_text()
+    );
+
+    proxy.set_stalled(false);
+    let names = wait_for("a listing once the source answers", DRAIN, || {
+        let d = std::fs::read_dir(m.path("")).ok()?;
+        d.map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<Vec<_>>>()
+            .ok()
+    });
+    assert_eq!(names, vec![std::ffi::OsString::from("elsewhere.txt")]);
+    assert_eq!(std::fs::read(m.path("elsewhere.txt")).unwrap(), body);
+}
+
+/// With the source hanging, a file it replicated is read from the replica:
+/// the read gives up on the source once it has waited 5 s and the probes
+/// find it unreachable, then asks the replicas (the read began while the
+/// source still answered its probes, so none was in its list).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_source_hanging_a_replicated_file_is_read_from_the_replica_in_seconds() {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
+    let c = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut m = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        c.path(),
+        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    let body = b"replicated before the source hung".to_vec();
+    std::fs::write(m.path("kept.txt"), &body).unwrap();
+    wait_replicated(&m);
+    // A fresh mount with no clean copy, that has seen the name.
+    assert!(m.unmount().success());
+    std::fs::remove_dir_all(c.path().join("cache/clean")).ok();
+    m.remount();
+    assert_eq!(
+        std::fs::metadata(m.path("kept.txt")).unwrap().len(),
+        body.len() as u64
+    );
+
+    proxy.set_stalled(true);
+    let start = Instant::now();
+    let read = std::fs::read(m.path("kept.txt"));
+    let took = start.elapsed();
+    assert_eq!(read.unwrap(), body);
+    assert!(
+        took < Duration::from_secs(40),
+        "the read took {took:?}: {}",
+        m.log_text()
+    );
+    assert_eq!(read_bytes(port, "eu"), body.len() as f64);
+    proxy.set_stalled(false);
+    assert!(m.unmount().success());
+}
+
 /// An unmount while the source hangs (connections open, nothing answered)
 /// ends: the daemon waits `durability.drain_on_unmount` (4 s, past the 2 s
 /// `write_back_delay`, so the upload's request is out and hanging), says

@@ -95,12 +95,6 @@ struct Handle {
     download: Option<Arc<Download>>,
 }
 
-/// How long a lookup waits on a bucket its probes find unreachable before
-/// answering from local state ([`Core::resolve`]). Long enough that a probe
-/// timing out on a busy machine does not hide a name a slow bucket still
-/// answers for.
-pub const LOOKUP_PATIENCE: Duration = Duration::from_secs(5);
-
 /// The mount-free filesystem.
 pub struct Core {
     store: Arc<dyn ObjectStore>,
@@ -155,7 +149,7 @@ const PREFETCH: usize = 16;
 /// A working file's writeback is started in blocks of this many bytes, as
 /// writes complete them: the close's fdatasync of a file written
 /// sequentially then has at most this much left to write (1 GiB `dd
-/// conv=fsync`, paired runs: see docs/BENCHMARKS.md).
+/// conv=fsync`, paired runs: see docs/BENCHMARKS-history.md).
 const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// The whole [`WRITEBACK_STEP`] blocks that a write of `offset..end`
@@ -360,28 +354,28 @@ impl Core {
         (!n.unlinked && (local || fresh)).then(|| Self::attr_of(n))
     }
 
+    /// `request` to the bucket names are looked up in, given up on a bucket
+    /// that hangs as [`crate::regions::Regions::patiently`] says (a mount
+    /// without regions waits as long as the S3 client does). `what` names
+    /// the request in the error.
+    async fn ask<T, E: From<StoreError>>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match &self.regions {
+            Some(r) => r.patiently(r.first(), what, request).await,
+            None => request.await,
+        }
+    }
+
     /// The node at `path`, consulting local state first and the bucket last.
-    /// A bucket that hangs (connections open, no answer) would hold a lookup
-    /// for the S3 client's timeouts (minutes): one that has waited
-    /// [`LOOKUP_PATIENCE`] gives up once the probes find the bucket
-    /// unreachable, and is answered like one whose bucket refused.
+    /// A bucket that hangs is given up (see [`Core::ask`]) and answered like
+    /// one that refused: from local state.
     async fn resolve(&self, path: &str) -> Result<u64, FsError> {
-        let remote = self.resolve_remote(path);
-        let answer = match &self.regions {
-            Some(regions) => tokio::select! {
-                r = remote => r,
-                _ = async {
-                    tokio::time::sleep(LOOKUP_PATIENCE).await;
-                    regions.until_first_unreachable().await
-                } => Err(FsError::Store(StoreError::Unreachable {
-                    bucket: self.store.describe(),
-                    message: format!(
-                        "no answer about `{path}` in {LOOKUP_PATIENCE:?}, and its probes find it unreachable"
-                    ),
-                })),
-            },
-            None => remote.await,
-        };
+        let answer = self
+            .ask(&format!("a lookup of `{path}`"), self.resolve_remote(path))
+            .await;
         match answer {
             Err(FsError::Store(e)) if !e.is_permanent() => {
                 // The source is unreachable: answer from what this mount knows,
@@ -707,10 +701,21 @@ impl Core {
 
     /// Lists a directory: the bucket's listing merged with queued operations and
     /// local-only nodes. Every entry gets a node (and the kernel a reference,
-    /// by the caller, for readdirplus).
+    /// by the caller, for readdirplus). A bucket that hangs is given up (see
+    /// [`Core::ask`]): the listing fails, as it does when the bucket refuses.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
-        let started = Instant::now();
         let dir = self.dir_path(ino)?;
+        self.ask(
+            &format!("a listing of `{dir}/`"),
+            self.list_dir(dir.clone()),
+        )
+        .await
+    }
+
+    /// [`Core::readdir`] unbounded. Nothing changes before its last request
+    /// is answered, so giving it up midway leaves no trace.
+    async fn list_dir(&self, dir: String) -> Result<Vec<DirEntry>, FsError> {
+        let started = Instant::now();
         let dkey = self.dkey(&dir);
         let mut files: BTreeMap<String, (u64, String, Option<SystemTime>)> = BTreeMap::new();
         let mut dirs: HashSet<String> = HashSet::new();
@@ -1180,8 +1185,9 @@ impl Core {
             version_id,
             range: None,
         };
-        let obj = self.store.get(&key, req).await?;
-        Ok(obj.bytes().await?.to_vec())
+        let what = format!("a GET of `{key}`");
+        let obj = self.ask(&what, self.store.get(&key, req)).await?;
+        Ok(self.ask(&what, obj.bytes()).await?.to_vec())
     }
 
     pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
@@ -1352,7 +1358,11 @@ impl Core {
                     .await
                     .map_err(FsError::Upload)?;
             }
-            version = self.store.head(&from_key, None).await?.version_id;
+            let what = format!("a HEAD of `{from_key}`");
+            version = self
+                .ask(&what, self.store.head(&from_key, None))
+                .await?
+                .version_id;
             pending_src = self.uploader.pending_for(&from_key);
         }
         let content_key = {
@@ -1409,7 +1419,10 @@ impl Core {
         let queued_before = self.uploader.pending_under(&from_prefix);
         let mut token = None;
         loop {
-            let page = self.store.list(&from_prefix, None, token, None).await?;
+            let what = format!("a listing of `{from_prefix}`");
+            let page = self
+                .ask(&what, self.store.list(&from_prefix, None, token, None))
+                .await?;
             keys.extend(page.objects.into_iter().map(|o| (o.key, ())));
             match page.next_token {
                 Some(t) => token = Some(t),
@@ -1473,7 +1486,10 @@ impl Core {
     /// Reads the object's metadata (HEAD) into a node listed without it.
     async fn refresh_meta(&self, ino: u64) -> Result<(), FsError> {
         let path = self.path_of(ino)?;
-        let info = self.store.head(&self.key(&path), None).await?;
+        let key = self.key(&path);
+        let info = self
+            .ask(&format!("a HEAD of `{key}`"), self.store.head(&key, None))
+            .await?;
         let meta = ObjectMeta::from_object(&info, &self.default_file);
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {
@@ -2250,7 +2266,9 @@ impl Core {
                 return Ok(v);
             }
         }
-        let info = self.store.head(&key, None).await?;
+        let info = self
+            .ask(&format!("a HEAD of `{key}`"), self.store.head(&key, None))
+            .await?;
         Ok(info.version_id.unwrap_or_default())
     }
 

@@ -132,20 +132,40 @@ impl Download {
 
     /// The first chunk from the first region that answers (trying each in
     /// turn), then the other chunks from that region, [`PARALLEL`] at a time.
+    /// A region that hangs is given up as [`Fetch::patiently`] says; when the
+    /// source is given up, the replicas holding the version are tried next.
     /// A failure after bytes arrived ends the download (the next open starts
     /// afresh).
     async fn fetch_all(self: Arc<Self>, from: &[Fetch], out: Arc<File>) -> Result<(), FsError> {
         let mut last = None;
         let mut chosen = None;
-        for f in from {
-            match self.fetch_chunk(f, 0, &out).await {
+        let mut from = from.to_vec();
+        let mut i = 0;
+        while i < from.len() {
+            let f = from[i].clone();
+            i += 1;
+            match f
+                .patiently(
+                    "a read",
+                    || self.progress[0].load(Ordering::SeqCst),
+                    self.fetch_chunk(&f, 0, &out),
+                )
+                .await
+            {
                 Ok(()) => {
-                    chosen = Some(f.clone());
+                    chosen = Some(f);
                     break;
                 }
                 Err(e) if self.progress[0].load(Ordering::SeqCst) == 0 => {
-                    if matches!(&e, FsError::Store(s) if !s.is_permanent()) {
+                    let transient = matches!(&e, FsError::Store(s) if !s.is_permanent());
+                    if transient {
                         f.failed(&e.to_string());
+                        if i == from.len() {
+                            let tried: Vec<String> =
+                                from.iter().map(|f| f.region.clone()).collect();
+                            let more = f.after_source_failed(&self.key).await;
+                            from.extend(more.into_iter().filter(|m| !tried.contains(&m.region)));
+                        }
                     }
                     tracing::debug!(key = %self.key, region = %f.region, error = %e, "read from this region failed; trying the next");
                     last = Some(e);
@@ -176,7 +196,14 @@ impl Download {
     async fn fetch_chunk_retrying(&self, f: &Fetch, i: usize, out: &File) -> Result<(), FsError> {
         let mut attempt = 0;
         loop {
-            match self.fetch_chunk(f, i, out).await {
+            match f
+                .patiently(
+                    "a read",
+                    || self.progress[i].load(Ordering::SeqCst),
+                    self.fetch_chunk(f, i, out),
+                )
+                .await
+            {
                 Err(FsError::Store(e))
                     if !e.is_permanent()
                         && attempt < 3
