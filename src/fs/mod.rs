@@ -712,8 +712,9 @@ impl Core {
         .await
     }
 
-    /// [`Core::readdir`] unbounded. Nothing changes before its last request
-    /// is answered, so giving it up midway leaves no trace.
+    /// [`Core::readdir`] unbounded. It changes the inode table only after its
+    /// last request is answered, so giving it up midway leaves the table as
+    /// it was.
     async fn list_dir(&self, dir: String) -> Result<Vec<DirEntry>, FsError> {
         let started = Instant::now();
         let dkey = self.dkey(&dir);

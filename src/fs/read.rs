@@ -146,7 +146,7 @@ impl Download {
             i += 1;
             match f
                 .patiently(
-                    "a read",
+                    &format!("a read of `{}`", self.key),
                     || self.progress[0].load(Ordering::SeqCst),
                     self.fetch_chunk(&f, 0, &out),
                 )
@@ -198,7 +198,7 @@ impl Download {
         loop {
             match f
                 .patiently(
-                    "a read",
+                    &format!("a read of `{}`", self.key),
                     || self.progress[i].load(Ordering::SeqCst),
                     self.fetch_chunk(f, i, out),
                 )
