@@ -271,8 +271,6 @@ async fn a_created_file_exists_at_once_even_opened_read_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn objects_written_by_others_are_listed_and_read_and_bad_keys_hidden() {
-    use bytes::Bytes;
-    use regionfs::store::{PutBody, PutOptions};
     // SeaweedFS refuses such keys itself; moto, like S3, stores them.
     let r = Regions::start_moto_source().await;
     let c = tempfile::tempdir().unwrap();
@@ -286,14 +284,7 @@ async fn objects_written_by_others_are_listed_and_read_and_bad_keys_hidden() {
         "ext/../up",
         long.as_str(),
     ] {
-        r.src
-            .put(
-                k,
-                PutBody::Bytes(Bytes::from(k.to_string())),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
+        common::put_bytes(&r.src, k, k.to_string()).await;
     }
     let mut names: Vec<String> = std::fs::read_dir(m.path("ext"))
         .unwrap()
@@ -737,8 +728,6 @@ async fn an_open_file_stays_readable_after_unlink_and_the_bucket_gets_a_delete_m
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_writeback_cache_another_clients_longer_version_is_read_whole() {
-    use bytes::Bytes;
-    use regionfs::store::{PutBody, PutOptions};
     let (r, m, _c) = setup("").await;
     {
         // fsync waits for the upload (durability "source"): the upload
@@ -750,14 +739,7 @@ async fn with_the_writeback_cache_another_clients_longer_version_is_read_whole()
     m.wait_uploaded(DRAIN);
     assert_eq!(std::fs::read(m.path("shared.txt")).unwrap(), b"v1");
     let newer = b"version two, written by another host".to_vec();
-    r.src
-        .put(
-            "shared.txt",
-            PutBody::Bytes(Bytes::from(newer.clone())),
-            &PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    common::put_bytes(&r.src, "shared.txt", newer.clone()).await;
     // The kernel caches the old size with the writeback cache on; the new
     // version must still be read in full once the attribute TTL has passed.
     common::wait_for(
@@ -820,8 +802,6 @@ fn drop_pages(path: &std::path::Path) {
 /// the same length: the second read costs the daemon nothing (the kernel kept
 /// its pages), and the other client's bytes are still what is read next.
 async fn kernel_keeps_pages_only_while_the_content_is_the_same(mount_extra: &str) {
-    use bytes::Bytes;
-    use regionfs::store::{PutBody, PutOptions};
     let port = common::free_port();
     let (r, m, _c) = setup(&format!(
         "{mount_extra}[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
@@ -849,14 +829,7 @@ async fn kernel_keeps_pages_only_while_the_content_is_the_same(mount_extra: &str
     );
 
     let v2: Vec<u8> = v1.iter().map(|b| b ^ 0xff).collect();
-    r.src
-        .put(
-            "page.bin",
-            PutBody::Bytes(Bytes::from(v2.clone())),
-            &PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    common::put_bytes(&r.src, "page.bin", v2.clone()).await;
     common::wait_for(
         "the other client's version to be read",
         Duration::from_secs(20),

@@ -7,9 +7,8 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{bucket_contents, free_port, metric, scrape, wait_for, LatencyProxy, Mount, Regions};
-use regionfs::store::{ObjectStore, PutBody, PutOptions};
+use regionfs::store::ObjectStore;
 
 const DRAIN: Duration = Duration::from_secs(180);
 const FAR: Duration = Duration::from_millis(40);
@@ -120,14 +119,7 @@ async fn reads_come_from_the_near_replica_and_never_serve_an_older_version() {
     // Another client writes a newer version straight to the source: the
     // replica now lags (it holds version one). The reader must see the new one.
     let newer = b"version two, not replicated yet".to_vec();
-    r.src
-        .put(
-            "note.txt",
-            PutBody::Bytes(Bytes::from(newer.clone())),
-            &PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    common::put_bytes(&r.src, "note.txt", newer.clone()).await;
     let read = wait_for("the new version", Duration::from_secs(20), || {
         let got = std::fs::read(reader.path("note.txt")).ok()?;
         (got != b"version one").then_some(got)
@@ -274,6 +266,25 @@ async fn with_the_source_cut_off_writes_land_in_the_cache_and_replicated_files_r
     }
 }
 
+/// Runs `op`, which asks a hung source, and checks that it returned within
+/// 40 s: it gives up after 5 s and the probes' verdict, where the S3
+/// client's timeouts (60 s read timeout, 3 attempts) would take minutes.
+fn within_hung_bound<T>(what: &str, m: &Mount, op: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = op();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(40),
+        "{what} took {took:?}: {}",
+        m.log_text()
+    );
+    out
+}
+
+fn eio<T>(r: &std::io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
+}
+
 /// With the source hanging (connections open, nothing answered), creating a
 /// file the mount has not seen waits only until its lookup has waited 5 s
 /// and the probes find the source unreachable, not for the S3 client's
@@ -287,14 +298,7 @@ async fn with_the_source_hanging_a_new_file_is_created_in_seconds_and_uploaded_o
     let mut m = Mount::start(&far_source_config(&r, &proxy, c.path(), ""));
     proxy.set_stalled(true);
     let body = b"created while the source hangs";
-    let start = Instant::now();
-    std::fs::write(m.path("new.txt"), body).unwrap();
-    let took = start.elapsed();
-    assert!(
-        took < Duration::from_secs(40),
-        "the create took {took:?}: {}",
-        m.log_text()
-    );
+    within_hung_bound("the create", &m, || std::fs::write(m.path("new.txt"), body)).unwrap();
     assert_eq!(std::fs::read(m.path("new.txt")).unwrap(), body);
     assert!(
         r.src.head("new.txt", None).await.is_err(),
@@ -310,10 +314,6 @@ async fn with_the_source_hanging_a_new_file_is_created_in_seconds_and_uploaded_o
     assert!(m.unmount().success());
 }
 
-fn eio<T>(r: &std::io::Result<T>) -> bool {
-    matches!(r, Err(e) if e.raw_os_error() == Some(libc::EIO))
-}
-
 /// With the source hanging, a listing only it can answer and a read that
 /// no cached copy or replica can serve fail with EIO once they have waited
 /// 5 s and the probes find the source unreachable, not after the S3
@@ -324,14 +324,7 @@ async fn with_the_source_hanging_a_listing_and_an_unreplicated_read_fail_in_seco
 ) {
     let r = Regions::start().await;
     let body = b"put by another client, never replicated".to_vec();
-    r.src
-        .put(
-            "elsewhere.txt",
-            PutBody::Bytes(Bytes::from(body.clone())),
-            &PutOptions::default(),
-        )
-        .await
-        .unwrap();
+    common::put_bytes(&r.src, "elsewhere.txt", body.clone()).await;
     let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
     let c = tempfile::tempdir().unwrap();
     let m = Mount::start(&far_source_config(&r, &proxy, c.path(), ""));
@@ -342,25 +335,12 @@ async fn with_the_source_hanging_a_listing_and_an_unreplicated_read_fail_in_seco
     );
 
     proxy.set_stalled(true);
-    let start = Instant::now();
-    let listing =
-        std::fs::read_dir(m.path("")).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
-    let took = start.elapsed();
+    let listing = within_hung_bound("the listing", &m, || {
+        std::fs::read_dir(m.path("")).and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+    });
     assert!(eio(&listing), "the listing failed with EIO: {listing:?}");
-    assert!(
-        took < Duration::from_secs(40),
-        "the listing took {took:?}: {}",
-        m.log_text()
-    );
-    let start = Instant::now();
-    let read = std::fs::read(m.path("elsewhere.txt"));
-    let took = start.elapsed();
+    let read = within_hung_bound("the read", &m, || std::fs::read(m.path("elsewhere.txt")));
     assert!(eio(&read), "the read failed with EIO: {read:?}");
-    assert!(
-        took < Duration::from_secs(40),
-        "the read took {took:?}: {}",
-        m.log_text()
-    );
 
     proxy.set_stalled(false);
     let names = wait_for("a listing once the source answers", DRAIN, || {
@@ -402,15 +382,8 @@ async fn with_the_source_hanging_a_replicated_file_is_read_from_the_replica_in_s
     );
 
     proxy.set_stalled(true);
-    let start = Instant::now();
-    let read = std::fs::read(m.path("kept.txt"));
-    let took = start.elapsed();
+    let read = within_hung_bound("the read", &m, || std::fs::read(m.path("kept.txt")));
     assert_eq!(read.unwrap(), body);
-    assert!(
-        took < Duration::from_secs(40),
-        "the read took {took:?}: {}",
-        m.log_text()
-    );
     assert_eq!(read_bytes(port, "eu"), body.len() as f64);
     proxy.set_stalled(false);
     assert!(m.unmount().success());

@@ -561,18 +561,9 @@ dir = "{}"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_backfills_existing_objects_and_verify_reports_differences() {
-    use bytes::Bytes;
-    use regionfs::store::{PutBody, PutOptions};
     let r = Regions::start().await;
     for i in 0..12 {
-        r.src
-            .put(
-                &format!("old/o{i}"),
-                PutBody::Bytes(Bytes::from(format!("old {i}"))),
-                &PutOptions::default(),
-            )
-            .await
-            .unwrap();
+        common::put_bytes(&r.src, &format!("old/o{i}"), format!("old {i}")).await;
     }
     let c = tempfile::tempdir().unwrap();
     let cfg = c.path().join("regionfs.toml");

@@ -739,6 +739,14 @@ impl Drop for Mount {
     }
 }
 
+/// Writes `body` as a new version of `key`, as another client would.
+pub async fn put_bytes(s: &S3Store, key: &str, body: impl Into<bytes::Bytes>) {
+    use regionfs::store::{ObjectStore, PutBody, PutOptions};
+    s.put(key, PutBody::Bytes(body.into()), &PutOptions::default())
+        .await
+        .unwrap();
+}
+
 /// Every object under `prefix` with its bytes (regionfs's own
 /// `.regionfs-replicated` progress note left out).
 pub async fn bucket_contents(
