@@ -25,6 +25,14 @@
 //!   (a queued upload, an open clean copy) can see it emptied.
 //! - Large writes to `data/` files skip the page cache ([`direct`]); that
 //!   changes when their bytes reach the disk, never what a sync promises.
+//! - With passthrough (`fs::passthrough`) the kernel writes working files
+//!   itself: their sizes are recorded after the fact ([`Cache::account_data`])
+//!   and such writers start only while there is room
+//!   ([`Cache::room_for_unmetered_writer`]). A clean copy the kernel reads
+//!   from is pinned like any open one; a writer joining its readers takes it
+//!   over as a working file in place ([`Cache::adopt_clean_in_place`]), and
+//!   a read of a clean copy for a replica is a stable read ([`stamp`]), so
+//!   it never passes off a file being written as a copy of a version.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -38,6 +46,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 pub mod direct;
+pub mod stamp;
 
 /// Why the cache cannot serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -448,6 +457,85 @@ impl Cache {
         Ok(Some(name))
     }
 
+    /// Makes the clean copy at `path` (pinned, open by the kernel as a
+    /// passthrough backing file) a working file in `data/`, in place: a
+    /// writer joins the kernel's readers of it (see `fs::passthrough`).
+    /// `Ok(Some(name))` when it still was `key`'s copy at version `tag` and
+    /// moved; `Ok(None)` when it no longer is (replaced or dropped, maybe
+    /// unlinked): the caller links `file` into `data/` itself
+    /// ([`Cache::link_data_file`]) and refills it.
+    pub fn adopt_clean_in_place(
+        &self,
+        key: &str,
+        tag: &str,
+        path: &Path,
+    ) -> Result<Option<String>, CacheError> {
+        let mut s = self.space.lock().unwrap();
+        if !s
+            .clean
+            .peek(key)
+            .is_some_and(|e| is_copy(e, path) && e.holds(tag))
+        {
+            return Ok(None);
+        }
+        let name = self.new_name();
+        std::fs::rename(path, self.data_path(&name)).map_err(|e| CacheError::io(path, e))?;
+        let e = s.clean.pop(key).expect("peeked above");
+        s.clean_total -= e.size;
+        s.data.insert(name.clone(), e.size);
+        s.data_total += e.size;
+        Ok(Some(name))
+    }
+
+    /// Gives the open `file` (a backing file whose name is gone or not its
+    /// own) a new name in `data/`, as a working file of `size` bytes.
+    pub fn link_data_file(&self, file: &File, size: u64) -> Result<String, CacheError> {
+        use std::os::fd::AsRawFd;
+        let name = self.new_name();
+        let dst = self.data_path(&name);
+        let src = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let (c_src, c_dst) = (
+            std::ffi::CString::new(src.clone()).expect("no NUL"),
+            std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
+                .map_err(|_| CacheError::io(&dst, io::Error::from(io::ErrorKind::InvalidInput)))?,
+        );
+        // SAFETY: both are NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                c_src.as_ptr(),
+                libc::AT_FDCWD,
+                c_dst.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(CacheError::io(Path::new(&src), io::Error::last_os_error()));
+        }
+        let mut s = self.space.lock().unwrap();
+        s.data.insert(name.clone(), size);
+        s.data_total += size;
+        Ok(name)
+    }
+
+    /// Whether a writer regionfs cannot make wait (passthrough) may start:
+    /// data not yet uploaded fills less than three quarters of `max_size`.
+    pub fn room_for_unmetered_writer(&self) -> bool {
+        self.space.lock().unwrap().data_total < self.max_size / 4 * 3
+    }
+
+    /// Records a data file's size after the kernel wrote it directly
+    /// (passthrough): the bytes are on the disk already, so this never
+    /// waits or refuses; it only evicts clean copies to stay within
+    /// `max_size` where it can.
+    pub fn account_data(&self, name: &str, size: u64) {
+        let mut s = self.space.lock().unwrap();
+        let old = s.data.get(name).copied().unwrap_or(0);
+        self.evict_clean(&mut s, size.saturating_sub(old));
+        s.data_total = s.data_total + size - old;
+        s.data.insert(name.to_string(), size);
+    }
+
     /// Records the new size of a data file, waiting for space first when it grows
     /// past `max_size` (back-pressure), and failing with NoSpace after
     /// `space_wait` without upload progress.
@@ -635,7 +723,16 @@ impl Cache {
             return None;
         }
         let (path, _) = self.open_clean(key, tag)?;
-        let bytes = std::fs::read(&path).ok();
+        // A stable read: a writer taking the copy over meanwhile (see
+        // `fs::passthrough`) makes it no copy of `tag` any more.
+        let read = || -> io::Result<Option<Vec<u8>>> {
+            let mut f = File::open(&path)?;
+            let before = stamp::of(&f)?;
+            let mut bytes = Vec::with_capacity(size as usize);
+            io::Read::read_to_end(&mut f, &mut bytes)?;
+            Ok((stamp::of(&f)? == before).then_some(bytes))
+        };
+        let bytes = read().ok().flatten();
         self.close_clean(key, &path);
         bytes.filter(|b| b.len() as u64 == size)
     }

@@ -409,6 +409,12 @@ pub struct MountConfig {
     /// reach regionfs in large requests at close/fsync. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writeback_cache: Option<bool>,
+    /// FUSE passthrough: the kernel reads and writes cache files directly
+    /// (see `fs::passthrough`). Default on, used where the kernel, the
+    /// privileges and the cache's filesystem allow; it replaces the
+    /// writeback cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<bool>,
     /// Inodes kept in memory: beyond this, idle clean files are let go (the
     /// kernel is asked to drop their entries) and looked up again when used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -423,6 +429,9 @@ pub struct MountConfig {
 impl MountConfig {
     pub fn writeback_cache(&self) -> bool {
         self.writeback_cache.unwrap_or(true)
+    }
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.unwrap_or(true)
     }
     pub fn file_mode(&self) -> u32 {
         self.default_file_mode.map(|m| m.0).unwrap_or(0o644)

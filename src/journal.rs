@@ -508,8 +508,9 @@ impl Journal {
     }
 
     /// Recovery: hands `restore` the bytes of every pending inline put, one at a
-    /// time (their cache files may be torn or missing after a crash, since only
-    /// the journal was synced). Returns how many.
+    /// time, oldest first (their cache files may be torn or missing after a
+    /// crash, since only the journal was synced; where several name one file,
+    /// the newest is what it holds). Returns how many.
     pub async fn restore_inline(
         &self,
         mut restore: impl FnMut(&str, &[u8]) -> std::io::Result<()> + Send + 'static,
@@ -517,7 +518,7 @@ impl Journal {
         let path = self.path.clone();
         self.run(move |c| {
             let mut st = c.prepare(
-                "SELECT file, inline FROM ops WHERE state != 'done' AND inline IS NOT NULL AND file IS NOT NULL",
+                "SELECT file, inline FROM ops WHERE state != 'done' AND inline IS NOT NULL AND file IS NOT NULL ORDER BY seq",
             )?;
             let mut rows = st.query([])?;
             let mut n = 0;
@@ -941,6 +942,35 @@ impl Journal {
             )?;
             Ok(())
         })
+        .await
+    }
+
+    /// Drops the bytes kept in the rows of puts `seqs` (held puts of a file
+    /// that passthrough writers went on writing): they read the file, which
+    /// the caller synced, from now on, and recovery does not rewrite it with
+    /// their older bytes. Synced.
+    pub async fn forget_inline(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
+        self.run(move |c| {
+            for seq in seqs {
+                exec_cached(
+                    c,
+                    "UPDATE ops SET inline = NULL WHERE seq = ?1",
+                    params![seq],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Points operation `seq` at another cache file holding the same bytes
+    /// (a copy made so its file can be written in place). Synced: the old
+    /// file may change once this returns.
+    pub async fn repoint(&self, seq: i64, file: String) -> Result<(), JournalError> {
+        self.exec(
+            "UPDATE ops SET file = ?2 WHERE seq = ?1",
+            vec![seq.into(), file.into()],
+        )
         .await
     }
 

@@ -215,6 +215,7 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
             svc.core.served_bytes.clone(),
             svc.core.attribute_heads.clone(),
             svc.core.inode_count.clone(),
+            svc.core.passthrough_opens.clone(),
         );
         let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
         rt.spawn(async move {

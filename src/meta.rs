@@ -44,7 +44,8 @@ pub struct ObjectMeta {
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
-fn to_time(s: i64, ns: u32) -> SystemTime {
+/// The time `s` seconds and `ns` nanoseconds after the epoch (`s` may be negative).
+pub(crate) fn to_time(s: i64, ns: u32) -> SystemTime {
     if s >= 0 {
         UNIX_EPOCH + Duration::new(s as u64, ns)
     } else {

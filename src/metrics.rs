@@ -208,8 +208,15 @@ impl Metrics {
     }
 
     /// Reports the mount's own counters: bytes read() served to the kernel,
-    /// and HEADs sent for attributes.
-    pub fn set_fs_counters(&self, served: Counter, attribute_heads: Counter, inodes: Gauge) {
+    /// HEADs sent for attributes, inodes kept, and opens the kernel serves
+    /// by passthrough.
+    pub fn set_fs_counters(
+        &self,
+        served: Counter,
+        attribute_heads: Counter,
+        inodes: Gauge,
+        passthrough_opens: Counter,
+    ) {
         let mut r = self.registry.lock().unwrap();
         r.register(
             "fuse_read_bytes",
@@ -225,6 +232,11 @@ impl Metrics {
             "inodes",
             "Inodes the mount keeps in memory (idle clean files beyond mount.max_inodes are let go)",
             inodes,
+        );
+        r.register(
+            "passthrough_opens",
+            "Opens the kernel serves from a cache file directly (FUSE passthrough: their reads and writes never reach the daemon)",
+            passthrough_opens,
         );
     }
 

@@ -215,6 +215,7 @@ pub async fn start_with_stores(
         owner,
         dir_sidecar,
     );
+    core.allow_passthrough(passthrough_allowed(config, &cache));
     if let Some(ix) = core.indexer() {
         tokio::spawn(ix.run());
     }
@@ -233,6 +234,26 @@ pub async fn start_with_stores(
         regions,
         quarantined,
     })
+}
+
+/// Whether the mount may ask the kernel for passthrough (see
+/// `fs::passthrough`): configured, run by root (registering a backing file
+/// takes CAP_SYS_ADMIN), and the cache's filesystem gives every write a new
+/// change time (`cache::stamp`). Whether the kernel has it is asked at init.
+fn passthrough_allowed(config: &Config, cache: &Cache) -> bool {
+    if !config.mount.passthrough() {
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::info!("passthrough off: registering backing files needs root (CAP_SYS_ADMIN)");
+        return false;
+    }
+    if !crate::cache::stamp::fine_grained(cache.root()) {
+        tracing::warn!(dir = %cache.root().display(), "passthrough off: the cache's filesystem has coarse change times, so writes made by the kernel directly could go unseen");
+        return false;
+    }
+    true
 }
 
 /// Detects once per cache dir (the answer is remembered there) whether directory

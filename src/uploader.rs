@@ -12,10 +12,25 @@
 //! An operation leaves the queue only after `journal.complete()` committed its
 //! version id; a crash before that re-runs it at the next start (see
 //! `journal`). A multipart upload id is journaled before its first part, so
-//! recovery aborts it instead of leaking it. The file a put uploads is immutable
-//! once staged (writers copy it first), so the bytes uploaded are exactly the
-//! bytes acknowledged at close()/fsync(), however often the file is written
-//! meanwhile.
+//! recovery aborts it instead of leaking it. The file a put uploads is not
+//! written again once staged by any writer regionfs sees (they copy it
+//! first), so the bytes uploaded are exactly the bytes acknowledged at
+//! close()/fsync(). A file the kernel writes directly (passthrough, see
+//! `fs::passthrough`) may still be written through a descriptor left open
+//! after the close that staged it; the next section bounds what that does.
+//!
+//! # Files written after staging
+//! Every upload from a cache file is a stable read (`cache::stamp`): the
+//! file's stamp is taken before its first byte is read and checked again
+//! before the version can exist: a single PUT's body fails before its last
+//! byte is sent ([`PutBody::StableFile`]), a multipart upload is not
+//! completed. So no version is ever made of a file that changed while it was
+//! read. Such an attempt fails transiently, and the next one first copies
+//! the file (checked the same way) and points the op at the copy, in the
+//! journal too: a writer that never pauses delays the upload by one copy,
+//! never forever. The version then holds the file's later bytes, which
+//! SEMANTICS.md ("Passthrough") states; a file no descriptor writes is
+//! uploaded exactly as staged.
 //!
 //! # Deferral
 //! Uploads compete with the writer for CPU and network. While operations keep
@@ -50,6 +65,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::cache::stamp::{self, Stamp};
 use crate::cache::Cache;
 use crate::config::UploadConfig;
 use crate::error::StoreError;
@@ -101,6 +117,9 @@ struct Queue {
     tickets: HashMap<String, VecDeque<u64>>,
     /// Parts uploaded before the op's file was staged, by op seq.
     early: HashMap<i64, Arc<EarlyUpload>>,
+    /// Ops whose last attempt found their file written while it was read:
+    /// the next one uploads a copy (see "Files written after staging").
+    changed: HashSet<i64>,
 }
 
 struct Inner {
@@ -163,6 +182,7 @@ impl Uploader {
                 last_submit: None,
                 quiet: QUIET,
                 early: HashMap::new(),
+                changed: HashSet::new(),
             }),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -297,6 +317,41 @@ impl Uploader {
         self.inner.wake.notify_one();
         rx.await
             .unwrap_or_else(|_| Err("the uploader stopped".into()))
+    }
+
+    /// The queued operations that read cache file `name`, by seq.
+    pub fn users(&self, name: &str) -> Vec<i64> {
+        let q = self.inner.queue.lock().unwrap();
+        q.by_key
+            .values()
+            .flatten()
+            .filter(|o| o.file.as_deref() == Some(name))
+            .map(|o| o.seq)
+            .collect()
+    }
+
+    /// Moves operations `seqs` from cache file `from` to `to`, a copy with
+    /// the same bytes, in the journal and then in the queue: from then on
+    /// `from` may be written. An attempt already reading `from` is checked
+    /// like any (see "Files written after staging"); its retry reads `to`.
+    pub async fn repoint(&self, seqs: &[i64], from: &str, to: &str) -> Result<(), JournalError> {
+        for seq in seqs {
+            self.inner.journal.repoint(*seq, to.to_string()).await?;
+        }
+        let mut q = self.inner.queue.lock().unwrap();
+        let q = &mut *q;
+        let mut moved = 0;
+        for o in q.by_key.values_mut().flatten() {
+            if seqs.contains(&o.seq) && o.file.as_deref() == Some(from) {
+                o.file = Some(to.to_string());
+                moved += 1;
+            }
+        }
+        for _ in 0..moved {
+            Queue::release(&mut q.files, from);
+            *q.files.entry(to.to_string()).or_default() += 1;
+        }
+        Ok(())
     }
 
     /// The operations still queued for `key`, oldest first.
@@ -467,21 +522,27 @@ impl Queue {
             && self.by_key.get(key).and_then(|l| l.front()).map(|o| o.seq) == Some(seq)
     }
 
-    /// Removes the finished head operation `seq` of `key`.
-    fn remove_front(&mut self, key: &str, seq: i64) {
-        let Some(list) = self.by_key.get_mut(key) else {
-            return;
-        };
+    /// Removes the finished head operation `seq` of `key`; returns the cache
+    /// file it named when that is now unused (a copy it was repointed to
+    /// while an attempt read the original, see [`Uploader::repoint`]).
+    fn remove_front(&mut self, key: &str, seq: i64, ran_on: Option<&str>) -> Option<String> {
+        self.changed.remove(&seq);
+        let list = self.by_key.get_mut(key)?;
+        let mut unused = None;
         if list.front().map(|o| o.seq) == Some(seq) {
             let op = list.pop_front().expect("front exists");
             self.count -= 1;
             if let Some(f) = &op.file {
                 Self::release(&mut self.files, f);
+                if ran_on != Some(f.as_str()) && !self.files.contains_key(f) {
+                    unused = Some(f.clone());
+                }
             }
         }
         if list.is_empty() {
             self.by_key.remove(key);
         }
+        unused
     }
 }
 
@@ -603,6 +664,15 @@ fn redoable(op: &Op) -> Durability {
 }
 
 async fn execute(inner: &Arc<Inner>, op: Op) {
+    let changed = inner.queue.lock().unwrap().changed.contains(&op.seq);
+    let op = if changed {
+        match snapshot(inner, op.clone()).await {
+            Ok(op) => op,
+            Err(e) => return failed(inner, op, e).await,
+        }
+    } else {
+        op
+    };
     let (result, small) = match small_body(inner, &op) {
         Ok(small) => (perform_with_acl(inner, &op, small.as_ref()).await, small),
         Err(e) => (Err(e), None),
@@ -635,57 +705,65 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 q.idle(&op.key, Some(Instant::now() + backoff(op.attempts, false)));
                 return;
             }
-            let waiters = {
+            let (waiters, unused) = {
                 let mut q = inner.queue.lock().unwrap();
-                q.remove_front(&op.key, op.seq);
+                let unused = q.remove_front(&op.key, op.seq, op.file.as_deref());
                 q.idle(&op.key, None);
                 inner.pending.send_replace(q.count);
-                q.waiters.remove(&op.seq).unwrap_or_default()
+                (q.waiters.remove(&op.seq).unwrap_or_default(), unused)
             };
+            if let Some(f) = unused {
+                inner.cache.remove_data(&f);
+            }
             inner.cache.note_progress();
             let _ = inner.done_tx.send(Completion { op, result: res });
             for w in waiters {
                 let _ = w.send(Ok(()));
             }
         }
-        Err(e) => {
-            let permanent = e.is_permanent();
-            let msg = e.to_string();
-            if permanent {
-                tracing::error!(key = %op.key, error = %msg, "upload failed permanently; retrying every minute until the cause is fixed");
+        Err(e) => failed(inner, op, e).await,
+    }
+}
+
+/// Records a failed attempt and schedules the retry (backoff by error class).
+async fn failed(inner: &Arc<Inner>, op: Op, e: StoreError) {
+    let permanent = e.is_permanent();
+    let msg = e.to_string();
+    if permanent {
+        tracing::error!(key = %op.key, error = %msg, "upload failed permanently; retrying every minute until the cause is fixed");
+    } else {
+        tracing::warn!(key = %op.key, error = %msg, "upload failed; retrying");
+    }
+    let _ = inner
+        .journal
+        .record_failure(op.seq, msg.clone(), permanent)
+        .await;
+    let waiters = {
+        let mut q = inner.queue.lock().unwrap();
+        let attempts = if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
+            o.attempts += 1;
+            o.error = Some(msg.clone());
+            o.state = if permanent {
+                OpState::Failed
             } else {
-                tracing::warn!(key = %op.key, error = %msg, "upload failed; retrying");
-            }
-            let _ = inner
-                .journal
-                .record_failure(op.seq, msg.clone(), permanent)
-                .await;
-            let waiters = {
-                let mut q = inner.queue.lock().unwrap();
-                let attempts =
-                    if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
-                        o.attempts += 1;
-                        o.error = Some(msg.clone());
-                        o.state = if permanent {
-                            OpState::Failed
-                        } else {
-                            OpState::Pending
-                        };
-                        o.attempts
-                    } else {
-                        op.attempts + 1
-                    };
-                q.idle(&op.key, Some(Instant::now() + backoff(attempts, permanent)));
-                if permanent {
-                    q.waiters.remove(&op.seq).unwrap_or_default()
-                } else {
-                    Vec::new()
-                }
+                OpState::Pending
             };
-            for w in waiters {
-                let _ = w.send(Err(msg.clone()));
-            }
+            o.attempts
+        } else {
+            op.attempts + 1
+        };
+        if is_changed(&e) {
+            q.changed.insert(op.seq);
         }
+        q.idle(&op.key, Some(Instant::now() + backoff(attempts, permanent)));
+        if permanent {
+            q.waiters.remove(&op.seq).unwrap_or_default()
+        } else {
+            Vec::new()
+        }
+    };
+    for w in waiters {
+        let _ = w.send(Err(msg.clone()));
     }
 }
 
@@ -749,13 +827,14 @@ fn small_body(inner: &Inner, op: &Op) -> Result<Option<Bytes>, StoreError> {
         return Ok(None);
     }
     let path = inner.cache.data_path(name);
-    let bytes = std::fs::read(&path).map_err(|e| StoreError::LocalIo {
-        bucket: inner.store.describe(),
-        source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-    })?;
-    // The size in the row is what was staged; a staged file is never written
-    // again, so a mismatch means something else changed it: upload the file.
-    Ok((bytes.len() as u64 == op.size).then(|| Bytes::from(bytes)))
+    let local = |e: std::io::Error| local_io(inner.store.as_ref(), &path, e);
+    let before = stamp::of_path(&path).map_err(local)?;
+    let bytes = std::fs::read(&path).map_err(local)?;
+    // The size in the row is what was staged. A file written since (see
+    // "Files written after staging") is uploaded from the file, whose
+    // upload checks it was not written meanwhile.
+    let stable = stamp::of_path(&path).map_err(local)? == before;
+    Ok((stable && bytes.len() as u64 == op.size).then(|| Bytes::from(bytes)))
 }
 
 async fn perform(
@@ -791,12 +870,10 @@ async fn perform(
                     .await;
             };
             let path = inner.cache.data_path(name);
-            let size = std::fs::metadata(&path)
-                .map_err(|e| StoreError::LocalIo {
-                    bucket: store.describe(),
-                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-                })?
-                .len();
+            // Taken before any byte is read: unchanged at the end, it proves
+            // the bytes sent are one state of the file (see `cache::stamp`).
+            let before = stamp::of_path(&path).map_err(|e| local_io(store.as_ref(), &path, e))?;
+            let size = before.size;
             let early = inner.queue.lock().unwrap().early.remove(&op.seq);
             if let Some(old) = &op.multipart_id {
                 store.abort_multipart(&op.key, old).await?;
@@ -804,7 +881,7 @@ async fn perform(
             }
             if let (Some(e), None) = (early, acl) {
                 if let Some(f) = e.finish(op, size, &options(op, acl)).await {
-                    return complete_early(inner, op, path, size, f).await;
+                    return complete_early(inner, op, path, before, f).await;
                 }
             }
             if let Some(b) = small.filter(|b| b.len() as u64 == size) {
@@ -813,19 +890,27 @@ async fn perform(
                     .await;
             }
             if size < inner.cfg.multipart_threshold.0 {
-                return store
+                let check_path = path.clone();
+                let unchanged = Arc::new(move || stamp::of_path(&check_path).ok() == Some(before));
+                let res = store
                     .put(
                         &op.key,
-                        PutBody::File {
-                            path,
-                            offset: 0,
+                        PutBody::StableFile {
+                            path: path.clone(),
                             len: size,
+                            unchanged,
                         },
                         &options(op, acl),
                     )
                     .await;
+                return match res {
+                    Err(_) if stamp::of_path(&path).ok() != Some(before) => {
+                        Err(changed_error(store.as_ref(), &path))
+                    }
+                    other => other,
+                };
             }
-            multipart(inner, op, path, size, acl).await
+            multipart(inner, op, path, before, acl).await
         }
     }
 }
@@ -834,9 +919,10 @@ async fn multipart(
     inner: &Arc<Inner>,
     op: &Op,
     path: std::path::PathBuf,
-    size: u64,
+    before: Stamp,
     acl: &Option<String>,
 ) -> Result<PutResult, StoreError> {
+    let size = before.size;
     let store = inner.store.clone();
     let upload_id = store.create_multipart(&op.key, &options(op, acl)).await?;
     if let Err(e) = inner
@@ -851,7 +937,10 @@ async fn multipart(
         });
     }
     let part = inner.cfg.part_size_for(size);
-    let parts = match upload_parts(inner, op, &path, &upload_id, 0, size, part).await {
+    let uploaded = upload_parts(inner, op, &path, &upload_id, 0, size, part)
+        .await
+        .and_then(|p| unchanged(store.as_ref(), &path, before).map(|_| p));
+    let parts = match uploaded {
         Ok(p) => p,
         Err(e) => {
             let _ = store.abort_multipart(&op.key, &upload_id).await;
@@ -869,10 +958,11 @@ async fn complete_early(
     inner: &Arc<Inner>,
     op: &Op,
     path: std::path::PathBuf,
-    size: u64,
+    before: Stamp,
     f: early::Finished,
 ) -> Result<PutResult, StoreError> {
     let store = inner.store.clone();
+    let size = before.size;
     let id = f.upload_id;
     let result = async {
         inner
@@ -892,6 +982,7 @@ async fn complete_early(
         );
         let mut parts = f.parts;
         parts.extend(upload_parts(inner, op, &path, &id, f.uploaded, size, f.part).await?);
+        unchanged(store.as_ref(), &path, before)?;
         store.complete_multipart(&op.key, &id, parts).await
     }
     .await;
@@ -902,6 +993,97 @@ async fn complete_early(
         let _ = inner.journal.set_multipart(op.seq, None).await;
     }
     result
+}
+
+/// Points `op` at a private copy of its file, made while nothing wrote the
+/// file (tried three times), synced, and recorded in the journal before the
+/// op uses it. The copy goes once uploaded (`remove_front`).
+async fn snapshot(inner: &Arc<Inner>, op: Op) -> Result<Op, StoreError> {
+    let Some(from) = op.file.clone() else {
+        return Ok(op);
+    };
+    let store = inner.store.as_ref();
+    let path = inner.cache.data_path(&from);
+    for _ in 0..3 {
+        let before = stamp::of_path(&path).map_err(|e| local_io(store, &path, e))?;
+        let copy = inner
+            .cache
+            .copy_data_file(&from)
+            .map_err(|e| local_io(store, &path, std::io::Error::other(e.to_string())))?;
+        let copied = inner.cache.data_path(&copy);
+        if stamp::of_path(&path).map_err(|e| local_io(store, &path, e))? != before {
+            inner.cache.remove_data(&copy);
+            continue;
+        }
+        let synced = std::fs::File::open(&copied)
+            .map_err(|e| local_io(store, &copied, e))
+            .and_then(|f| {
+                inner
+                    .cache
+                    .sync_data(&copy, &f)
+                    .map_err(|e| local_io(store, &copied, std::io::Error::other(e.to_string())))
+            });
+        if let Err(e) = synced {
+            inner.cache.remove_data(&copy);
+            return Err(e);
+        }
+        let up = Uploader {
+            inner: inner.clone(),
+        };
+        if let Err(e) = up.repoint(&[op.seq], &from, &copy).await {
+            inner.cache.remove_data(&copy);
+            return Err(local_io(
+                store,
+                &copied,
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+        tracing::info!(key = %op.key, "uploading a copy of a file still being written");
+        inner.queue.lock().unwrap().changed.remove(&op.seq);
+        return Ok(Op {
+            file: Some(copy),
+            size: before.size,
+            ..op
+        });
+    }
+    Err(changed_error(store, &path))
+}
+
+/// The error of an attempt that found its file written while reading it.
+fn changed_error(store: &dyn ObjectStore, path: &std::path::Path) -> StoreError {
+    StoreError::LocalIo {
+        bucket: store.describe(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            format!("{}: written while it was uploaded", path.display()),
+        ),
+    }
+}
+
+fn is_changed(e: &StoreError) -> bool {
+    matches!(e, StoreError::LocalIo { source, .. } if source.kind() == std::io::ErrorKind::Interrupted)
+}
+
+fn local_io(store: &dyn ObjectStore, path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::LocalIo {
+        bucket: store.describe(),
+        source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+    }
+}
+
+/// Fails (transiently: the retry uploads the file as it then is) when the
+/// file at `path` was written since `before` was taken.
+fn unchanged(
+    store: &dyn ObjectStore,
+    path: &std::path::Path,
+    before: Stamp,
+) -> Result<(), StoreError> {
+    let now = stamp::of_path(path).map_err(|e| local_io(store, path, e))?;
+    if now == before {
+        return Ok(());
+    }
+    tracing::info!(file = %path.display(), "a cache file was written while it was uploaded; uploading a copy");
+    Err(changed_error(store, path))
 }
 
 /// Uploads `[from, size)` of `path` as parts of `part` bytes (numbered from
@@ -981,6 +1163,7 @@ mod tests {
     use super::*;
     use crate::config::MIB;
     use crate::store::{FaultyStore, MemoryStore};
+    use std::os::unix::fs::FileExt as _;
 
     struct Rig {
         _dir: tempfile::TempDir,
@@ -1207,6 +1390,64 @@ mod tests {
         assert_eq!(up.pending_count(), n as usize, "all still held back");
         assert_eq!(up.drain(Duration::from_secs(30), |_| {}).await, 0);
         assert!(landed(&r, "k0999").await);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_while_it_uploads_makes_no_version_and_a_copy_goes_up_instead() {
+        let r = rig();
+        if !crate::cache::stamp::fine_grained(r.cache.root()) {
+            eprintln!("skipped: coarse change times here");
+            return;
+        }
+        let up = start(&r, vec![]);
+        for (key, len) in [("single", 70_000usize), ("parts", 6 * MIB as usize)] {
+            let f = staged_file(&r, &vec![1u8; len]);
+            let path = r.cache.data_path(&f);
+            // A writer the file system cannot see changes the file as its
+            // upload begins (after the upload took its stamp).
+            r.faulty.before_next_write(move || {
+                let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                file.write_all_at(&[2u8; 10], 0).unwrap();
+            });
+            let seq = up.submit(put(key, &f, len as u64)).await.unwrap();
+            up.wait(seq).await.unwrap();
+            let history = r.mem.history(key);
+            assert_eq!(history.len(), 1, "{key}: no version of the changing file");
+            let body = history[0].1.as_ref().unwrap();
+            assert_eq!(
+                &body[..10],
+                &[2u8; 10],
+                "{key}: the copy holds the later bytes"
+            );
+            assert!(body[10..].iter().all(|b| *b == 1), "{key}");
+            assert!(!up.references(&f), "{key}: the op moved to the copy");
+        }
+        let ops = r.journal.open_ops().await.unwrap();
+        assert!(ops.is_empty(), "both recorded: {ops:?}");
+    }
+
+    #[tokio::test]
+    async fn a_repointed_put_uploads_the_copy_and_its_original_may_change() {
+        let r = rig();
+        let up = start(&r, vec![]);
+        // The first attempt fails: the retry runs after the repoint.
+        r.faulty.fail_next(1);
+        let f = staged_file(&r, b"original");
+        let seq = up.submit(put("k", &f, 8)).await.unwrap();
+        assert_eq!(up.users(&f), vec![seq]);
+        let copy = r.cache.copy_data_file(&f).unwrap();
+        up.repoint(&[seq], &f, &copy).await.unwrap();
+        assert!(up.references(&copy) && !up.references(&f));
+        assert_eq!(
+            r.journal.open_ops().await.unwrap()[0].file.as_deref(),
+            Some(copy.as_str())
+        );
+        std::fs::write(r.cache.data_path(&f), b"rewritten in place").unwrap();
+        up.wait(seq).await.unwrap();
+        let body = r.mem.get("k", Default::default()).await.unwrap();
+        assert_eq!(&body.bytes().await.unwrap()[..], b"original");
+        assert!(!up.references(&copy));
+        assert!(r.journal.open_ops().await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ async fn write_file(
     name: &str,
     body: &[u8],
 ) -> Result<(), regionfs::error::FsError> {
-    let (_, fh) = svc
+    let (_, opened) = svc
         .core
         .create(
             ROOT,
@@ -54,6 +54,7 @@ async fn write_file(
             WHO,
         )
         .await?;
+    let fh = opened.fh;
     svc.core.write(fh, 0, body).await?;
     let flushed = svc.core.flush(fh).await;
     let _ = svc.core.release(fh).await;

@@ -728,7 +728,16 @@ async fn an_open_file_stays_readable_after_unlink_and_the_bucket_gets_a_delete_m
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_writeback_cache_another_clients_longer_version_is_read_whole() {
-    let (r, m, _c) = setup("").await;
+    another_clients_longer_version_is_read_whole("[mount]\npassthrough = false\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_passthrough_another_clients_longer_version_is_read_whole() {
+    another_clients_longer_version_is_read_whole("").await;
+}
+
+async fn another_clients_longer_version_is_read_whole(extra: &str) {
+    let (r, m, _c) = setup(extra).await;
     {
         // fsync waits for the upload (durability "source"): the upload
         // finishes while the file is still open for writing.
@@ -840,13 +849,17 @@ async fn kernel_keeps_pages_only_while_the_content_is_the_same(mount_extra: &str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_files_are_read_again_from_the_kernel_cache_with_writeback() {
-    kernel_keeps_pages_only_while_the_content_is_the_same("").await;
+    // Reads through the daemon: passthrough would serve them from the cache
+    // file, and the daemon's byte count is what this test reads.
+    kernel_keeps_pages_only_while_the_content_is_the_same("[mount]\npassthrough = false\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unchanged_files_are_read_again_from_the_kernel_cache_without_writeback() {
-    kernel_keeps_pages_only_while_the_content_is_the_same("[mount]\nwriteback_cache = false\n")
-        .await;
+    kernel_keeps_pages_only_while_the_content_is_the_same(
+        "[mount]\nwriteback_cache = false\npassthrough = false\n",
+    )
+    .await;
 }
 
 /// `ls -l` again after `attr_ttl`: the listing vouches for the attributes the
@@ -1140,7 +1153,9 @@ async fn a_large_file_goes_up_in_parts_while_written_and_its_mtime_is_the_last_m
     // Without the kernel's writeback cache every write reaches regionfs at
     // once, so the parts can be seen going up before the close.
     let (r, mut m, c) =
-        setup("[upload]\npart_size = \"5MiB\"\n[mount]\nwriteback_cache = false\n").await;
+        // Parts go up as writes arrive: writes regionfs sees (no passthrough).
+        setup("[upload]\npart_size = \"5MiB\"\n[mount]\nwriteback_cache = false\npassthrough = false\n")
+            .await;
     let body: Vec<u8> = (0..40u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();

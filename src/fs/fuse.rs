@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{Attr, Caller, Core, DirEntry, SetAttr};
+use super::{Attr, Caller, Core, DirEntry, Opened, SetAttr};
 use crate::error::FsError;
 use crate::meta::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFSOCK};
 
@@ -133,11 +133,20 @@ fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        if self.core.writeback_cache() {
+        // Passthrough excludes the writeback cache; where the kernel has it,
+        // it serves reads and writes of cache files with no copy through
+        // here (see `fs::passthrough`). Depth 2: the cache may be on a
+        // stacked filesystem (overlayfs), which then cannot stack on this.
+        let passthrough = self.core.passthrough_allowed()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        let writeback = !passthrough
+            && self.core.writeback_cache()
             // The kernel flushes dirty pages (and sends its mtime) before the
             // FLUSH of every close, so close still stages complete data.
-            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
-        }
+            && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok();
+        self.core.set_kernel_caching(passthrough, writeback);
+        tracing::info!(passthrough, writeback, "kernel caching");
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         // Each background request (write-back of up to 1 MiB, readahead) is
@@ -323,14 +332,12 @@ impl Filesystem for FuseFs {
         let core = self.core.clone();
         self.spawn(async move {
             match core.open(ino.0, flags.0).await {
-                Ok((fh, keep)) => {
-                    let flags = if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags)
-                }
+                Ok(o) => match backing(&core, ino.0, &o, |f| reply.open_backing(f)) {
+                    Some(t) => {
+                        reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id(&t))
+                    }
+                    None => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+                },
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -611,20 +618,65 @@ impl Filesystem for FuseFs {
                 .create(parent.0, &name, mode & !umask, flags, who)
                 .await
             {
-                Ok((a, fh)) => match core.remember(a.ino) {
-                    Ok(a) => reply.created(
-                        &core.ttl(),
-                        &file_attr(&a),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::empty(),
-                    ),
+                Ok((a, o)) => match core.remember(a.ino) {
+                    Ok(a) => match backing(&core, a.ino, &o, |f| reply.open_backing(f)) {
+                        Some(t) => reply.created_passthrough(
+                            &core.ttl(),
+                            &file_attr(&a),
+                            Generation(0),
+                            FileHandle(o.fh),
+                            FopenFlags::empty(),
+                            id(&t),
+                        ),
+                        None => reply.created(
+                            &core.ttl(),
+                            &file_attr(&a),
+                            Generation(0),
+                            FileHandle(o.fh),
+                            fopen_flags(&o),
+                        ),
+                    },
                     Err(e) => reply.error(errno(&e)),
                 },
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
+}
+
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    if o.keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+/// The kernel's id of the backing file an open is to be served from, made
+/// by `register` (the reply's `open_backing`) for the inode's first one.
+/// `None`: a cached open, or the kernel refused the file (then the open,
+/// and every later one, is cached: see `Core::passthrough_refused`).
+fn backing(
+    core: &Core,
+    ino: u64,
+    o: &Opened,
+    register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+    o.backing.as_ref()?;
+    match core.backing_token(ino, register) {
+        Ok(t) if t.is::<BackingId>() => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            core.passthrough_refused(o.fh, &e);
+            None
+        }
+    }
+}
+
+fn id(token: &Arc<dyn std::any::Any + Send + Sync>) -> &BackingId {
+    token
+        .downcast_ref()
+        .expect("`backing` returns BackingId tokens only")
 }
 
 fn xattr_reply(v: &[u8], size: u32, reply: ReplyXattr) {

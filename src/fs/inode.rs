@@ -86,6 +86,9 @@ pub struct Node {
     /// Parts of the working file already on their way to the bucket (a file
     /// written from empty); handed to the put at staging.
     pub early: Option<Arc<crate::uploader::EarlyUpload>>,
+    /// How the kernel has the file open, with passthrough on (see
+    /// `fs::passthrough`); boxed and absent while there is nothing to keep.
+    pub kernel: Option<Box<crate::fs::passthrough::KernelState>>,
     /// Made at first use: most nodes are only ever listed or stat'ed.
     io: Option<Arc<tokio::sync::Mutex<()>>>,
     /// When the node was last used (seconds since the table was made).
@@ -123,6 +126,7 @@ impl Node {
             && !self.unlinked
             && self.early.is_none()
             && self.content_key.is_none()
+            && self.kernel.is_none()
     }
 }
 
@@ -179,6 +183,7 @@ impl Inodes {
             lookups: 0,
             kernel_tag: None,
             early: None,
+            kernel: None,
             io: None,
             used,
             release_asked: false,
@@ -299,6 +304,7 @@ impl Inodes {
                 && n.open == 0
                 && n.working.is_none()
                 && !n.local_only
+                && n.kernel.is_none()
                 && (n.unlinked || (!n.dirty && !n.shared))
         });
         if removable {

@@ -18,15 +18,17 @@ pub mod index;
 pub mod inode;
 mod known;
 pub mod names;
+pub mod passthrough;
 mod read;
 
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::cache::stamp;
 use crate::cache::Cache;
 use crate::config::{Config, FsyncDurability};
 use crate::error::{FsError, StoreError};
@@ -41,6 +43,7 @@ use crate::uploader::{Completion, Uploader};
 use index::{Fact, Indexer, CLOCK_SKEW_S};
 use inode::{Inodes, Node, Working, ROOT};
 use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry, DIR_ATTRS};
+use passthrough::{Backing, Mode, On, Want};
 
 pub use read::Download;
 
@@ -88,9 +91,21 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// An open file as the adapter replies it.
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the pages it caches for the inode.
+    pub keep_cache: bool,
+    /// Serve the open from this backing file (see [`passthrough`]); the
+    /// adapter registers it with [`Core::backing_token`].
+    pub backing: Option<Arc<std::fs::File>>,
+}
+
 struct Handle {
     ino: u64,
     write: bool,
+    /// Served by passthrough (counted in the node's backing).
+    pt: bool,
     /// A clean copy being read (pinned while open).
     download: Option<Arc<Download>>,
 }
@@ -126,8 +141,18 @@ pub struct Core {
     regions: Option<Arc<crate::regions::Regions>>,
     /// The kernel's writeback cache is on: the kernel owns a regular file's
     /// size and mtime while it caches the inode, sending mtime by SETATTR
-    /// before the close that stages the data.
-    writeback: bool,
+    /// before the close that stages the data. Set by the adapter at init
+    /// (off when passthrough is on).
+    writeback: AtomicBool,
+    /// `mount.writeback_cache`.
+    writeback_wanted: bool,
+    /// Passthrough may be asked of the kernel (configured, privileged, and
+    /// the cache's filesystem has fine-grained change times).
+    passthrough_allowed: AtomicBool,
+    /// The connection has passthrough (see [`passthrough`]).
+    passthrough: AtomicBool,
+    /// Opens served by passthrough.
+    pub passthrough_opens: prometheus_client::metrics::counter::Counter,
     /// One bucket lookup per path at a time: a lookup arriving while the
     /// attribute prefetch is asking about the same path waits for that answer
     /// instead of sending a second HEAD.
@@ -214,7 +239,11 @@ impl Core {
             hidden_keys: Mutex::new(HashSet::new()),
             hidden_count: AtomicU64::new(0),
             known_dirs: Mutex::new(known::KnownDirs::new(m.dir_ttl())),
-            writeback: m.writeback_cache(),
+            writeback: AtomicBool::new(m.writeback_cache()),
+            writeback_wanted: m.writeback_cache(),
+            passthrough_allowed: AtomicBool::new(false),
+            passthrough: AtomicBool::new(false),
+            passthrough_opens: Default::default(),
             regions,
             served_bytes: Default::default(),
             attribute_heads: Default::default(),
@@ -232,8 +261,36 @@ impl Core {
         })
     }
 
+    /// Whether to ask the kernel for its writeback cache (when passthrough
+    /// is not on).
     pub fn writeback_cache(&self) -> bool {
+        self.writeback_wanted
+    }
+
+    fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    /// Lets the adapter ask the kernel for passthrough (the service checked
+    /// the configuration, the privileges and the cache's filesystem).
+    pub fn allow_passthrough(&self, allowed: bool) {
+        self.passthrough_allowed.store(allowed, Ordering::Relaxed);
+    }
+
+    pub fn passthrough_allowed(&self) -> bool {
+        self.passthrough_allowed.load(Ordering::Relaxed)
+    }
+
+    /// What the kernel agreed to at init: passthrough (which excludes the
+    /// writeback cache), else the writeback cache if configured.
+    pub fn set_kernel_caching(&self, passthrough: bool, writeback: bool) {
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         self.writeback
+            .store(writeback && !passthrough, Ordering::Relaxed);
+    }
+
+    fn passthrough_on(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
     }
 
     pub fn ttl(&self) -> Duration {
@@ -266,7 +323,41 @@ impl Core {
     fn node_attr(&self, ino: u64) -> Result<Attr, FsError> {
         let mut t = self.inodes.lock().unwrap();
         t.touch(ino);
-        t.get(ino).map(Self::attr_of).ok_or(FsError::NotFound)
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        self.refresh(n);
+        Ok(Self::attr_of(n))
+    }
+
+    /// Turns passthrough writes into the node's state: while passthrough
+    /// writers have its working file open, a stamp that moved since the
+    /// content was last known means the kernel wrote it (see [`passthrough`]).
+    fn refresh(&self, n: &mut Node) {
+        let Some(w) = &n.working else { return };
+        let Some(k) = n.kernel.as_deref_mut().filter(|k| k.writing()) else {
+            return;
+        };
+        let Ok(s) = stamp::of(&w.file) else { return };
+        if k.stamp == Some(s) {
+            return;
+        }
+        k.stamp = Some(s);
+        self.cache.account_data(&w.name, s.size);
+        n.dirty = true;
+        n.written = true;
+        n.size = s.size;
+        n.meta.set_mtime(s.mtime());
+        n.ctime = SystemTime::now();
+    }
+
+    /// After regionfs changed a working file itself while passthrough
+    /// writers have it open: its new stamp is known content.
+    fn restamp(n: &mut Node) {
+        let (Some(w), Some(k)) = (&n.working, n.kernel.as_deref_mut()) else {
+            return;
+        };
+        if k.writing() {
+            k.stamp = stamp::of(&w.file).ok();
+        }
     }
 
     /// The path of a directory node.
@@ -310,6 +401,7 @@ impl Core {
         t.touch(ino);
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.lookups += 1;
+        self.refresh(n);
         Ok(Self::attr_of(n))
     }
 
@@ -348,7 +440,8 @@ impl Core {
         let mut t = self.inodes.lock().unwrap();
         let ino = t.lookup_path(&path)?;
         t.touch(ino);
-        let n = t.get(ino)?;
+        let n = t.get_mut(ino)?;
+        self.refresh(n);
         let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
         let local = n.local_only || n.working.is_some() || n.dirty;
         (!n.unlinked && (local || fresh)).then(|| Self::attr_of(n))
@@ -547,7 +640,7 @@ impl Core {
     /// the old inode (and its pages) at the next lookup. Only for nodes with
     /// no local state and no open handle; those keep their number.
     fn renumber_if_changed(&self, t: &mut Inodes, path: &str, etag: &str) {
-        if !self.writeback || etag.is_empty() {
+        if !self.writeback() || etag.is_empty() {
             return;
         }
         let Some(ino) = t.lookup_path(path) else {
@@ -1053,7 +1146,7 @@ impl Core {
         mode: u32,
         flags: i32,
         who: Caller,
-    ) -> Result<(Attr, u64), FsError> {
+    ) -> Result<(Attr, Opened), FsError> {
         self.check_writable()?;
         let (_, path) = self.child(parent, name)?;
         match self.resolve(&path).await {
@@ -1061,8 +1154,8 @@ impl Core {
                 if flags & libc::O_EXCL != 0 {
                     return Err(FsError::Exists);
                 }
-                let (fh, _) = self.open(ino, flags | libc::O_TRUNC).await?;
-                return Ok((self.node_attr(ino)?, fh));
+                let opened = self.open(ino, flags | libc::O_TRUNC).await?;
+                return Ok((self.node_attr(ino)?, opened));
             }
             Err(FsError::NotFound) => {}
             Err(e) => return Err(e),
@@ -1095,8 +1188,13 @@ impl Core {
             ino
         };
         self.note_path(&path, true);
-        let (fh, _) = self.new_handle(ino, flags);
-        Ok((self.node_attr(ino)?, fh))
+        let here = passthrough::Here {
+            local: true,
+            room: self.cache.room_for_unmetered_writer(),
+        };
+        let mode = passthrough::decide(self.passthrough_on(), None, Want::of(flags), here);
+        let opened = self.register(ino, flags, mode)?;
+        Ok((self.node_attr(ino)?, opened))
     }
 
     /// mknod: any file type becomes a zero-byte object carrying its mode (and,
@@ -1109,9 +1207,12 @@ impl Core {
         rdev: u32,
         who: Caller,
     ) -> Result<Attr, FsError> {
-        let (attr, fh) = self
-            .create(parent, name, mode, libc::O_EXCL | libc::O_WRONLY, who)
+        // Read-write: served through regionfs, never a passthrough backing
+        // file for an open no kernel file stands for.
+        let (attr, opened) = self
+            .create(parent, name, mode, libc::O_EXCL | libc::O_RDWR, who)
             .await?;
+        let fh = opened.fh;
         if rdev != 0 {
             if let Some(n) = self.inodes.lock().unwrap().get_mut(attr.ino) {
                 n.meta.rdev = rdev;
@@ -1331,9 +1432,10 @@ impl Core {
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, dirty, local_only, meta, size, version, _claim) = {
-            let t = self.inodes.lock().unwrap();
-            let n = &t.nodes[&ino];
+        let (working, dirty, local_only, meta, size, version, _claim, writing) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            self.refresh(n);
             (
                 n.working.clone(),
                 n.dirty,
@@ -1345,6 +1447,7 @@ impl Core {
                 // checks it in (`on_uploaded`), so that upload cannot retire
                 // the file before the put below is queued.
                 n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
+                n.kernel.as_ref().is_some_and(|k| k.writing()),
             )
         };
         let (from_key, to_key) = (self.key(from), self.key(to));
@@ -1370,9 +1473,18 @@ impl Core {
             let t = self.inodes.lock().unwrap();
             t.get(ino).and_then(|n| n.content_key.clone())
         };
+        let mut stamped = None;
         let op = match &working {
             Some(w) => {
-                if dirty {
+                let mut size = size;
+                if writing {
+                    // Passthrough writers go on writing it: staged as of now,
+                    // held until they close (see `passthrough`).
+                    let s = stamp::of(&w.file)?;
+                    self.cache.sync_data(&w.name, &w.file)?;
+                    self.supersede_inline(&w.name).await?;
+                    (size, stamped) = (s.size, Some(s));
+                } else if dirty {
                     self.cache.sync_data(&w.name, &w.file)?;
                 }
                 NewOp::put(to_key.clone(), w.name.clone(), size, meta.to_json(), None)
@@ -1402,6 +1514,9 @@ impl Core {
                 n.shared = true;
                 n.dirty = false;
                 n.written = false;
+                if let (Some(k), Some(_)) = (n.kernel.as_deref_mut(), stamped) {
+                    k.stamp = stamped;
+                }
             } else {
                 // Until the copy lands, the bytes are read from the old key.
                 n.content_key = Some(content_key.unwrap_or(from_key));
@@ -1538,6 +1653,7 @@ impl Core {
         let (stage_now, copy_meta) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            self.refresh(n);
             // Only a real change makes a version: with the writeback cache the
             // kernel re-sends the mtime it already has after every ctime bump
             // (rename, unlink, link count), and that must not copy the object.
@@ -1647,55 +1763,213 @@ impl Core {
         })
     }
 
-    /// Registers an open handle. Returns it and whether the kernel may keep
-    /// the pages it caches for the inode: only while they hold the content the
-    /// node still has (another client's version, seen since, drops them).
-    /// Writes here go through those pages, so they never make them stale.
-    fn new_handle(&self, ino: u64, flags: i32) -> (u64, bool) {
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    /// How the kernel is to serve a new open of `ino` (see [`passthrough`]).
+    fn mode_for(&self, ino: u64, want: Want) -> Result<Mode, FsError> {
+        let t = self.inodes.lock().unwrap();
+        let n = t.get(ino).ok_or(FsError::NotFound)?;
+        let local = match &n.working {
+            Some(_) => !n.shared,
+            None => {
+                let (key, _) = self.content_of(n);
+                !n.etag.is_empty() && self.cache.has_clean(&key, &n.etag)
+            }
+        };
+        let here = passthrough::Here {
+            local,
+            room: self.cache.room_for_unmetered_writer(),
+        };
+        Ok(passthrough::decide(
+            self.passthrough_on(),
+            n.kernel.as_deref(),
+            want,
+            here,
+        ))
+    }
+
+    /// Registers an open handle served in `mode`. A passthrough open gets the
+    /// node's backing file (set up by the first one), or falls back to
+    /// cached when the clean copy it would use is gone meanwhile. A cached
+    /// open may keep the kernel's pages only while they hold the content the
+    /// node still has (another client's version, seen since, drops them);
+    /// writes here go through those pages, so they never make them stale.
+    fn register(&self, ino: u64, flags: i32, mode: Mode) -> Result<Opened, FsError> {
+        let write = Want::of(flags).writes();
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(
-            fh,
-            Handle {
-                ino,
-                write,
-                download: None,
-            },
-        );
         let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        let backing = match mode {
+            Mode::Passthrough => self.backing_for(n),
+            Mode::Cached => None,
+        };
+        n.open += 1;
+        if write {
+            n.open_writers += 1;
+        }
         let mut keep = false;
-        if let Some(n) = t.get_mut(ino) {
-            n.open += 1;
+        if backing.is_some() {
+            // Joining writers: what the others wrote so far is found now,
+            // before this open's writes mix in.
+            self.refresh(n);
+            let n_working = n.working.as_ref().map(|w| w.file.clone());
+            let k = n.kernel.as_deref_mut().expect("set up by backing_for");
+            let b = k.backing.as_mut().expect("set up by backing_for");
+            b.opens += 1;
             if write {
-                n.open_writers += 1;
+                if b.writers == 0 {
+                    k.stamp = n_working.and_then(|f| stamp::of(&f).ok());
+                }
+                b.writers += 1;
+                // Cached opens after these writes must not keep old pages.
+                n.kernel_tag = None;
+            }
+            self.passthrough_opens.inc();
+        } else {
+            if self.passthrough_on() {
+                n.kernel.get_or_insert_with(Default::default).cached += 1;
             }
             let tag = inode::content_tag(&n.etag);
             keep = n.kernel_tag == Some(tag);
             n.kernel_tag = Some(tag);
         }
-        (fh, keep)
+        drop(t);
+        self.handles.lock().unwrap().insert(
+            fh,
+            Handle {
+                ino,
+                write,
+                pt: backing.is_some(),
+                download: None,
+            },
+        );
+        Ok(Opened {
+            fh,
+            keep_cache: keep,
+            backing,
+        })
     }
 
-    /// Opens a file: the handle, and whether the kernel may keep its cached pages.
-    pub async fn open(&self, ino: u64, flags: i32) -> Result<(u64, bool), FsError> {
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if write || flags & libc::O_TRUNC != 0 {
+    /// The node's backing file, set up (on its working file, else a pinned
+    /// whole clean copy) when the kernel has none yet. `None`: the clean
+    /// copy went meanwhile.
+    fn backing_for(&self, n: &mut Node) -> Option<Arc<std::fs::File>> {
+        if let Some(b) = n.kernel.as_ref().and_then(|k| k.backing.as_ref()) {
+            return Some(b.file.clone());
+        }
+        let (file, on) = match &n.working {
+            Some(w) => (w.file.clone(), On::Working(w.name.clone())),
+            None => {
+                let (key, _) = self.content_of(n);
+                let (path, _) = self.cache.open_clean(&key, &n.etag)?;
+                // Read-write although readers asked: a writer may join them.
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                {
+                    Ok(f) => (Arc::new(f), On::Clean { key, path }),
+                    Err(_) => {
+                        self.cache.close_clean(&key, &path);
+                        return None;
+                    }
+                }
+            }
+        };
+        n.kernel.get_or_insert_with(Default::default).backing = Some(Backing {
+            file: file.clone(),
+            on,
+            token: None,
+            opens: 0,
+            writers: 0,
+        });
+        Some(file)
+    }
+
+    /// The kernel's id of `ino`'s backing file, made by `make` (the
+    /// adapter's registration with the kernel) for the first open; every
+    /// open of the inode must name the same one.
+    pub fn backing_token<T: std::any::Any + Send + Sync>(
+        &self,
+        ino: u64,
+        make: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
+    ) -> std::io::Result<Arc<dyn std::any::Any + Send + Sync>> {
+        let mut t = self.inodes.lock().unwrap();
+        let b = t
+            .get_mut(ino)
+            .and_then(|n| n.kernel.as_deref_mut())
+            .and_then(|k| k.backing.as_mut())
+            .ok_or_else(|| std::io::Error::other("no backing file"))?;
+        if let Some(token) = &b.token {
+            return Ok(token.clone());
+        }
+        let token: Arc<dyn std::any::Any + Send + Sync> = Arc::new(make(&b.file)?);
+        b.token = Some(token.clone());
+        Ok(token)
+    }
+
+    /// The kernel would not take a backing file (`FUSE_DEV_IOC_BACKING_OPEN`
+    /// failed: no CAP_SYS_ADMIN, a stacked filesystem): handle `fh` becomes
+    /// a cached open, and so does every later one.
+    pub fn passthrough_refused(&self, fh: u64, e: &std::io::Error) {
+        if self.passthrough.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "the kernel refused a passthrough backing file; files are served through regionfs from now on");
+        }
+        let Some((ino, write)) = self.handles.lock().unwrap().get_mut(&fh).map(|h| {
+            h.pt = false;
+            (h.ino, h.write)
+        }) else {
+            return;
+        };
+        let gone = {
+            let mut t = self.inodes.lock().unwrap();
+            let Some(k) = t.get_mut(ino).and_then(|n| n.kernel.as_deref_mut()) else {
+                return;
+            };
+            k.cached += 1;
+            let b = k.backing.as_mut().expect("a passthrough open has one");
+            b.opens -= 1;
+            if write {
+                b.writers -= 1;
+            }
+            (b.opens == 0).then(|| k.backing.take()).flatten()
+        };
+        self.drop_backing(gone);
+    }
+
+    /// Lets go of a backing file the kernel no longer uses: unpins its clean
+    /// copy; dropping its token closes the kernel's id.
+    fn drop_backing(&self, b: Option<Backing>) {
+        if let Some(Backing {
+            on: On::Clean { key, path },
+            ..
+        }) = &b
+        {
+            self.cache.close_clean(key, path);
+        }
+    }
+
+    /// Opens a file: the handle, whether the kernel may keep its cached
+    /// pages, and the backing file for passthrough.
+    pub async fn open(&self, ino: u64, flags: i32) -> Result<Opened, FsError> {
+        let want = Want::of(flags);
+        let trunc = flags & libc::O_TRUNC != 0;
+        let io = self.io_lock(ino)?;
+        let _g = io.lock().await;
+        if want.writes() || trunc {
             self.check_writable()?;
-            let io = self.io_lock(ino)?;
-            let _g = io.lock().await;
-            if flags & libc::O_TRUNC != 0 {
+            if trunc {
                 self.truncate_locked(ino, 0).await?;
             } else {
                 self.ensure_working(ino).await?;
             }
         }
-        Ok(self.new_handle(ino, flags))
+        let mode = self.mode_for(ino, want)?;
+        self.register(ino, flags, mode)
     }
 
     /// Gives the node a private working file holding its current content (copied
     /// from a staged file, a clean copy, or downloaded). Caller holds `io`.
     async fn ensure_working(&self, ino: u64) -> Result<Working, FsError> {
-        let (working, shared, key, etag, version, size) = {
+        let (working, shared, key, etag, version, size, backed) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             if n.is_dir() {
@@ -1709,8 +1983,25 @@ impl Core {
                 n.etag.clone(),
                 version,
                 n.size,
+                n.kernel
+                    .as_ref()
+                    .and_then(|k| k.backing.as_ref())
+                    .map(|b| (b.on.clone(), b.file.clone())),
             )
         };
+        // The kernel's backing file is the content: changed in place only.
+        match (backed, &working) {
+            (Some((On::Working(_), _)), Some(w)) => {
+                if shared {
+                    self.give_uploads_a_copy(ino, w).await?;
+                }
+                return Ok(w.clone());
+            }
+            (Some((On::Clean { key: ck, path }, file)), None) => {
+                return self.take_over_clean_copy(ino, &ck, &path, file).await;
+            }
+            _ => {}
+        }
         let fresh = match working {
             Some(w) if !shared => return Ok(w),
             Some(w) => self.open_working(self.cache.copy_data_file(&w.name)?)?,
@@ -1733,6 +2024,76 @@ impl Core {
         n.shared = false;
         n.size = len;
         Ok(fresh)
+    }
+
+    /// Before a working file the kernel has as a backing file is written in
+    /// place by a new writer: the queued uploads that read it get a synced
+    /// copy of it first, so each still uploads what its close acknowledged.
+    async fn give_uploads_a_copy(&self, ino: u64, w: &Working) -> Result<(), FsError> {
+        let users = self.uploader.users(&w.name);
+        if !users.is_empty() {
+            let copy = self.cache.copy_data_file(&w.name)?;
+            let f = std::fs::File::open(self.cache.data_path(&copy))?;
+            self.cache.sync_data(&copy, &f)?;
+            self.uploader.repoint(&users, &w.name, &copy).await?;
+        }
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.shared = false;
+        }
+        Ok(())
+    }
+
+    /// A writer joins the kernel's readers of a clean copy: the copy becomes
+    /// the node's working file, in place (the readers see the writes). A copy
+    /// no longer of the node's version (another client's newer one arrived)
+    /// is named anew in `data/` and refilled with the current version.
+    async fn take_over_clean_copy(
+        &self,
+        ino: u64,
+        key: &str,
+        path: &std::path::Path,
+        file: Arc<std::fs::File>,
+    ) -> Result<Working, FsError> {
+        let (etag, version, size) = {
+            let t = self.inodes.lock().unwrap();
+            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            (n.etag.clone(), self.content_of(n).1, n.size)
+        };
+        let w = match self.cache.adopt_clean_in_place(key, &etag, path)? {
+            Some(name) => Working {
+                name,
+                file,
+                direct: Default::default(),
+            },
+            None => {
+                self.cache.forget_clean_copy(key, path);
+                let name = self.cache.link_data_file(&file, 0)?;
+                file.set_len(0)?;
+                let w = Working {
+                    name,
+                    file,
+                    direct: Default::default(),
+                };
+                if size > 0 || version.is_some() || !etag.is_empty() {
+                    self.download_into(key, version, &w).await?;
+                }
+                let len = w.file.metadata()?.len();
+                self.cache.account_data(&w.name, len);
+                w
+            }
+        };
+        let len = w.file.metadata()?.len();
+        let mut t = self.inodes.lock().unwrap();
+        let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+        n.working = Some(w.clone());
+        n.shared = false;
+        n.size = len;
+        if let Some(b) = n.kernel.as_mut().and_then(|k| k.backing.as_mut()) {
+            // No pin left to undo: the clean copy's entry went with it.
+            b.on = On::Working(w.name.clone());
+        }
+        Self::restamp(n);
+        Ok(w)
     }
 
     /// Streams one object version into a working file.
@@ -1778,12 +2139,14 @@ impl Core {
             return Err(FsError::IsDir);
         }
         let w = if size == 0 {
-            let (working, shared) = {
+            let (working, shared, backed) = {
                 let t = self.inodes.lock().unwrap();
                 let n = &t.nodes[&ino];
-                (n.working.clone(), n.shared)
+                let backed = n.kernel.as_ref().is_some_and(|k| k.backing.is_some());
+                (n.working.clone(), n.shared, backed)
             };
             match working {
+                _ if backed => self.ensure_working(ino).await?,
                 Some(w) if !shared => w,
                 _ => self.new_working()?,
             }
@@ -1801,6 +2164,7 @@ impl Core {
         n.size = size;
         n.dirty = true;
         n.meta.set_mtime(SystemTime::now());
+        Self::restamp(n);
         Ok(())
     }
 
@@ -1868,7 +2232,7 @@ impl Core {
         }
         n.size = n.size.max(end);
         n.dirty = true;
-        if !self.writeback {
+        if !self.writeback() {
             // With the writeback cache the kernel's mtime (from the write
             // syscall) arrives by SETATTR; a write-back processed after it
             // must not move it.
@@ -2020,9 +2384,15 @@ impl Core {
     async fn stage(&self, ino: u64) -> Result<Option<i64>, FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, path, meta, size, unlinked, early, _claim) = {
+        self.stage_locked(ino).await
+    }
+
+    /// [`Core::stage`] with the node's I/O lock held.
+    async fn stage_locked(&self, ino: u64) -> Result<Option<i64>, FsError> {
+        let (working, path, meta, size, unlinked, early, _claim, writing) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            self.refresh(n);
             if !n.dirty {
                 return Ok(n.last_seq);
             }
@@ -2036,6 +2406,7 @@ impl Core {
                 // As in `rename_file`: no finishing upload retires the file
                 // until the put below is queued.
                 n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
+                n.kernel.as_ref().is_some_and(|k| k.writing()),
             )
         };
         if unlinked {
@@ -2045,16 +2416,22 @@ impl Core {
         if let Some(e) = &early {
             e.flushing();
         }
-        // A small file's bytes go into the journal commit itself: one sync
-        // instead of three (file, directory entry, journal).
-        let inline = if size <= crate::journal::INLINE_MAX {
+        let (inline, size, stamped) = if writing {
+            let (inline, s) = self.read_stable(&w)?;
+            (inline, s.size, Some(s))
+        } else if size <= crate::journal::INLINE_MAX {
+            // A small file's bytes go into the journal commit itself: one
+            // sync instead of three (file, directory entry, journal).
             let mut buf = vec![0u8; size as usize];
             w.file.read_exact_at(&mut buf, 0)?;
-            Some(buf)
+            (Some(buf), size, None)
         } else {
             self.cache.sync_data(&w.name, &w.file)?;
-            None
+            (None, size, None)
         };
+        if writing && inline.is_none() {
+            self.supersede_inline(&w.name).await?;
+        }
         let early = early.filter(|_| inline.is_none());
         let seq = self
             .uploader
@@ -2076,9 +2453,46 @@ impl Core {
             n.shared = true;
             n.local_only = false;
             n.last_seq = Some(seq);
+            if let Some(k) = n.kernel.as_deref_mut().filter(|_| writing) {
+                // Taken before the bytes were read: a write since shows.
+                k.stamp = stamped;
+                n.size = size;
+            }
         }
         t.local_only.remove(&ino);
         Ok(Some(seq))
+    }
+
+    /// A working file passthrough writers may be writing, staged as one
+    /// state: its bytes if small (inline) or else fdatasync'ed, with the
+    /// stamp taken before. A small file written during every one of three
+    /// reads is staged as a file instead, whose upload checks it is stable.
+    fn read_stable(&self, w: &Working) -> Result<(Option<Vec<u8>>, stamp::Stamp), FsError> {
+        for _ in 0..3 {
+            let before = stamp::of(&w.file)?;
+            if before.size > crate::journal::INLINE_MAX {
+                break;
+            }
+            let buf = crate::cache::read_at_most(&w.file, 0, before.size as usize)?;
+            if buf.len() as u64 == before.size && stamp::of(&w.file)? == before {
+                return Ok((Some(buf), before));
+            }
+        }
+        let before = stamp::of(&w.file)?;
+        self.cache.sync_data(&w.name, &w.file)?;
+        Ok((None, before))
+    }
+
+    /// Working file `name` was just synced in a newer state than its queued
+    /// puts that were staged inline: their rows' bytes must not be written
+    /// back over it at recovery (SEMANTICS.md, "Passthrough": those puts
+    /// take the file's later bytes).
+    async fn supersede_inline(&self, name: &str) -> Result<(), FsError> {
+        let users = self.uploader.users(name);
+        if !users.is_empty() {
+            self.journal.forget_inline(users).await?;
+        }
+        Ok(())
     }
 
     /// close() of a writer: data written to the file since the last stage
@@ -2093,12 +2507,13 @@ impl Core {
             let h = h.get(&fh).ok_or(FsError::BadHandle)?;
             (h.ino, h.write)
         };
-        let written = self
-            .inodes
-            .lock()
-            .unwrap()
-            .get(ino)
-            .is_some_and(|n| n.written);
+        let written = {
+            let mut t = self.inodes.lock().unwrap();
+            t.get_mut(ino).is_some_and(|n| {
+                self.refresh(n);
+                n.written
+            })
+        };
         if write && written {
             self.stage(ino).await?;
         }
@@ -2136,6 +2551,18 @@ impl Core {
             .unwrap()
             .remove(&fh)
             .ok_or(FsError::BadHandle)?;
+        let mut backing_gone = false;
+        if h.pt {
+            backing_gone = self.release_backing(h.ino, h.write).await?;
+        } else if let Some(k) = self
+            .inodes
+            .lock()
+            .unwrap()
+            .get_mut(h.ino)
+            .and_then(|n| n.kernel.as_deref_mut())
+        {
+            k.cached = k.cached.saturating_sub(1);
+        }
         let (local_only, dirty_alone) = {
             let t = self.inodes.lock().unwrap();
             t.get(h.ino)
@@ -2160,8 +2587,11 @@ impl Core {
                 }
                 if n.unlinked && n.open == 0 && !n.shared {
                     drop_file = n.working.take();
-                } else if h.write && n.open_writers == 0 {
+                } else if (h.write || backing_gone) && n.open_writers == 0 {
                     maybe_clean = n.working.as_ref().map(|w| w.name.clone());
+                }
+                if n.kernel.as_ref().is_some_and(|k| k.is_idle()) {
+                    n.kernel = None;
                 }
             }
             (drop_file, maybe_clean)
@@ -2174,6 +2604,45 @@ impl Core {
         }
         drop(h.download);
         Ok(())
+    }
+
+    /// A passthrough open's release. The last writer's: what was written
+    /// since the last stage (through a descriptor that outlived a close, or
+    /// by mmap before the close) is staged. The last open's: the kernel's
+    /// backing file is let go. Returns whether it was.
+    async fn release_backing(&self, ino: u64, write: bool) -> Result<bool, FsError> {
+        let io = self.io_lock(ino)?;
+        let _g = io.lock().await;
+        let last_writer = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            // While this writer still counts, so its writes are found.
+            self.refresh(n);
+            let named = !n.unlinked;
+            let Some(b) = n.kernel.as_mut().and_then(|k| k.backing.as_mut()) else {
+                return Ok(false);
+            };
+            if write {
+                b.writers -= 1;
+            }
+            (write && b.writers == 0).then_some(named && n.dirty)
+        };
+        let staged = match last_writer {
+            Some(true) => self.stage_locked(ino).await.map(|_| ()),
+            _ => Ok(()),
+        };
+        let gone = {
+            let mut t = self.inodes.lock().unwrap();
+            let k = t.get_mut(ino).and_then(|n| n.kernel.as_deref_mut());
+            k.and_then(|k| {
+                let b = k.backing.as_mut()?;
+                b.opens -= 1;
+                (b.opens == 0).then(|| k.backing.take()).flatten()
+            })
+        };
+        let was = gone.is_some();
+        self.drop_backing(gone);
+        staged.map(|_| was)
     }
 
     /// After the last writer closed: if the working file's data is uploaded
@@ -2195,6 +2664,7 @@ impl Core {
             let settled = n.open_writers == 0
                 && !n.dirty
                 && !n.shared
+                && n.kernel.as_ref().is_none_or(|k| k.backing.is_none())
                 && !n.local_only
                 && !n.unlinked
                 && !n.etag.is_empty()
@@ -2251,8 +2721,9 @@ impl Core {
     /// The source version id of the node's current content, or `pending`/`local`.
     async fn version_of(&self, ino: u64) -> Result<String, FsError> {
         let (path, dirty, shared) = {
-            let t = self.inodes.lock().unwrap();
-            let n = t.get(ino).ok_or(FsError::NotFound)?;
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            self.refresh(n);
             (n.path.clone(), n.dirty, n.shared)
         };
         if dirty {
@@ -2371,6 +2842,7 @@ impl Core {
         let mut keep_file = false;
         let mut make_clean = false;
         if let Some(n) = ino.and_then(|i| t.get_mut(i)) {
+            self.refresh(n);
             if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
                 self.learn_uploaded(rel, c);
                 n.content_key = None;
@@ -2389,7 +2861,15 @@ impl Core {
                 if &w.name == f {
                     keep_file = true;
                     let settled = !referenced && !still_queued;
-                    if settled && n.shared && n.open_writers == 0 && !c.result.etag.is_empty() {
+                    // A backing file stays the working file until the kernel
+                    // lets go of it (then `settle_working`).
+                    let backed = n.kernel.as_ref().is_some_and(|k| k.backing.is_some());
+                    if settled
+                        && n.shared
+                        && n.open_writers == 0
+                        && !backed
+                        && !c.result.etag.is_empty()
+                    {
                         n.working = None;
                         n.shared = false;
                         make_clean = true;

@@ -25,6 +25,9 @@ pub struct FaultyStore {
     pub reads: AtomicU64,
     /// Keys whose bytes were read (GET), in order.
     pub got: std::sync::Mutex<Vec<String>>,
+    /// Run at the start of the next write (a PUT, part or multipart step),
+    /// before it reaches the store: what a concurrent writer would do.
+    before_write: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl FaultyStore {
@@ -37,7 +40,13 @@ impl FaultyStore {
             attempts: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             got: std::sync::Mutex::new(Vec::new()),
+            before_write: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs `f` at the start of the next write.
+    pub fn before_next_write(&self, f: impl FnOnce() + Send + 'static) {
+        *self.before_write.lock().unwrap() = Some(Box::new(f));
     }
 
     /// The next `n` writes fail with a 503.
@@ -58,6 +67,9 @@ impl FaultyStore {
 
     fn check(&self) -> Result<(), StoreError> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
+        if let Some(f) = self.before_write.lock().unwrap().take() {
+            f();
+        }
         if self.permanent.load(Ordering::SeqCst) {
             return Err(StoreError::AccessDenied {
                 bucket: self.inner.describe(),

@@ -188,6 +188,26 @@ impl MemoryStore {
                 f.read_exact(&mut buf).map_err(io)?;
                 Ok(Bytes::from(buf))
             }
+            PutBody::StableFile {
+                path,
+                len,
+                unchanged,
+            } => {
+                let io = |source| StoreError::LocalIo {
+                    bucket: self.name.clone(),
+                    source,
+                };
+                let mut buf = vec![0; len as usize];
+                std::fs::File::open(&path)
+                    .and_then(|mut f| f.read_exact(&mut buf))
+                    .map_err(io)?;
+                if !unchanged() {
+                    return Err(io(std::io::Error::other(
+                        "the file changed while it was sent",
+                    )));
+                }
+                Ok(Bytes::from(buf))
+            }
             PutBody::Stream { body, .. } => {
                 body.collect()
                     .await

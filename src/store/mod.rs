@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -17,6 +18,7 @@ use crate::error::StoreError;
 pub mod memory;
 pub mod probe;
 pub mod s3;
+mod stable;
 mod unsigned;
 
 pub use memory::MemoryStore;
@@ -146,6 +148,15 @@ pub enum PutBody {
         offset: u64,
         len: u64,
     },
+    /// The whole of a local file that must not change while it is sent:
+    /// `unchanged` is asked once its last byte is read, before that byte
+    /// goes; `false` fails the request, so no object is made of a file
+    /// written meanwhile (see `uploader`, "Files written after staging").
+    StableFile {
+        path: PathBuf,
+        len: u64,
+        unchanged: Arc<dyn Fn() -> bool + Send + Sync>,
+    },
     /// A stream of known length (e.g. a GET from another region). It cannot be
     /// rewound, so a failed request is retried by the caller from the start.
     Stream {
@@ -158,7 +169,9 @@ impl PutBody {
     pub fn len(&self) -> u64 {
         match self {
             PutBody::Bytes(b) => b.len() as u64,
-            PutBody::File { len, .. } | PutBody::Stream { len, .. } => *len,
+            PutBody::File { len, .. }
+            | PutBody::StableFile { len, .. }
+            | PutBody::Stream { len, .. } => *len,
         }
     }
 

@@ -439,6 +439,17 @@ impl S3Store {
                     })?;
                 Ok((s, len as i64))
             }
+            PutBody::StableFile {
+                path,
+                len,
+                unchanged,
+            } => {
+                let file = std::fs::File::open(&path).map_err(|e| StoreError::LocalIo {
+                    bucket: self.describe.clone(),
+                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                })?;
+                Ok((super::stable::body(file, path, len, unchanged), len as i64))
+            }
             PutBody::Stream { body, len } => Ok((body, len as i64)),
         }
     }
