@@ -152,7 +152,8 @@ if __name__ == "__main__":
     if cmd == "mkbuckets":
         mkbuckets(*args)
     elif cmd == "wait":
-        wait_objects(args[0], args[1], args[2], int(args[3]), int(args[4]))
+        wait_objects(args[0], args[1], args[2], int(args[3]), int(args[4]),
+                     *(int(a) for a in args[5:6]))
     elif cmd == "count":
         print(*count(*args))
     elif cmd == "put-big":
