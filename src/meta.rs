@@ -20,6 +20,17 @@ pub const S_IFCHR: u32 = libc::S_IFCHR;
 pub const S_IFBLK: u32 = libc::S_IFBLK;
 pub const S_IFSOCK: u32 = libc::S_IFSOCK;
 
+/// `mode` without the privileges a write or chown takes away: the
+/// set-user-ID bit, and the set-group-ID bit where it means set-group-ID
+/// (group-executable; without it the bit marks mandatory locking).
+pub fn without_privs(mode: u32) -> u32 {
+    let mut m = mode & !libc::S_ISUID;
+    if m & libc::S_IXGRP != 0 {
+        m &= !libc::S_ISGID;
+    }
+    m
+}
+
 /// Extended attributes with this prefix are also the object's S3 tags.
 pub const TAG_XATTR_PREFIX: &str = "user.tag.";
 
@@ -217,10 +228,16 @@ impl ObjectMeta {
     }
 }
 
+/// A file capability set by another client (s3fs stores every xattr here)
+/// is dropped: regionfs never clears one on a write (it asks the kernel to
+/// leave that to it, `FUSE_HANDLE_KILLPRIV_V2`), so it never serves one.
+const DROPPED_XATTR: &str = "security.capability";
+
 fn decode_xattrs(v: &str) -> BTreeMap<String, Vec<u8>> {
     let json = percent_decode(v);
     let map: BTreeMap<String, String> = serde_json::from_str(&json).unwrap_or_default();
     map.into_iter()
+        .filter(|(k, _)| k != DROPPED_XATTR)
         .filter_map(|(k, v)| {
             base64::engine::general_purpose::STANDARD
                 .decode(v)
@@ -251,6 +268,30 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_capability_from_another_client_is_dropped_other_attributes_kept() {
+        let mut m = ObjectMeta::new(S_IFREG | 0o755, 0, 0);
+        m.xattrs.insert("user.a".into(), b"1".to_vec());
+        m.xattrs.insert("security.capability".into(), b"caps".to_vec());
+        m.xattrs.insert("trusted.b".into(), b"2".to_vec());
+        let info = ObjectInfo {
+            metadata: m.to_put_options().metadata,
+            ..Default::default()
+        };
+        let back = ObjectMeta::from_object(&info, &ObjectMeta::new(S_IFREG | 0o644, 0, 0));
+        assert_eq!(
+            back.xattrs.keys().collect::<Vec<_>>(),
+            ["trusted.b", "user.a"]
+        );
+    }
+
+    #[test]
+    fn a_write_takes_set_user_id_and_set_group_id_only_where_group_executable() {
+        assert_eq!(without_privs(S_IFREG | 0o6755), S_IFREG | 0o0755);
+        assert_eq!(without_privs(S_IFREG | 0o6745), S_IFREG | 0o2745);
+        assert_eq!(without_privs(S_IFREG | 0o1644), S_IFREG | 0o1644);
+    }
 
     #[test]
     fn attributes_round_trip_through_s3fs_style_metadata() {

@@ -316,3 +316,59 @@ async fn with_passthrough_off_files_go_through_the_daemon_as_before() {
     assert_eq!(rig.passthrough_opens(), 0.0);
     assert!(bucket_contents(&rig.r.src, "").await["f.bin"] == body);
 }
+
+/// Linux clears a file's set-user-ID bit, and its set-group-ID bit when
+/// group-executable, on a write or truncate by a caller without CAP_FSETID
+/// and on any chown. regionfs asks the kernel to leave that to it (so the
+/// kernel stops asking for security.capability before every write) and
+/// must then do it itself, for writes through passthrough and through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_write_or_truncate_and_any_chown_clear_set_id_bits_as_linux_does() {
+    use std::os::unix::fs::PermissionsExt;
+    let rig = Rig::start("[mount]\nallow_other = true\n").await;
+    // The unprivileged writer must reach the mountpoint.
+    let parent = rig.m.dir.parent().unwrap();
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = rig.m.path("tool");
+    std::fs::write(&f, b"v1").unwrap();
+    let chmod = |m: u32| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(m)).unwrap();
+    let mode = || std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
+    let nobody = |script: &str| {
+        let status = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+            .arg(script.replace("F", &format!("'{}'", f.display())))
+            .status()
+            .unwrap();
+        assert!(status.success(), "as nobody: {script}");
+    };
+
+    chmod(0o6777);
+    nobody("echo more >> F");
+    assert_eq!(mode(), 0o777, "an append by nobody");
+    chmod(0o6777);
+    nobody("truncate -s 1 F");
+    assert_eq!(mode(), 0o777, "a truncate by nobody");
+    chmod(0o6777);
+    nobody("echo x > F");
+    assert_eq!(mode(), 0o777, "an O_TRUNC open by nobody");
+    chmod(0o2767);
+    nobody("echo y >> F");
+    assert_eq!(mode(), 0o2767, "set-group-ID without group execute stays");
+    chmod(0o6777);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"root\n")
+        .unwrap();
+    assert_eq!(mode(), 0o6777, "root (CAP_FSETID) keeps them");
+    chmod(0o4755);
+    std::os::unix::fs::chown(&f, Some(1000), None).unwrap();
+    assert_eq!(mode(), 0o755, "a chown, even by root");
+
+    rig.m.wait_uploaded(DRAIN);
+    let head = rig.r.src.head("tool", None).await.unwrap();
+    assert_eq!(head.metadata["mode"], (libc::S_IFREG | 0o755).to_string());
+    assert_eq!(head.metadata["uid"], "1000");
+    assert_eq!(bucket_contents(&rig.r.src, "").await["tool"], b"x\ny\nroot\n");
+}

@@ -108,6 +108,14 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// The set-ID bits a write or truncate by an unprivileged caller clears.
+fn kill_privs() -> SetAttr {
+    SetAttr {
+        kill_privs: true,
+        ..SetAttr::default()
+    }
+}
+
 fn time(t: TimeOrNow) -> SystemTime {
     match t {
         TimeOrNow::SpecificTime(t) => t,
@@ -133,6 +141,13 @@ fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // regionfs clears set-user-ID and set-group-ID bits itself (on the
+        // WRITE, SETATTR and OPEN that carry the kernel's request to, see
+        // `SetAttr::kill_privs`), and stores no security.capability: the
+        // kernel then stops asking for that attribute before every write(2),
+        // a round trip to this process per call, and the largest share of a
+        // passthrough write's time while the CPUs are busy (session 22).
+        let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Passthrough excludes the writeback cache; where the kernel has it,
         // it serves reads and writes of cache files with no copy through
         // here (see `fs::passthrough`). Depth 2: the cache may be on a
@@ -179,7 +194,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -196,6 +211,12 @@ impl Filesystem for FuseFs {
         reply: ReplyAttr,
     ) {
         let core = self.core.clone();
+        // What Linux's VFS would clear, where the kernel now leaves it to
+        // regionfs: on a chown always; on a truncate, or asked with nothing
+        // else (a passthrough write's), for a caller other than root (the
+        // request does not say whether the caller has CAP_FSETID).
+        let nothing = (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None);
+        let kill_privs = uid.is_some() || gid.is_some() || ((size.is_some() || nothing) && req.uid() != 0);
         let set = SetAttr {
             fh: fh.map(|f| f.0),
             mode,
@@ -204,6 +225,7 @@ impl Filesystem for FuseFs {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
+            kill_privs,
         };
         self.spawn(async move {
             match core.setattr(ino.0, set).await {
@@ -328,10 +350,21 @@ impl Filesystem for FuseFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let core = self.core.clone();
+        let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
         self.spawn(async move {
-            match core.open(ino.0, flags.0).await {
+            let opened = match core.open(ino.0, flags.0).await {
+                Ok(o) if kill => match core.setattr(ino.0, kill_privs()).await {
+                    Ok(_) => Ok(o),
+                    Err(e) => {
+                        let _ = core.release(o.fh).await;
+                        Err(e)
+                    }
+                },
+                other => other,
+            };
+            match opened {
                 Ok(o) => match backing(&core, ino.0, &o, |f| reply.open_backing(f)) {
                     Some(t) => {
                         reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), id(&t))
@@ -373,15 +406,28 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let (core, data) = (self.core.clone(), data.to_vec());
+            return self.spawn(async move {
+                let r = match core.setattr(ino.0, kill_privs()).await {
+                    Ok(_) => core.write(fh.0, offset, &data).await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(&e)),
+                }
+            });
+        }
         // The first write of a file may start its early upload, which
         // spawns onto the runtime.
         let _rt = self.rt.enter();

@@ -82,6 +82,11 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
+    /// Clear a regular file's set-user-ID bit, and its set-group-ID bit if
+    /// group-executable, as Linux does on a chown, and on a write or
+    /// truncate by a caller without CAP_FSETID (the kernel leaves it to
+    /// regionfs: `FUSE_HANDLE_KILLPRIV_V2`). An explicit `mode` wins.
+    pub kill_privs: bool,
 }
 
 /// Who is asking (for ownership of new files).
@@ -1191,6 +1196,7 @@ impl Core {
         let here = passthrough::Here {
             local: true,
             room: self.cache.room_for_unmetered_writer(),
+            privileged: mode & (libc::S_ISUID | libc::S_ISGID) != 0,
         };
         let mode = passthrough::decide(self.passthrough_on(), None, Want::of(flags), here);
         let opened = self.register(ino, flags, mode)?;
@@ -1642,6 +1648,12 @@ impl Core {
         {
             self.check_writable()?;
         }
+        // Asked with nothing else (after a passthrough write): nothing to
+        // clear on a read-only mount, which no one writes.
+        let set = SetAttr {
+            kill_privs: set.kill_privs && self.check_writable().is_ok(),
+            ..set
+        };
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         if let Some(size) = set.size {
@@ -1666,6 +1678,9 @@ impl Core {
             }
             if let Some(g) = set.gid {
                 n.meta.gid = g;
+            }
+            if set.kill_privs && set.mode.is_none() && n.meta.mode & S_IFMT == S_IFREG {
+                n.meta.mode = crate::meta::without_privs(n.meta.mode);
             }
             if let Some(a) = set.atime {
                 n.meta.set_atime(a);
@@ -1777,6 +1792,7 @@ impl Core {
         let here = passthrough::Here {
             local,
             room: self.cache.room_for_unmetered_writer(),
+            privileged: n.meta.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
         };
         Ok(passthrough::decide(
             self.passthrough_on(),

@@ -24,7 +24,10 @@
 //!   where regionfs cannot see. So does a write-only open while the cache's
 //!   unuploaded data fills three quarters of `cache.max_size`: regionfs
 //!   cannot make a passthrough writer wait, so writers then go through it
-//!   and meet its back-pressure.
+//!   and meet its back-pressure. And so does a writer of a file with a
+//!   set-user-ID or set-group-ID bit: regionfs clears those bits on a write
+//!   (the kernel leaves that to it, `FUSE_HANDLE_KILLPRIV_V2`), so the write
+//!   must reach it.
 //!
 //! # Invariants
 //! - While an inode has a backing file, that file is the node's content and
@@ -90,6 +93,8 @@ pub struct Here {
     pub local: bool,
     /// The cache has room for a writer that regionfs does not meter.
     pub room: bool,
+    /// The file has a set-user-ID or set-group-ID bit, which a write clears.
+    pub privileged: bool,
 }
 
 /// The mode for a new open: `enabled` (the connection has passthrough),
@@ -107,7 +112,7 @@ pub fn decide(enabled: bool, kernel: Option<&KernelState>, want: Want, here: Her
         }
     }
     match want {
-        Want::WriteOnly if here.room => Mode::Passthrough,
+        Want::WriteOnly if here.room && !here.privileged => Mode::Passthrough,
         Want::Read if here.local => Mode::Passthrough,
         _ => Mode::Cached,
     }
@@ -167,10 +172,12 @@ mod tests {
     const ALL: Here = Here {
         local: true,
         room: true,
+        privileged: false,
     };
     const NONE: Here = Here {
         local: false,
         room: false,
+        privileged: false,
     };
 
     fn with_backing(writers: u32) -> KernelState {
@@ -207,12 +214,18 @@ mod tests {
     fn a_first_open_goes_passthrough_unless_it_could_map_or_download_or_the_cache_is_full() {
         let remote = Here {
             local: false,
-            room: true,
+            ..ALL
         };
         let full = Here {
-            local: true,
             room: false,
+            ..ALL
         };
+        let setuid = Here {
+            privileged: true,
+            ..ALL
+        };
+        assert_eq!(decide(true, None, Want::WriteOnly, setuid), Mode::Cached);
+        assert_eq!(decide(true, None, Want::Read, setuid), Mode::Passthrough);
         assert_eq!(
             decide(true, None, Want::WriteOnly, remote),
             Mode::Passthrough
