@@ -169,16 +169,44 @@ settled() {
   until "$bin" status --config "$work/rfs.toml" --json | grep -q '"uploads":{"pending":0,.*"b":{[^}]*"pending":0,'; do sleep 0.1; done
 }
 
+# CPU ticks the two SeaweedFS servers used in 0.5 s.
+weed_ticks() {
+  local t=0 p
+  for p in $(cat "$REGIONFS_REGIONS_DIR"/*/pid 2>/dev/null); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
+# Before every timed 1 GiB write: the SeaweedFS servers idle (under 5 % of a
+# CPU for half a second; at most 60 s), then `sync` (an fsync otherwise waits
+# behind the writeback of what the previous phase left dirty) and, as root,
+# the page cache emptied and the two files the phases read from memory read
+# back in. Without the wait, whichever system wrote while SeaweedFS was still
+# busy with an earlier phase's objects (its CPU and the disk's journal) paid
+# for it: a regionfs `dd` took 1.2-5.8 s in some rounds, while the same `dd`
+# took 0.6-0.8 s in others on the same mount, and the servers used up to
+# 1.4 s of CPU during the slow ones (session 22).
+fresh_memory() {
+  local i a b
+  for i in $(seq 1 120); do
+    a=$(weed_ticks); sleep 0.5; b=$(weed_ticks)
+    [ $((b - a)) -le 2 ] && break
+  done
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    echo 1 > /proc/sys/vm/drop_caches
+    cat "$work/big.src" "$work/local.big" > /dev/null 2>&1 || true
+  fi
+}
+
 phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
   echo "== repetition $rep of $reps"
   $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
   $py mkbuckets $B "rfs$rep" "sync$rep"
 
-  # local disk. Every timed 1 GiB write starts after a `sync`: an fsync
-  # otherwise waits behind the writeback of what the previous phase (and the
-  # SeaweedFS servers) left dirty, and which system pays depends on the order.
-  sync; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
+  # local disk
+  fresh_memory; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
@@ -203,7 +231,7 @@ for rep in $(seq 1 "$reps"); do
   mnt=$work/mnt-rfs; cache=$work/cache-rfs$rep
   mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
   t0=$(now)
-  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
+  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
   $py wait $A "rfs$rep" big 1 $((big_mib << 20)); record big-durable regionfs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
   t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
@@ -223,7 +251,7 @@ for rep in $(seq 1 "$reps"); do
   # rclone mount
   mnt=$work/mnt-rc
   mount_rclone "rc$rep" "$mnt"
-  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
+  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
   peer_wait rclone "rc$rep" big 1 $((big_mib << 20)) && record big-durable rclone "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close rclone "$s"
   t=$(now); peer_wait rclone "rc$rep" small/ $total_small $((total_small * 4096)) && record small-durable rclone "$(add "$(since $t)" "$s")"
@@ -238,7 +266,7 @@ for rep in $(seq 1 "$reps"); do
   # s3fs
   mnt=$work/mnt-s3
   mount_s3fs "s3$rep" "$mnt"
-  sync; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
+  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
   peer_wait s3fs "s3$rep" big 1 $((big_mib << 20)) && record big-durable s3fs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close s3fs "$s"
   t=$(now); peer_wait s3fs "s3$rep" small/ $total_small $((total_small * 4096)) && record small-durable s3fs "$(add "$(since $t)" "$s")"
