@@ -273,7 +273,8 @@ mod tests {
     fn a_file_capability_from_another_client_is_dropped_other_attributes_kept() {
         let mut m = ObjectMeta::new(S_IFREG | 0o755, 0, 0);
         m.xattrs.insert("user.a".into(), b"1".to_vec());
-        m.xattrs.insert("security.capability".into(), b"caps".to_vec());
+        m.xattrs
+            .insert("security.capability".into(), b"caps".to_vec());
         m.xattrs.insert("trusted.b".into(), b"2".to_vec());
         let info = ObjectInfo {
             metadata: m.to_put_options().metadata,

@@ -225,9 +225,17 @@ impl Uploader {
 
     /// Starts uploading a file that is being written from empty, part by part
     /// as it grows (`upload.early_parts`); hand it to [`Uploader::submit_with`]
-    /// when the file is staged. `None` when early parts are off, or an ACL is
-    /// configured (its state is known only per upload).
-    pub fn early(&self, key: &str, file: &str, meta: &ObjectMeta) -> Option<Arc<EarlyUpload>> {
+    /// when the file is staged. `blind`: the writes are not seen, only the
+    /// size ([`EarlyUpload::grown`]; see `early`, "Blind uploads"). `None`
+    /// when early parts are off, or an ACL is configured (its state is known
+    /// only per upload).
+    pub fn early(
+        &self,
+        key: &str,
+        file: &str,
+        meta: &ObjectMeta,
+        blind: bool,
+    ) -> Option<Arc<EarlyUpload>> {
         if !self.inner.cfg.early_parts || self.inner.acl.lock().unwrap().is_some() {
             return None;
         }
@@ -236,6 +244,7 @@ impl Uploader {
             key.to_string(),
             file.to_string(),
             meta,
+            blind,
         )))
     }
 
@@ -1570,7 +1579,7 @@ mod tests {
     ) -> (Vec<u8>, String, Arc<EarlyUpload>) {
         let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
         let name = r.cache.create_data_file().unwrap();
-        let early = up.early("big", &name, &meta()).unwrap();
+        let early = up.early("big", &name, &meta(), false).unwrap();
         write_through(r, &early, &name, &body, 0);
         wait_parts(r, "big", 2).await;
         (body, name, early)
@@ -1642,13 +1651,72 @@ mod tests {
         );
     }
 
+    /// Writes `content` into cache file `name` from `from` in 1 MiB writes
+    /// regionfs does not see (a passthrough writer's), telling a blind
+    /// `early` only the file's size, as the size poll does.
+    fn write_blind(r: &Rig, early: &Arc<EarlyUpload>, name: &str, content: &[u8], from: usize) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.cache.data_path(name))
+            .unwrap();
+        for off in (from..content.len()).step_by(MIB as usize) {
+            let end = (off + MIB as usize).min(content.len());
+            f.write_all_at(&content[off..end], off as u64).unwrap();
+            early.grown(f.metadata().unwrap().len());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_blind_upload_of_a_file_written_in_order_completes_from_its_early_parts() {
+        let (r, up) = early_rig();
+        let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+        let name = r.cache.create_data_file().unwrap();
+        let early = up.early("big", &name, &meta(), true).unwrap();
+        write_blind(&r, &early, &name, &body, 0);
+        wait_parts(&r, "big", 2).await;
+        early.flushing();
+        let got = stage_big(&r, &up, &name, body.len(), early).await;
+        assert!(got[..] == body[..], "the object is the staged file");
+        let head = r.mem.head("big", None).await.unwrap();
+        assert!(
+            !head.metadata.contains_key("mtime"),
+            "completed from the early parts (which carry no mtime)"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_blind_upload_whose_sent_bytes_changed_is_aborted_and_the_file_uploaded_whole() {
+        let (r, up) = early_rig();
+        let mut body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+        let name = r.cache.create_data_file().unwrap();
+        let early = up.early("big", &name, &meta(), true).unwrap();
+        write_blind(&r, &early, &name, &body, 0);
+        wait_parts(&r, "big", 2).await;
+        // A header rewritten at the end: regionfs sees no write, the size
+        // does not change, only the digests can tell.
+        body[..MIB as usize].fill(7);
+        write_blind(&r, &early, &name, &body[..MIB as usize], 0);
+        let got = stage_big(&r, &up, &name, body.len(), early).await;
+        assert!(got[..] == body[..], "the rewritten header is uploaded");
+        assert!(
+            r.mem.open_uploads().is_empty(),
+            "the early parts were aborted"
+        );
+        let head = r.mem.head("big", None).await.unwrap();
+        assert!(
+            head.metadata.contains_key("mtime"),
+            "uploaded whole, with its mtime"
+        );
+    }
+
     #[tokio::test]
     async fn early_parts_are_off_when_configured_off_or_an_acl_is_set() {
         let (r, up) = early_rig();
-        assert!(up.early("k", "f", &meta()).is_some());
+        assert!(up.early("k", "f", &meta(), false).is_some());
         up.set_acl("src", Some("private".into()));
         assert!(
-            up.early("k", "f", &meta()).is_none(),
+            up.early("k", "f", &meta(), false).is_none(),
             "the ACL is decided per upload"
         );
         let off = start_with(
@@ -1660,7 +1728,7 @@ mod tests {
             QUIET,
             vec![],
         );
-        assert!(off.early("k", "f", &meta()).is_none());
+        assert!(off.early("k", "f", &meta(), false).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1668,7 +1736,7 @@ mod tests {
         let (r, up) = early_rig();
         let body = vec![1u8; 12 * MIB as usize];
         let name = r.cache.create_data_file().unwrap();
-        let early = up.early("gone", &name, &meta()).unwrap();
+        let early = up.early("gone", &name, &meta(), false).unwrap();
         write_through(&r, &early, &name, &body, 0);
         wait_parts(&r, "gone", 1).await;
         drop(early);

@@ -335,7 +335,13 @@ async fn an_unprivileged_write_or_truncate_and_any_chown_clear_set_id_bits_as_li
     let mode = || std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
     let nobody = |script: &str| {
         let status = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
             .arg(script.replace("F", &format!("'{}'", f.display())))
             .status()
             .unwrap();
@@ -370,5 +376,35 @@ async fn an_unprivileged_write_or_truncate_and_any_chown_clear_set_id_bits_as_li
     let head = rig.r.src.head("tool", None).await.unwrap();
     assert_eq!(head.metadata["mode"], (libc::S_IFREG | 0o755).to_string());
     assert_eq!(head.metadata["uid"], "1000");
-    assert_eq!(bucket_contents(&rig.r.src, "").await["tool"], b"x\ny\nroot\n");
+    assert_eq!(
+        bucket_contents(&rig.r.src, "").await["tool"],
+        b"x\ny\nroot\n"
+    );
+}
+
+/// A passthrough writer is not seen writing, yet its parts go up before its
+/// close, found by the file's growing size; each part's bytes are checked
+/// against the staged file, so the object is exactly what close staged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_written_by_passthrough_goes_up_in_parts_before_its_close() {
+    let rig = Rig::start("[upload]\npart_size = \"5MiB\"\nmultipart_threshold = \"5MiB\"\n").await;
+    let big = pattern(26 << 20, 3);
+    let before = rig.passthrough_opens();
+    {
+        let mut f = std::fs::File::create(rig.m.path("big.bin")).unwrap();
+        for chunk in big.chunks(1 << 20) {
+            f.write_all(chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    assert!(rig.passthrough_opens() > before, "written by passthrough");
+    rig.m.wait_uploaded(DRAIN);
+    let head = rig.r.src.head("big.bin", None).await.unwrap();
+    assert!(
+        !head.metadata.contains_key("mtime"),
+        "completed from parts sent before the close (they carry no mtime): {:?}",
+        head.metadata
+    );
+    assert!(bucket_contents(&rig.r.src, "").await["big.bin"] == big);
+    assert_eq!(rig.versions("big.bin").await.len(), 1);
 }

@@ -216,7 +216,8 @@ impl Filesystem for FuseFs {
         // else (a passthrough write's), for a caller other than root (the
         // request does not say whether the caller has CAP_FSETID).
         let nothing = (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None);
-        let kill_privs = uid.is_some() || gid.is_some() || ((size.is_some() || nothing) && req.uid() != 0);
+        let kill_privs =
+            uid.is_some() || gid.is_some() || ((size.is_some() || nothing) && req.uid() != 0);
         let set = SetAttr {
             fh: fh.map(|f| f.0),
             mode,

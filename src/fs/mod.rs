@@ -200,6 +200,10 @@ const TRIM_IDLE_S: u32 = 2;
 /// Files of a renamed directory moved at once.
 const RENAME_PARALLEL: usize = 16;
 
+/// How often the size of a file a passthrough writer is filling is looked
+/// at, for its parts to go up as it grows (a 1 GiB `dd` takes about 1 s).
+const GROWTH_POLL: Duration = Duration::from_millis(50);
+
 /// What the core works over.
 pub struct Backends {
     pub store: Arc<dyn ObjectStore>,
@@ -1837,6 +1841,7 @@ impl Core {
                 b.writers += 1;
                 // Cached opens after these writes must not keep old pages.
                 n.kernel_tag = None;
+                self.start_blind_early(n);
             }
             self.passthrough_opens.inc();
         } else {
@@ -1862,6 +1867,43 @@ impl Core {
             keep_cache: keep,
             backing,
         })
+    }
+
+    /// A passthrough writer of an empty file: its parts go up as it grows,
+    /// found by polling its size (`uploader::early`, "Blind uploads"), as
+    /// the writes through regionfs drive them for a cached writer.
+    fn start_blind_early(&self, n: &mut Node) {
+        let Some(w) = n.working.as_ref().filter(|_| n.size == 0 && !n.unlinked) else {
+            return;
+        };
+        if n.early.is_some() {
+            return;
+        }
+        let Some(e) = self
+            .uploader
+            .early(&self.key(&n.path), &w.name, &n.meta, true)
+        else {
+            return;
+        };
+        let (early, file) = (Arc::downgrade(&e), w.file.clone());
+        n.early = Some(e);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(GROWTH_POLL).await;
+                let Some(e) = early.upgrade().filter(|e| !e.is_done()) else {
+                    return;
+                };
+                match file.metadata() {
+                    Ok(m) if m.len() != seen => {
+                        seen = m.len();
+                        e.grown(seen);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
     }
 
     /// The node's backing file, set up (on its working file, else a pinned
@@ -2241,7 +2283,9 @@ impl Core {
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.written = true;
         if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked {
-            n.early = self.uploader.early(&self.key(&n.path), &w.name, &n.meta);
+            n.early = self
+                .uploader
+                .early(&self.key(&n.path), &w.name, &n.meta, false);
         }
         if let Some(e) = &n.early {
             e.written(&w.name, offset, end);
@@ -2430,6 +2474,9 @@ impl Core {
         }
         let Some(w) = working else { return Ok(None) };
         if let Some(e) = &early {
+            if e.is_blind() {
+                e.grown(w.file.metadata()?.len());
+            }
             e.flushing();
         }
         let (inline, size, stamped) = if writing {

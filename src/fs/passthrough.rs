@@ -216,10 +216,7 @@ mod tests {
             local: false,
             ..ALL
         };
-        let full = Here {
-            room: false,
-            ..ALL
-        };
+        let full = Here { room: false, ..ALL };
         let setuid = Here {
             privileged: true,
             ..ALL

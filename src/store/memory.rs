@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use super::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, Grantee,
-    ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry,
-    VersionPage, Versioning,
+    ListEntry, ListPage, ObjectInfo, ObjectStore, PartDigest, PutBody, PutOptions, PutResult,
+    VersionEntry, VersionPage, Versioning,
 };
 use crate::error::StoreError;
 
@@ -206,6 +206,26 @@ impl MemoryStore {
                         "the file changed while it was sent",
                     )));
                 }
+                Ok(Bytes::from(buf))
+            }
+            PutBody::HashedFile {
+                path,
+                offset,
+                len,
+                digest,
+            } => {
+                let io = |source| StoreError::LocalIo {
+                    bucket: self.name.clone(),
+                    source,
+                };
+                let mut buf = vec![0; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &std::fs::File::open(&path).map_err(io)?,
+                    &mut buf,
+                    offset,
+                )
+                .map_err(io)?;
+                digest.set(PartDigest::of_bytes(&buf));
                 Ok(Bytes::from(buf))
             }
             PutBody::Stream { body, .. } => {

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod probe;
 pub mod s3;
 mod stable;
+pub use stable::{digest_of, PartDigest};
 mod unsigned;
 
 pub use memory::MemoryStore;
@@ -157,6 +158,14 @@ pub enum PutBody {
         len: u64,
         unchanged: Arc<dyn Fn() -> bool + Send + Sync>,
     },
+    /// A slice of a local file that may be written while it is sent: the
+    /// digest of the bytes sent is recorded in `digest` (see `stable`).
+    HashedFile {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        digest: Arc<PartDigest>,
+    },
     /// A stream of known length (e.g. a GET from another region). It cannot be
     /// rewound, so a failed request is retried by the caller from the start.
     Stream {
@@ -171,6 +180,7 @@ impl PutBody {
             PutBody::Bytes(b) => b.len() as u64,
             PutBody::File { len, .. }
             | PutBody::StableFile { len, .. }
+            | PutBody::HashedFile { len, .. }
             | PutBody::Stream { len, .. } => *len,
         }
     }

@@ -450,6 +450,19 @@ impl S3Store {
                 })?;
                 Ok((super::stable::body(file, path, len, unchanged), len as i64))
             }
+            PutBody::HashedFile {
+                path,
+                offset,
+                len,
+                digest,
+            } => {
+                let file = std::fs::File::open(&path).map_err(|e| StoreError::LocalIo {
+                    bucket: self.describe.clone(),
+                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                })?;
+                let body = super::stable::hashed_body(file, path, offset, len, digest);
+                Ok((body, len as i64))
+            }
             PutBody::Stream { body, len } => Ok((body, len as i64)),
         }
     }
