@@ -1602,6 +1602,19 @@ mod tests {
         h[0].1.clone().unwrap()
     }
 
+    /// "big"'s early parts were aborted and the file went up whole.
+    async fn assert_uploaded_whole(r: &Rig) {
+        assert!(
+            r.mem.open_uploads().is_empty(),
+            "the early parts were aborted"
+        );
+        let head = r.mem.head("big", None).await.unwrap();
+        assert!(
+            head.metadata.contains_key("mtime"),
+            "uploaded whole, with its mtime"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_file_written_in_order_is_uploaded_in_parts_before_it_is_staged() {
         let (r, up) = early_rig();
@@ -1640,15 +1653,7 @@ mod tests {
         write_through(&r, &early, &name, &body[..MIB as usize], 0);
         let got = stage_big(&r, &up, &name, body.len(), early).await;
         assert!(got[..] == body[..], "the rewritten header is uploaded");
-        assert!(
-            r.mem.open_uploads().is_empty(),
-            "the early parts were aborted"
-        );
-        let head = r.mem.head("big", None).await.unwrap();
-        assert!(
-            head.metadata.contains_key("mtime"),
-            "uploaded whole, with its mtime"
-        );
+        assert_uploaded_whole(&r).await;
     }
 
     /// Writes `content` into cache file `name` from `from` in 1 MiB writes
@@ -1699,15 +1704,7 @@ mod tests {
         write_blind(&r, &early, &name, &body[..MIB as usize], 0);
         let got = stage_big(&r, &up, &name, body.len(), early).await;
         assert!(got[..] == body[..], "the rewritten header is uploaded");
-        assert!(
-            r.mem.open_uploads().is_empty(),
-            "the early parts were aborted"
-        );
-        let head = r.mem.head("big", None).await.unwrap();
-        assert!(
-            head.metadata.contains_key("mtime"),
-            "uploaded whole, with its mtime"
-        );
+        assert_uploaded_whole(&r).await;
     }
 
     #[tokio::test]

@@ -356,13 +356,15 @@ impl Filesystem for FuseFs {
         let kill = flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
         self.spawn(async move {
             let opened = match core.open(ino.0, flags.0).await {
-                Ok(o) if kill => match core.setattr(ino.0, kill_privs()).await {
-                    Ok(_) => Ok(o),
-                    Err(e) => {
-                        let _ = core.release(o.fh).await;
-                        Err(e)
+                Ok(o) if kill && core.has_set_id_bits(ino.0) => {
+                    match core.setattr(ino.0, kill_privs()).await {
+                        Ok(_) => Ok(o),
+                        Err(e) => {
+                            let _ = core.release(o.fh).await;
+                            Err(e)
+                        }
                     }
-                },
+                }
                 other => other,
             };
             match opened {

@@ -203,6 +203,8 @@ const RENAME_PARALLEL: usize = 16;
 /// How often the size of a file a passthrough writer is filling is looked
 /// at, for its parts to go up as it grows (a 1 GiB `dd` takes about 1 s).
 const GROWTH_POLL: Duration = Duration::from_millis(50);
+/// The longest wait between two looks at a file that stopped growing.
+const GROWTH_POLL_IDLE: Duration = Duration::from_secs(1);
 
 /// What the core works over.
 pub struct Backends {
@@ -1869,6 +1871,13 @@ impl Core {
         })
     }
 
+    /// The node's mode has a set-user-ID or set-group-ID bit.
+    pub fn has_set_id_bits(&self, ino: u64) -> bool {
+        let t = self.inodes.lock().unwrap();
+        t.get(ino)
+            .is_some_and(|n| n.meta.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+    }
+
     /// A passthrough writer of an empty file: its parts go up as it grows,
     /// found by polling its size (`uploader::early`, "Blind uploads"), as
     /// the writes through regionfs drive them for a cached writer.
@@ -1888,9 +1897,9 @@ impl Core {
         let (early, file) = (Arc::downgrade(&e), w.file.clone());
         n.early = Some(e);
         tokio::spawn(async move {
-            let mut seen = 0;
+            let (mut seen, mut wait) = (0, GROWTH_POLL);
             loop {
-                tokio::time::sleep(GROWTH_POLL).await;
+                tokio::time::sleep(wait).await;
                 let Some(e) = early.upgrade().filter(|e| !e.is_done()) else {
                     return;
                 };
@@ -1898,8 +1907,11 @@ impl Core {
                     Ok(m) if m.len() != seen => {
                         seen = m.len();
                         e.grown(seen);
+                        wait = GROWTH_POLL;
                     }
-                    Ok(_) => {}
+                    // A writer that keeps its file open without writing
+                    // costs a look a second.
+                    Ok(_) => wait = (wait * 2).min(GROWTH_POLL_IDLE),
                     Err(_) => return,
                 }
             }

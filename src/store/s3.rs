@@ -419,6 +419,13 @@ fn etag(e: Option<&str>) -> String {
 }
 
 impl S3Store {
+    fn open_local(&self, path: &std::path::Path) -> Result<std::fs::File, StoreError> {
+        std::fs::File::open(path).map_err(|e| StoreError::LocalIo {
+            bucket: self.describe.clone(),
+            source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        })
+    }
+
     async fn body(&self, body: PutBody) -> Result<(ByteStream, i64), StoreError> {
         match body {
             PutBody::Bytes(b) => {
@@ -444,10 +451,7 @@ impl S3Store {
                 len,
                 unchanged,
             } => {
-                let file = std::fs::File::open(&path).map_err(|e| StoreError::LocalIo {
-                    bucket: self.describe.clone(),
-                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-                })?;
+                let file = self.open_local(&path)?;
                 Ok((super::stable::body(file, path, len, unchanged), len as i64))
             }
             PutBody::HashedFile {
@@ -456,10 +460,7 @@ impl S3Store {
                 len,
                 digest,
             } => {
-                let file = std::fs::File::open(&path).map_err(|e| StoreError::LocalIo {
-                    bucket: self.describe.clone(),
-                    source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-                })?;
+                let file = self.open_local(&path)?;
                 let body = super::stable::hashed_body(file, path, offset, len, digest);
                 Ok((body, len as i64))
             }
