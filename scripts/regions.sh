@@ -38,7 +38,9 @@ exec_one() {
 {"identities":[{"name":"regionfs","credentials":[{"accessKey":"$access_key","secretKey":"$secret_key"}],"actions":["Admin","Read","Write","List","Tagging"]}]}
 JSON
   local s3=$p master=$((p+1)) volume=$((p+2)) volpub=$((p+3)) filer=$((p+4)) filerpub=$((p+5)) admin=$((p+6)) debug=$((p+7)) s3debug=$((p+8))
-  exec "$(weed_bin)" mini \
+  # weed puts its gRPC unix sockets and logs in TMPDIR and leaves them: keep
+  # them in the region's directory, removed with it.
+  TMPDIR="$d" exec "$(weed_bin)" mini \
     -dir="$d/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -s3.port=$s3 -s3.port.grpc=$((s3+10000)) \
     -master.port=$master -master.port.grpc=$((master+10000)) \
@@ -107,8 +109,8 @@ start_region() {
   echo "region $name: S3 at http://127.0.0.1:$port (pid $(cat "$d/pid"), data in $d)"
 }
 
-stop_region() {
-  local d="$dir/$1"
+stop_region() { # name port
+  local d="$dir/$1" k
   [ -f "$d/pid" ] || return 0
   local pid; pid=$(cat "$d/pid")
   if kill -0 "$pid" 2>/dev/null; then
@@ -117,6 +119,8 @@ stop_region() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$d/pid"
+  # weed leaves a unix socket per gRPC port in /tmp (not in TMPDIR).
+  for k in $(seq 0 8); do rm -f /tmp/seaweedfs-*-grpc-$(($2 + 10000 + k)).sock; done
   echo "region $1 stopped"
 }
 
@@ -151,7 +155,7 @@ ENV
 
 case "${1:-}" in
   start) start_region a "$port_a" app-data; start_region b "$port_b" app-data-eu ;;
-  stop) stop_region a; stop_region b ;;
+  stop) stop_region a "$port_a"; stop_region b "$port_b" ;;
   env) print_env ;;
   exec-one) shift; exec_one "$@" ;;
   *) sed -n '2,16p' "$0"; exit 2 ;;

@@ -284,6 +284,9 @@ impl Region {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.process.take() {
             p.kill();
+            if self.kind == "seaweedfs" {
+                remove_weed_sockets(self.port);
+            }
         }
     }
 
@@ -322,6 +325,17 @@ impl Region {
                 }
                 Err(e) => panic!("cannot create bucket {bucket} on {}: {e}", self.kind),
             }
+        }
+    }
+}
+
+/// `weed mini` leaves a unix socket per gRPC port in /tmp (not in TMPDIR):
+/// those of the server on `port` and the ports after it go with it.
+fn remove_weed_sockets(port: u16) {
+    for k in 0..9 {
+        let grpc = port as u32 + 10_000 + k;
+        for part in ["s3", "master", "volume", "filer", "admin"] {
+            let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{part}-grpc-{grpc}.sock"));
         }
     }
 }
