@@ -186,7 +186,7 @@ weed_ticks() {
 # for it: a regionfs `dd` took 1.2-5.8 s in some rounds, while the same `dd`
 # took 0.6-0.8 s in others on the same mount, and the servers used up to
 # 1.4 s of CPU during the slow ones (session 22).
-fresh_memory() {
+settle() {
   local i a b
   for i in $(seq 1 120); do
     a=$(weed_ticks); sleep 0.5; b=$(weed_ticks)
@@ -206,7 +206,7 @@ for rep in $(seq 1 "$reps"); do
   $py mkbuckets $B "rfs$rep" "sync$rep"
 
   # local disk
-  fresh_memory; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
+  settle; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
@@ -231,7 +231,7 @@ for rep in $(seq 1 "$reps"); do
   mnt=$work/mnt-rfs; cache=$work/cache-rfs$rep
   mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
   t0=$(now)
-  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
+  settle; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
   $py wait $A "rfs$rep" big 1 $((big_mib << 20)); record big-durable regionfs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
   t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
@@ -251,7 +251,7 @@ for rep in $(seq 1 "$reps"); do
   # rclone mount
   mnt=$work/mnt-rc
   mount_rclone "rc$rep" "$mnt"
-  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
+  settle; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close rclone "$(since $t)"
   peer_wait rclone "rc$rep" big 1 $((big_mib << 20)) && record big-durable rclone "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close rclone "$s"
   t=$(now); peer_wait rclone "rc$rep" small/ $total_small $((total_small * 4096)) && record small-durable rclone "$(add "$(since $t)" "$s")"
@@ -266,7 +266,7 @@ for rep in $(seq 1 "$reps"); do
   # s3fs
   mnt=$work/mnt-s3
   mount_s3fs "s3$rep" "$mnt"
-  fresh_memory; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
+  settle; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close s3fs "$(since $t)"
   peer_wait s3fs "s3$rep" big 1 $((big_mib << 20)) && record big-durable s3fs "$(since $t)"
   mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close s3fs "$s"
   t=$(now); peer_wait s3fs "s3$rep" small/ $total_small $((total_small * 4096)) && record small-durable s3fs "$(add "$(since $t)" "$s")"

@@ -20,6 +20,11 @@ pub const S_IFCHR: u32 = libc::S_IFCHR;
 pub const S_IFBLK: u32 = libc::S_IFBLK;
 pub const S_IFSOCK: u32 = libc::S_IFSOCK;
 
+/// `mode` has a set-user-ID or set-group-ID bit (which a write may clear).
+pub fn has_set_id_bits(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
 /// `mode` without the privileges a write or chown takes away: the
 /// set-user-ID bit, and the set-group-ID bit where it means set-group-ID
 /// (group-executable; without it the bit marks mandatory locking).

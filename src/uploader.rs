@@ -1525,7 +1525,8 @@ mod tests {
     }
 
     /// Writes `content` into cache file `name` in 1 MiB writes from `from`,
-    /// telling `early` about each.
+    /// telling `early` about each; a blind one learns only the file's size,
+    /// as the size poll of a passthrough writer's file tells it.
     fn write_through(r: &Rig, early: &Arc<EarlyUpload>, name: &str, content: &[u8], from: usize) {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -1535,7 +1536,11 @@ mod tests {
         for off in (from..content.len()).step_by(MIB as usize) {
             let end = (off + MIB as usize).min(content.len());
             f.write_all_at(&content[off..end], off as u64).unwrap();
-            early.written(name, off as u64, end as u64);
+            if early.is_blind() {
+                early.grown(f.metadata().unwrap().len());
+            } else {
+                early.written(name, off as u64, end as u64);
+            }
         }
     }
 
@@ -1656,29 +1661,13 @@ mod tests {
         assert_uploaded_whole(&r).await;
     }
 
-    /// Writes `content` into cache file `name` from `from` in 1 MiB writes
-    /// regionfs does not see (a passthrough writer's), telling a blind
-    /// `early` only the file's size, as the size poll does.
-    fn write_blind(r: &Rig, early: &Arc<EarlyUpload>, name: &str, content: &[u8], from: usize) {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(r.cache.data_path(name))
-            .unwrap();
-        for off in (from..content.len()).step_by(MIB as usize) {
-            let end = (off + MIB as usize).min(content.len());
-            f.write_all_at(&content[off..end], off as u64).unwrap();
-            early.grown(f.metadata().unwrap().len());
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn a_blind_upload_of_a_file_written_in_order_completes_from_its_early_parts() {
         let (r, up) = early_rig();
         let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
         let name = r.cache.create_data_file().unwrap();
         let early = up.early("big", &name, &meta(), true).unwrap();
-        write_blind(&r, &early, &name, &body, 0);
+        write_through(&r, &early, &name, &body, 0);
         wait_parts(&r, "big", 2).await;
         early.flushing();
         let got = stage_big(&r, &up, &name, body.len(), early).await;
@@ -1696,12 +1685,12 @@ mod tests {
         let mut body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
         let name = r.cache.create_data_file().unwrap();
         let early = up.early("big", &name, &meta(), true).unwrap();
-        write_blind(&r, &early, &name, &body, 0);
+        write_through(&r, &early, &name, &body, 0);
         wait_parts(&r, "big", 2).await;
         // A header rewritten at the end: regionfs sees no write, the size
         // does not change, only the digests can tell.
         body[..MIB as usize].fill(7);
-        write_blind(&r, &early, &name, &body[..MIB as usize], 0);
+        write_through(&r, &early, &name, &body[..MIB as usize], 0);
         let got = stage_big(&r, &up, &name, body.len(), early).await;
         assert!(got[..] == body[..], "the rewritten header is uploaded");
         assert_uploaded_whole(&r).await;

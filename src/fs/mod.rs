@@ -1202,7 +1202,7 @@ impl Core {
         let here = passthrough::Here {
             local: true,
             room: self.cache.room_for_unmetered_writer(),
-            privileged: mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            privileged: crate::meta::has_set_id_bits(mode),
         };
         let mode = passthrough::decide(self.passthrough_on(), None, Want::of(flags), here);
         let opened = self.register(ino, flags, mode)?;
@@ -1798,7 +1798,7 @@ impl Core {
         let here = passthrough::Here {
             local,
             room: self.cache.room_for_unmetered_writer(),
-            privileged: n.meta.mode & (libc::S_ISUID | libc::S_ISGID) != 0,
+            privileged: crate::meta::has_set_id_bits(n.meta.mode),
         };
         Ok(passthrough::decide(
             self.passthrough_on(),
@@ -1875,7 +1875,7 @@ impl Core {
     pub fn has_set_id_bits(&self, ino: u64) -> bool {
         let t = self.inodes.lock().unwrap();
         t.get(ino)
-            .is_some_and(|n| n.meta.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
+            .is_some_and(|n| crate::meta::has_set_id_bits(n.meta.mode))
     }
 
     /// A passthrough writer of an empty file: its parts go up as it grows,

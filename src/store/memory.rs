@@ -3,7 +3,7 @@
 //! also check ordering.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -174,39 +174,40 @@ impl MemoryStore {
         }
     }
 
+    /// Bytes `[offset, offset + len)` of a local file, as a PUT sends them.
+    fn read_range(
+        &self,
+        path: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, StoreError> {
+        let mut buf = vec![0; len as usize];
+        std::fs::File::open(path)
+            .and_then(|f| f.read_exact_at(&mut buf, offset))
+            .map_err(|source| StoreError::LocalIo {
+                bucket: self.name.clone(),
+                source,
+            })?;
+        Ok(Bytes::from(buf))
+    }
+
     async fn read_body(&self, body: PutBody) -> Result<Bytes, StoreError> {
         match body {
             PutBody::Bytes(b) => Ok(b),
-            PutBody::File { path, offset, len } => {
-                let io = |source| StoreError::LocalIo {
-                    bucket: self.name.clone(),
-                    source,
-                };
-                let mut f = std::fs::File::open(&path).map_err(io)?;
-                f.seek(SeekFrom::Start(offset)).map_err(io)?;
-                let mut buf = vec![0; len as usize];
-                f.read_exact(&mut buf).map_err(io)?;
-                Ok(Bytes::from(buf))
-            }
+            PutBody::File { path, offset, len } => self.read_range(&path, offset, len),
             PutBody::StableFile {
                 path,
                 len,
                 unchanged,
             } => {
-                let io = |source| StoreError::LocalIo {
-                    bucket: self.name.clone(),
-                    source,
-                };
-                let mut buf = vec![0; len as usize];
-                std::fs::File::open(&path)
-                    .and_then(|mut f| f.read_exact(&mut buf))
-                    .map_err(io)?;
+                let buf = self.read_range(&path, 0, len)?;
                 if !unchanged() {
-                    return Err(io(std::io::Error::other(
-                        "the file changed while it was sent",
-                    )));
+                    return Err(StoreError::LocalIo {
+                        bucket: self.name.clone(),
+                        source: std::io::Error::other("the file changed while it was sent"),
+                    });
                 }
-                Ok(Bytes::from(buf))
+                Ok(buf)
             }
             PutBody::HashedFile {
                 path,
@@ -214,19 +215,9 @@ impl MemoryStore {
                 len,
                 digest,
             } => {
-                let io = |source| StoreError::LocalIo {
-                    bucket: self.name.clone(),
-                    source,
-                };
-                let mut buf = vec![0; len as usize];
-                std::os::unix::fs::FileExt::read_exact_at(
-                    &std::fs::File::open(&path).map_err(io)?,
-                    &mut buf,
-                    offset,
-                )
-                .map_err(io)?;
+                let buf = self.read_range(&path, offset, len)?;
                 digest.set(PartDigest::of_bytes(&buf));
-                Ok(Bytes::from(buf))
+                Ok(buf)
             }
             PutBody::Stream { body, .. } => {
                 body.collect()
