@@ -29,7 +29,13 @@ pub fn install() -> std::io::Result<()> {
     if RUNTIME.get().is_some() {
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let _ = RUNTIME.set(build()?);
+    Ok(())
+}
+
+/// The background runtime, not yet installed.
+fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("regionfs-bg")
         .on_thread_start(|| {
@@ -41,9 +47,7 @@ pub fn install() -> std::io::Result<()> {
             unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, (inherited + NICENESS).min(19)) };
         })
         .enable_all()
-        .build()?;
-    let _ = RUNTIME.set(rt);
-    Ok(())
+        .build()
 }
 
 /// Spawns `f` on the background runtime if installed, else on the current one.
@@ -60,20 +64,17 @@ where
 #[cfg(test)]
 mod tests {
     #[test]
-    fn installed_background_work_runs_at_a_lower_priority_than_the_caller() {
-        super::install().unwrap();
+    fn background_work_runs_at_a_lower_priority_than_the_caller() {
+        // Not installed: the other tests of this process run their loops
+        // on runtimes they drop (as a crash would).
+        let bg = super::build().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            super::spawn(async move {
-                let tid = unsafe { libc::gettid() } as libc::id_t;
-                let name = std::thread::current().name().map(str::to_string);
-                let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
-                tx.send((name, nice)).unwrap();
-            });
-        });
+        drop(bg.spawn(async move {
+            let tid = unsafe { libc::gettid() } as libc::id_t;
+            let name = std::thread::current().name().map(str::to_string);
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+            tx.send((name, nice)).unwrap();
+        }));
         let (name, nice) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         assert_eq!(name.as_deref(), Some("regionfs-bg"));
         let mine = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };

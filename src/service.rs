@@ -221,8 +221,8 @@ pub async fn start_with_stores(
     }
     let c = core.clone();
     tokio::spawn(async move {
-        while let Some(completion) = done.recv().await {
-            c.on_uploaded(&completion);
+        while let Some(landed) = done.recv().await {
+            c.on_uploaded(&landed.completion);
         }
     });
     Ok(Service {

@@ -83,6 +83,16 @@ pub struct Completion {
     pub result: PutResult,
 }
 
+/// A [`Completion`] handed to whoever applies it to local state (the
+/// mount's core). Its operation leaves the queue only once this is
+/// dropped: local state never lags behind a queue that no longer holds the
+/// operation, so a caller that finds nothing queued for a key also finds
+/// the key's last version applied (a copy naming it, say).
+pub struct Landed {
+    pub completion: Completion,
+    _applied: oneshot::Sender<()>,
+}
+
 /// What waiting for an operation ended with.
 pub type WaitResult = Result<(), String>;
 
@@ -131,7 +141,7 @@ struct Inner {
     queue: Mutex<Queue>,
     wake: Notify,
     pending: watch::Sender<usize>,
-    done_tx: mpsc::UnboundedSender<Completion>,
+    done_tx: mpsc::UnboundedSender<Landed>,
     parts: Arc<Semaphore>,
     replicator: Option<crate::replicator::Replicator>,
     /// `[source] acl`, and whether the bucket takes ACLs.
@@ -146,7 +156,8 @@ pub struct Uploader {
 
 impl Uploader {
     /// Starts the worker with the operations recovered from the journal. Every
-    /// finished operation is also sent on the returned channel.
+    /// finished operation is also sent on the returned channel (see
+    /// [`Landed`]).
     pub fn start(
         store: Arc<dyn ObjectStore>,
         journal: Journal,
@@ -155,7 +166,7 @@ impl Uploader {
         delay: Duration,
         recovered: Vec<Op>,
         replicator: Option<crate::replicator::Replicator>,
-    ) -> (Uploader, mpsc::UnboundedReceiver<Completion>) {
+    ) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let n = recovered.len();
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -240,7 +251,7 @@ impl Uploader {
             return None;
         }
         Some(Arc::new(EarlyUpload::new(
-            self.inner.clone(),
+            &self.inner,
             key.to_string(),
             file.to_string(),
             meta,
@@ -388,6 +399,14 @@ impl Uploader {
         self.inner.queue.lock().unwrap().files.contains_key(name)
     }
 
+    /// [`Uploader::references`] by anything but the operation `landed`
+    /// (whose completion is being applied, see [`Landed`]).
+    pub fn references_besides(&self, name: &str, landed: &Op) -> bool {
+        let q = self.inner.queue.lock().unwrap();
+        let own = usize::from(landed.file.as_deref() == Some(name));
+        q.files.get(name).is_some_and(|n| *n > own)
+    }
+
     /// Marks the cache file `name` as needed from now until the returned claim
     /// drops. A caller about to stage an operation with a node's working file
     /// takes the claim when it reads the node, and drops it once the operation
@@ -411,6 +430,29 @@ impl Uploader {
     /// Whether an operation on `key` is being submitted right now.
     pub fn submitting(&self, key: &str) -> bool {
         self.inner.queue.lock().unwrap().tickets.contains_key(key)
+    }
+
+    /// Tests: every operation queued now is due at once (as if waited for),
+    /// whatever the write-back delay.
+    #[cfg(test)]
+    pub(crate) fn hurry(&self) {
+        let mut q = self.inner.queue.lock().unwrap();
+        let last = q
+            .by_key
+            .values()
+            .filter_map(|l| l.back())
+            .map(|o| o.seq)
+            .max();
+        q.urgent_upto = q.urgent_upto.max(last.unwrap_or(0));
+        drop(q);
+        self.inner.wake.notify_one();
+    }
+
+    /// Tests: whether an operation is running (or its completion is not
+    /// applied yet).
+    #[cfg(test)]
+    pub(crate) fn busy(&self) -> bool {
+        !self.inner.queue.lock().unwrap().running.is_empty()
     }
 
     /// Tests: another pause length ending a burst of writes.
@@ -559,11 +601,16 @@ impl Queue {
 pub const QUIET: Duration = Duration::from_millis(200);
 
 /// When a staged operation may start: after the write-back delay, and while
-/// writes keep coming, after the pause in them or its deferral limit.
+/// writes keep coming, after the pause in them or its deferral limit; at
+/// once when waited for.
 fn due_at(inner: &Inner, q: &Queue, op: &Op, now: Instant) -> i64 {
+    if q.draining || op.seq <= q.urgent_upto {
+        // Waited for (fsync, unmount): neither delay applies.
+        return op.staged_at_ms;
+    }
     let defer = inner.cfg.defer_while_writing.0;
     let mut due = op.staged_at_ms + inner.delay.as_millis() as i64;
-    if defer.is_zero() || q.draining || op.seq <= q.urgent_upto {
+    if defer.is_zero() {
         return due;
     }
     if let Some(last) = q.last_submit {
@@ -714,6 +761,18 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 q.idle(&op.key, Some(Instant::now() + backoff(op.attempts, false)));
                 return;
             }
+            let (applied, landed) = oneshot::channel();
+            let sent = inner.done_tx.send(Landed {
+                completion: Completion {
+                    op: op.clone(),
+                    result: res.clone(),
+                },
+                _applied: applied,
+            });
+            if sent.is_ok() {
+                // Resolves (with an error) when the receiver drops it.
+                let _ = landed.await;
+            }
             let (waiters, unused) = {
                 let mut q = inner.queue.lock().unwrap();
                 let unused = q.remove_front(&op.key, op.seq, op.file.as_deref());
@@ -725,7 +784,6 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 inner.cache.remove_data(&f);
             }
             inner.cache.note_progress();
-            let _ = inner.done_tx.send(Completion { op, result: res });
             for w in waiters {
                 let _ = w.send(Ok(()));
             }

@@ -53,6 +53,7 @@ pub struct Node {
     /// Where the bytes live while a rename's copy is queued: the old key (at
     /// `version`). `None`: the node's own key.
     pub content_key: Option<String>,
+    /// Set only through [`Inodes::set_working`].
     pub working: Option<Working>,
     /// The working file differs from every staged/uploaded state.
     pub dirty: bool,
@@ -137,6 +138,8 @@ pub struct Inodes {
     pub by_path: HashMap<String, u64>,
     /// Nodes that exist only locally (created and not yet staged).
     pub local_only: HashSet<u64>,
+    /// The node holding each working file (see [`Inodes::set_working`]).
+    holders: HashMap<String, u64>,
     next: u64,
     epoch: Instant,
 }
@@ -147,6 +150,7 @@ impl Inodes {
             nodes: HashMap::new(),
             by_path: HashMap::new(),
             local_only: HashSet::new(),
+            holders: HashMap::new(),
             next: ROOT + 1,
             epoch: Instant::now(),
         };
@@ -246,6 +250,36 @@ impl Inodes {
             n.unlinked = true;
             self.local_only.remove(&ino);
         }
+    }
+
+    /// Gives node `ino` the working file `w` (or none), returning the one it
+    /// had. The only way a node's working file changes, so that the node
+    /// holding a file is always known: an upload of that file finishing
+    /// must not remove it while a node (at any path, or unlinked and open)
+    /// still reads and writes it.
+    pub fn set_working(&mut self, ino: u64, w: Option<Working>) -> Option<Working> {
+        let n = self.nodes.get_mut(&ino)?;
+        let old = std::mem::replace(&mut n.working, w);
+        if let Some(o) = &old {
+            if self.holders.get(&o.name) == Some(&ino) {
+                self.holders.remove(&o.name);
+            }
+        }
+        if let Some(new) = &n.working {
+            self.holders.insert(new.name.clone(), ino);
+        }
+        old
+    }
+
+    /// The node whose working file is `file`.
+    pub fn holder_of(&self, file: &str) -> Option<u64> {
+        let ino = *self.holders.get(file)?;
+        let holds = self
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.working.as_ref())
+            .is_some_and(|w| w.name == file);
+        holds.then_some(ino)
     }
 
     /// Moves a node (and, for a directory, every node below it) to a new path.

@@ -17,6 +17,8 @@ pub mod fuse;
 pub mod index;
 pub mod inode;
 mod known;
+#[cfg(test)]
+mod model_test;
 pub mod names;
 pub mod passthrough;
 mod read;
@@ -614,6 +616,7 @@ impl Core {
                             .filter(|&s| asked >= s + 1 + CLOCK_SKEW_S);
                         n.etag = info.etag;
                         n.version = info.version_id;
+                        n.content_key = None;
                     }
                     n.meta_known = true;
                     n.fetched = Some(Instant::now());
@@ -671,36 +674,56 @@ impl Core {
     }
 
     /// A node for a key whose newest state is a queued put or copy (after a
-    /// restart, or after the kernel forgot the node).
+    /// restart, or after the kernel forgot the node). Its bytes are where
+    /// that operation takes them from: a metadata change copies the key's
+    /// previous state, so copies of the key onto itself are followed back
+    /// to the queued put whose staged file holds them, else to the object
+    /// version a copy names (the old key's, for a rename).
     async fn adopt_pending(&self, path: &str, op: &Op) -> u64 {
         let meta = ObjectMeta::from_json(&op.meta).unwrap_or_else(|| self.default_file.clone());
-        let size = match (op.kind, &op.file) {
-            (OpKind::Put, _) => op.size,
-            _ => {
-                let src = op.src_key.clone().unwrap_or_else(|| op.key.clone());
-                self.store
-                    .head(&src, op.src_version.as_deref())
+        let queued = self.uploader.pending_for(&op.key);
+        let mut source = op.clone();
+        while source.kind == OpKind::Copy
+            && source.src_version.is_none()
+            && source.src_key.as_deref().is_none_or(|k| k == op.key)
+        {
+            match queued.iter().rev().find(|o| o.seq < source.seq) {
+                Some(prev) => source = prev.clone(),
+                None => break,
+            }
+        }
+        let (working, size, content) = match (source.kind, &source.file) {
+            (OpKind::Put, Some(name)) => (self.open_working(name.clone()).ok(), source.size, None),
+            (OpKind::Copy, _) => {
+                let src = source.src_key.clone().unwrap_or_else(|| op.key.clone());
+                let size = self
+                    .store
+                    .head(&src, source.src_version.as_deref())
                     .await
                     .map(|i| i.size)
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                (None, size, Some((src, source.src_version.clone())))
             }
-        };
-        let working = match (op.kind, &op.file) {
-            (OpKind::Put, Some(name)) => self.open_working(name.clone()).ok(),
-            _ => None,
+            _ => (None, source.size, None),
         };
         let mut t = self.inodes.lock().unwrap();
         let ino = t.upsert(path, meta.clone());
         let n = t.get_mut(ino).unwrap();
-        if n.working.is_none() && !n.dirty {
+        let fresh = n.working.is_none() && !n.dirty;
+        if fresh {
             n.meta = meta;
             n.size = size;
-            if working.is_some() {
-                n.working = working;
-                n.shared = true;
+            n.shared = working.is_some();
+            if let Some((src, version)) = content {
+                n.content_key = (src != op.key).then_some(src);
+                n.version = version;
             }
             n.last_seq = Some(op.seq);
+            if working.is_some() {
+                t.set_working(ino, working);
+            }
         }
+        let n = t.get_mut(ino).unwrap();
         n.meta_known = true;
         n.fetched = Some(Instant::now());
         ino
@@ -988,6 +1011,7 @@ impl Core {
                     n.etag = etag.clone();
                     n.size = size;
                     n.version = e.version.clone();
+                    n.content_key = None;
                     n.meta_known = true;
                     n.fetched = Some(started);
                     n.listed_as = Some(e.modified);
@@ -1186,7 +1210,6 @@ impl Core {
             n.size = 0;
             n.etag.clear();
             n.version = None;
-            n.working = Some(working);
             n.dirty = true;
             n.shared = false;
             n.local_only = true;
@@ -1195,6 +1218,8 @@ impl Core {
             n.fetched = Some(Instant::now());
             n.ctime = SystemTime::now();
             n.kernel_tag = None;
+            // A file of another node this one replaces stays that node's.
+            t.set_working(ino, Some(working));
             t.local_only.insert(ino);
             ino
         };
@@ -1268,11 +1293,11 @@ impl Core {
             let n = t.get_mut(ino).unwrap();
             n.meta = meta;
             n.size = target.len() as u64;
-            n.working = Some(working);
             n.dirty = true;
             n.unlinked = false;
             n.meta_known = true;
             n.fetched = Some(Instant::now());
+            t.set_working(ino, Some(working));
             ino
         };
         self.stage(ino).await?;
@@ -1327,14 +1352,16 @@ impl Core {
         self.note_path(&path, false);
         let mut t = self.inodes.lock().unwrap();
         t.detach(ino);
-        let drop_file = t.get_mut(ino).and_then(|n| {
-            n.early = None;
-            n.dirty = false;
-            n.written = false;
-            (n.open == 0 && !n.shared)
-                .then(|| n.working.take())
-                .flatten()
-        });
+        let drop_file = match t.get_mut(ino) {
+            Some(n) => {
+                n.early = None;
+                n.dirty = false;
+                n.written = false;
+                let unused = n.open == 0 && !n.shared;
+                unused.then(|| t.set_working(ino, None)).flatten()
+            }
+            None => None,
+        };
         drop(t);
         if let Some(w) = drop_file {
             self.cache.remove_data(&w.name);
@@ -1430,31 +1457,44 @@ impl Core {
         self.note_path(&from, false);
         self.note_path(&to, true);
         if src_is_dir {
-            // What this mount knew of the old subtree no longer holds.
-            self.known_dirs.lock().unwrap().forget_tree(&from);
+            // What this mount knew of the old subtree no longer holds, nor
+            // what it knew of an empty directory the new one replaces.
+            {
+                let mut known = self.known_dirs.lock().unwrap();
+                known.forget_tree(&from);
+                known.forget_tree(&to);
+            }
             self.rename_dir(src, &from, &to).await
         } else {
-            self.rename_file(src, &from, &to).await?;
-            self.inodes.lock().unwrap().rename(src, &to);
-            Ok(())
+            self.rename_file(src, &from, &to).await
         }
     }
 
-    /// Queues the new key's content and the old key's delete for one file.
+    /// Queues the new key's content and the old key's delete for one file,
+    /// and moves its node. The node moves first: the new key's operation
+    /// may finish at once, and its completion finds the node by its path.
+    /// `from` is where the caller found the node; a node that moved since
+    /// (another rename came first) is not there any more (`NotFound`).
     async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, dirty, local_only, meta, size, version, _claim, writing) = {
+        let (working, dirty, written, local_only, meta, size, content, _claim, writing) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
+            if n.path != from || n.unlinked {
+                return Err(FsError::NotFound);
+            }
             self.refresh(n);
             (
                 n.working.clone(),
                 n.dirty,
+                n.written,
                 n.local_only,
                 n.meta.clone(),
                 n.size,
-                n.version.clone(),
+                // Where a clean node's bytes are: one (key, version) pair,
+                // read together.
+                self.content_of(n),
                 // Read under the lock the finishing upload of the old key
                 // checks it in (`on_uploaded`), so that upload cannot retire
                 // the file before the put below is queued.
@@ -1463,28 +1503,23 @@ impl Core {
             )
         };
         let (from_key, to_key) = (self.key(from), self.key(to));
-        let mut pending_src = self.uploader.pending_for(&from_key);
-        let mut version = version;
+        let (src_key, mut version) = content;
         if working.is_none() && version.is_none() {
             // The copy must name the version it copies (the old key is deleted
             // right after): let queued changes land, then ask the bucket.
-            if let Some(last) = pending_src.last() {
+            if let Some(last) = self.uploader.pending_for(&src_key).last() {
                 self.uploader
                     .wait(last.seq)
                     .await
                     .map_err(FsError::Upload)?;
             }
-            let what = format!("a HEAD of `{from_key}`");
+            let what = format!("a HEAD of `{src_key}`");
             version = self
-                .ask(&what, self.store.head(&from_key, None))
+                .ask(&what, self.store.head(&src_key, None))
                 .await?
                 .version_id;
-            pending_src = self.uploader.pending_for(&from_key);
         }
-        let content_key = {
-            let t = self.inodes.lock().unwrap();
-            t.get(ino).and_then(|n| n.content_key.clone())
-        };
+        let pending_src = self.uploader.pending_for(&from_key);
         let mut stamped = None;
         let op = match &working {
             Some(w) => {
@@ -1508,36 +1543,53 @@ impl Core {
                 size,
                 meta: meta.to_json(),
                 // A named version stays copyable after the delete below.
-                src_key: Some(content_key.clone().unwrap_or_else(|| from_key.clone())),
+                src_key: Some(src_key.clone()),
                 src_version: version.clone(),
                 inline: None,
             },
         };
-        let seq = self.uploader.submit(op).await?;
-        if !(local_only && pending_src.is_empty()) {
-            self.uploader
-                .submit(self.delete_op(from_key.clone()))
-                .await?;
+        {
+            let mut t = self.inodes.lock().unwrap();
+            t.rename(ino, to);
+            if let Some(n) = t.get_mut(ino) {
+                if n.working.is_some() {
+                    n.shared = true;
+                    n.dirty = false;
+                    n.written = false;
+                    if let (Some(k), Some(_)) = (n.kernel.as_deref_mut(), stamped) {
+                        k.stamp = stamped;
+                    }
+                } else {
+                    // Until the copy lands, the bytes are read from the old key.
+                    n.content_key = Some(src_key);
+                    n.version = version;
+                }
+                n.local_only = false;
+            }
+            t.local_only.remove(&ino);
         }
+        let queued = async {
+            let seq = self.uploader.submit(op).await?;
+            if !(local_only && pending_src.is_empty()) {
+                self.uploader
+                    .submit(self.delete_op(from_key.clone()))
+                    .await?;
+            }
+            Ok::<_, FsError>(seq)
+        }
+        .await;
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {
-            n.last_seq = Some(seq);
-            if n.working.is_some() {
-                n.shared = true;
-                n.dirty = false;
-                n.written = false;
-                if let (Some(k), Some(_)) = (n.kernel.as_deref_mut(), stamped) {
-                    k.stamp = stamped;
+            match &queued {
+                Ok(seq) => n.last_seq = Some(*seq),
+                Err(_) => {
+                    // Not staged: the next close stages it again.
+                    n.dirty = dirty || working.is_some();
+                    n.written = written || working.is_some();
                 }
-            } else {
-                // Until the copy lands, the bytes are read from the old key.
-                n.content_key = Some(content_key.unwrap_or(from_key));
-                n.version = version;
             }
-            n.local_only = false;
         }
-        t.local_only.remove(&ino);
-        Ok(())
+        queued.map(|_| ())
     }
 
     async fn rename_dir(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
@@ -1599,7 +1651,11 @@ impl Core {
                     // Attributes travel with the copy: read them first.
                     let _ = self.refresh_meta(child).await;
                 }
-                self.rename_file(child, &path, &new_rel).await
+                match self.rename_file(child, &path, &new_rel).await {
+                    // Renamed or removed meanwhile: not below `from` any more.
+                    Err(FsError::NotFound) => Ok(()),
+                    other => other,
+                }
             })
             .buffer_unordered(RENAME_PARALLEL);
         while let Some(moved) = moves.next().await {
@@ -1620,8 +1676,11 @@ impl Core {
             .await?;
         let meta = ObjectMeta::from_object(&info, &self.default_file);
         let mut t = self.inodes.lock().unwrap();
+        // Queued operations on the key are newer than what the HEAD saw.
+        let queued = !self.uploader.pending_for(&key).is_empty();
         if let Some(n) = t.get_mut(ino) {
-            if n.working.is_none() && !n.dirty {
+            if n.working.is_none() && !n.dirty && !queued {
+                n.content_key = None;
                 n.meta = meta;
                 n.size = info.size;
                 n.etag = info.etag;
@@ -1724,14 +1783,14 @@ impl Core {
     /// Writes a metadata change of a clean (or staged) node as a new version:
     /// a copy onto itself, or a fresh marker for a directory.
     async fn store_meta_locked(&self, ino: u64) -> Result<(), FsError> {
-        let (path, is_dir, meta, version, size) = {
+        let (path, is_dir, meta, content, size) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             (
                 n.path.clone(),
                 n.is_dir(),
                 n.meta.clone(),
-                n.version.clone(),
+                self.content_of(n),
                 n.size,
             )
         };
@@ -1747,10 +1806,16 @@ impl Core {
         } else {
             let key = self.key(&path);
             let queued = !self.uploader.pending_for(&key).is_empty();
+            // With uploads queued the copy must take what they produce;
+            // else the version holding the bytes (the old key's, while a
+            // rename's copy has not landed).
+            let (src_key, src_version) = match queued {
+                true => (key.clone(), None),
+                false => content,
+            };
             NewOp {
-                src_key: Some(key.clone()),
-                // With uploads queued the copy must take what they produce.
-                src_version: if queued { None } else { version },
+                src_key: Some(src_key),
+                src_version,
                 key,
                 kind: OpKind::Copy,
                 file: None,
@@ -2090,9 +2155,9 @@ impl Core {
         self.cache.resize_data(&fresh.name, len).await?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.working = Some(fresh.clone());
         n.shared = false;
         n.size = len;
+        t.set_working(ino, Some(fresh.clone()));
         Ok(fresh)
     }
 
@@ -2154,8 +2219,8 @@ impl Core {
         };
         let len = w.file.metadata()?.len();
         let mut t = self.inodes.lock().unwrap();
+        t.set_working(ino, Some(w.clone()));
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.working = Some(w.clone());
         n.shared = false;
         n.size = len;
         if let Some(b) = n.kernel.as_mut().and_then(|k| k.backing.as_mut()) {
@@ -2226,10 +2291,10 @@ impl Core {
         self.cache.resize_data(&w.name, size).await?;
         w.file.set_len(size)?;
         let mut t = self.inodes.lock().unwrap();
+        t.set_working(ino, Some(w));
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         // Its parts may hold bytes this cuts or zeroes.
         n.early = None;
-        n.working = Some(w);
         n.shared = false;
         n.size = size;
         n.dirty = true;
@@ -2240,6 +2305,10 @@ impl Core {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let ino = self.handle_ino(fh)?;
+        if data.is_empty() {
+            // Changes nothing (not even the size, past the end).
+            return Ok(0);
+        }
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let w = self.ensure_working(ino).await?;
@@ -2655,19 +2724,23 @@ impl Core {
             t.touch(h.ino);
             let mut drop_file = None;
             let mut maybe_clean = None;
+            let mut unused = false;
             if let Some(n) = t.get_mut(h.ino) {
                 n.open = n.open.saturating_sub(1);
                 if h.write {
                     n.open_writers = n.open_writers.saturating_sub(1);
                 }
-                if n.unlinked && n.open == 0 && !n.shared {
-                    drop_file = n.working.take();
+                if n.unlinked && n.open == 0 {
+                    unused = !n.shared;
                 } else if (h.write || backing_gone) && n.open_writers == 0 {
                     maybe_clean = n.working.as_ref().map(|w| w.name.clone());
                 }
                 if n.kernel.as_ref().is_some_and(|k| k.is_idle()) {
                     n.kernel = None;
                 }
+            }
+            if unused {
+                drop_file = t.set_working(h.ino, None);
             }
             (drop_file, maybe_clean)
         };
@@ -2747,8 +2820,9 @@ impl Core {
             if !settled {
                 return;
             }
-            n.working = None;
-            n.etag.clone()
+            let etag = n.etag.clone();
+            t.set_working(ino, None);
+            etag
         };
         self.cache.make_clean(name, &key, &etag);
     }
@@ -2897,6 +2971,8 @@ impl Core {
 
     /// Applies a finished upload to the node and the cache: the staged file
     /// becomes the clean copy of that version, or is removed when superseded.
+    /// Called while the operation is still queued (see
+    /// [`crate::uploader::Landed`]): it does not count as queued here.
     pub fn on_uploaded(&self, c: &Completion) {
         let key = &c.op.key;
         let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
@@ -2905,18 +2981,20 @@ impl Core {
         // before it updates the node under this lock, and takes its claim
         // while it reads the node under it, so neither can fall between
         // these answers and the node's state below.
-        let still_queued = !self.uploader.pending_for(key).is_empty();
+        let still_queued = self
+            .uploader
+            .pending_for(key)
+            .iter()
+            .any(|o| o.seq != c.op.seq);
         // Another queued operation may stage the same file under another key
-        // (a rename's put), or be about to (a claim): the file stays shared,
-        // so an unlink keeps it.
+        // (a rename's put), or be about to (a claim): the last of them to
+        // finish decides what becomes of it.
         let referenced =
             c.op.file
                 .as_deref()
-                .is_some_and(|f| self.uploader.references(f));
-        let ino = t.lookup_path(rel.trim_end_matches('/'));
-        let mut keep_file = false;
-        let mut make_clean = false;
-        if let Some(n) = ino.and_then(|i| t.get_mut(i)) {
+                .is_some_and(|f| self.uploader.references_besides(f, &c.op));
+        let at_key = t.lookup_path(rel.trim_end_matches('/'));
+        if let Some(n) = at_key.and_then(|i| t.get_mut(i)) {
             self.refresh(n);
             if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
                 self.learn_uploaded(rel, c);
@@ -2932,39 +3010,51 @@ impl Core {
                 }
                 n.fetched = Some(Instant::now());
             }
-            if let (Some(f), Some(w)) = (&c.op.file, &n.working) {
-                if &w.name == f {
-                    keep_file = true;
-                    let settled = !referenced && !still_queued;
+        }
+        let Some(f) = c.op.file.as_deref() else {
+            return;
+        };
+        if referenced {
+            return;
+        }
+        // Only a node holding the file can hand it to a new op (a claim is
+        // taken from `working`, under the lock): if none does, nothing can
+        // reference it any more.
+        let mut make_clean = false;
+        let keep = match t.holder_of(f) {
+            None => false,
+            Some(h) => {
+                let n = t.get_mut(h).expect("a holder exists");
+                if n.unlinked && n.open == 0 {
+                    // Its name went and no one has it open: the file goes.
+                    t.set_working(h, None);
+                    false
+                } else {
                     // A backing file stays the working file until the kernel
                     // lets go of it (then `settle_working`).
                     let backed = n.kernel.as_ref().is_some_and(|k| k.backing.is_some());
-                    if settled
+                    if at_key == Some(h)
+                        && !still_queued
                         && n.shared
                         && n.open_writers == 0
                         && !backed
                         && !c.result.etag.is_empty()
                     {
-                        n.working = None;
                         n.shared = false;
+                        t.set_working(h, None);
                         make_clean = true;
-                    } else if settled {
+                    } else if at_key != Some(h) || !still_queued {
+                        // No queued op reads it: writes may go in place.
                         n.shared = false;
                     }
+                    true
                 }
             }
-        }
+        };
         drop(t);
-        // Only a node holding the file can hand it to a new op (a claim is
-        // taken from `working`, under the lock): if none did above, nothing
-        // can reference it now that was not counted in `referenced`.
-        let Some(f) = &c.op.file else { return };
-        if referenced {
-            return;
-        }
         if make_clean {
             self.cache.make_clean(f, key, &c.result.etag);
-        } else if !keep_file {
+        } else if !keep {
             self.cache.remove_data(f);
         }
     }

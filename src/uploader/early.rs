@@ -83,9 +83,19 @@ pub(super) fn early_options(mut o: PutOptions) -> PutOptions {
     o
 }
 
+/// What an early upload uses of the uploader. Not the uploader itself: its
+/// queue holds early uploads, and a reference back would be a cycle that
+/// outlives the uploader.
+struct Deps {
+    store: Arc<dyn ObjectStore>,
+    journal: Journal,
+    parts: Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
+}
+
 /// One file's upload in progress; see the module docs.
 pub struct EarlyUpload {
-    up: Arc<Inner>,
+    up: Deps,
     key: String,
     file: String,
     path: PathBuf,
@@ -129,7 +139,7 @@ pub(super) struct Finished {
 
 impl EarlyUpload {
     pub(super) fn new(
-        up: Arc<Inner>,
+        up: &Inner,
         key: String,
         file: String,
         meta: &ObjectMeta,
@@ -137,6 +147,12 @@ impl EarlyUpload {
     ) -> Self {
         let path = up.cache.data_path(&file);
         let part = crate::config::plan_part_size(up.cfg.part_size.0, 0);
+        let up = Deps {
+            store: up.store.clone(),
+            journal: up.journal.clone(),
+            parts: up.parts.clone(),
+            concurrency: up.cfg.concurrency,
+        };
         EarlyUpload {
             key,
             file,
@@ -224,7 +240,7 @@ impl EarlyUpload {
     /// Starts uploads of the next written parts, as many as may be in flight.
     fn claim(self: &Arc<Self>, s: &mut State) {
         let (slack, cap) = if s.flushing {
-            (0, self.up.cfg.concurrency)
+            (0, self.up.concurrency)
         } else {
             (
                 SLACK_PARTS,
