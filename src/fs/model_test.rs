@@ -1424,3 +1424,96 @@ fn replay(write_back_delay_ms: Option<u64>, steps: &str) {
     let steps: Vec<Step> = parse_terms(steps).iter().map(Term::step).collect();
     run_steps(&steps, write_back_delay_ms);
 }
+
+// ----- sequences the model found, kept as regression tests -----
+// Each failed on the code before its fix (the note in each says how). The
+// ones with a write-back delay of 0 depend on timing: they run a few times.
+
+fn replay_times(n: usize, write_back_delay_ms: Option<u64>, steps: &str) {
+    for _ in 0..n {
+        replay(write_back_delay_ms, steps);
+    }
+}
+
+/// An empty write at an offset past the end once set the size without
+/// extending the file: the close failed reading bytes that were not there.
+#[test]
+fn model_an_empty_write_past_the_end_changes_nothing() {
+    replay(
+        None,
+        "Create(In(0, 0), Zero) WriteAt(Existing(0), At(1), Zero)",
+    );
+}
+
+/// The upload of an unlinked file's last close finished while it was
+/// still open: the finished upload recycled the file the open descriptor
+/// still wrote (ENOENT).
+#[test]
+fn model_an_unlinked_open_file_keeps_its_bytes_when_its_upload_finishes() {
+    replay_times(
+        5,
+        Some(0),
+        "Create(In(60194, 2), Small(54082)) Mkdir(In(25711, 0)) Open(1, In(9432, 2))
+         WriteAt(Existing(3945), Start, Small(32791)) RmRf(Existing(18603)) Fsync(1)
+         Write(1, At(64214), Small(14799))",
+    );
+}
+
+/// A file renamed while its old name's uploads were queued: the old name's
+/// last upload, finishing after the new name's, recycled the file the
+/// renamed node still held (it read 0 bytes).
+#[test]
+fn model_a_renamed_file_keeps_the_bytes_its_old_name_was_uploading() {
+    replay(
+        None,
+        "Mkdir(In(3, 0)) Create(In(2817, 2), Zero) Create(In(3, 2), Zero)
+         Create(In(4773, 0), Zero) Create(In(3775, 0), Small(1040))
+         Rename(Existing(55234), In(26125, 1)) Mkdir(Any(32)) Settle Check(In(31959, 1))",
+    );
+}
+
+/// A chmod right after a rename whose upload had finished but was not yet
+/// applied to the node copied the new key at the old key's version: the
+/// copy failed with NoSuchKey forever and held the queue.
+#[test]
+fn model_a_chmod_after_a_rename_copies_the_version_that_holds_the_bytes() {
+    replay_times(
+        5,
+        Some(0),
+        "Create(In(53287, 0), Large) Rename(Existing(64847), In(36659, 2))
+         Chmod(Existing(9902), 12402) Outage(2)",
+    );
+}
+
+/// After a restart a file whose newest queued op was a chmod (a copy onto
+/// itself) was opened for writing with no bytes: the copy's source is the
+/// queued put's staged file, not the bucket.
+#[test]
+fn model_after_a_restart_a_queued_chmod_keeps_the_staged_bytes() {
+    replay(
+        None,
+        "Create(In(0, 0), Small(0)) Chmod(Existing(0), 0) Restart Mkdir(In(0, 0))
+         WriteAt(Existing(0), At(1), Small(0)) Rmdir(Existing(0)) Mkdir(In(0, 0))
+         Mkdir(In(1, 2))",
+    );
+}
+
+/// A directory renamed over an empty directory the mount had created: the
+/// new name's children were unknown (its contents were remembered as
+/// empty), so a name in it could be created twice.
+#[test]
+fn model_a_directory_renamed_over_an_empty_one_shows_its_children() {
+    replay(
+        Some(0),
+        "Mkdir(In(0, 0)) Mkdir(In(991, 0)) Mkdir(In(13259, 0)) Mkdir(In(31864, 2))
+         Mkdir(In(7063, 1)) Mkdir(In(482, 1)) Mkdir(In(16073, 1))
+         Rename(Existing(16051), Any(26)) Mkfifo(Any(27))",
+    );
+}
+
+/// With uploads held back by the write-back delay, the unmount drain (and
+/// fsync) waited out the delay instead of uploading at once.
+#[test]
+fn model_the_drain_does_not_wait_out_the_write_back_delay() {
+    replay(None, "Mkfifo(In(20507, 0)) Open(0, Existing(34388))");
+}
