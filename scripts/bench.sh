@@ -4,7 +4,8 @@
 # two local SeaweedFS regions, in one run, interleaved per repetition.
 #
 #   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--rss-files N] [--out FILE]
-#                    [--phases "peers lag rss"]   (default: all three)
+#                    [--phases "peers lag rss scale"]   (default: all four)
+#                    [--scale "1000 10000"]          (tree sizes of the scale phase)
 #
 # Workloads (each system, each repetition):
 #   big    M MiB sequential write (dd bs=1M conv=fsync): time to close, time until
@@ -28,13 +29,19 @@
 #   idle-1x, idle-10x
 #          regionfs RSS (VmRSS) 11 s after the 1 × and 10 × batches were replicated:
 #          what stays resident between bursts
+#   scale  `tar -xpf` of a generated source-like tree (10 files of 100 B–64 KiB per
+#          directory) of each --scale size, on a fresh mount, local disk and rclone
+#          mount side by side: µs per file to the end of tar (tar-N-per-file), time
+#          until all are in the bucket and replicated (regionfs), cold `ls -lR` of
+#          the tree on a fresh mount, peak RSS, and the journal's bytes per
+#          replicated file once all is replicated (journal-N-bytes-per-file)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-reps=3 big_mib=1024 files=2000 out=bench-results.txt rss_files= phases="peers lag rss"
+reps=3 big_mib=1024 files=2000 out=bench-results.txt rss_files= phases="peers lag rss scale" scale="1000 10000"
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -43,7 +50,8 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift ;;
     --rss-files) rss_files=$2; shift ;;
     --phases) phases=$2; shift ;;
-    *) sed -n '2,32p' "$0"; exit 2 ;;
+    --scale) scale=$2; shift ;;
+    *) sed -n '2,40p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -321,6 +329,47 @@ if phase rss && [ "$rss_files" -gt 0 ]; then
   unmount "$mnt"; wait "$rfs_pid" || true
 fi
 
+# Many files: tar -xpf of 1,000 … 100,000 files, the per-file cost at each size
+# (flat is the target), then what the mount holds once all is replicated.
+if phase scale; then
+  for n in $scale; do
+    rm -rf "$work/tree"; mkdir -p "$work/tree"
+    bytes=$($py mktree "$work/tree" "$n")
+    tar -C "$work/tree" -cf "$work/tree.tar" .
+    rm -rf "$work/tree"
+    per_file() { awk -v s="$1" -v n="$n" 'BEGIN { printf "%.0f", s * 1e6 / n }'; }
+
+    mkdir -p "$work/local.tree"
+    settle; t=$(now); tar -xpf "$work/tree.tar" -C "$work/local.tree"; sync
+    record "tar-$n-per-file" local "$(per_file "$(since $t)")"
+    rm -rf "$work/local.tree"
+
+    $py mkbuckets $A "scale$n" "scalerc$n"; $py mkbuckets $B "scale$n"
+    mnt=$work/mnt-scale; cache=$work/cache-scale$n
+    mount_regionfs "scale$n" "scale$n" "$mnt" "$cache"
+    settle; t=$(now); tar -xpf "$work/tree.tar" -C "$mnt"
+    s=$(since $t); record "tar-$n-per-file" regionfs "$(per_file "$s")"
+    settled
+    record "tar-$n-replicated" regionfs "$(since $t)"
+    record "tar-$n-rss" regionfs "$(peak_rss $rfs_pid)"
+    unmount "$mnt"; wait "$rfs_pid" || true
+    journal=$(du -cb "$cache"/journal.db* | tail -1 | cut -f1)
+    record "journal-$n-bytes-per-file" regionfs "$((journal / n))"
+    mount_regionfs "scale$n" "scale$n" "$mnt" "$cache"
+    settle; t=$(now); ls -lR "$mnt" > /dev/null; record "tar-$n-ls-lR" regionfs "$(since $t)"
+    unmount "$mnt"; wait "$rfs_pid" || true
+    rm -rf "$cache"
+
+    mnt=$work/mnt-scalerc
+    mount_rclone "scalerc$n" "$mnt"
+    settle; t=$(now); tar -xpf "$work/tree.tar" -C "$mnt"
+    record "tar-$n-per-file" rclone "$(per_file "$(since $t)")"
+    peer_wait rclone "scalerc$n" "" "$n" "$bytes" && record "tar-$n-durable" rclone "$(since $t)"
+    unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
+    rm -rf "$work/rclone-cache" "$work/tree.tar"
+  done
+fi
+
 cp "$work/results" "$out.raw"
 {
   echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
@@ -358,5 +407,12 @@ for w in ("rss-10x", "rss-10x-ls"):
     ratio(w, (w, "regionfs"), ("rss-1x", "regionfs"), "flat: ~1")
 ratio("idle-10x", ("idle-10x", "regionfs"), ("idle-1x", "regionfs"), "")
 r("cpu", "regionfs", "rclone", "regionfs also replicates")
+sizes = sorted({int(w.split("-")[1]) for (w, _) in rows if w.startswith("tar-") and w.endswith("-per-file")})
+for n in sizes:
+    r(f"tar-{n}-per-file", "regionfs", "rclone", "<= 1.0")
+    r(f"tar-{n}-per-file", "regionfs", "local", "")
+if len(sizes) > 1:
+    lo, hi = sizes[0], sizes[-1]
+    ratio(f"tar-{hi}/{lo}", (f"tar-{hi}-per-file", "regionfs"), (f"tar-{lo}-per-file", "regionfs"), "flat: <= 1.3")
 PY
 cat "$out"

@@ -91,6 +91,24 @@ def write_small(root, dirs, per_dir, size):
     print(f"{time.time() - t:.3f}")
 
 
+def make_tree(root, files):
+    """A source-like tree, the same on every run: `files` files of 100 B to
+    64 KiB, 10 per directory, 10 directories per parent. Prints the total
+    bytes."""
+    import random
+    rng = random.Random(files)
+    sizes = (100, 600, 2_000, 9_000, 30_000, 65_536)
+    total = 0
+    for i in range(files):
+        d = os.path.join(root, f"m{i // 10000:02d}", f"d{i // 100:04d}", f"e{i // 10 % 10}")
+        os.makedirs(d, exist_ok=True)
+        size = rng.choice(sizes)
+        with open(os.path.join(d, f"f{i:06d}.c"), "wb") as fh:
+            fh.write(rng.randbytes(size))
+        total += size
+    print(total)
+
+
 def steady_writes(root, rate, seconds, size, writers=4):
     """Writes `rate` files a second for `seconds` (4 KiB each by default), from
     `writers` threads each keeping its share of the rate: one writer alone
@@ -166,6 +184,8 @@ if __name__ == "__main__":
         steady_writes(args[0], float(args[1]), float(args[2]), int(args[3]))
     elif cmd == "lag":
         lag_quantiles(args[0], args[1])
+    elif cmd == "mktree":
+        make_tree(args[0], int(args[1]))
     elif cmd == "write-small":
         write_small(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:

@@ -139,6 +139,8 @@ pub enum FsError {
     IsDir,
     #[error("name too long")]
     NameTooLong,
+    #[error("file too large: over the largest object S3 stores (5 TiB)")]
+    TooLarge,
     #[error("operation not permitted: {0}")]
     NotPermitted(&'static str),
     #[error("invalid argument: {0}")]
@@ -176,6 +178,7 @@ impl FsError {
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
             FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::TooLarge => libc::EFBIG,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NoAttribute => libc::ENODATA,

@@ -176,6 +176,10 @@ pub enum OpState {
     Pending,
     Failed,
     Done,
+    /// Never run: its input was gone and nothing queued after it set its
+    /// key (see `uploader::replan`). Counted as failed, never retried;
+    /// cleared once a newer operation on the key is done.
+    Lost,
 }
 
 /// Totals for `status`.
@@ -375,6 +379,8 @@ pub struct Journal {
     tx: mpsc::Sender<Job>,
     path: Arc<String>,
     fail_after: Arc<AtomicI64>,
+    /// Jobs sent so far: what an operation costs the journal, counted.
+    jobs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a commit waits for another process's lock on the journal.
@@ -468,6 +474,7 @@ fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
         state: match state.as_str() {
             "done" => OpState::Done,
             "failed" => OpState::Failed,
+            "lost" => OpState::Lost,
             _ => OpState::Pending,
         },
         attempts: r.get::<_, i64>(9)? as u32,
@@ -563,7 +570,13 @@ impl Journal {
             tx,
             path: Arc::new(path),
             fail_after,
+            jobs: Default::default(),
         }
+    }
+
+    /// How many jobs (statements or transactions) were sent to the journal.
+    pub fn jobs_sent(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
     }
 
     /// Fault injection for tests: the next `n` commits succeed, every later one fails.
@@ -601,6 +614,7 @@ impl Journal {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
+        self.jobs.fetch_add(1, Ordering::Relaxed);
         let path = self.path.clone();
         let job: Job = (
             durability,
@@ -702,7 +716,7 @@ impl Journal {
             )?;
             exec_cached(
                 c,
-                "DELETE FROM ops WHERE state = 'done' AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
+                "DELETE FROM ops WHERE state IN ('done', 'lost') AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
                 params![seq],
             )?;
             Ok(stored)
@@ -715,6 +729,18 @@ impl Journal {
         self.run(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE status != 'COMPLETED' ORDER BY id"
+            ))?;
+            let rows = st.query_map([], task_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Tasks that failed permanently (retried periodically), oldest first.
+    pub async fn failed_tasks(&self) -> Result<Vec<Task>, JournalError> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE status != 'COMPLETED' AND status = 'FAILED' ORDER BY id"
             ))?;
             let rows = st.query_map([], task_from_row)?;
             rows.collect()
@@ -974,6 +1000,16 @@ impl Journal {
         .await
     }
 
+    /// A queued operation's metadata, changed before it ran (see
+    /// `Uploader::amend_meta`).
+    pub async fn amend_meta(&self, seq: i64, meta: String) -> Result<(), JournalError> {
+        self.exec(
+            "UPDATE ops SET meta = ?2 WHERE seq = ?1",
+            vec![seq.into(), meta.into()],
+        )
+        .await
+    }
+
     /// Remembers (or forgets, with None) the multipart upload of an operation so
     /// that recovery can abort it.
     pub async fn set_multipart(
@@ -1046,7 +1082,42 @@ impl Journal {
     pub async fn open_ops(&self) -> Result<Vec<Op>, JournalError> {
         self.run(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' ORDER BY seq"
+                "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' AND state != 'lost' ORDER BY seq"
+            ))?;
+            let rows = st.query_map([], op_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Operations that will not run: dropped because their input was gone
+    /// (`superseded_by` another that sets the key, or lost when none
+    /// does). Superseded ones are done, with `reason` as their error and no
+    /// version; lost ones stay visible (`failed_ops`).
+    pub async fn drop_ops(
+        &self,
+        seqs: Vec<i64>,
+        reason: String,
+        superseded: bool,
+    ) -> Result<(), JournalError> {
+        self.run(move |c| {
+            for seq in seqs {
+                exec_cached(
+                    c,
+                    "UPDATE ops SET state = CASE WHEN ?3 THEN 'done' ELSE 'lost' END, error = ?2, done_at = ?4, multipart_id = NULL, inline = NULL WHERE seq = ?1",
+                    params![seq, reason, superseded, now_ms()],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Operations that failed permanently or were lost, oldest first.
+    pub async fn failed_ops(&self) -> Result<Vec<Op>, JournalError> {
+        self.run(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' AND state IN ('failed', 'lost') ORDER BY seq"
             ))?;
             let rows = st.query_map([], op_from_row)?;
             rows.collect()
@@ -1147,7 +1218,12 @@ fn replication_summary_in(
 fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummary> {
     query_cached(
         c,
-        "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(state = 'failed'), 0), MIN(staged_at) FROM ops WHERE state != 'done'",
+        // A lost op counts as failed until an op queued after it for its
+        // key (what the name holds now) supersedes it; that op's completion
+        // then prunes it.
+        "SELECT COALESCE(SUM(state != 'lost'), 0), COALESCE(SUM(CASE WHEN state != 'lost' THEN size END), 0), \
+         COALESCE(SUM(state = 'failed' OR (state = 'lost' AND NOT EXISTS (SELECT 1 FROM ops later WHERE later.key = ops.key AND later.seq > ops.seq AND later.state != 'lost'))), 0), \
+         MIN(CASE WHEN state != 'lost' THEN staged_at END) FROM ops WHERE state != 'done'",
         [],
         |r| {
             let oldest: Option<i64> = r.get(3)?;

@@ -100,6 +100,9 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         json: bool,
+        /// List every upload and replication that failed, with its cause.
+        #[arg(long, conflicts_with = "path")]
+        failed: bool,
         /// A file under the mountpoint, or a path relative to the mount root.
         path: Option<PathBuf>,
     },
@@ -164,9 +167,15 @@ fn main() -> ExitCode {
             version,
             path,
         } => load(&config).and_then(|c| restore(&c, &version, &path)),
-        Command::Status { config, json, path } => {
-            load(&config).and_then(|c| status(&c, json, path.as_deref()))
-        }
+        Command::Status {
+            config,
+            json,
+            failed: true,
+            ..
+        } => load(&config).and_then(|c| status_failed(&c, json)),
+        Command::Status {
+            config, json, path, ..
+        } => load(&config).and_then(|c| status(&c, json, path.as_deref())),
         Command::Resync {
             config,
             prefix,
@@ -356,6 +365,71 @@ fn is_mounted(path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `status --failed`: every failed upload (retried every minute, or lost:
+/// never run, see SEMANTICS.md) and replication, with its cause.
+fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let db = config.cache.dir.join("journal.db");
+    if !db.exists() {
+        bail!(
+            "no journal at {}: nothing was mounted with this cache dir yet",
+            db.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let journal = Journal::open_readonly(&db)?;
+        let ops = journal.failed_ops().await?;
+        let tasks = journal.failed_tasks().await?;
+        let path_of = |key: &str| key.strip_prefix(&config.source.prefix).unwrap_or(key).to_string();
+        if json {
+            let uploads: Vec<serde_json::Value> = ops
+                .iter()
+                .map(|o| {
+                    serde_json::json!({"path": path_of(&o.key), "key": o.key, "operation": o.kind,
+                        "state": if o.state == OpState::Lost { "lost" } else { "failed" },
+                        "attempts": o.attempts, "error": o.error})
+                })
+                .collect();
+            let replication: Vec<serde_json::Value> = tasks
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"path": path_of(&t.key), "key": t.key, "destination": t.destination,
+                        "version": t.version_id, "attempts": t.attempts, "error": t.error})
+                })
+                .collect();
+            println!("{}", serde_json::json!({"uploads": uploads, "replication": replication}));
+        } else {
+            println!("failed uploads: {}", ops.len());
+            for o in &ops {
+                let what = match o.state {
+                    OpState::Lost => "lost (never run)".to_string(),
+                    _ => format!("retried every minute, {} attempts", o.attempts),
+                };
+                println!(
+                    "  {} ({:?}, {what}): {}",
+                    path_of(&o.key),
+                    o.kind,
+                    o.error.as_deref().unwrap_or("-")
+                );
+            }
+            println!("failed replications: {}", tasks.len());
+            for t in &tasks {
+                println!(
+                    "  {} to {} (version {}, {} attempts): {}",
+                    path_of(&t.key),
+                    t.destination,
+                    t.version_id,
+                    t.attempts,
+                    t.error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let db = config.cache.dir.join("journal.db");
     if !db.exists() {
@@ -434,7 +508,9 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                 let latest = journal.latest(key.clone()).await?;
                 let done = journal.latest_done(key.clone()).await?;
                 let (local, error) = match &latest {
-                    Some(op) if op.state == OpState::Failed => ("failed", op.error.clone()),
+                    Some(op) if matches!(op.state, OpState::Failed | OpState::Lost) => {
+                        ("failed", op.error.clone())
+                    }
                     Some(op) if op.state == OpState::Pending => ("uploading", op.error.clone()),
                     _ => ("clean", None),
                 };

@@ -18,7 +18,7 @@ use crate::regions::{Prefer, ReadView, Regions};
 use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
 use crate::store::{ObjectStore, S3Store};
-use crate::uploader::Uploader;
+use crate::uploader::{Event, Uploader};
 
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +222,10 @@ pub async fn start_with_stores(
     let c = core.clone();
     tokio::spawn(async move {
         while let Some(landed) = done.recv().await {
-            c.on_uploaded(&landed.completion);
+            match &landed.event {
+                Event::Uploaded(completion) => c.on_uploaded(completion),
+                Event::Lost { .. } => c.requeue_lost(landed),
+            }
         }
     });
     Ok(Service {

@@ -57,7 +57,7 @@
 //! `status` — and retry every minute, so fixing the bucket or the credentials
 //! resumes the upload without losing it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,7 @@ use crate::meta::ObjectMeta;
 use crate::store::{AclBody, CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
 
 mod early;
+mod replan;
 pub use early::EarlyUpload;
 
 /// An operation that reached the bucket.
@@ -83,14 +84,23 @@ pub struct Completion {
     pub result: PutResult,
 }
 
-/// A [`Completion`] handed to whoever applies it to local state (the
-/// mount's core). Its operation leaves the queue only once this is
-/// dropped: local state never lags behind a queue that no longer holds the
-/// operation, so a caller that finds nothing queued for a key also finds
-/// the key's last version applied (a copy naming it, say).
+/// What the uploader tells whoever keeps local state (the mount's core).
+/// The operation leaves the queue only once this is dropped: local state
+/// never lags behind a queue that no longer holds the operation, so a
+/// caller that finds nothing queued for a key also finds the key's last
+/// version applied (a copy naming it, say).
 pub struct Landed {
-    pub completion: Completion,
+    pub event: Event,
     _applied: oneshot::Sender<()>,
+}
+
+pub enum Event {
+    /// The operation reached the bucket.
+    Uploaded(Completion),
+    /// The operation's input is gone and nothing queued after it sets its
+    /// key (see `replan`): queue what the name should hold now, if it
+    /// still exists here. `error` says what was gone.
+    Lost { op: Op, error: String },
 }
 
 /// What waiting for an operation ended with.
@@ -103,6 +113,12 @@ struct Queue {
     /// scan of the queue).
     count: usize,
     files: HashMap<String, usize>,
+    /// The key of every queued op, and the queued ops reading each cache
+    /// file, by seq: a wait, and a writer about to change a file in place,
+    /// find theirs without a scan of the queue (which holds every file a
+    /// large copy-in has written until the store catches up).
+    keys: HashMap<i64, String>,
+    readers: HashMap<String, BTreeSet<i64>>,
     running: HashSet<String>,
     /// Heads: the front op's seq of every key neither running nor backing
     /// off (see "Scheduling"). An entry whose op is no longer its key's
@@ -180,6 +196,8 @@ impl Uploader {
                 by_key: BTreeMap::new(),
                 count: 0,
                 files: HashMap::new(),
+                keys: HashMap::new(),
+                readers: HashMap::new(),
                 running: HashSet::new(),
                 heads: BTreeMap::new(),
                 backoff: BTreeMap::new(),
@@ -310,23 +328,55 @@ impl Uploader {
                 q.early.insert(seq, e);
             }
             q.insert(staged);
-            let total = q.count;
+            // Sent under the lock: sent after it, two updates could arrive
+            // in the wrong order and leave a stale count.
+            self.inner.pending.send_replace(q.count);
             drop(q);
-            self.inner.pending.send_replace(total);
         }
         self.inner.wake.notify_one();
         res
+    }
+
+    /// Gives `key`'s newest queued operation the metadata `meta` (a JSON
+    /// [`crate::meta::ObjectMeta`]) instead of queueing a copy of the key
+    /// onto itself after it: a chown, chmod and utimens after a close (as
+    /// `tar -xpf` and `cp -p` do) then make one version, not four. Only a
+    /// put or copy that has not started, with no parts sent early (they
+    /// carry the metadata the upload was created with) and no submit of
+    /// the key in flight (it would be newer); else None, and the caller
+    /// queues the copy. The queued op changes first, so an attempt starting
+    /// from now on sends `meta`; then its journal row, before the caller
+    /// answers.
+    pub async fn amend_meta(&self, key: &str, meta: String) -> Result<Option<i64>, JournalError> {
+        let seq = {
+            let mut q = self.inner.queue.lock().unwrap();
+            let q = &mut *q;
+            if q.tickets.contains_key(key) {
+                return Ok(None);
+            }
+            let running = q.running.contains(key);
+            let Some(list) = q.by_key.get_mut(key) else {
+                return Ok(None);
+            };
+            let started = running && list.len() == 1;
+            let Some(op) = list.back_mut() else {
+                return Ok(None);
+            };
+            if started || op.kind == OpKind::Delete || q.early.contains_key(&op.seq) {
+                return Ok(None);
+            }
+            op.meta = meta.clone();
+            op.seq
+        };
+        self.inner.journal.amend_meta(seq, meta).await?;
+        Ok(Some(seq))
     }
 
     /// Waits until operation `seq` reached the bucket (Ok) or failed permanently (Err).
     pub async fn wait(&self, seq: i64) -> WaitResult {
         let rx = {
             let mut q = self.inner.queue.lock().unwrap();
-            let queued = q
-                .by_key
-                .values()
-                .any(|ops| ops.iter().any(|o| o.seq == seq));
-            if !queued {
+            if !q.keys.contains_key(&seq) {
                 return Ok(());
             }
             let (tx, rx) = oneshot::channel();
@@ -342,12 +392,10 @@ impl Uploader {
     /// The queued operations that read cache file `name`, by seq.
     pub fn users(&self, name: &str) -> Vec<i64> {
         let q = self.inner.queue.lock().unwrap();
-        q.by_key
-            .values()
-            .flatten()
-            .filter(|o| o.file.as_deref() == Some(name))
-            .map(|o| o.seq)
-            .collect()
+        q.readers
+            .get(name)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Moves operations `seqs` from cache file `from` to `to`, a copy with
@@ -360,16 +408,23 @@ impl Uploader {
         }
         let mut q = self.inner.queue.lock().unwrap();
         let q = &mut *q;
-        let mut moved = 0;
-        for o in q.by_key.values_mut().flatten() {
-            if seqs.contains(&o.seq) && o.file.as_deref() == Some(from) {
-                o.file = Some(to.to_string());
-                moved += 1;
+        for seq in seqs {
+            let Some(key) = q.keys.get(seq) else { continue };
+            let Some(o) = q
+                .by_key
+                .get_mut(key)
+                .and_then(|l| l.iter_mut().find(|o| o.seq == *seq))
+            else {
+                continue;
+            };
+            if o.file.as_deref() != Some(from) {
+                continue;
             }
-        }
-        for _ in 0..moved {
+            o.file = Some(to.to_string());
             Queue::release(&mut q.files, from);
             *q.files.entry(to.to_string()).or_default() += 1;
+            Queue::unread(&mut q.readers, from, *seq);
+            q.readers.entry(to.to_string()).or_default().insert(*seq);
         }
         Ok(())
     }
@@ -427,9 +482,29 @@ impl Uploader {
         }
     }
 
-    /// Whether an operation on `key` is being submitted right now.
+    /// Whether an operation on `key` is being submitted right now (or one
+    /// is announced, see [`Uploader::announce`]).
     pub fn submitting(&self, key: &str) -> bool {
         self.inner.queue.lock().unwrap().tickets.contains_key(key)
+    }
+
+    /// Counts as an operation on `key` being submitted until the returned
+    /// guard drops: a caller that changes local state for an operation it
+    /// is about to submit (a rename moves its node first) keeps the
+    /// completions of `key`'s earlier operations from being taken for it.
+    pub fn announce(&self, key: &str) -> Announced {
+        let mut q = self.inner.queue.lock().unwrap();
+        let ticket = q.next_ticket;
+        q.next_ticket += 1;
+        q.tickets
+            .entry(key.to_string())
+            .or_default()
+            .push_back(ticket);
+        Announced {
+            inner: self.inner.clone(),
+            key: key.to_string(),
+            ticket,
+        }
     }
 
     /// Tests: every operation queued now is due at once (as if waited for),
@@ -448,11 +523,53 @@ impl Uploader {
         self.inner.wake.notify_one();
     }
 
+    /// Tests: heads the scheduler looked at, over its life.
+    #[cfg(test)]
+    pub(crate) fn examined(&self) -> u64 {
+        self.inner.queue.lock().unwrap().examined
+    }
+
     /// Tests: whether an operation is running (or its completion is not
     /// applied yet).
     #[cfg(test)]
     pub(crate) fn busy(&self) -> bool {
         !self.inner.queue.lock().unwrap().running.is_empty()
+    }
+
+    /// Tests: what is running and the count.
+    #[cfg(test)]
+    pub(crate) fn debug_all(&self) -> String {
+        let q = self.inner.queue.lock().unwrap();
+        format!(
+            "running {:?}, keys {:?}, count {}, watched {}",
+            q.running,
+            q.by_key
+                .iter()
+                .map(|(k, l)| (k, l.iter().map(|o| o.seq).collect::<Vec<_>>()))
+                .collect::<Vec<_>>(),
+            q.count,
+            *self.inner.pending.borrow()
+        )
+    }
+
+    /// Tests: the scheduler's view of `key`.
+    #[cfg(test)]
+    pub(crate) fn debug_key(&self, key: &str) -> String {
+        let q = self.inner.queue.lock().unwrap();
+        let seqs: Vec<i64> = q
+            .by_key
+            .get(key)
+            .map(|l| l.iter().map(|o| o.seq).collect())
+            .unwrap_or_default();
+        format!(
+            "{key}: ops {seqs:?}, running {}, heads {:?}, backoff {:?}, tickets {:?}, urgent_upto {}, count {}",
+            q.running.contains(key),
+            q.heads.iter().filter(|(_, k)| *k == key).collect::<Vec<_>>(),
+            q.backoff.iter().filter(|(_, k)| *k == key).collect::<Vec<_>>(),
+            q.tickets.get(key),
+            q.urgent_upto,
+            q.count,
+        )
     }
 
     /// Tests: another pause length ending a burst of writes.
@@ -512,6 +629,25 @@ pub(crate) async fn wait_for_zero(
     }
 }
 
+/// See [`Uploader::announce`].
+pub struct Announced {
+    inner: Arc<Inner>,
+    key: String,
+    ticket: u64,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        let mut q = self.inner.queue.lock().unwrap();
+        if let Some(t) = q.tickets.get_mut(&self.key) {
+            t.retain(|x| *x != self.ticket);
+            if t.is_empty() {
+                q.tickets.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// See [`Uploader::claim`].
 pub struct FileClaim {
     inner: Arc<Inner>,
@@ -534,11 +670,31 @@ impl Queue {
         }
     }
 
+    fn unread(readers: &mut HashMap<String, BTreeSet<i64>>, f: &str, seq: i64) {
+        if let Some(s) = readers.get_mut(f) {
+            s.remove(&seq);
+            if s.is_empty() {
+                readers.remove(f);
+            }
+        }
+    }
+
+    /// `op` left the queue: out of the indexes.
+    fn unindex(&mut self, op: &Op) {
+        self.keys.remove(&op.seq);
+        if let Some(f) = &op.file {
+            Self::release(&mut self.files, f);
+            Self::unread(&mut self.readers, f, op.seq);
+        }
+    }
+
     /// Queues `op` behind the operations of its key with smaller seqs.
     fn insert(&mut self, op: Op) {
         if let Some(f) = &op.file {
             *self.files.entry(f.clone()).or_default() += 1;
+            self.readers.entry(f.clone()).or_default().insert(op.seq);
         }
+        self.keys.insert(op.seq, op.key.clone());
         self.count += 1;
         let list = self.by_key.entry(op.key.clone()).or_default();
         let pos = list
@@ -573,6 +729,33 @@ impl Queue {
             && self.by_key.get(key).and_then(|l| l.front()).map(|o| o.seq) == Some(seq)
     }
 
+    /// Removes operations `seqs` of `key` (dropped: see `replan`). They
+    /// name no cache file but the gone one's, which is not there.
+    fn remove_ops(&mut self, key: &str, seqs: &[i64]) {
+        let Some(list) = self.by_key.get_mut(key) else {
+            return;
+        };
+        let mut removed = Vec::new();
+        list.retain(|o| {
+            if !seqs.contains(&o.seq) {
+                return true;
+            }
+            removed.push(o.clone());
+            false
+        });
+        self.count -= removed.len();
+        if list.is_empty() {
+            self.by_key.remove(key);
+        }
+        for seq in seqs {
+            self.changed.remove(seq);
+            self.early.remove(seq);
+        }
+        for o in &removed {
+            self.unindex(o);
+        }
+    }
+
     /// Removes the finished head operation `seq` of `key`; returns the cache
     /// file it named when that is now unused (a copy it was repointed to
     /// while an attempt read the original, see [`Uploader::repoint`]).
@@ -580,18 +763,22 @@ impl Queue {
         self.changed.remove(&seq);
         let list = self.by_key.get_mut(key)?;
         let mut unused = None;
-        if list.front().map(|o| o.seq) == Some(seq) {
-            let op = list.pop_front().expect("front exists");
+        let popped = if list.front().map(|o| o.seq) == Some(seq) {
+            list.pop_front()
+        } else {
+            None
+        };
+        if list.is_empty() {
+            self.by_key.remove(key);
+        }
+        if let Some(op) = popped {
             self.count -= 1;
+            self.unindex(&op);
             if let Some(f) = &op.file {
-                Self::release(&mut self.files, f);
                 if ran_on != Some(f.as_str()) && !self.files.contains_key(f) {
                     unused = Some(f.clone());
                 }
             }
-        }
-        if list.is_empty() {
-            self.by_key.remove(key);
         }
         unused
     }
@@ -761,18 +948,14 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
                 q.idle(&op.key, Some(Instant::now() + backoff(op.attempts, false)));
                 return;
             }
-            let (applied, landed) = oneshot::channel();
-            let sent = inner.done_tx.send(Landed {
-                completion: Completion {
+            tell_owner(
+                inner,
+                Event::Uploaded(Completion {
                     op: op.clone(),
                     result: res.clone(),
-                },
-                _applied: applied,
-            });
-            if sent.is_ok() {
-                // Resolves (with an error) when the receiver drops it.
-                let _ = landed.await;
-            }
+                }),
+            )
+            .await;
             let (waiters, unused) = {
                 let mut q = inner.queue.lock().unwrap();
                 let unused = q.remove_front(&op.key, op.seq, op.file.as_deref());
@@ -792,8 +975,114 @@ async fn execute(inner: &Arc<Inner>, op: Op) {
     }
 }
 
+/// Hands `event` to the owner of local state and waits until it is applied
+/// (see [`Landed`]); at once when there is no owner.
+async fn tell_owner(inner: &Inner, event: Event) {
+    let (applied, landed) = oneshot::channel();
+    let sent = inner.done_tx.send(Landed {
+        event,
+        _applied: applied,
+    });
+    if sent.is_ok() {
+        // Resolves (with an error) when the receiver drops it.
+        let _ = landed.await;
+    }
+}
+
+/// Whether `e`, from running `op`, says its input is gone: the object a
+/// copy names, or the staged file a put reads (see `replan`).
+fn input_gone(op: &Op, e: &StoreError) -> bool {
+    match op.kind {
+        OpKind::Copy => e.is_not_found(),
+        OpKind::Put => matches!(
+            e,
+            StoreError::LocalIo { source, .. } if source.kind() == std::io::ErrorKind::NotFound
+        ),
+        OpKind::Delete => false,
+    }
+}
+
+/// Drops an operation whose input is gone, never to retry it (see
+/// `replan`). Its waiters, and those of the self-copies dropped with it,
+/// wait for the operation that supersedes them; when none is queued, the
+/// owner of local state is asked for one first, and without one they fail.
+async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
+    let later = |q: &Queue| -> Vec<Op> {
+        q.by_key
+            .get(&op.key)
+            .map(|l| l.iter().filter(|o| o.seq > op.seq).cloned().collect())
+            .unwrap_or_default()
+    };
+    let plan = replan::replan(&op, &later(&inner.queue.lock().unwrap()));
+    let (by, dropped) = match plan {
+        replan::Replan::Superseded { by, dropped } => (Some(by), dropped),
+        replan::Replan::Lost { dropped } => {
+            tracing::warn!(key = %op.key, error = %why, "a queued operation's input is gone; queueing what the name holds now");
+            tell_owner(
+                inner,
+                Event::Lost {
+                    op: op.clone(),
+                    error: why.clone(),
+                },
+            )
+            .await;
+            // What the owner queued meanwhile supersedes them.
+            let last = *dropped.last().expect("the gone op");
+            let by = later(&inner.queue.lock().unwrap())
+                .into_iter()
+                .find(|o| o.seq > last && !replan::reads_current(o))
+                .map(|o| o.seq);
+            (by, dropped)
+        }
+    };
+    let reason = match by {
+        Some(b) => format!("not run: {why}; superseded by operation {b}"),
+        None => format!("not run: {why}; nothing queued since sets the name"),
+    };
+    if by.is_none() {
+        tracing::error!(key = %op.key, error = %why, "a queued operation's input is gone and the name's bytes are not here; listed by `regionfs status --failed`");
+    }
+    if let Err(e) = inner
+        .journal
+        .drop_ops(dropped.clone(), reason.clone(), by.is_some())
+        .await
+    {
+        // Stays queued: the next attempt decides again.
+        tracing::error!(key = %op.key, error = %e, "cannot record a dropped operation in the journal; will retry");
+        let mut q = inner.queue.lock().unwrap();
+        q.idle(&op.key, Some(Instant::now() + backoff(op.attempts, false)));
+        return;
+    }
+    let failed_waiters = {
+        let mut q = inner.queue.lock().unwrap();
+        q.remove_ops(&op.key, &dropped);
+        let mut orphaned = Vec::new();
+        for seq in &dropped {
+            orphaned.extend(q.waiters.remove(seq).unwrap_or_default());
+        }
+        let failed = match by {
+            Some(b) => {
+                q.waiters.entry(b).or_default().extend(orphaned);
+                q.urgent_upto = q.urgent_upto.max(b);
+                Vec::new()
+            }
+            None => orphaned,
+        };
+        q.idle(&op.key, None);
+        inner.pending.send_replace(q.count);
+        failed
+    };
+    inner.wake.notify_one();
+    for w in failed_waiters {
+        let _ = w.send(Err(reason.clone()));
+    }
+}
+
 /// Records a failed attempt and schedules the retry (backoff by error class).
 async fn failed(inner: &Arc<Inner>, op: Op, e: StoreError) {
+    if input_gone(&op, &e) {
+        return gone(inner, op, e.to_string()).await;
+    }
     let permanent = e.is_permanent();
     let msg = e.to_string();
     if permanent {
@@ -1308,6 +1597,206 @@ mod tests {
 
     async fn landed(r: &Rig, key: &str) -> bool {
         r.mem.head(key, None).await.is_ok()
+    }
+
+    fn copy_of(key: &str, src: &str, version: Option<&str>) -> NewOp {
+        NewOp {
+            key: key.into(),
+            kind: OpKind::Copy,
+            file: None,
+            size: 1,
+            meta: ObjectMeta::new(crate::meta::S_IFREG | 0o600, 0, 0).to_json(),
+            src_key: Some(src.into()),
+            src_version: version.map(str::to_string),
+            inline: None,
+        }
+    }
+
+    fn delete_of(key: &str) -> NewOp {
+        NewOp {
+            key: key.into(),
+            kind: OpKind::Delete,
+            file: None,
+            size: 0,
+            meta: "{}".into(),
+            src_key: None,
+            src_version: None,
+            inline: None,
+        }
+    }
+
+    async fn put_bytes_into(mem: &MemoryStore, key: &str, body: &'static [u8]) {
+        mem.put(
+            key,
+            PutBody::Bytes(Bytes::from_static(body)),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Uploads wait 300 ms after staging (unless waited for): a test
+    /// queues what follows an operation before it runs.
+    fn start_delayed(r: &Rig) -> Uploader {
+        Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            UploadConfig::default(),
+            Duration::from_millis(300),
+            vec![],
+            None,
+        )
+        .0
+    }
+
+    async fn drained(up: &Uploader) {
+        let left = wait_for_zero(
+            up.inner.pending.subscribe(),
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await;
+        assert_eq!(left, 0, "the queue drained");
+    }
+
+    #[tokio::test]
+    async fn a_copy_from_a_vanished_source_followed_by_a_delete_is_dropped_and_never_brings_the_name_back(
+    ) {
+        let r = rig();
+        let up = start_delayed(&r);
+        // `gone` never existed at this version; the name is deleted after.
+        let copy = up.submit(copy_of("k", "gone", Some("v9"))).await.unwrap();
+        up.submit(delete_of("k")).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(10), up.wait(copy)).await;
+        assert_eq!(waited.unwrap(), Ok(()), "its waiter follows the delete");
+        drained(&up).await;
+        assert!(!landed(&r, "k").await);
+        assert!(
+            r.mem.history("k").iter().all(|(_, b)| b.is_none()),
+            "nothing but a delete marker: {:?}",
+            r.mem.history("k")
+        );
+        let summary = r.journal.upload_summary().await.unwrap();
+        assert_eq!((summary.pending, summary.failed), (0, 0));
+        // The source appearing later changes nothing.
+        put_bytes_into(&r.mem, "gone", b"late").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!landed(&r, "k").await, "the deleted name stays deleted");
+    }
+
+    #[tokio::test]
+    async fn a_put_whose_staged_file_vanished_is_superseded_by_the_next_put_of_its_key() {
+        let r = rig();
+        let up = start_delayed(&r);
+        let missing = staged_file(&r, b"first");
+        std::fs::remove_file(r.cache.data_path(&missing)).unwrap();
+        let second = staged_file(&r, b"second");
+        let seq = up.submit(put("k", &missing, 5)).await.unwrap();
+        up.submit(put("k", &second, 6)).await.unwrap();
+        assert_eq!(up.wait(seq).await, Ok(()));
+        drained(&up).await;
+        let history = r.mem.history("k");
+        assert_eq!(history.len(), 1, "one version: the second put's");
+        assert_eq!(history[0].1.as_deref(), Some(&b"second"[..]));
+        let summary = r.journal.upload_summary().await.unwrap();
+        assert_eq!((summary.pending, summary.failed), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn metadata_set_before_a_put_starts_goes_with_it_as_one_version() {
+        let r = rig();
+        let up = start_delayed(&r);
+        let f = staged_file(&r, b"body");
+        let seq = up.submit(put("k", &f, 4)).await.unwrap();
+        let mode = |m: u32| ObjectMeta::new(crate::meta::S_IFREG | m, 1000, 1000).to_json();
+        assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), Some(seq));
+        let m640 = mode(0o640);
+        assert_eq!(up.amend_meta("k", m640.clone()).await.unwrap(), Some(seq));
+        // What a restart would run carries it too.
+        let row = r.journal.open_ops().await.unwrap();
+        assert_eq!(row[0].meta, m640);
+        up.wait(seq).await.unwrap();
+        assert_eq!(r.mem.history("k").len(), 1, "one version");
+        let head = r.mem.head("k", None).await.unwrap();
+        assert_eq!(
+            head.metadata["mode"],
+            (crate::meta::S_IFREG | 0o640).to_string()
+        );
+        assert_eq!(head.metadata["uid"], "1000");
+        // Nothing queued: the caller copies.
+        assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), None);
+        // A delete is not amended.
+        let del = up.submit(delete_of("k")).await.unwrap();
+        assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), None);
+        up.wait(del).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_gone_copy_with_nothing_after_it_is_lost_not_retried_and_listed_with_its_cause() {
+        let r = rig();
+        let (up, mut owner) = Uploader::start(
+            r.faulty.clone(),
+            r.journal.clone(),
+            r.cache.clone(),
+            UploadConfig::default(),
+            Duration::from_millis(300),
+            vec![],
+            None,
+        );
+        let copy = up.submit(copy_of("k", "gone", None)).await.unwrap();
+        // A metadata change after it reads what it would have made.
+        let chmod = up.submit(copy_of("k", "k", None)).await.unwrap();
+        let waiting = tokio::spawn({
+            let up = up.clone();
+            async move { up.wait(chmod).await }
+        });
+        let told = tokio::time::timeout(Duration::from_secs(10), owner.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match &told.event {
+            Event::Lost { op, error } => {
+                assert_eq!(op.seq, copy);
+                assert!(error.contains("gone"), "{error}");
+            }
+            Event::Uploaded(c) => panic!("uploaded {c:?}"),
+        }
+        drop(told);
+        // No owner from here on: completions are not waited for.
+        drop(owner);
+        let told = waiting.await.unwrap();
+        assert!(
+            told.unwrap_err().contains("nothing queued since"),
+            "its waiters are told"
+        );
+        drained(&up).await;
+        let attempts = r.faulty.attempts.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            r.faulty.attempts.load(std::sync::atomic::Ordering::SeqCst),
+            attempts,
+            "never retried"
+        );
+        let summary = r.journal.upload_summary().await.unwrap();
+        assert_eq!((summary.pending, summary.failed), (0, 2));
+        let failed = r.journal.failed_ops().await.unwrap();
+        assert_eq!(
+            failed.iter().map(|o| o.seq).collect::<Vec<_>>(),
+            vec![copy, chmod]
+        );
+        assert!(
+            failed[0].error.as_deref().unwrap().contains("no such key"),
+            "{failed:?}"
+        );
+        assert!(!landed(&r, "k").await);
+        // A restart does not run them again.
+        assert!(r.journal.open_ops().await.unwrap().is_empty());
+        // A newer version of the name clears them.
+        let file = staged_file(&r, b"new");
+        let seq = up.submit(put("k", &file, 3)).await.unwrap();
+        assert_eq!(up.wait(seq).await, Ok(()));
+        assert!(r.journal.failed_ops().await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -367,6 +367,9 @@ async fn an_unprivileged_write_or_truncate_and_any_chown_clear_set_id_bits_as_li
         .write_all(b"root\n")
         .unwrap();
     assert_eq!(mode(), 0o6777, "root (CAP_FSETID) keeps them");
+    chmod(0o6755);
+    std::os::unix::fs::chown(&f, None, None).unwrap();
+    assert_eq!(mode(), 0o755, "a chown to the same owner, even by root");
     chmod(0o4755);
     std::os::unix::fs::chown(&f, Some(1000), None).unwrap();
     assert_eq!(mode(), 0o755, "a chown, even by root");

@@ -212,12 +212,14 @@ impl Filesystem for FuseFs {
     ) {
         let core = self.core.clone();
         // What Linux's VFS would clear, where the kernel now leaves it to
-        // regionfs: on a chown always; on a truncate, or asked with nothing
-        // else (a passthrough write's), for a caller other than root (the
-        // request does not say whether the caller has CAP_FSETID).
+        // regionfs: on a chown always, even `chown(f, -1, -1)` by root
+        // (which arrives with nothing to set); on a truncate by a caller
+        // other than root (the request does not say whether the caller has
+        // CAP_FSETID); asked with nothing else (a passthrough write by a
+        // caller without CAP_FSETID: root's writes never ask).
         let nothing = (mode, uid, gid, size, atime, mtime) == (None, None, None, None, None, None);
         let kill_privs =
-            uid.is_some() || gid.is_some() || ((size.is_some() || nothing) && req.uid() != 0);
+            uid.is_some() || gid.is_some() || nothing || (size.is_some() && req.uid() != 0);
         let set = SetAttr {
             fh: fh.map(|f| f.0),
             mode,

@@ -22,6 +22,8 @@ mod model_test;
 pub mod names;
 pub mod passthrough;
 mod read;
+#[cfg(test)]
+mod scale_test;
 
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1520,6 +1522,9 @@ impl Core {
                 .version_id;
         }
         let pending_src = self.uploader.pending_for(&from_key);
+        // From the node's move until its ops are queued, what finishes for
+        // the new key (the replaced file's upload) is not the node's.
+        let _announced = self.uploader.announce(&to_key);
         let mut stamped = None;
         let op = match &working {
             Some(w) => {
@@ -1719,6 +1724,9 @@ impl Core {
             kill_privs: set.kill_privs && self.check_writable().is_ok(),
             ..set
         };
+        if set.size.is_some_and(|s| s > crate::config::MAX_OBJECT_SIZE) {
+            return Err(FsError::TooLarge);
+        }
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         if let Some(size) = set.size {
@@ -1805,6 +1813,12 @@ impl Core {
             return Ok(());
         } else {
             let key = self.key(&path);
+            if let Some(seq) = self.uploader.amend_meta(&key, meta.to_json()).await? {
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                    n.last_seq = Some(seq);
+                }
+                return Ok(());
+            }
             let queued = !self.uploader.pending_for(&key).is_empty();
             // With uploads queued the copy must take what they produce;
             // else the version holding the bytes (the old key's, while a
@@ -2309,6 +2323,9 @@ impl Core {
             // Changes nothing (not even the size, past the end).
             return Ok(0);
         }
+        if offset.saturating_add(data.len() as u64) > crate::config::MAX_OBJECT_SIZE {
+            return Err(FsError::TooLarge);
+        }
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
         let w = self.ensure_working(ino).await?;
@@ -2330,6 +2347,9 @@ impl Core {
     /// runtime's context: the first write may start an early upload.
     pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
         let ino = self.handle_ino(fh).ok()?;
+        if offset.saturating_add(data.len() as u64) > crate::config::MAX_OBJECT_SIZE {
+            return None;
+        }
         let io = self.io_lock(ino).ok()?;
         let _g = io.try_lock().ok()?;
         let (w, size) = {
@@ -2577,7 +2597,27 @@ impl Core {
             self.supersede_inline(&w.name).await?;
         }
         let early = early.filter(|_| inline.is_none());
-        let seq = self
+        // The node is staged before the put is queued: the put may finish
+        // at once, and its completion must find the node clean (else the
+        // node would never learn that version, and a later copy of the
+        // node, a chmod say, would name an older one).
+        let was_local = {
+            let mut t = self.inodes.lock().unwrap();
+            let was_local = t.local_only.remove(&ino);
+            if let Some(n) = t.get_mut(ino) {
+                n.dirty = false;
+                n.written = false;
+                n.shared = true;
+                n.local_only = false;
+                if let Some(k) = n.kernel.as_deref_mut().filter(|_| writing) {
+                    // Taken before the bytes were read: a write since shows.
+                    k.stamp = stamped;
+                    n.size = size;
+                }
+            }
+            was_local
+        };
+        let queued = self
             .uploader
             .submit_with(
                 NewOp::put(
@@ -2589,22 +2629,23 @@ impl Core {
                 ),
                 early,
             )
-            .await?;
+            .await;
         let mut t = self.inodes.lock().unwrap();
         if let Some(n) = t.get_mut(ino) {
-            n.dirty = false;
-            n.written = false;
-            n.shared = true;
-            n.local_only = false;
-            n.last_seq = Some(seq);
-            if let Some(k) = n.kernel.as_deref_mut().filter(|_| writing) {
-                // Taken before the bytes were read: a write since shows.
-                k.stamp = stamped;
-                n.size = size;
+            match &queued {
+                Ok(seq) => n.last_seq = Some(*seq),
+                Err(_) => {
+                    // Not staged: the next close stages it again.
+                    n.dirty = true;
+                    n.written = true;
+                    n.local_only = was_local;
+                }
             }
         }
-        t.local_only.remove(&ino);
-        Ok(Some(seq))
+        if was_local && queued.is_err() {
+            t.local_only.insert(ino);
+        }
+        Ok(Some(queued?))
     }
 
     /// A working file passthrough writers may be writing, staged as one
@@ -2981,11 +3022,12 @@ impl Core {
         // before it updates the node under this lock, and takes its claim
         // while it reads the node under it, so neither can fall between
         // these answers and the node's state below.
-        let still_queued = self
-            .uploader
-            .pending_for(key)
-            .iter()
-            .any(|o| o.seq != c.op.seq);
+        let still_queued = self.uploader.submitting(key)
+            || self
+                .uploader
+                .pending_for(key)
+                .iter()
+                .any(|o| o.seq != c.op.seq);
         // Another queued operation may stage the same file under another key
         // (a rename's put), or be about to (a claim): the last of them to
         // finish decides what becomes of it.
@@ -3021,6 +3063,10 @@ impl Core {
         // taken from `working`, under the lock): if none does, nothing can
         // reference it any more.
         let mut make_clean = false;
+        // The node's I/O lock while its working file is retired: whoever
+        // holds it may have read the node and be about to use the file by
+        // name (an open copying it, a truncate); then the file stays.
+        let mut retiring = None;
         let keep = match t.holder_of(f) {
             None => false,
             Some(h) => {
@@ -3033,16 +3079,19 @@ impl Core {
                     // A backing file stays the working file until the kernel
                     // lets go of it (then `settle_working`).
                     let backed = n.kernel.as_ref().is_some_and(|k| k.backing.is_some());
+                    let idle = n.io().try_lock_owned().ok();
                     if at_key == Some(h)
                         && !still_queued
                         && n.shared
                         && n.open_writers == 0
                         && !backed
                         && !c.result.etag.is_empty()
+                        && idle.is_some()
                     {
                         n.shared = false;
                         t.set_working(h, None);
                         make_clean = true;
+                        retiring = idle;
                     } else if at_key != Some(h) || !still_queued {
                         // No queued op reads it: writes may go in place.
                         n.shared = false;
@@ -3056,6 +3105,94 @@ impl Core {
             self.cache.make_clean(f, key, &c.result.etag);
         } else if !keep {
             self.cache.remove_data(f);
+        }
+        drop(retiring);
+    }
+
+    /// A queued operation's input was gone and nothing queued after it sets
+    /// its key (see `uploader::replan`): queues what the name holds here
+    /// now (its working file, else a copy of the version holding its
+    /// bytes), which supersedes it. Nothing when the name is gone or its
+    /// bytes are not here: the operation stays listed as lost.
+    ///
+    /// The uploader learns what supersedes the lost operation when `landed`
+    /// is dropped, so it is held until the new operation is queued — unless
+    /// the node is busy (its I/O lock held: a rename or flush may be waiting
+    /// for the lost operation itself), when it is let go at once and the
+    /// new operation follows in the background.
+    pub fn requeue_lost(self: &Arc<Self>, landed: crate::uploader::Landed) {
+        let crate::uploader::Event::Lost { op, error } = &landed.event else {
+            return;
+        };
+        let rel = op.key.strip_prefix(&self.prefix).unwrap_or(&op.key);
+        let path = rel.trim_end_matches('/').to_string();
+        let gone = (op.src_key.clone(), op.src_version.clone());
+        let error = error.clone();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut landed = Some(landed);
+            let requeued = me.requeue(&path, gone, &mut landed).await;
+            drop(landed);
+            match requeued {
+                Ok(true) => tracing::info!(path, error, "queued the bytes the name holds here in place of an operation whose input was gone"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(path, error = %e, "cannot queue the name's bytes again"),
+            }
+        });
+    }
+
+    async fn requeue(
+        &self,
+        path: &str,
+        gone: (Option<String>, Option<String>),
+        landed: &mut Option<crate::uploader::Landed>,
+    ) -> Result<bool, FsError> {
+        let Some(ino) = self.inodes.lock().unwrap().lookup_path(path) else {
+            return Ok(false);
+        };
+        let io = self.io_lock(ino)?;
+        let _g = match io.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                landed.take();
+                io.lock().await
+            }
+        };
+        let content = {
+            let mut t = self.inodes.lock().unwrap();
+            let Some(n) = t.get_mut(ino).filter(|n| !n.unlinked && !n.is_dir()) else {
+                return Ok(false);
+            };
+            if n.working.is_some() {
+                // Staged again as it is now.
+                n.dirty = true;
+                None
+            } else {
+                Some((self.content_of(n), n.meta.clone(), n.size))
+            }
+        };
+        match content {
+            None => Ok(self.stage_locked(ino).await?.is_some()),
+            Some(((key, Some(version)), meta, size))
+                if (Some(&key), Some(&version)) != (gone.0.as_ref(), gone.1.as_ref()) =>
+            {
+                let op = NewOp {
+                    key: self.key(path),
+                    kind: OpKind::Copy,
+                    file: None,
+                    size,
+                    meta: meta.to_json(),
+                    src_key: Some(key),
+                    src_version: Some(version),
+                    inline: None,
+                };
+                let seq = self.uploader.submit(op).await?;
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                    n.last_seq = Some(seq);
+                }
+                Ok(true)
+            }
+            Some(_) => Ok(false),
         }
     }
 

@@ -630,10 +630,29 @@ impl Replicator {
                 held.by_task.insert(*id, f);
             }
         }
-        let n = q.pending();
+        // Sent under the lock: sent after it, two updates could arrive in
+        // the wrong order and leave a stale count (a drain would wait it out).
+        self.inner.pending.send_replace(q.pending());
         drop(q);
-        self.inner.pending.send_replace(n);
         self.inner.wake.notify_one();
+    }
+
+    /// Tests: the queue's state, for a failure message.
+    #[cfg(test)]
+    pub(crate) fn debug_state(&self) -> String {
+        let q = self.inner.queue.lock().unwrap();
+        format!(
+            "open {:?}, running {:?}, spilled {:?}, refilling {:?}, held {:?}, pending {}",
+            q.open
+                .values()
+                .map(|t| (t.id, &t.key, t.status))
+                .collect::<Vec<_>>(),
+            q.running,
+            q.spilled,
+            q.refilling,
+            q.held,
+            q.pending()
+        )
     }
 
     /// Open tasks held in memory now.
@@ -856,9 +875,8 @@ async fn refill(inner: Arc<Inner>, dest: String, at_most: usize) {
     if q.refilling.is_empty() {
         q.done_while_refilling.clear();
     }
-    let n = q.pending();
+    inner.pending.send_replace(q.pending());
     drop(q);
-    inner.pending.send_replace(n);
     inner.wake.notify_one();
 }
 
@@ -909,9 +927,8 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
             q.running.remove(&pair);
             q.retry_at.remove(&task.id);
             q.remove(task.id);
-            let n = q.pending();
+            inner.pending.send_replace(q.pending());
             drop(q);
-            inner.pending.send_replace(n);
         }
         Err(e) => {
             let permanent = e.is_permanent();
