@@ -892,6 +892,9 @@ impl Core {
         }
         // Queued operations are newer than the listing.
         let queued = queued_across(queued_before, self.uploader.pending_under(&dkey));
+        // What the queued puts and copies will make: the attributes of
+        // names not known here yet (a symlink is listed as one).
+        let mut queued_meta: HashMap<String, ObjectMeta> = HashMap::new();
         for op in &queued {
             let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else {
                 continue;
@@ -907,6 +910,9 @@ impl Core {
                 (OpKind::Delete, true) => {}
                 (_, false) => {
                     files.insert(name.to_string(), (op.size, String::new(), None));
+                    if let Some(meta) = ObjectMeta::from_json(&op.meta) {
+                        queued_meta.insert(name.to_string(), meta);
+                    }
                 }
                 (_, true) => {
                     dirs.insert(name.to_string());
@@ -972,6 +978,7 @@ impl Core {
                     if let Some(m) = modified {
                         meta.set_mtime(m);
                     }
+                    let meta = queued_meta.remove(&name).unwrap_or(meta);
                     let i = t.upsert(&path, meta);
                     let n = t.get_mut(i).unwrap();
                     n.size = size;
@@ -3040,6 +3047,14 @@ impl Core {
             self.refresh(n);
             if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
                 self.learn_uploaded(rel, c);
+                // The node is the version it now names: a node made from a
+                // listing while the op was queued held default attributes.
+                if let Some(meta) = ObjectMeta::from_json(&c.op.meta) {
+                    if meta.mode & S_IFMT == n.meta.mode & S_IFMT {
+                        n.meta = meta;
+                        n.meta_known = true;
+                    }
+                }
                 n.content_key = None;
                 n.version = c.result.version_id.clone();
                 if !c.result.etag.is_empty() {

@@ -331,11 +331,16 @@ impl At<'_> {
         }
         let key = format!("{}{path}", self.a.root);
         let svc = self.up.svc.as_ref().unwrap();
+        // The journal, and the queue: an op done in the journal stays
+        // queued until its completion is applied here.
         let open = self.block(svc.journal.open_ops()).unwrap();
         let under = format!("{key}/");
-        if open
-            .iter()
-            .any(|o| o.key == key || o.key.starts_with(&under))
+        let queued = !svc.uploader.pending_for(&key).is_empty()
+            || !svc.uploader.pending_under(&under).is_empty();
+        if queued
+            || open
+                .iter()
+                .any(|o| o.key == key || o.key.starts_with(&under))
         {
             return;
         }

@@ -150,3 +150,16 @@ fn model_an_upload_finishing_during_an_open_does_not_take_the_file_it_copies() {
         );
     }
 }
+
+/// After a restart with a symlink's upload queued, a listing of its
+/// directory made its node with a regular file's default attributes, and
+/// the upload's completion then took that node as fresh: the symlink read
+/// back as a 0644 file until its attributes expired.
+#[test]
+fn model_a_listing_before_a_queued_symlink_lands_shows_a_symlink() {
+    replay(
+        None,
+        "Mkdir(In(0, 0)) Mkdir(In(26970, 0)) Symlink(Any(1), 0) Mkdir(In(0, 0)) Restart
+         Check(Existing(3660)) Settle Check(Existing(35743))",
+    );
+}
