@@ -642,6 +642,29 @@ impl Serialize for Mode {
     }
 }
 
+/// `[source] prefix` as a directory of the bucket: `team-b` and `team-b/`
+/// both mean the keys under `team-b/` (a prefix without the slash would
+/// put the mount's files beside it, as `team-bfile.txt`, and show another
+/// team's `team-bob/`). Empty: the whole bucket.
+pub fn source_prefix(p: &str) -> Result<String, String> {
+    if p.is_empty() {
+        return Ok(String::new());
+    }
+    if p.starts_with('/') {
+        return Err("must not start with `/` (keys have no leading slash)".into());
+    }
+    let dir = p.strip_suffix('/').unwrap_or(p);
+    if let Some(bad) = dir
+        .split('/')
+        .find(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(format!(
+            "`{p}` has an empty, `.` or `..` component (`{bad}`): each part of a prefix is a directory name"
+        ));
+    }
+    Ok(format!("{dir}/"))
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -665,6 +688,13 @@ impl Config {
                 message: inner.message().to_string(),
             }
         })?;
+        let mut config = config;
+        config.source.prefix =
+            source_prefix(&config.source.prefix).map_err(|message| ConfigError::Field {
+                field: "source.prefix".into(),
+                line: None,
+                message,
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -676,12 +706,6 @@ impl Config {
             message,
         };
         check_bucket("source", &self.source)?;
-        if self.source.prefix.starts_with('/') {
-            return Err(invalid(
-                "source.prefix".into(),
-                "must not start with `/` (keys have no leading slash)".into(),
-            ));
-        }
         let mut names = vec![self.source.name.as_str()];
         for (i, d) in self.destinations.iter().enumerate() {
             let at = format!("destination[{i}]");
@@ -1151,8 +1175,28 @@ destination = "eu"
         assert_eq!(plan_part_size(MIB, 10), MIN_PART_SIZE);
     }
 
+    #[test]
+    fn a_source_prefix_is_a_directory_with_or_without_its_slash() {
+        for (given, want) in [
+            ("", Ok("")),
+            ("team-b", Ok("team-b/")),
+            ("team-b/", Ok("team-b/")),
+            ("a/b", Ok("a/b/")),
+            ("/team-b", Err("leading slash")),
+            ("a//b", Err("empty")),
+            ("a/../b", Err("..")),
+            ("./a", Err(".")),
+        ] {
+            match (source_prefix(given), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{given}"),
+                (Err(e), Err(_)) => assert!(!e.is_empty(), "{given}"),
+                (got, w) => panic!("{given}: got {got:?}, want {w:?}"),
+            }
+        }
+    }
+
     proptest::proptest! {
-        #[test]
+    #[test]
         fn any_size_plans_a_legal_part_size(size in 0u64..=MAX_OBJECT_SIZE, pref in MIN_PART_SIZE..=MAX_PART_SIZE) {
             let p = plan_part_size(pref, size);
             proptest::prop_assert!((MIN_PART_SIZE..=MAX_PART_SIZE).contains(&p));

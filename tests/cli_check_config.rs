@@ -171,3 +171,26 @@ async fn probe_reports_a_missing_bucket_and_rejected_credentials() {
     assert!(out.contains("FAIL  eu: bucket `does-not-exist`"), "{out}");
     assert!(!out.contains("wrong"), "{out}");
 }
+
+#[test]
+fn a_source_prefix_without_its_slash_is_shown_as_the_directory_it_means() {
+    let with_prefix = |p: &str| {
+        example().replacen(
+            "prefix = \"\"                            # default \"\": mount",
+            &format!("prefix = \"{p}\" # mount"),
+            1,
+        )
+    };
+    assert!(
+        with_prefix("x").contains("prefix = \"x\""),
+        "the example has a source prefix line"
+    );
+    let o = check_config(&with_prefix("team-b"), false);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("prefix = \"team-b/\""), "{out}");
+
+    let o = check_config(&with_prefix("team-b//x"), false);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("source.prefix"), "{}", stderr(&o));
+}
