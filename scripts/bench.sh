@@ -372,7 +372,7 @@ fi
 
 cp "$work/results" "$out.raw"
 {
-  echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
+  echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD))"
   cat "$work/versions"
 } > "$out"
 $REGIONFS_VENV/bin/python - "$work/results" >> "$out" <<'PY'
