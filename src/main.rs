@@ -300,6 +300,10 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     if left == 0 {
         eprintln!("regionfs: unmounted; everything is uploaded");
     }
+    if let Err(e) = rt.block_on(svc.journal.compact()) {
+        // Only space: the journal is as consistent as before.
+        tracing::warn!(error = %e, "cannot compact the journal");
+    }
     drop(svc);
     // What is left is in the journal: a task stuck in a request must not keep
     // the process from exiting (dropping a runtime waits for its tasks).
