@@ -193,7 +193,7 @@ weed_ticks() {
 # busy with an earlier phase's objects (its CPU and the disk's journal) paid
 # for it: a regionfs `dd` took 1.2-5.8 s in some rounds, while the same `dd`
 # took 0.6-0.8 s in others on the same mount, and the servers used up to
-# 1.4 s of CPU during the slow ones (session 22).
+# 1.4 s of CPU during the slow ones (2026-12-06).
 settle() {
   local i a b
   for i in $(seq 1 120); do

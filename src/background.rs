@@ -8,7 +8,7 @@
 //! writes closes faster, and uploads still start at once, so the replication
 //! lag of a steady load stays far below its 1 s target (p99 0.072 s against
 //! 0.050 s at the normal priority). The measurements are in
-//! docs/BENCHMARKS-history.md (session 10). Durability is untouched: what runs here
+//! docs/BENCHMARKS-history.md (2026-12-02). Durability is untouched: what runs here
 //! only reads what the journal already holds.
 //!
 //! Without [`install`] (the library's tests) the loops run on the caller's

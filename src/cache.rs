@@ -85,7 +85,7 @@ struct CleanEntry {
 
 /// Up to `len` bytes of `file` from `offset` (fewer only at its end), read
 /// into a buffer that is not zeroed first: for a read's reply the zeroing
-/// was 2-4 % of the daemon's CPU in a cold 1 GiB read (perf, session 18),
+/// was 2-4 % of the daemon's CPU in a cold 1 GiB read (perf, 2026-12-03),
 /// and every byte is overwritten before anything sees it.
 pub fn read_at_most(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;

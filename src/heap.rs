@@ -7,7 +7,7 @@
 //! (inodes, clean-copy entries), so after the burst the daemon stays near the
 //! burst's resident size although much of it is free: 55.6 MiB resident after
 //! 40000 files were uploaded and replicated, 44.8 MiB after a trim
-//! (docs/BENCHMARKS-history.md, session 16).
+//! (docs/BENCHMARKS-history.md, 2026-12-03).
 //!
 //! What: a thread looks every [`EVERY`] at how much lies free in the arenas
 //! and, past [`WORTH_TRIMMING`], asks glibc to release the whole free pages

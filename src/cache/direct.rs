@@ -3,7 +3,7 @@
 //! Why: a write-back request's bytes otherwise sit in the page cache twice
 //! (the kernel's pages of the FUSE file, then the data file's), and copying
 //! them into the data file's pages, then writing those back, was half of the
-//! daemon's CPU during a 1 GiB `dd` (perf, session 13). Written directly, the
+//! daemon's CPU during a 1 GiB `dd` (perf, 2026-12-02). Written directly, the
 //! bytes go from one aligned buffer to the disk, and the fdatasync at staging
 //! has nothing left to write.
 //!

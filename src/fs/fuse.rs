@@ -146,7 +146,7 @@ impl Filesystem for FuseFs {
         // `SetAttr::kill_privs`), and stores no security.capability: the
         // kernel then stops asking for that attribute before every write(2),
         // a round trip to this process per call, and the largest share of a
-        // passthrough write's time while the CPUs are busy (session 22).
+        // passthrough write's time while the CPUs are busy (2026-12-06).
         let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         // Passthrough excludes the writeback cache; where the kernel has it,
         // it serves reads and writes of cache files with no copy through

@@ -10,7 +10,7 @@
 //! holds the names of those learned within about two times to live, and an
 //! idle one those of its last time to live, not of every one ever created: a
 //! burst of 18,000 files into new directories otherwise kept 1.2 MiB of
-//! names until 64 directories had been learned (docs/BENCHMARKS-history.md, session 16).
+//! names until 64 directories had been learned (docs/BENCHMARKS-history.md, 2026-12-03).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

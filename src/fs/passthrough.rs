@@ -5,7 +5,7 @@
 //! a *backing* file makes the kernel read, write and mmap that file itself:
 //! a warm read runs at local-disk speed and a write lands in the cache file
 //! with no request to regionfs. The kernel's rules, found by trying them
-//! (docs/BENCHMARKS-history.md, sessions 9 and 21):
+//! (docs/BENCHMARKS-history.md, 2026-12-02 and 2026-12-06):
 //! - it excludes the writeback cache (on for the whole connection or not);
 //! - at any moment the opens of one inode are all passthrough to one
 //!   backing file, or none is (an open breaking this fails with EIO);

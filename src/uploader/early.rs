@@ -65,7 +65,7 @@ const IN_FLIGHT: usize = 4;
 /// disk's 0.5-0.6 s, three rounds each: with 4 in flight the close took
 /// 0.77-0.99 s (durable 0.90-1.13 × the raw client), with none 0.65-0.72 s
 /// (durable 1.09-1.20 ×), with 1 0.63-0.77 s (durable 1.03-1.20 ×, median
-/// 1.07) (session 22).
+/// 1.07) (2026-12-06).
 const BLIND_IN_FLIGHT: usize = 1;
 
 /// More separate written ranges than this ahead of the contiguous prefix: the
