@@ -1638,6 +1638,11 @@ mod tests {
     /// Uploads wait 300 ms after staging (unless waited for): a test
     /// queues what follows an operation before it runs.
     fn start_delayed(r: &Rig) -> Uploader {
+        start_delayed_owned(r).0
+    }
+
+    /// [`start_delayed`] with the channel an owner of local state reads.
+    fn start_delayed_owned(r: &Rig) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
         Uploader::start(
             r.faulty.clone(),
             r.journal.clone(),
@@ -1647,7 +1652,6 @@ mod tests {
             vec![],
             None,
         )
-        .0
     }
 
     async fn drained(up: &Uploader) {
@@ -1735,15 +1739,7 @@ mod tests {
     #[tokio::test]
     async fn a_gone_copy_with_nothing_after_it_is_lost_not_retried_and_listed_with_its_cause() {
         let r = rig();
-        let (up, mut owner) = Uploader::start(
-            r.faulty.clone(),
-            r.journal.clone(),
-            r.cache.clone(),
-            UploadConfig::default(),
-            Duration::from_millis(300),
-            vec![],
-            None,
-        );
+        let (up, mut owner) = start_delayed_owned(&r);
         let copy = up.submit(copy_of("k", "gone", None)).await.unwrap();
         // A metadata change after it reads what it would have made.
         let chmod = up.submit(copy_of("k", "k", None)).await.unwrap();

@@ -29,6 +29,26 @@ fn names(dir: &std::path::Path) -> Vec<String> {
     v
 }
 
+/// The destination's objects, all of them under the prefix.
+async fn destination_under_prefix(r: &Regions) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let dst = bucket_contents(&r.dst, "").await;
+    assert!(
+        dst.keys().all(|k| k.starts_with("team-b/")),
+        "{:?}",
+        dst.keys()
+    );
+    dst
+}
+
+/// `regionfs verify`: its exit code and report.
+fn verify(m: &Mount) -> (Option<i32>, String) {
+    let v = regionfs_cli(&["verify"], &m.config);
+    (
+        v.status.code(),
+        String::from_utf8_lossy(&v.stdout).into_owned(),
+    )
+}
+
 /// `phantoms`: the store lists a prefix whose keys are all delete-marked
 /// (moto; S3 does not), so a renamed-away directory is still listed.
 async fn a_prefix_mount_keeps_to_its_prefix(r: Regions, phantoms: bool) {
@@ -93,46 +113,25 @@ async fn a_prefix_mount_keeps_to_its_prefix(r: Regions, phantoms: bool) {
 
     // What this mount wrote is replicated; the seed (another writer's) and
     // the outside objects are not.
-    let dst = bucket_contents(&r.dst, "").await;
+    let dst = destination_under_prefix(&r).await;
     assert_eq!(
         dst.get("team-b/f2.txt").map(Vec::as_slice),
         Some(&b"hi\n"[..])
     );
-    assert!(
-        dst.keys().all(|k| k.starts_with("team-b/")),
-        "{:?}",
-        dst.keys()
-    );
     // verify sees the seed missing; resync copies it, and only what is
     // under the prefix.
-    let v = regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        v.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&v.stdout)
-    );
-    assert!(String::from_utf8_lossy(&v.stdout).contains("team-b/seed.txt"));
+    let (code, out) = verify(&m);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("team-b/seed.txt"), "{out}");
     let s = regionfs_cli(&["resync"], &m.config);
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    let dst = bucket_contents(&r.dst, "").await;
+    let dst = destination_under_prefix(&r).await;
     assert_eq!(
         dst.get("team-b/seed.txt").map(Vec::as_slice),
         Some(&b"seed"[..])
     );
-    assert!(
-        dst.keys().all(|k| k.starts_with("team-b/")),
-        "{:?}",
-        dst.keys()
-    );
-    let v = regionfs_cli(&["verify"], &m.config);
-
-    assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&v.stdout)
-    );
+    let (code, out) = verify(&m);
+    assert_eq!(code, Some(0), "{out}");
 
     // A replica mount of the destination shows the same subtree, and
     // nothing of the destination outside it.

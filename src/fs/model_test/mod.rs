@@ -23,6 +23,7 @@ mod oracle;
 mod regressions;
 mod steps;
 mod tree;
+mod world;
 
 use proptest::prelude::*;
 

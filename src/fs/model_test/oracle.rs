@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::harness::{tag, Actor, Run};
+use super::harness::{Actor, Run};
 use super::tree::Kind;
+use super::world::tag;
 use crate::meta::{ObjectMeta, S_IFREG};
 use crate::store::{GetRequest, MemoryStore, ObjectStore};
 

@@ -2,9 +2,10 @@
 //! code before its fix (the comment on each says how). The ones with a
 //! write-back delay of 0 depend on timing: they run a few times.
 
-use super::harness::{errno, Driver, Run};
+use super::harness::Run;
 use super::replay;
 use super::steps::{Len, Step, P};
+use super::world::{errno, Driver};
 use crate::fs::SetAttr;
 
 fn replay_times(n: usize, write_back_delay_ms: Option<u64>, steps: &str) {

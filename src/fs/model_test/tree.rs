@@ -81,6 +81,16 @@ impl Model {
     }
 
     /// `path` itself must exist (`""` is the root, node 0).
+    /// The regular file at `path`: EISDIR for a directory, the errno of the
+    /// walk when missing, -1 for a symlink or fifo (not modelled there).
+    pub(super) fn file(&self, path: &str) -> Result<usize, i32> {
+        self.walk(path).and_then(|id| match self.nodes[id].kind {
+            Kind::File(_) => Ok(id),
+            Kind::Dir => Err(libc::EISDIR),
+            _ => Err(-1),
+        })
+    }
+
     pub(super) fn walk(&self, path: &str) -> Result<usize, i32> {
         if path.is_empty() {
             return Ok(0);
