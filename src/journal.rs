@@ -762,6 +762,7 @@ impl Journal {
     pub async fn failed_tasks(&self) -> Result<Vec<Task>, JournalError> {
         self.run(|c| {
             let mut st = c.prepare(&format!(
+            // The first term lets SQLite use the partial index of open rows.
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE status != 'COMPLETED' AND status = 'FAILED' ORDER BY id"
             ))?;
             let rows = st.query_map([], task_from_row)?;
@@ -1139,6 +1140,7 @@ impl Journal {
     pub async fn failed_ops(&self) -> Result<Vec<Op>, JournalError> {
         self.run(|c| {
             let mut st = c.prepare(&format!(
+            // The first term lets SQLite use the partial index of open rows.
                 "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' AND state IN ('failed', 'lost') ORDER BY seq"
             ))?;
             let rows = st.query_map([], op_from_row)?;

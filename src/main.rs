@@ -369,9 +369,8 @@ fn is_mounted(path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-/// `status --failed`: every failed upload (retried every minute, or lost:
-/// never run, see SEMANTICS.md) and replication, with its cause.
-fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+/// The journal of `config`'s cache dir, read-only, and a runtime to ask it.
+fn open_journal(config: &Config) -> anyhow::Result<(tokio::runtime::Runtime, Journal)> {
     let db = config.cache.dir.join("journal.db");
     if !db.exists() {
         bail!(
@@ -382,8 +381,15 @@ fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let journal = Journal::open_readonly(&db)?;
+    Ok((rt, journal))
+}
+
+/// `status --failed`: every failed upload (retried every minute, or lost:
+/// never run, see SEMANTICS.md) and replication, with its cause.
+fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let (rt, journal) = open_journal(config)?;
     rt.block_on(async {
-        let journal = Journal::open_readonly(&db)?;
         let ops = journal.failed_ops().await?;
         let tasks = journal.failed_tasks().await?;
         let path_of = |key: &str| key.strip_prefix(&config.source.prefix).unwrap_or(key).to_string();
@@ -435,18 +441,8 @@ fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
-    let db = config.cache.dir.join("journal.db");
-    if !db.exists() {
-        bail!(
-            "no journal at {}: nothing was mounted with this cache dir yet",
-            db.display()
-        );
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let (rt, journal) = open_journal(config)?;
     rt.block_on(async {
-        let journal = Journal::open_readonly(&db)?;
         match path {
             None => {
                 let s = service::status(&journal, config).await?;

@@ -512,13 +512,8 @@ impl Uploader {
     #[cfg(test)]
     pub(crate) fn hurry(&self) {
         let mut q = self.inner.queue.lock().unwrap();
-        let last = q
-            .by_key
-            .values()
-            .filter_map(|l| l.back())
-            .map(|o| o.seq)
-            .max();
-        q.urgent_upto = q.urgent_upto.max(last.unwrap_or(0));
+        let last = q.keys.keys().max().copied().unwrap_or(0);
+        q.urgent_upto = q.urgent_upto.max(last);
         drop(q);
         self.inner.wake.notify_one();
     }
