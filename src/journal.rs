@@ -251,6 +251,27 @@ pub struct Task {
     pub created_at_ms: i64,
 }
 
+/// What a completed task left at its destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replica {
+    /// The replica's (or delete marker's) version id; `None` when nothing
+    /// was written (already there, superseded, or unversioned).
+    pub version: Option<String>,
+    /// The replica's ETag, when this task wrote it.
+    pub etag: Option<String>,
+}
+
+/// A key's last completed task at a destination ([`Journal::previous_replica`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousReplica {
+    pub version_id: String,
+    /// The replica's ETag, when that task wrote one.
+    pub replica_etag: Option<String>,
+    /// Made from this journal's own upload (not resync or discovery): such
+    /// versions of one key were uploaded one after another, in task order.
+    pub own: bool,
+}
+
 /// The oldest open tasks of a destination and a summary of all of them
 /// ([`Journal::open_tasks_window`]).
 #[derive(Debug, Clone, Default)]
@@ -434,7 +455,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     replica_version TEXT,
     created_at INTEGER NOT NULL,
-    done_at INTEGER
+    done_at INTEGER,
+    replica_etag TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
@@ -511,6 +533,15 @@ impl Journal {
             .map_err(sq)?;
         if !has_inline {
             conn.execute_batch("ALTER TABLE ops ADD COLUMN inline BLOB")
+                .map_err(sq)?;
+        }
+        // ... and before replicas were written conditionally, their ETag.
+        let has_replica_etag = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'replica_etag'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sq)?;
+        if !has_replica_etag {
+            conn.execute_batch("ALTER TABLE tasks ADD COLUMN replica_etag TEXT")
                 .map_err(sq)?;
         }
         Ok(Self::spawn(conn, p))
@@ -777,15 +808,15 @@ impl Journal {
     pub async fn task_completed(
         &self,
         id: i64,
-        replica_version: Option<String>,
+        replica: Replica,
         target_ms: i64,
     ) -> Result<(), JournalError> {
         self.run_lazy(move |c| {
             let now = now_ms();
             exec_cached(
                 c,
-                "UPDATE tasks SET status = 'COMPLETED', replica_version = ?2, done_at = ?3, error = NULL WHERE id = ?1",
-                params![id, replica_version, now],
+                "UPDATE tasks SET status = 'COMPLETED', replica_version = ?2, done_at = ?3, error = NULL, replica_etag = ?4 WHERE id = ?1",
+                params![id, replica.version, now, replica.etag],
             )?;
             exec_cached(
                 c,
@@ -905,6 +936,31 @@ impl Journal {
             ))?;
             let rows = st.query_map(params![seq], task_from_row)?;
             rows.collect()
+        })
+        .await
+    }
+
+    /// The last completed task of `key` at `destination` before task
+    /// `before`: what this journal last put there, if it is still known.
+    pub async fn previous_replica(
+        &self,
+        key: String,
+        destination: String,
+        before: i64,
+    ) -> Result<Option<PreviousReplica>, JournalError> {
+        self.run_lazy(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT version_id, replica_etag, seq FROM tasks WHERE key = ?1 AND destination = ?2 AND id < ?3
+                 AND status = 'COMPLETED' ORDER BY id DESC LIMIT 1",
+            )?;
+            let mut rows = st.query_map(params![key, destination, before], |r| {
+                Ok(PreviousReplica {
+                    version_id: r.get(0)?,
+                    replica_etag: r.get(1)?,
+                    own: r.get::<_, i64>(2)? > 0,
+                })
+            })?;
+            rows.next().transpose()
         })
         .await
     }

@@ -182,8 +182,7 @@ impl ObjectMeta {
             content_type: self.content_type.clone(),
             metadata: md,
             tags: self.tags(),
-            storage_class: None,
-            acl: None,
+            ..PutOptions::default()
         }
     }
 

@@ -10,13 +10,16 @@
 //! # Ordering
 //! `ordering::runnable` lets only the oldest open task of a (key, destination)
 //! run, one at a time: versions reach a destination in source order and a late
-//! older copy never overwrites a newer one.
+//! older copy never overwrites a newer one. Across writers (other hosts,
+//! discovery, resync) `copy` compares versions in the source's own order
+//! before replacing a destination's current object, and writes conditionally.
 //!
 //! # Idempotency
-//! Before copying (except on a fresh version's first attempt, below), the
-//! destination's current object is checked: if it already
-//! carries `regionfs-source-version` = this version (a copy that finished just
-//! before a crash), the task completes without writing a duplicate version.
+//! Before copying, the destination's current object is looked at (see `copy`
+//! for the one write that need not look first): if it already carries
+//! `regionfs-source-version` = this version (a copy that finished just before
+//! a crash, or one made by another writer), the task completes without
+//! writing a duplicate version.
 //!
 //! After a crash, a copy that was in flight may still complete at the
 //! destination; recovered tasks wait 2 s before they check, so such a late copy
@@ -65,11 +68,10 @@
 //! is gone, incomplete or of another version. Either way they are exactly the
 //! uploaded bytes: the uploader PUT this very buffer, and a clean copy is a
 //! whole copy of the version whose ETag it carries, pinned while read (see
-//! `cache`). A fresh task's first attempt also skips the destination HEAD:
-//! nothing else writes that version there, and any retry (or a recovered
-//! task) checks it as above. Fresh state lives in memory only; after a
-//! failure or a restart the task takes the ordinary path.
+//! `cache`). Fresh state lives in memory only; after a failure or a restart
+//! the task takes the ordinary path.
 
+mod copy;
 pub mod heartbeat;
 pub mod ordering;
 pub mod resync;
@@ -86,10 +88,7 @@ use crate::error::StoreError;
 use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind, TaskStatus};
 use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
-use crate::store::{
-    AclBody, AclSupport, CompletedPart, GetRequest, ObjectStore, PutBody, PutOptions, PutResult,
-    SOURCE_VERSION_META,
-};
+use crate::store::{AclSupport, ObjectStore, PutOptions};
 use rules::{Change, Rules};
 
 struct Destination {
@@ -98,6 +97,7 @@ struct Destination {
     /// Last versioning check: when, and what it found.
     checked: Mutex<Option<(Instant, Result<(), String>)>>,
     acls: AclState,
+    conditions: copy::Conditions,
 }
 
 /// Whether a bucket takes object ACLs: asked once (its Object Ownership), and
@@ -473,6 +473,7 @@ impl Replicator {
                         config,
                         checked: Mutex::new(None),
                         acls,
+                        conditions: copy::Conditions::new(),
                     },
                 ))
             })
@@ -896,7 +897,7 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
     let fresh = inner.fresh.lock().unwrap().take(task.id);
     let fresh = fresh.and_then(|f| fresh_bytes(inner, &task, f));
     let result = match inner.destinations.get(&task.destination) {
-        Some(d) => replicate(inner, d, &task, fresh).await,
+        Some(d) => copy::replicate(inner, d, &task, fresh).await,
         None => Err(StoreError::Rejected {
             bucket: task.destination.clone(),
             status: 0,
@@ -906,10 +907,10 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
     };
     let pair = (task.key.clone(), task.destination.clone());
     match result {
-        Ok(replica_version) => {
+        Ok(replica) => {
             if let Err(e) = inner
                 .journal
-                .task_completed(task.id, replica_version, inner.target_ms)
+                .task_completed(task.id, replica, inner.target_ms)
                 .await
             {
                 tracing::error!(key = %task.key, error = %e, "cannot record a replication in the journal; will retry");
@@ -1011,225 +1012,6 @@ fn fresh_bytes(inner: &Inner, task: &Task, fresh: Arc<Fresh>) -> Option<FreshRea
             .map(bytes::Bytes::from)?,
     };
     Some(FreshReady { body, fresh })
-}
-
-/// Makes the replica of one version; returns the replica's version id.
-async fn replicate(
-    inner: &Arc<Inner>,
-    d: &Destination,
-    task: &Task,
-    fresh: Option<FreshReady>,
-) -> Result<Option<String>, StoreError> {
-    check_destination(d).await?;
-    let dest = &d.store;
-    let first_fresh = fresh.is_some() && task.attempts == 0;
-    let current = if first_fresh {
-        None
-    } else {
-        match dest.head(&task.key, None).await {
-            Ok(info) => Some(info),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        }
-    };
-    if task.kind == TaskKind::Delete {
-        // Already absent (deleted, or never replicated): nothing to mark.
-        if current.is_none() {
-            return Ok(None);
-        }
-        return Ok(dest.delete(&task.key).await?.version_id);
-    }
-    let override_owner = inner.owner_override.contains(&task.rule_id);
-    let replica = match &current {
-        Some(info) if info.metadata.get(SOURCE_VERSION_META) == Some(&task.version_id) => {
-            info.version_id.clone()
-        }
-        _ => {
-            let canned = (override_owner && d.acls.enabled(dest.as_ref()).await)
-                .then(|| "bucket-owner-full-control".to_string());
-            match write_replica(inner, d, task, fresh.as_ref(), canned.clone()).await {
-                Err(StoreError::AclNotSupported { message, .. }) if canned.is_some() => {
-                    d.acls.refused(dest.as_ref(), &message);
-                    write_replica(inner, d, task, fresh.as_ref(), None).await?
-                }
-                other => other?,
-            }
-        }
-    };
-    // A fresh version was uploaded without an ACL, so it is private, and so
-    // is every new replica: nothing to copy.
-    if !override_owner && fresh.is_none() {
-        copy_acl(inner, d, task, replica.as_deref()).await?;
-    }
-    Ok(replica)
-}
-
-/// Gives the replica the grants of the source version (the source owner's
-/// grants go to the replica's owner). Skipped where either side has no ACLs.
-async fn copy_acl(
-    inner: &Arc<Inner>,
-    d: &Destination,
-    task: &Task,
-    replica: Option<&str>,
-) -> Result<(), StoreError> {
-    let (src, dest) = (inner.source.as_ref(), d.store.as_ref());
-    if !inner.source_acls.enabled(src).await || !d.acls.enabled(dest).await {
-        return Ok(());
-    }
-    let want = match src.get_acl(&task.key, Some(&task.version_id)).await {
-        Ok(a) => a,
-        Err(StoreError::AclNotSupported { message, .. }) => {
-            inner.source_acls.refused(src, &message);
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    };
-    tracing::debug!(key = %task.key, acl = ?want, "source ACL");
-    // Every new replica is private already: the common case costs one GET.
-    if want.is_private() {
-        return Ok(());
-    }
-    let result = async {
-        let have = dest.get_acl(&task.key, replica).await?;
-        if have.normalized() != want.normalized() {
-            dest.put_acl(
-                &task.key,
-                replica,
-                &AclBody::Grants(want.for_owner(&have.owner)),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-    .await;
-    match result {
-        Err(StoreError::AclNotSupported { message, .. }) => {
-            d.acls.refused(dest, &message);
-            Ok(())
-        }
-        other => other,
-    }
-}
-
-/// Writes the replica (streamed from the source version, or from the fresh
-/// bytes); returns its version id.
-async fn write_replica(
-    inner: &Arc<Inner>,
-    d: &Destination,
-    task: &Task,
-    fresh: Option<&FreshReady>,
-    acl: Option<String>,
-) -> Result<Option<String>, StoreError> {
-    let dest = &d.store;
-    if let Some(f) = fresh {
-        let mut opts = f.fresh.opts.clone();
-        opts.metadata
-            .insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
-        opts.storage_class = task.storage_class.clone();
-        opts.acl = acl;
-        let res = dest
-            .put(&task.key, PutBody::Bytes(f.body.clone()), &opts)
-            .await?;
-        return Ok(res.version_id);
-    }
-    let src = &inner.source;
-    let head = src.head(&task.key, Some(&task.version_id)).await?;
-    let tags = src
-        .get_tags(&task.key, Some(&task.version_id))
-        .await
-        .unwrap_or_default();
-    let mut metadata = head.metadata.clone();
-    metadata.insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
-    if metadata.contains_key("mode") && !metadata.contains_key("mtime") {
-        // A file uploaded in parts while written has no stored mtime; its
-        // mtime is the source's LastModified, which the replica must not
-        // replace with its own.
-        if let Some(t) = head.last_modified {
-            metadata.insert("mtime".to_string(), crate::meta::unix_secs(t).to_string());
-        }
-    }
-    let opts = PutOptions {
-        content_type: head.content_type.clone(),
-        metadata,
-        tags,
-        storage_class: task.storage_class.clone(),
-        acl,
-    };
-    let size = head.size;
-    let res: PutResult = if size < inner.upload.multipart_threshold.0 {
-        let obj = src
-            .get(
-                &task.key,
-                GetRequest {
-                    version_id: Some(task.version_id.clone()),
-                    range: None,
-                },
-            )
-            .await?;
-        dest.put(
-            &task.key,
-            PutBody::Stream {
-                body: obj.body,
-                len: size,
-            },
-            &opts,
-        )
-        .await?
-    } else {
-        copy_in_parts(inner, dest.as_ref(), task, size, &opts).await?
-    };
-    Ok(res.version_id)
-}
-
-/// Large objects: one ranged GET per part, streamed into UploadPart,
-/// [`PARTS_IN_FLIGHT`] parts at a time, each giving way to new writes first.
-async fn copy_in_parts(
-    inner: &Arc<Inner>,
-    dest: &dyn ObjectStore,
-    task: &Task,
-    size: u64,
-    opts: &PutOptions,
-) -> Result<PutResult, StoreError> {
-    use futures_util::stream::{self, StreamExt, TryStreamExt};
-    let part = inner.upload.part_size_for(size);
-    let id = dest.create_multipart(&task.key, opts).await?;
-    let copies = stream::iter((0..size).step_by(part as usize).enumerate())
-        .map(|(i, offset)| {
-            let (id, end) = (&id, (offset + part).min(size) - 1);
-            async move {
-                give_way(inner, Yield::Busy).await;
-                let obj = inner
-                    .source
-                    .get(
-                        &task.key,
-                        GetRequest {
-                            version_id: Some(task.version_id.clone()),
-                            range: Some((offset, end)),
-                        },
-                    )
-                    .await?;
-                dest.upload_part(
-                    &task.key,
-                    id,
-                    i as i32 + 1,
-                    PutBody::Stream {
-                        body: obj.body,
-                        len: end - offset + 1,
-                    },
-                )
-                .await
-            }
-        })
-        .buffered(PARTS_IN_FLIGHT);
-    // The first failure drops the parts still in flight, then aborts.
-    let parts: Result<Vec<CompletedPart>, StoreError> = copies.try_collect().await;
-    match parts {
-        Ok(parts) => dest.complete_multipart(&task.key, &id, parts).await,
-        Err(e) => {
-            let _ = dest.abort_multipart(&task.key, &id).await;
-            Err(e)
-        }
-    }
 }
 
 /// When a replica waits for the uploader (see "Giving way").

@@ -117,6 +117,31 @@ impl MemoryStore {
             .collect()
     }
 
+    /// S3's conditional PUT: checked against the current version, as the
+    /// write would replace it (the same lock is not held across both, which
+    /// a test store can afford).
+    fn check_condition(&self, key: &str, c: Option<&super::Condition>) -> Result<(), StoreError> {
+        let Some(c) = c else { return Ok(()) };
+        let s = self.state.lock().unwrap();
+        let current = s
+            .objects
+            .get(key)
+            .and_then(|v| v.last())
+            .filter(|v| v.data.is_some());
+        let holds = match c {
+            super::Condition::IfNoneMatch => current.is_none(),
+            super::Condition::IfMatch(e) => current.is_some_and(|v| &v.etag == e),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::PreconditionFailed {
+                bucket: self.name.clone(),
+                key: key.to_string(),
+            })
+        }
+    }
+
     fn not_found(&self, key: &str) -> StoreError {
         StoreError::NotFound {
             bucket: self.name.clone(),
@@ -273,6 +298,7 @@ impl ObjectStore for MemoryStore {
     ) -> Result<PutResult, StoreError> {
         self.check_acl(opts.acl.as_deref())?;
         let data = self.read_body(body).await?;
+        self.check_condition(key, opts.condition.as_ref())?;
         let (id, etag) = self.add_version(key, Some(data), opts.clone());
         Ok(PutResult {
             version_id: Some(id),

@@ -60,6 +60,18 @@ pub struct PutOptions {
     pub storage_class: Option<String>,
     /// A canned ACL (`x-amz-acl`), e.g. `bucket-owner-full-control`.
     pub acl: Option<String>,
+    /// Write only if the key's current object is still the one expected
+    /// (single-request PUTs only; refused with `PreconditionFailed`).
+    pub condition: Option<Condition>,
+}
+
+/// A conditional write (S3's `If-Match` / `If-None-Match: *` on PutObject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The current object has this ETag.
+    IfMatch(String),
+    /// There is no current object (absent, or a delete marker).
+    IfNoneMatch,
 }
 
 /// Who an ACL grant is for.

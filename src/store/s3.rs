@@ -31,9 +31,9 @@ use aws_sdk_s3::Client;
 
 use super::unsigned::UnsignedBodies;
 use super::{
-    encode_tags, url_encode_path, Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject,
-    GetRequest, Grantee, ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions,
-    PutResult, VersionEntry, VersionPage, Versioning,
+    encode_tags, url_encode_path, Acl, AclBody, AclSupport, CompletedPart, Condition, DeleteResult,
+    GetObject, GetRequest, Grantee, ListEntry, ListPage, ObjectInfo, ObjectStore, PutBody,
+    PutOptions, PutResult, VersionEntry, VersionPage, Versioning,
 };
 use crate::config::{BucketConfig, ChecksumMode};
 use crate::error::StoreError;
@@ -558,6 +558,13 @@ impl ObjectStore for S3Store {
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_if_match(match &opts.condition {
+                Some(Condition::IfMatch(e)) => Some(format!("\"{e}\"")),
+                _ => None,
+            })
+            .set_if_none_match(
+                matches!(opts.condition, Some(Condition::IfNoneMatch)).then(|| "*".to_string()),
+            )
             .customize()
             .interceptor(UnsignedBodies(self.unsigned_payloads))
             .send()
