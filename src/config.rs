@@ -334,6 +334,13 @@ pub struct ReplicationConfig {
     pub time_target: HumanDuration,
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// The mount also replicates versions others write to the source
+    /// (`regionfs replicate` always does): see `replicator::discover`.
+    #[serde(default)]
+    pub watch: bool,
+    /// How often the source is listed for new versions.
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: HumanDuration,
 }
 
 impl Default for ReplicationConfig {
@@ -341,12 +348,17 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             time_target: default_time_target(),
             workers: default_workers(),
+            watch: false,
+            watch_interval: default_watch_interval(),
         }
     }
 }
 
 fn default_time_target() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_watch_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 fn default_workers() -> usize {
     16
@@ -872,6 +884,12 @@ impl Config {
             return Err(invalid(
                 "replication.workers".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if self.replication.watch_interval.0 < Duration::from_secs(1) {
+            return Err(invalid(
+                "replication.watch_interval".into(),
+                "must be at least 1s (each pass lists the source)".into(),
             ));
         }
         if let Some(m) = &self.metrics {

@@ -9,6 +9,7 @@ use regionfs::config::Config;
 use regionfs::fs::fuse::FuseFs;
 use regionfs::fs::Caller;
 use regionfs::journal::{Journal, OpState};
+use regionfs::replicator::discover::Shard;
 use regionfs::service;
 use regionfs::store::probe::probe_bucket;
 
@@ -88,11 +89,17 @@ enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
-    /// Run uploads and replication from the journal without a mount (for hosts
-    /// that only move data); stops on SIGINT/SIGTERM after draining.
+    /// Replicate the source bucket without a mount: every new version and
+    /// delete marker, whoever wrote it (listed every
+    /// `replication.watch_interval`), plus the journal's own pending work;
+    /// stops on SIGINT/SIGTERM after draining.
     Replicate {
         #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
         config: PathBuf,
+        /// Only this share of the keys, `I/N` (1 ≤ I ≤ N), by a stable hash
+        /// of the key: N processes with their own cache dirs cover the bucket.
+        #[arg(long, default_value = "1/1", value_parser = Shard::parse)]
+        shard: Shard,
     },
     /// What is pending, failed or done, read from the journal (mounted or not).
     Status {
@@ -183,7 +190,7 @@ fn main() -> ExitCode {
             failed,
         } => load(&config).and_then(|c| resync(&c, &prefix, all_versions, failed)),
         Command::Verify { config, prefix } => load(&config).and_then(|c| verify(&c, &prefix)),
-        Command::Replicate { config } => load(&config).and_then(|c| replicate(&c)),
+        Command::Replicate { config, shard } => load(&config).and_then(|c| replicate(&c, shard)),
     };
     match result {
         Ok(code) => code,
@@ -206,6 +213,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Serves `[metrics] listen`, when configured, on the current runtime.
+fn serve_metrics(config: &Config, svc: &service::Service) {
+    let Some(m) = &config.metrics else { return };
+    let metrics = regionfs::metrics::Metrics::new();
+    svc.replicator.set_metrics(metrics.clone());
+    metrics.set_regions(svc.regions.clone());
+    metrics.set_fs_counters(
+        svc.core.served_bytes.clone(),
+        svc.core.attribute_heads.clone(),
+        svc.core.inode_count.clone(),
+        svc.core.passthrough_opens.clone(),
+    );
+    let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
+    tokio::spawn(async move {
+        if let Err(e) = regionfs::metrics::serve(listen.clone(), metrics, journal, cfg).await {
+            tracing::error!(%listen, error = %e, "metrics endpoint stopped");
+        }
+    });
+}
+
 fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let owner = Caller {
@@ -216,22 +243,12 @@ fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCod
     regionfs::background::install().context("starting the background runtime")?;
     regionfs::heap::start();
     let svc = rt.block_on(service::start(&config, owner))?;
-    if let Some(m) = &config.metrics {
-        let metrics = regionfs::metrics::Metrics::new();
-        svc.replicator.set_metrics(metrics.clone());
-        metrics.set_regions(svc.regions.clone());
-        metrics.set_fs_counters(
-            svc.core.served_bytes.clone(),
-            svc.core.attribute_heads.clone(),
-            svc.core.inode_count.clone(),
-            svc.core.passthrough_opens.clone(),
-        );
-        let (listen, journal, cfg) = (m.listen.clone(), svc.journal.clone(), config.clone());
-        rt.spawn(async move {
-            if let Err(e) = regionfs::metrics::serve(listen.clone(), metrics, journal, cfg).await {
-                tracing::error!(%listen, error = %e, "metrics endpoint stopped");
-            }
-        });
+    {
+        let _in_runtime = rt.enter();
+        serve_metrics(&config, &svc);
+    }
+    if config.replication.watch && !config.read_only() {
+        rt.block_on(svc.watch(&config, Shard::ALL));
     }
     let mountpoint = std::fs::canonicalize(mountpoint)?;
     let _ = std::fs::write(
@@ -840,7 +857,7 @@ fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn replicate(config: &Config) -> anyhow::Result<ExitCode> {
+fn replicate(config: &Config, shard: Shard) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let owner = Caller {
         uid: unsafe { libc::getuid() },
@@ -852,8 +869,13 @@ fn replicate(config: &Config) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let svc = service::start(config, owner).await?;
+        serve_metrics(config, &svc);
+        svc.watch(config, shard).await;
         eprintln!(
-            "regionfs: replicating from the journal in {} (no mount)",
+            "regionfs: replicating {} (keys: {}) every {}, journal in {} (no mount)",
+            config.source.bucket,
+            shard.label(),
+            config.replication.watch_interval,
             config.cache.dir.display()
         );
         tokio::select! {

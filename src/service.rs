@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::fs::{Backends, Caller, Core};
 use crate::journal::{DestinationSummary, Journal, UploadSummary};
 use crate::regions::{Prefer, ReadView, Regions};
+use crate::replicator::discover::{Discovery, Shard};
 use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
 use crate::store::{ObjectStore, S3Store};
@@ -42,6 +43,8 @@ pub struct Service {
     pub cache: Arc<Cache>,
     pub regions: Arc<Regions>,
     pub quarantined: Vec<String>,
+    /// Discovery of versions others write (see [`Service::watch`]).
+    discovery: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Opens everything the mount needs. Fails, with a message that says what to
@@ -236,6 +239,7 @@ pub async fn start_with_stores(
         cache,
         regions,
         quarantined,
+        discovery: std::sync::Mutex::new(None),
     })
 }
 
@@ -285,7 +289,31 @@ impl Service {
     /// Waits up to `timeout` for queued uploads, then replication, printing
     /// progress; returns how many are left (they stay in the journal and resume
     /// at the next start).
+    /// Replicates what anyone writes to the source, not only this
+    /// process's uploads: lists the source for new versions every
+    /// `replication.watch_interval`, keeping to `shard` of the keys.
+    pub async fn watch(&self, config: &Config, shard: Shard) {
+        let source: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(&config.source).await);
+        let d = Discovery::new(
+            config,
+            source,
+            self.journal.clone(),
+            self.replicator.clone(),
+            shard,
+        );
+        let interval = config.replication.watch_interval.0;
+        let handle = tokio::spawn(d.run(interval));
+        if let Some(old) = self.discovery.lock().unwrap().replace(handle) {
+            old.abort();
+        }
+    }
+
     pub async fn drain(&self, timeout: Duration) -> usize {
+        // Nothing new is queued while draining (a pass cut short is redone
+        // from the journal at the next start).
+        if let Some(d) = self.discovery.lock().unwrap().take() {
+            d.abort();
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let uploads = self.drain_uploads(timeout).await;
         if let Some(ix) = self.core.indexer() {

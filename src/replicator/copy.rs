@@ -247,7 +247,8 @@ pub(super) async fn replicate(
                 look = Look::Head;
             }
             Err(e) => return Err(e),
-            Ok(res) => {
+            Ok(None) => return Ok(Replica::default()),
+            Ok(Some(res)) => {
                 // A fresh version was uploaded without an ACL, so it is
                 // private, and so is every new replica: nothing to copy.
                 if !inner.owner_override.contains(&task.rule_id) && fresh.is_none() {
@@ -281,7 +282,7 @@ async fn write_with_acl(
     task: &Task,
     fresh: Option<&FreshReady>,
     condition: Option<Condition>,
-) -> Result<PutResult, StoreError> {
+) -> Result<Option<PutResult>, StoreError> {
     let dest = d.store.as_ref();
     let canned = (inner.owner_override.contains(&task.rule_id) && d.acls.enabled(dest).await)
         .then(|| "bucket-owner-full-control".to_string());
@@ -341,7 +342,7 @@ async fn copy_acl(
 }
 
 /// Writes the replica (streamed from the source version, or from the fresh
-/// bytes); returns its version id.
+/// bytes); `None` when the version is itself a replica.
 async fn write_replica(
     inner: &Arc<Inner>,
     d: &Destination,
@@ -349,7 +350,7 @@ async fn write_replica(
     fresh: Option<&FreshReady>,
     acl: Option<String>,
     condition: Option<Condition>,
-) -> Result<PutResult, StoreError> {
+) -> Result<Option<PutResult>, StoreError> {
     let dest = &d.store;
     if let Some(f) = fresh {
         let mut opts = f.fresh.opts.clone();
@@ -360,10 +361,16 @@ async fn write_replica(
         opts.condition = condition;
         return dest
             .put(&task.key, PutBody::Bytes(f.body.clone()), &opts)
-            .await;
+            .await
+            .map(Some);
     }
     let src = &inner.source;
     let head = src.head(&task.key, Some(&task.version_id)).await?;
+    if head.metadata.contains_key(SOURCE_VERSION_META) {
+        // A replica (found by discovery, as with two-way rules): never
+        // replicated again.
+        return Ok(None);
+    }
     let tags = src
         .get_tags(&task.key, Some(&task.version_id))
         .await
@@ -410,7 +417,7 @@ async fn write_replica(
         // No condition on a multipart write (see "Limits").
         copy_in_parts(inner, dest.as_ref(), task, size, &opts).await?
     };
-    Ok(res)
+    Ok(Some(res))
 }
 
 /// Large objects: one ranged GET per part, streamed into UploadPart,

@@ -72,6 +72,7 @@
 //! the task takes the ordinary path.
 
 mod copy;
+pub mod discover;
 pub mod heartbeat;
 pub mod ordering;
 pub mod resync;

@@ -440,7 +440,7 @@ impl ObjectStore for MemoryStore {
             page.objects.push(ListEntry {
                 key: key.clone(),
                 size: last.data.as_ref().map(|d| d.len()).unwrap_or(0) as u64,
-                etag: String::new(),
+                etag: last.etag.clone(),
                 last_modified: Some(last.at),
             });
             count += 1;
@@ -469,17 +469,20 @@ impl ObjectStore for MemoryStore {
                     is_latest: i + 1 == n,
                     is_delete_marker: v.data.is_none(),
                     size: v.data.as_ref().map(|d| d.len()).unwrap_or(0) as u64,
-                    etag: String::new(),
+                    etag: v.etag.clone(),
                     last_modified: Some(v.at),
                 });
             }
         }
+        // S3's markers: after that version of the key, or, with no version,
+        // after every version of the key.
         let start = match &from {
-            Some((k, v)) => all
+            Some((k, Some(v))) => all
                 .iter()
-                .position(|e| &e.key == k && Some(&e.version_id) == v.as_ref())
+                .position(|e| &e.key == k && &e.version_id == v)
                 .map(|i| i + 1)
                 .unwrap_or(0),
+            Some((k, None)) => all.iter().position(|e| &e.key > k).unwrap_or(all.len()),
             None => 0,
         };
         let versions: Vec<VersionEntry> = all.iter().skip(start).take(max).cloned().collect();
