@@ -477,6 +477,20 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                             r.pending, r.pending_bytes, r.failed, r.oldest_pending_s, r.missed_target, config.replication.time_target, r.completed
                         );
                     }
+                    for d in &s.discovery {
+                        println!(
+                            "discovery (keys: {}): {} passes, the last {:.0}s ago took {:.1}s: {} keys, {} changed, {} queued, {} requests; {} queued in all",
+                            d.shard,
+                            d.passes,
+                            (regionfs::journal::now_ms() - d.last_pass_ms).max(0) as f64 / 1000.0,
+                            d.last_took_ms as f64 / 1000.0,
+                            d.keys,
+                            d.changed,
+                            d.queued,
+                            d.requests,
+                            d.total_queued
+                        );
+                    }
                     for (bucket, support) in &s.acls {
                         println!("object ACLs at {bucket}: {support}");
                     }

@@ -406,6 +406,8 @@ pub struct Status {
     pub reads: Option<ReadView>,
     /// How old that note is, seconds.
     pub reads_age_s: Option<f64>,
+    /// Discovery of versions written by others, per share (empty when off).
+    pub discovery: Vec<crate::journal::DiscoveryStats>,
 }
 
 pub async fn status(
@@ -429,5 +431,6 @@ pub async fn status(
             .as_ref()
             .and_then(|(text, _)| serde_json::from_str(text).ok()),
         reads_age_s: noted.map(|(_, at)| (crate::journal::now_ms() - at).max(0) as f64 / 1000.0),
+        discovery: journal.discovery_stats().await?,
     })
 }

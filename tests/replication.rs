@@ -9,7 +9,10 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{bucket_name, sh, wait_for, Mount, Region, Regions, ACCESS_KEY, SECRET_KEY};
+use common::{
+    bucket_name, replica_history, sh, source_history, wait_for, Mount, Region, Regions, ACCESS_KEY,
+    SECRET_KEY,
+};
 use regionfs::store::{ObjectStore, S3Store, SOURCE_VERSION_META};
 
 const DRAIN: Duration = Duration::from_secs(180);
@@ -19,45 +22,6 @@ fn wait_replicated(m: &Mount, dest: &str) {
         let s = m.status(None);
         (s["uploads"]["pending"] == 0 && s["replication"][dest]["pending"] == 0).then_some(())
     });
-}
-
-/// Versions of `key` in a bucket, oldest first: (version id, source version it replicates).
-async fn replica_history(s: &S3Store, key: &str) -> Vec<(String, Option<String>)> {
-    let mut out = Vec::new();
-    let mut from = None;
-    loop {
-        let page = s.list_versions(key, from, None).await.unwrap();
-        for v in page
-            .versions
-            .iter()
-            .filter(|v| v.key == key && !v.is_delete_marker)
-        {
-            let head = s.head(key, Some(&v.version_id)).await.unwrap();
-            out.push((
-                v.version_id.clone(),
-                head.metadata.get(SOURCE_VERSION_META).cloned(),
-            ));
-        }
-        match page.next {
-            Some(n) => from = Some(n),
-            None => break,
-        }
-    }
-    out.reverse();
-    out
-}
-
-/// Source versions of `key`, oldest first.
-async fn source_history(s: &S3Store, key: &str) -> Vec<String> {
-    let page = s.list_versions(key, None, None).await.unwrap();
-    let mut v: Vec<String> = page
-        .versions
-        .into_iter()
-        .filter(|v| v.key == key && !v.is_delete_marker)
-        .map(|v| v.version_id)
-        .collect();
-    v.reverse();
-    v
 }
 
 fn write_with_tags(path: &std::path::Path, body: &[u8], tags: &[(&str, &str)]) {

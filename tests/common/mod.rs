@@ -761,6 +761,53 @@ pub async fn put_bytes(s: &S3Store, key: &str, body: impl Into<bytes::Bytes>) {
         .unwrap();
 }
 
+/// Versions of `key` in a bucket, oldest first: (version id, source version it replicates).
+pub async fn replica_history(s: &S3Store, key: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut from = None;
+    loop {
+        let page = regionfs::store::ObjectStore::list_versions(s, key, from, None)
+            .await
+            .unwrap();
+        for v in page
+            .versions
+            .iter()
+            .filter(|v| v.key == key && !v.is_delete_marker)
+        {
+            let head = regionfs::store::ObjectStore::head(s, key, Some(&v.version_id))
+                .await
+                .unwrap();
+            out.push((
+                v.version_id.clone(),
+                head.metadata
+                    .get(regionfs::store::SOURCE_VERSION_META)
+                    .cloned(),
+            ));
+        }
+        match page.next {
+            Some(n) => from = Some(n),
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Source versions of `key`, oldest first.
+pub async fn source_history(s: &S3Store, key: &str) -> Vec<String> {
+    let page = regionfs::store::ObjectStore::list_versions(s, key, None, None)
+        .await
+        .unwrap();
+    let mut v: Vec<String> = page
+        .versions
+        .into_iter()
+        .filter(|v| v.key == key && !v.is_delete_marker)
+        .map(|v| v.version_id)
+        .collect();
+    v.reverse();
+    v
+}
+
 /// Every object under `prefix` with its bytes (regionfs's own
 /// `.regionfs-replicated` progress note left out).
 pub async fn bucket_contents(
