@@ -258,3 +258,37 @@ async fn two_mounts_and_a_raw_client_writing_the_same_keys_leave_the_destination
         );
     }
 }
+
+/// Everything in the tree replicates: a replica mount of the destination
+/// shows the empty directory with its mode, the symlink and the FIFO.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_mount_shows_empty_directories_symlinks_and_fifos_with_their_modes() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = common::Mount::start(&r.config(c.path(), ""));
+    std::fs::create_dir(m.path("empty")).unwrap();
+    std::fs::set_permissions(m.path("empty"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("target/file", m.path("link")).unwrap();
+    common::sh(&format!("mkfifo -m 0640 {}", m.path("pipe").display()));
+    m.wait_uploaded(DRAIN);
+    wait_for("replication", DRAIN, || {
+        (m.status(None)["replication"]["eu"]["pending"] == 0).then_some(())
+    });
+    let rc = tempfile::tempdir().unwrap();
+    let replica = common::Mount::start(&r.config(
+        rc.path(),
+        "[mount]\nread_only = true\n[read]\nfrom = \"eu\"\n",
+    ));
+    let dir = std::fs::metadata(replica.path("empty")).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(std::fs::read_dir(replica.path("empty")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_link(replica.path("link")).unwrap(),
+        PathBuf::from("target/file")
+    );
+    let pipe = std::fs::symlink_metadata(replica.path("pipe")).unwrap();
+    assert!(pipe.file_type().is_fifo());
+    assert_eq!(pipe.permissions().mode() & 0o7777, 0o640);
+}
