@@ -195,6 +195,8 @@ pub(super) async fn replicate(
         None
     };
     let mut look = first_look(task, prev.as_ref(), in_parts);
+    // The condition the last write was refused with.
+    let mut refused: Option<Condition> = None;
     for _ in 0..CONFLICT_ROUNDS {
         let condition = match look {
             Look::Blind(c) => Some(c),
@@ -233,7 +235,12 @@ pub(super) async fn replicate(
                 }
             }
         };
-        let condition = condition.filter(|_| d.conditions.on());
+        // Refused although the look says it holds: the store judges it by
+        // something a HEAD does not show (SeaweedFS: a directory of that
+        // name). Nothing changed in between, so the write goes unconditioned.
+        let condition = condition
+            .filter(|_| d.conditions.on())
+            .filter(|c| refused.as_ref() != Some(c));
         if task.kind == TaskKind::Delete {
             return Ok(Replica {
                 version: dest.delete(&task.key).await?.version_id,
@@ -241,7 +248,10 @@ pub(super) async fn replicate(
             });
         }
         match write_with_acl(inner, d, task, fresh.as_ref(), condition.clone()).await {
-            Err(StoreError::PreconditionFailed { .. }) => look = Look::Head,
+            Err(StoreError::PreconditionFailed { .. }) => {
+                refused = condition;
+                look = Look::Head;
+            }
             Err(e) if condition.is_some() && refuses_conditions(&e) => {
                 d.conditions.refused(dest, &e);
                 look = Look::Head;
