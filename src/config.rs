@@ -1020,6 +1020,28 @@ fn display_path(p: &str) -> String {
     }
 }
 
+/// Tests: a source "us" (bucket `src`) and one destination "eu" (bucket
+/// `dst`) at endpoints nothing listens on, with `rules` (TOML `[[rule]]`
+/// sections) appended.
+#[cfg(test)]
+pub(crate) fn two_region_test_config(rules: &str) -> Config {
+    Config::parse(&format!(
+        r#"
+[source]
+name = "us"
+region = "us-east-1"
+bucket = "src"
+endpoint = "http://127.0.0.1:1"
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "dst"
+endpoint = "http://127.0.0.1:2"
+{rules}"#
+    ))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

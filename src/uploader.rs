@@ -2342,24 +2342,7 @@ mod tests {
     }
 
     fn replicating_config() -> crate::config::Config {
-        crate::config::Config::parse(
-            r#"
-[source]
-name = "us"
-region = "us-east-1"
-bucket = "src"
-endpoint = "http://127.0.0.1:1"
-[[destination]]
-name = "eu"
-region = "eu-west-1"
-bucket = "dst"
-endpoint = "http://127.0.0.1:2"
-[[rule]]
-id = "all"
-destination = "eu"
-"#,
-        )
-        .unwrap()
+        crate::config::two_region_test_config("[[rule]]\nid = \"all\"\ndestination = \"eu\"\n")
     }
 
     /// Holds every small replica back (the uploads look backed up) until the

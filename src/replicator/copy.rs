@@ -646,25 +646,9 @@ mod tests {
     #[tokio::test]
     async fn versions_replicated_in_any_order_leave_the_destination_on_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config::parse(
-            r#"
-[source]
-name = "us"
-region = "us-east-1"
-bucket = "src"
-endpoint = "http://127.0.0.1:1"
-[[destination]]
-name = "eu"
-region = "eu-west-1"
-bucket = "dst"
-endpoint = "http://127.0.0.1:2"
-[[rule]]
-id = "all"
-destination = "eu"
-delete_markers = true
-"#,
-        )
-        .unwrap();
+        let config = crate::config::two_region_test_config(
+            "[[rule]]\nid = \"all\"\ndestination = \"eu\"\ndelete_markers = true\n",
+        );
         for (case, order) in permutations(4).into_iter().enumerate() {
             let journal = Journal::open(&dir.path().join(format!("j{case}.db"))).unwrap();
             let src = Arc::new(MemoryStore::new("src"));

@@ -583,26 +583,9 @@ mod tests {
         } else {
             ""
         };
-        Config::parse(&format!(
-            r#"
-[source]
-name = "us"
-region = "us-east-1"
-bucket = "src"
-endpoint = "http://127.0.0.1:1"
-[[destination]]
-name = "eu"
-region = "eu-west-1"
-bucket = "dst"
-endpoint = "http://127.0.0.1:2"
-[[rule]]
-id = "all"
-prefix = "a/"
-destination = "eu"
-delete_markers = true
-{tags}"#
+        crate::config::two_region_test_config(&format!(
+            "[[rule]]\nid = \"all\"\nprefix = \"a/\"\ndestination = \"eu\"\ndelete_markers = true\n{tags}"
         ))
-        .unwrap()
     }
 
     async fn put(s: &MemoryStore, key: &str, body: &str) {
