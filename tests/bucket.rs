@@ -78,6 +78,17 @@ impl Replicate {
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
+    /// Waits until two more discovery passes have run and nothing is
+    /// pending: a late duplicate has had every chance to be queued and copied.
+    fn wait_quiet(&self) {
+        let passes = |s: &serde_json::Value| s["discovery"][0]["passes"].as_u64().unwrap_or(0);
+        let start = self.status().map(|s| passes(&s)).unwrap_or(0);
+        wait_for("two more passes with nothing pending", DRAIN, || {
+            let s = self.status()?;
+            (passes(&s) >= start + 2 && s["replication"]["eu"]["pending"] == 0).then_some(())
+        });
+    }
+
     fn completed(&self) -> u64 {
         self.status()
             .and_then(|s| s["replication"]["eu"]["completed"].as_u64())
@@ -199,8 +210,7 @@ async fn replicate_killed_with_9_and_restarted_copies_nothing_twice_and_misses_n
     }
     rep.restart();
     wait_histories(&r, &keys).await;
-    // Give a late duplicate every chance to show.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    rep.wait_quiet();
     assert_replicated_exactly_once(&r, &keys).await;
     assert!(verify_clean(&rep.config));
 }
@@ -215,7 +225,8 @@ async fn two_shares_replicate_a_bucket_exactly_once() {
     let one = Replicate::start(&r, "1/2");
     let two = Replicate::start(&r, "2/2");
     wait_histories(&r, &keys).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    one.wait_quiet();
+    two.wait_quiet();
     assert_replicated_exactly_once(&r, &keys).await;
     let (a, b) = (one.completed(), two.completed());
     assert_eq!(a + b, 60, "each key by one share: {a} + {b}");

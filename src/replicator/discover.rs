@@ -826,6 +826,44 @@ mod tests {
         }
     }
 
+    /// A version this journal uploaded itself, or has queued already, is
+    /// not queued again when a pass lists it.
+    #[tokio::test]
+    async fn own_uploads_and_queued_versions_are_not_queued_twice() {
+        let r = Rig::new();
+        for i in 0..3 {
+            put(&r.src, &format!("a/{i}"), "x").await;
+        }
+        let version = |k: &str| r.src.history(k)[0].0.clone();
+        let (d, _rep) = r.discovery("h", Shard::ALL);
+        let seq = d
+            .journal
+            .stage(crate::journal::NewOp {
+                key: "a/0".into(),
+                kind: crate::journal::OpKind::Put,
+                file: None,
+                size: 1,
+                meta: "{}".into(),
+                src_key: None,
+                src_version: None,
+                inline: None,
+            })
+            .await
+            .unwrap();
+        d.journal.complete(seq, Some(version("a/0"))).await.unwrap();
+        let task = NewTask {
+            destination: "eu".into(),
+            rule_id: "all".into(),
+            kind: TaskKind::Version,
+            storage_class: None,
+        };
+        d.journal
+            .add_resync_tasks(vec![("a/1".into(), version("a/1"), 1, task)])
+            .await
+            .unwrap();
+        assert_eq!(d.pass(true).await.unwrap().queued, 1, "a/2 only");
+    }
+
     #[tokio::test]
     async fn two_shares_replicate_every_key_exactly_once() {
         let r = Rig::new();
