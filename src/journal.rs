@@ -62,7 +62,9 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+mod conflicts;
 mod discovery;
+pub use conflicts::{Conflict, Conflicts};
 pub use discovery::{DiscoveryStats, Seen};
 
 /// Why the journal could not do what was asked. Any of these on a write means
@@ -125,6 +127,20 @@ pub struct NewOp {
     /// commit then makes the data durable by itself (no fsync of the cache file
     /// or its directory), and recovery rewrites the cache file from it.
     pub inline: Option<Vec<u8>>,
+    /// Put: the object the writer last saw at the key (see [`Base`]); `None`
+    /// for writes that replace whatever is there (renames, metadata).
+    pub base: Option<Base>,
+}
+
+/// The source object a put was written over, as the writing host last saw
+/// it: the uploader reports an upload that replaces anything else (another
+/// writer's version this host never read; see `uploader::guard`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Base {
+    /// Empty: no object at the key (a new file).
+    pub etag: String,
+    /// Its version id, where the host learned one (a listing gives none).
+    pub version: Option<String>,
 }
 
 impl NewOp {
@@ -145,6 +161,7 @@ impl NewOp {
             src_key: None,
             src_version: None,
             inline,
+            base: None,
         }
     }
 }
@@ -172,6 +189,7 @@ pub struct Op {
     /// Its bytes are in the row (a small put): a power loss after its upload
     /// can be redone from the row alone.
     pub inline: bool,
+    pub base: Option<Base>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,7 +457,9 @@ CREATE TABLE IF NOT EXISTS ops (
     version_id TEXT,
     staged_at INTEGER NOT NULL,
     done_at INTEGER,
-    inline BLOB
+    inline BLOB,
+    base_etag TEXT,
+    base_version TEXT
 );
 CREATE INDEX IF NOT EXISTS ops_open ON ops(state) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS ops_key ON ops(key, seq);
@@ -496,6 +516,13 @@ CREATE TABLE IF NOT EXISTS discovery (
     requests INTEGER NOT NULL,
     total_queued INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conflicts (
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    replaced_version TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (seq, replaced_version)
+);
 CREATE TABLE IF NOT EXISTS replication_stats (
     destination TEXT PRIMARY KEY,
     completed INTEGER NOT NULL DEFAULT 0,
@@ -504,7 +531,7 @@ CREATE TABLE IF NOT EXISTS replication_stats (
 );
 ";
 
-const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at, inline IS NOT NULL";
+const OP_COLUMNS: &str = "seq, key, kind, file, size, meta, src_key, src_version, state, attempts, error, multipart_id, version_id, staged_at, inline IS NOT NULL, base_etag, base_version";
 
 fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
     let state: String = r.get(8)?;
@@ -529,6 +556,10 @@ fn op_from_row(r: &Row) -> rusqlite::Result<Op> {
         version_id: r.get(12)?,
         staged_at_ms: r.get(13)?,
         inline: r.get(14)?,
+        base: r.get::<_, Option<String>>(15)?.map(|etag| Base {
+            etag,
+            version: r.get(16).ok().flatten(),
+        }),
     })
 }
 
@@ -565,6 +596,17 @@ impl Journal {
         if !has_replica_etag {
             conn.execute_batch("ALTER TABLE tasks ADD COLUMN replica_etag TEXT")
                 .map_err(sq)?;
+        }
+        // ... and before uploads knew what they were written over.
+        let has_base = conn
+            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'base_etag'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sq)?;
+        if !has_base {
+            conn.execute_batch(
+                "ALTER TABLE ops ADD COLUMN base_etag TEXT; ALTER TABLE ops ADD COLUMN base_version TEXT",
+            )
+            .map_err(sq)?;
         }
         Ok(Self::spawn(conn, p))
     }
@@ -738,8 +780,9 @@ impl Journal {
         self.send(Durability::Synced, move |c| {
             exec_cached(
                 c,
-                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline],
+                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline, base_etag, base_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline,
+                    op.base.as_ref().map(|b| &b.etag), op.base.as_ref().and_then(|b| b.version.as_ref())],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -1432,6 +1475,7 @@ mod tests {
             src_key: None,
             src_version: None,
             inline: None,
+            base: None,
         }
     }
 

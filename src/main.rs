@@ -491,6 +491,20 @@ fn status(config: &Config, json: bool, path: Option<&std::path::Path>) -> anyhow
                             d.total_queued
                         );
                     }
+                    if s.replaced.count > 0 {
+                        println!(
+                            "uploads that replaced another client's version: {} (each stays in the source's history; `regionfs restore` brings one back)",
+                            s.replaced.count
+                        );
+                        for c in &s.replaced.recent {
+                            println!(
+                                "  {} replaced version {} at {}",
+                                c.key,
+                                c.replaced_version,
+                                format_epoch((c.at_ms / 1000).max(0) as u64)
+                            );
+                        }
+                    }
                     for (bucket, support) in &s.acls {
                         println!("object ACLs at {bucket}: {support}");
                     }

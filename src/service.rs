@@ -408,6 +408,9 @@ pub struct Status {
     pub reads_age_s: Option<f64>,
     /// Discovery of versions written by others, per share (empty when off).
     pub discovery: Vec<crate::journal::DiscoveryStats>,
+    /// Uploads that replaced a version another client wrote since this host
+    /// last read the key (see `uploader::guard`): the newest few.
+    pub replaced: crate::journal::Conflicts,
 }
 
 pub async fn status(
@@ -432,5 +435,6 @@ pub async fn status(
             .and_then(|(text, _)| serde_json::from_str(text).ok()),
         reads_age_s: noted.map(|(_, at)| (crate::journal::now_ms() - at).max(0) as f64 / 1000.0),
         discovery: journal.discovery_stats().await?,
+        replaced: journal.conflicts(10).await?,
     })
 }

@@ -71,9 +71,13 @@ use crate::config::UploadConfig;
 use crate::error::StoreError;
 use crate::journal::{now_ms, Durability, Journal, JournalError, NewOp, Op, OpKind, OpState};
 use crate::meta::ObjectMeta;
-use crate::store::{AclBody, CompletedPart, ObjectStore, PutBody, PutOptions, PutResult};
+use crate::store::{
+    AclBody, CompletedPart, Condition, ConditionSupport, ObjectStore, PutBody, PutOptions,
+    PutResult,
+};
 
 mod early;
+mod guard;
 mod replan;
 pub use early::EarlyUpload;
 
@@ -162,6 +166,8 @@ struct Inner {
     replicator: Option<crate::replicator::Replicator>,
     /// `[source] acl`, and whether the bucket takes ACLs.
     acl: Mutex<Option<(String, Arc<crate::replicator::AclState>)>>,
+    /// Whether the source takes conditional PUTs (see `guard`).
+    conditions: ConditionSupport,
 }
 
 /// Handle to the write-back worker.
@@ -192,6 +198,7 @@ impl Uploader {
             cache,
             cfg,
             delay,
+            conditions: ConditionSupport::new(),
             queue: Mutex::new(Queue {
                 by_key: BTreeMap::new(),
                 count: 0,
@@ -323,6 +330,7 @@ impl Uploader {
                 version_id: None,
                 staged_at_ms: now_ms(),
                 inline: op.inline.is_some(),
+                base: op.base,
             };
             if let Some(e) = early {
                 q.early.insert(seq, e);
@@ -1137,15 +1145,15 @@ async fn perform_with_acl(
     let store = inner.store.as_ref();
     let configured = inner.acl.lock().unwrap().clone();
     let Some((canned, state)) = configured.filter(|_| op.kind != OpKind::Delete) else {
-        return perform(inner, op, &None, small).await;
+        return perform_guarded(inner, op, &None, small).await;
     };
     if !state.enabled(store).await {
-        return perform(inner, op, &None, small).await;
+        return perform_guarded(inner, op, &None, small).await;
     }
-    let res = match perform(inner, op, &Some(canned.clone()), small).await {
+    let res = match perform_guarded(inner, op, &Some(canned.clone()), small).await {
         Err(StoreError::AclNotSupported { message, .. }) => {
             state.refused(store, &message);
-            return perform(inner, op, &None, small).await;
+            return perform_guarded(inner, op, &None, small).await;
         }
         other => other?,
     };
@@ -1188,13 +1196,75 @@ fn small_body(inner: &Inner, op: &Op) -> Result<Option<Bytes>, StoreError> {
     Ok((stable && bytes.len() as u64 == op.size).then(|| Bytes::from(bytes)))
 }
 
-async fn perform(
+/// Writes the operation over what its writer last saw, reporting any other
+/// writer's version it replaces instead (see `guard`).
+async fn perform_guarded(
     inner: &Arc<Inner>,
     op: &Op,
     acl: &Option<String>,
     small: Option<&Bytes>,
 ) -> Result<PutResult, StoreError> {
+    let mut cond = guard::first_condition(op.base.as_ref()).filter(|_| inner.conditions.on());
+    if cond.is_none() && op.base.is_some() && !multipart_upload(inner, op) {
+        guard::look(inner, op).await?;
+    }
+    for _ in 0..CONFLICT_ROUNDS {
+        let Some(c) = cond.clone() else {
+            return perform(inner, op, acl, small, None).await;
+        };
+        match perform(inner, op, acl, small, Some(c.clone())).await {
+            Err(StoreError::PreconditionFailed { .. }) => {
+                cond = guard::after_refusal(inner, op, &c).await?;
+            }
+            // S3 answers If-Match on a missing key with NoSuchKey.
+            Err(StoreError::NotFound { .. }) if matches!(c, Condition::IfMatch(_)) => {
+                cond = guard::after_refusal(inner, op, &c).await?;
+            }
+            Err(e) if ConditionSupport::refuses(&e) => {
+                inner.conditions.refused(
+                    inner.store.as_ref(),
+                    &e,
+                    "uploads look at the current object first instead",
+                );
+                guard::look(inner, op).await?;
+                cond = None;
+            }
+            other => return other,
+        }
+    }
+    // Other writers keep replacing the key: back off and try again.
+    Err(StoreError::Throttled {
+        bucket: inner.store.describe(),
+        code: "ConcurrentWriters".into(),
+    })
+}
+
+/// Conditional writes a put makes, and the looks between them, before it
+/// backs off: other writers keep replacing the key.
+const CONFLICT_ROUNDS: usize = 4;
+
+/// Whether the put's version is made by CompleteMultipartUpload (which
+/// takes no condition on every store; `guard::look` runs before it).
+fn multipart_upload(inner: &Inner, op: &Op) -> bool {
+    op.kind == OpKind::Put
+        && op.file.is_some()
+        && (op.size >= inner.cfg.multipart_threshold.0
+            || inner.queue.lock().unwrap().early.contains_key(&op.seq))
+}
+
+async fn perform(
+    inner: &Arc<Inner>,
+    op: &Op,
+    acl: &Option<String>,
+    small: Option<&Bytes>,
+    cond: Option<Condition>,
+) -> Result<PutResult, StoreError> {
     let store = &inner.store;
+    // Only whole PUTs take the condition (see `guard`).
+    let put_options = |op: &Op, acl: &Option<String>| PutOptions {
+        condition: cond.clone(),
+        ..options(op, acl)
+    };
     match op.kind {
         OpKind::Delete => {
             let d = store.delete(&op.key).await?;
@@ -1216,7 +1286,7 @@ async fn perform(
                     .put(
                         &op.key,
                         PutBody::Bytes(bytes::Bytes::new()),
-                        &options(op, acl),
+                        &put_options(op, acl),
                     )
                     .await;
             };
@@ -1237,7 +1307,7 @@ async fn perform(
             }
             if let Some(b) = small.filter(|b| b.len() as u64 == size) {
                 return store
-                    .put(&op.key, PutBody::Bytes(b.clone()), &options(op, acl))
+                    .put(&op.key, PutBody::Bytes(b.clone()), &put_options(op, acl))
                     .await;
             }
             if size < inner.cfg.multipart_threshold.0 {
@@ -1251,7 +1321,7 @@ async fn perform(
                             len: size,
                             unchanged,
                         },
-                        &options(op, acl),
+                        &put_options(op, acl),
                     )
                     .await;
                 return match res {
@@ -1291,7 +1361,12 @@ async fn multipart(
     let uploaded = upload_parts(inner, op, &path, &upload_id, 0, size, part)
         .await
         .and_then(|p| unchanged(store.as_ref(), &path, before).map(|_| p));
-    let parts = match uploaded {
+    // The last look before the version exists (see `guard`).
+    let looked = match uploaded {
+        Ok(p) => guard::look(inner, op).await.map(|_| p),
+        Err(e) => Err(e),
+    };
+    let parts = match looked {
         Ok(p) => p,
         Err(e) => {
             let _ = store.abort_multipart(&op.key, &upload_id).await;
@@ -1334,6 +1409,7 @@ async fn complete_early(
         let mut parts = f.parts;
         parts.extend(upload_parts(inner, op, &path, &id, f.uploaded, size, f.part).await?);
         unchanged(store.as_ref(), &path, before)?;
+        guard::look(inner, op).await?;
         store.complete_multipart(&op.key, &id, parts).await
     }
     .await;
@@ -1577,6 +1653,7 @@ mod tests {
             src_key: None,
             src_version: None,
             inline: None,
+            base: None,
         }
     }
 
@@ -1604,6 +1681,7 @@ mod tests {
             src_key: Some(src.into()),
             src_version: version.map(str::to_string),
             inline: None,
+            base: None,
         }
     }
 
@@ -1617,6 +1695,7 @@ mod tests {
             src_key: None,
             src_version: None,
             inline: None,
+            base: None,
         }
     }
 
@@ -1682,6 +1761,86 @@ mod tests {
         put_bytes_into(&r.mem, "gone", b"late").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!landed(&r, "k").await, "the deleted name stays deleted");
+    }
+
+    /// A put of `body` at `key` written over `base` (`None`: a new file).
+    async fn put_over(r: &Rig, up: &Uploader, key: &str, body: &[u8], base: Option<&str>) {
+        let file = staged_file(r, body);
+        let op = NewOp {
+            base: Some(crate::journal::Base {
+                etag: base.unwrap_or_default().to_string(),
+                version: None,
+            }),
+            ..put(key, &file, body.len() as u64)
+        };
+        let seq = up.submit(op).await.unwrap();
+        assert_eq!(up.wait(seq).await, Ok(()));
+    }
+
+    async fn etag_of(r: &Rig, key: &str) -> String {
+        r.mem.head(key, None).await.unwrap().etag
+    }
+
+    /// (key, replaced version) of every reported upload, sorted.
+    async fn reported(r: &Rig) -> Vec<(String, String)> {
+        let c = r.journal.conflicts(100).await.unwrap();
+        let mut v: Vec<_> = c
+            .recent
+            .into_iter()
+            .map(|c| (c.key, c.replaced_version))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Another writer's version, over which the host writes (seen or not),
+    /// with or without conditional PUTs at the store.
+    async fn writers_of_one_key(conditions: bool) {
+        let r = rig();
+        if !conditions {
+            r.mem.refuse_conditions();
+        }
+        let up = start(&r, vec![]);
+        put_bytes_into(&r.mem, "k", b"theirs 1").await;
+        let seen = etag_of(&r, "k").await;
+        put_over(&r, &up, "k", b"mine 1", Some(&seen)).await;
+        // Still naming what it saw before its own upload: not reported.
+        put_over(&r, &up, "k", b"mine 2", Some(&seen)).await;
+        put_bytes_into(&r.mem, "k", b"theirs 2").await;
+        let unread = r.mem.head("k", None).await.unwrap().version_id.unwrap();
+        let mine = etag_of(&r, "k").await;
+        assert_ne!(mine, seen);
+        put_over(&r, &up, "k", b"mine 3", Some(&seen)).await;
+        // A new file here, where another client made one meanwhile.
+        put_bytes_into(&r.mem, "new", b"theirs").await;
+        let theirs_new = r.mem.head("new", None).await.unwrap().version_id.unwrap();
+        put_over(&r, &up, "new", b"mine", None).await;
+        drained(&up).await;
+        assert_eq!(
+            reported(&r).await,
+            [("k".to_string(), unread), ("new".to_string(), theirs_new)]
+        );
+        let bodies: Vec<_> = r
+            .mem
+            .history("k")
+            .into_iter()
+            .map(|(_, b)| b.unwrap())
+            .collect();
+        assert_eq!(
+            bodies,
+            ["theirs 1", "mine 1", "mine 2", "theirs 2", "mine 3"].map(|b| Bytes::from(b)),
+            "the last close wins and every version stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_a_version_this_host_never_read_is_reported_and_over_its_own_not() {
+        writers_of_one_key(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_store_without_conditional_puts_still_gets_every_upload_and_the_report() {
+        writers_of_one_key(false).await;
     }
 
     #[tokio::test]

@@ -303,3 +303,73 @@ async fn a_replica_mount_shows_empty_directories_symlinks_and_fifos_with_their_m
     assert!(pipe.file_type().is_fifo());
     assert_eq!(pipe.permissions().mode() & 0o7777, 0o640);
 }
+
+/// A host that overwrites a key another client wrote since the host last
+/// saw it reports the version it replaced (whole PUTs and uploads in parts);
+/// its own rewrites, and versions it did see, are not reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_replacing_a_version_this_host_never_read_is_reported() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    // Attributes cached for an hour: the mount does not look again on its own.
+    let m = common::Mount::start(&r.config(
+        c.path(),
+        "[mount]\nattr_ttl = \"1h\"\ndir_ttl = \"1h\"\n[upload]\nmultipart_threshold = \"5MiB\"\n",
+    ));
+    let big = |tag: u8| vec![tag; 6 << 20];
+    for i in 0..5 {
+        std::fs::write(m.path("mine"), format!("rewrite {i}")).unwrap();
+    }
+    std::fs::write(m.path("doc"), "host 1").unwrap();
+    std::fs::write(m.path("big"), big(1)).unwrap();
+    m.wait_uploaded(DRAIN);
+    // Written by someone else after the host last saw the keys...
+    put_bytes(&r.src, "doc", "sdk 2").await;
+    put_bytes(&r.src, "big", "sdk 2").await;
+    // ... and one the host first sees after it was written.
+    put_bytes(&r.src, "seen", "sdk 1").await;
+    let theirs = |k: &'static str| {
+        let src = &r.src;
+        async move { src.head(k, None).await.unwrap().version_id.unwrap() }
+    };
+    let (doc2, big2) = (theirs("doc").await, theirs("big").await);
+    assert_eq!(std::fs::read_to_string(m.path("seen")).unwrap(), "sdk 1");
+    std::fs::write(m.path("doc"), "host 3").unwrap();
+    std::fs::write(m.path("big"), big(3)).unwrap();
+    std::fs::write(m.path("seen"), "host 2").unwrap();
+    std::fs::write(m.path("mine"), "rewrite 5").unwrap();
+    m.wait_uploaded(DRAIN);
+
+    // Last close wins; the replaced versions stay in the history.
+    let body = |k: &'static str| {
+        let src = &r.src;
+        async move { common::get_bytes(src, k).await }
+    };
+    assert_eq!(body("doc").await, b"host 3");
+    assert_eq!(body("big").await, big(3));
+    assert_eq!(body("seen").await, b"host 2");
+    assert!(source_history(&r.src, "doc").await.contains(&doc2));
+    let status = m.status(None);
+    let replaced = &status["replaced"];
+    let mut named: Vec<(String, String)> = replaced["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().to_string(),
+                c["replaced_version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    named.sort();
+    assert_eq!(
+        named,
+        [("big".to_string(), big2), ("doc".to_string(), doc2)],
+        "exactly the two versions the host never read: {status}"
+    );
+    assert_eq!(replaced["count"], 2);
+    assert!(m
+        .log_text()
+        .contains("replaces a version another client wrote"));
+}

@@ -19,6 +19,7 @@ async fn status_failed_lists_each_lost_upload_with_its_cause_in_text_and_json() 
         src_key: Some("gone".into()),
         src_version: Some("v1".into()),
         inline: None,
+        base: None,
     };
     let lost = journal.stage(copy("team/lost.txt")).await.unwrap();
     let fine = journal.stage(copy("team/fine.txt")).await.unwrap();

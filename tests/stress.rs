@@ -89,6 +89,8 @@ async fn random_namespace_operations_then_rm_rf_leave_nothing_queued_failed_or_l
     let s = m.status(None);
     assert_eq!(s["uploads"]["failed"], 0, "{s}");
     assert_eq!(s["replication"]["eu"]["failed"], 0, "{s}");
+    // One writer: none of its uploads replaced a version it did not know.
+    assert_eq!(s["replaced"]["count"], 0, "{s}");
     let failed = regionfs_cli(&["status", "--failed", "--json"], &m.config);
     let failed: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
     assert_eq!(

@@ -797,6 +797,7 @@ impl Core {
             src_key: None,
             src_version: None,
             inline: None,
+            base: None,
         };
         let mut seq = self.uploader.submit(put(dkey.clone())).await?;
         if self.dir_sidecar {
@@ -1388,6 +1389,7 @@ impl Core {
             src_key: None,
             src_version: None,
             inline: None,
+            base: None,
         }
     }
 
@@ -1558,6 +1560,7 @@ impl Core {
                 src_key: Some(src_key.clone()),
                 src_version: version.clone(),
                 inline: None,
+                base: None,
             },
         };
         {
@@ -1843,6 +1846,7 @@ impl Core {
                 size,
                 meta: meta.to_json(),
                 inline: None,
+                base: None,
             }
         };
         let seq = self.uploader.submit(op).await?;
@@ -2557,13 +2561,19 @@ impl Core {
 
     /// [`Core::stage`] with the node's I/O lock held.
     async fn stage_locked(&self, ino: u64) -> Result<Option<i64>, FsError> {
-        let (working, path, meta, size, unlinked, early, _claim, writing) = {
+        let (working, path, meta, size, unlinked, early, _claim, writing, base) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             self.refresh(n);
             if !n.dirty {
                 return Ok(n.last_seq);
             }
+            // What this host last saw at the key: the upload reports
+            // replacing anything else (`uploader::guard`).
+            let base = crate::journal::Base {
+                etag: n.etag.clone(),
+                version: n.version.clone(),
+            };
             (
                 n.working.clone(),
                 n.path.clone(),
@@ -2575,6 +2585,7 @@ impl Core {
                 // until the put below is queued.
                 n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
                 n.kernel.as_ref().is_some_and(|k| k.writing()),
+                base,
             )
         };
         if unlinked {
@@ -2627,13 +2638,16 @@ impl Core {
         let queued = self
             .uploader
             .submit_with(
-                NewOp::put(
-                    self.key(&path),
-                    w.name.clone(),
-                    size,
-                    meta.to_json(),
-                    inline,
-                ),
+                NewOp {
+                    base: Some(base),
+                    ..NewOp::put(
+                        self.key(&path),
+                        w.name.clone(),
+                        size,
+                        meta.to_json(),
+                        inline,
+                    )
+                },
                 early,
             )
             .await;
@@ -3200,6 +3214,7 @@ impl Core {
                     src_key: Some(key),
                     src_version: Some(version),
                     inline: None,
+                    base: None,
                 };
                 let seq = self.uploader.submit(op).await?;
                 if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {

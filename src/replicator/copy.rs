@@ -30,14 +30,13 @@
 //! `verify` reports it and `resync` repairs it. A store that answers
 //! NotImplemented to conditions is written the same way, with one warning.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::journal::{PreviousReplica, Replica, Task, TaskKind};
 use crate::store::{
-    AclBody, CompletedPart, Condition, GetRequest, ObjectInfo, ObjectStore, PutBody, PutOptions,
-    PutResult, SOURCE_VERSION_META,
+    AclBody, CompletedPart, Condition, ConditionSupport, GetRequest, ObjectInfo, ObjectStore,
+    PutBody, PutOptions, PutResult, SOURCE_VERSION_META,
 };
 
 use super::{check_destination, give_way, Destination, FreshReady, Inner, Yield, PARTS_IN_FLIGHT};
@@ -45,30 +44,6 @@ use super::{check_destination, give_way, Destination, FreshReady, Inner, Yield, 
 /// Looks and writes that find the destination changed under them before a
 /// task gives up for this attempt (and retries with backoff).
 const CONFLICT_ROUNDS: usize = 4;
-
-/// Whether a destination honours conditional writes: on until it answers
-/// NotImplemented to one.
-pub(super) struct Conditions {
-    on: AtomicBool,
-}
-
-impl Conditions {
-    pub(super) fn new() -> Conditions {
-        Conditions {
-            on: AtomicBool::new(true),
-        }
-    }
-
-    fn on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
-    }
-
-    fn refused(&self, store: &dyn ObjectStore, e: &StoreError) {
-        if self.on.swap(false, Ordering::Relaxed) {
-            tracing::warn!(bucket = %store.describe(), error = %e, "the destination does not take conditional writes; replicas are written after a look, without one");
-        }
-    }
-}
 
 /// How a task first approaches the destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,8 +227,9 @@ pub(super) async fn replicate(
                 refused = condition;
                 look = Look::Head;
             }
-            Err(e) if condition.is_some() && refuses_conditions(&e) => {
-                d.conditions.refused(dest, &e);
+            Err(e) if condition.is_some() && ConditionSupport::refuses(&e) => {
+                d.conditions
+                    .refused(dest, &e, "replicas are written after a look, without one");
                 look = Look::Head;
             }
             Err(e) => return Err(e),
@@ -276,12 +252,6 @@ pub(super) async fn replicate(
         bucket: dest.describe(),
         code: "ConcurrentReplicas".into(),
     })
-}
-
-/// A store that does not know `If-Match` / `If-None-Match` on PUT.
-fn refuses_conditions(e: &StoreError) -> bool {
-    matches!(e, StoreError::Rejected { status: 501, .. })
-        || matches!(e, StoreError::Rejected { code, .. } if code == "NotImplemented")
 }
 
 /// [`write_replica`], with the destination owner's canned ACL for rules that
@@ -645,6 +615,17 @@ mod tests {
     /// older version over a newer one.
     #[tokio::test]
     async fn versions_replicated_in_any_order_leave_the_destination_on_the_newest() {
+        in_any_order(true).await;
+    }
+
+    /// The same at a destination that answers NotImplemented to conditions:
+    /// replicas are written after a look, without one.
+    #[tokio::test]
+    async fn a_destination_without_conditional_puts_still_ends_on_the_newest() {
+        in_any_order(false).await;
+    }
+
+    async fn in_any_order(conditions: bool) {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::two_region_test_config(
             "[[rule]]\nid = \"all\"\ndestination = \"eu\"\ndelete_markers = true\n",
@@ -653,6 +634,9 @@ mod tests {
             let journal = Journal::open(&dir.path().join(format!("j{case}.db"))).unwrap();
             let src = Arc::new(MemoryStore::new("src"));
             let dst = Arc::new(MemoryStore::new("dst"));
+            if !conditions {
+                dst.refuse_conditions();
+            }
             let mut versions = Vec::new();
             for i in 0..4 {
                 let body = format!("body {i}");
@@ -695,5 +679,45 @@ mod tests {
                 "order {order:?}: replicas {carried:?} go only forward"
             );
         }
+    }
+
+    /// A version deleted for good (DELETE naming it) before its replica was
+    /// written leaves nothing to copy: the task completes, it does not fail
+    /// forever.
+    #[tokio::test]
+    async fn a_version_deleted_for_good_before_its_copy_completes_without_a_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            crate::config::two_region_test_config("[[rule]]\nid = \"all\"\ndestination = \"eu\"\n");
+        let journal = Journal::open(&dir.path().join("j.db")).unwrap();
+        let src = Arc::new(MemoryStore::new("src"));
+        let dst = Arc::new(MemoryStore::new("dst"));
+        let put = src
+            .put("k", PutBody::Bytes("brief".into()), &PutOptions::default())
+            .await
+            .unwrap();
+        let version = put.version_id.unwrap();
+        src.delete_version("k", &version).await.unwrap();
+        let rep = super::super::Replicator::start_with(
+            &config,
+            src.clone(),
+            HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
+            journal.clone(),
+            vec![],
+        );
+        let t = NewTask {
+            destination: "eu".into(),
+            rule_id: "all".into(),
+            kind: TaskKind::Version,
+            storage_class: None,
+        };
+        let tasks = journal
+            .add_resync_tasks(vec![("k".into(), version, 5, t)])
+            .await
+            .unwrap();
+        rep.enqueue(tasks);
+        assert_eq!(rep.drain(Duration::from_secs(10), |_| {}).await, 0);
+        assert!(journal.failed_tasks().await.unwrap().is_empty());
+        assert!(dst.history("k").is_empty(), "nothing written");
     }
 }

@@ -564,12 +564,13 @@ impl Discovery {
     }
 }
 
-/// Keys regionfs keeps for itself: each mount's attribute indexes and the
+/// Keys regionfs keeps for itself: each mount's attribute indexes, the
 /// replication heartbeat (written into destinations, so seen by a reverse
-/// rule's discovery).
+/// rule's discovery), and the marker a starting mount probes with.
 fn ignored(key: &str) -> bool {
     crate::fs::names::is_index_key(key)
         || key.rsplit('/').next() == Some(crate::fs::names::HEARTBEAT)
+        || crate::store::probe::is_probe_key(key)
 }
 
 #[cfg(test)]
@@ -847,6 +848,7 @@ mod tests {
                 src_key: None,
                 src_version: None,
                 inline: None,
+                base: None,
             })
             .await
             .unwrap();

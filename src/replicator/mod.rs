@@ -98,7 +98,7 @@ struct Destination {
     /// Last versioning check: when, and what it found.
     checked: Mutex<Option<(Instant, Result<(), String>)>>,
     acls: AclState,
-    conditions: copy::Conditions,
+    conditions: crate::store::ConditionSupport,
 }
 
 /// Whether a bucket takes object ACLs: asked once (its Object Ownership), and
@@ -474,7 +474,7 @@ impl Replicator {
                         config,
                         checked: Mutex::new(None),
                         acls,
-                        conditions: copy::Conditions::new(),
+                        conditions: crate::store::ConditionSupport::new(),
                     },
                 ))
             })
@@ -906,6 +906,15 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
             message: "no such destination in the configuration".into(),
         }),
     };
+    let result = match result {
+        Err(e) if e.is_not_found() && source_version_gone(inner, &task).await => {
+            // Deleted for good (a DELETE naming the version) before it was
+            // copied: as in S3, there is nothing left to replicate.
+            tracing::info!(key = %task.key, version = %task.version_id, destination = %task.destination, "the source version was deleted before it was copied; nothing to replicate");
+            Ok(crate::journal::Replica::default())
+        }
+        other => other,
+    };
     let pair = (task.key.clone(), task.destination.clone());
     match result {
         Ok(replica) => {
@@ -972,6 +981,17 @@ async fn execute(inner: &Arc<Inner>, task: Task) {
         }
     }
     inner.finished.notify_waiters();
+}
+
+/// Whether the task's version no longer exists in the source (asked
+/// again: a NotFound may have come from the destination).
+async fn source_version_gone(inner: &Inner, task: &Task) -> bool {
+    task.kind == TaskKind::Version
+        && inner
+            .source
+            .head(&task.key, Some(&task.version_id))
+            .await
+            .is_err_and(|e| e.is_not_found())
 }
 
 /// Fails permanently when the destination's versioning is not Enabled (checked

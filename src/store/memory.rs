@@ -44,6 +44,8 @@ pub struct MemoryStore {
     state: Mutex<State>,
     /// Off: the bucket answers like S3 with `BucketOwnerEnforced`.
     acls: AtomicBool,
+    /// Off: conditional PUTs are answered NotImplemented (older stores).
+    conditions: AtomicBool,
 }
 
 /// The one account every memory bucket belongs to.
@@ -78,7 +80,14 @@ impl MemoryStore {
             name: name.to_string(),
             state: Mutex::new(State::default()),
             acls: AtomicBool::new(true),
+            conditions: AtomicBool::new(true),
         }
+    }
+
+    /// Answers every conditional PUT with NotImplemented, as a store that
+    /// does not know `If-Match` / `If-None-Match` does.
+    pub fn refuse_conditions(&self) {
+        self.conditions.store(false, Ordering::SeqCst);
     }
 
     /// Turns object ACLs off, as S3's `BucketOwnerEnforced` does.
@@ -122,6 +131,15 @@ impl MemoryStore {
     /// a test store can afford).
     fn check_condition(&self, key: &str, c: Option<&super::Condition>) -> Result<(), StoreError> {
         let Some(c) = c else { return Ok(()) };
+        if !self.conditions.load(Ordering::SeqCst) {
+            return Err(StoreError::Rejected {
+                bucket: self.name.clone(),
+                status: 501,
+                code: "NotImplemented".into(),
+                message: "A header you provided implies functionality that is not implemented"
+                    .into(),
+            });
+        }
         let s = self.state.lock().unwrap();
         let current = s
             .objects

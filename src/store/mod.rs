@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -72,6 +73,44 @@ pub enum Condition {
     IfMatch(String),
     /// There is no current object (absent, or a delete marker).
     IfNoneMatch,
+}
+
+/// Whether a store honours conditional writes: on until it answers
+/// NotImplemented to one (then writers look first, and write without one).
+pub struct ConditionSupport {
+    on: AtomicBool,
+}
+
+impl Default for ConditionSupport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConditionSupport {
+    pub fn new() -> ConditionSupport {
+        ConditionSupport {
+            on: AtomicBool::new(true),
+        }
+    }
+
+    pub fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Turns conditions off for `store`, with one warning saying `instead`.
+    pub fn refused(&self, store: &dyn ObjectStore, e: &StoreError, instead: &str) {
+        if self.on.swap(false, Ordering::Relaxed) {
+            tracing::warn!(bucket = %store.describe(), error = %e, "the store does not take conditional writes; {instead}");
+        }
+    }
+
+    /// The answer of a store that does not know `If-Match` /
+    /// `If-None-Match` on PUT.
+    pub fn refuses(e: &StoreError) -> bool {
+        matches!(e, StoreError::Rejected { status: 501, .. })
+            || matches!(e, StoreError::Rejected { code, .. } if code == "NotImplemented")
+    }
 }
 
 /// Who an ACL grant is for.

@@ -91,6 +91,15 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
     }
 }
 
+/// The marker [`markers_keep_metadata`] writes (under a prefix) and removes.
+const PROBE_MARKER: &str = ".regionfs-probe/";
+
+/// Whether `key` is that probe marker (never user data).
+pub fn is_probe_key(key: &str) -> bool {
+    key.strip_suffix(PROBE_MARKER)
+        .is_some_and(|p| p.is_empty() || p.ends_with('/'))
+}
+
 /// Whether the store keeps user metadata on `dir/` marker objects (S3 and moto
 /// do; SeaweedFS turns such keys into directories and drops it). Writes and
 /// deletes one probe marker under `prefix`.
@@ -98,7 +107,7 @@ pub async fn markers_keep_metadata(
     store: &dyn ObjectStore,
     prefix: &str,
 ) -> Result<bool, StoreError> {
-    let key = format!("{prefix}.regionfs-probe/");
+    let key = format!("{prefix}{PROBE_MARKER}");
     let mut opts = super::PutOptions::default();
     opts.metadata.insert("mode".into(), "16877".into());
     let put = store

@@ -75,6 +75,7 @@ mod tests {
             version_id: None,
             staged_at_ms: 0,
             inline: false,
+            base: None,
         }
     }
 

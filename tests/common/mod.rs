@@ -810,6 +810,13 @@ pub async fn source_history(s: &S3Store, key: &str) -> Vec<String> {
 
 /// Every object under `prefix` with its bytes (regionfs's own
 /// `.regionfs-replicated` progress note left out).
+/// The current object's bytes at `key`.
+pub async fn get_bytes(s: &S3Store, key: &str) -> Vec<u8> {
+    use regionfs::store::ObjectStore;
+    let got = s.get(key, Default::default()).await.unwrap();
+    got.bytes().await.unwrap().to_vec()
+}
+
 pub async fn bucket_contents(
     s: &S3Store,
     prefix: &str,
