@@ -96,6 +96,7 @@ fn group_commit(c: &mut Criterion) {
         src_key: None,
         src_version: None,
         inline: None,
+        base: None,
     };
     c.bench_function("journal: 64 concurrent stages (one group commit)", |b| {
         b.iter(|| {

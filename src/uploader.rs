@@ -1828,7 +1828,7 @@ mod tests {
             .collect();
         assert_eq!(
             bodies,
-            ["theirs 1", "mine 1", "mine 2", "theirs 2", "mine 3"].map(|b| Bytes::from(b)),
+            ["theirs 1", "mine 1", "mine 2", "theirs 2", "mine 3"].map(Bytes::from),
             "the last close wins and every version stays"
         );
     }
