@@ -150,6 +150,16 @@ impl ObjectMeta {
         serde_json::from_str(s).ok()
     }
 
+    /// What to send with a new version of `key`: a regular file whose type
+    /// nobody set gets one from its name ([`content_type_for`], as s3fs does).
+    pub fn to_put_options_for(&self, key: &str) -> PutOptions {
+        let mut o = self.to_put_options();
+        if o.content_type.is_none() && self.mode & S_IFMT == S_IFREG {
+            o.content_type = content_type_for(key).map(str::to_string);
+        }
+        o
+    }
+
     /// What to send with a new version.
     pub fn to_put_options(&self) -> PutOptions {
         let mut md = BTreeMap::new();
@@ -269,8 +279,81 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The Content-Type a new file is uploaded with, from its name's extension
+/// (as s3fs does with mime.types); `None` leaves the store's default. The
+/// table holds the common types only, so it is the same on every host.
+pub fn content_type_for(key: &str) -> Option<&'static str> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let (stem, ext) = name.rsplit_once('.')?;
+    if stem.is_empty() {
+        return None; // a dot file: `.bashrc` has no extension
+    }
+    let t = match ext.to_ascii_lowercase().as_str() {
+        "txt" | "text" | "log" | "conf" | "cfg" | "ini" => "text/plain",
+        "md" | "markdown" => "text/markdown",
+        "csv" => "text/csv",
+        "tsv" => "text/tab-separated-values",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "js" | "mjs" => "text/javascript",
+        "xml" => "application/xml",
+        "json" => "application/json",
+        "yaml" | "yml" => "application/yaml",
+        "toml" => "application/toml",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "bz2" => "application/x-bzip2",
+        "xz" => "application/x-xz",
+        "zst" => "application/zstd",
+        "7z" => "application/x-7z-compressed",
+        "wasm" => "application/wasm",
+        "sql" => "application/sql",
+        "sqlite" | "db" => "application/vnd.sqlite3",
+        "parquet" => "application/vnd.apache.parquet",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "svg" => "image/svg+xml",
+        "ico" => "image/vnd.microsoft.icon",
+        "tif" | "tiff" => "image/tiff",
+        "bmp" => "image/bmp",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        "ogg" => "audio/ogg",
+        "flac" => "audio/flac",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mov" => "video/quicktime",
+        "mkv" => "video/x-matroska",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        _ => return None,
+    };
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_new_files_content_type_comes_from_its_extension_only() {
+        use super::content_type_for as ct;
+        assert_eq!(ct("a/doc.txt"), Some("text/plain"));
+        assert_eq!(ct("Photo.JPG"), Some("image/jpeg"));
+        assert_eq!(ct("site/index.html"), Some("text/html"));
+        assert_eq!(ct("backup.tar.gz"), Some("application/gzip"));
+        assert_eq!(
+            ct("a.dir/README"),
+            None,
+            "a dot in a directory is no extension"
+        );
+        assert_eq!(ct(".bashrc"), None);
+        assert_eq!(ct("data.unknownext"), None);
+    }
+
     use super::*;
 
     #[test]

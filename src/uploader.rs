@@ -1128,7 +1128,7 @@ async fn failed(inner: &Arc<Inner>, op: Op, e: StoreError) {
 
 fn options(op: &Op, acl: &Option<String>) -> PutOptions {
     let mut o = ObjectMeta::from_json(&op.meta)
-        .map(|m| m.to_put_options())
+        .map(|m| m.to_put_options_for(&op.key))
         .unwrap_or_default();
     o.acl = acl.clone();
     o

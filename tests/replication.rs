@@ -60,6 +60,8 @@ async fn replicas_carry_bytes_metadata_tags_content_and_the_source_version() {
     let mut without = dst.metadata.clone();
     without.remove(SOURCE_VERSION_META);
     assert_eq!(without, src.metadata, "user metadata equal");
+    // From the file name, as s3fs sets it; the replica carries the same.
+    assert_eq!(src.content_type.as_deref(), Some("text/plain"));
     assert_eq!(dst.content_type, src.content_type);
     assert_eq!(
         r.dst.get_tags("doc.txt", None).await.unwrap(),

@@ -3243,7 +3243,7 @@ impl Core {
         let Some(meta) = ObjectMeta::from_json(&c.op.meta) else {
             return;
         };
-        let o = meta.to_put_options();
+        let o = meta.to_put_options_for(&c.op.key);
         ix.learn(rel, Fact::new(v, o.content_type.as_deref(), &o.metadata));
     }
 

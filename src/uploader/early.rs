@@ -154,10 +154,10 @@ impl EarlyUpload {
             concurrency: up.cfg.concurrency,
         };
         EarlyUpload {
+            options: early_options(meta.to_put_options_for(&key)),
             key,
             file,
             path,
-            options: early_options(meta.to_put_options()),
             part,
             blind,
             id: OnceCell::new(),
