@@ -643,3 +643,49 @@ async fn metrics_show_backlog_completions_and_replication_lag() {
         "{text}"
     );
 }
+
+/// Versions whose replicas land later than `replication.time_target` are
+/// counted as missed, in `status` and in the metric (a destination held up
+/// beyond the target by a stalled link).
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_landing_after_the_time_target_are_counted_as_missed() {
+    let r = Regions::start().await;
+    let proxy = common::LatencyProxy::start(r.b.port, Duration::ZERO);
+    let (c, port) = (tempfile::tempdir().unwrap(), common::free_port());
+    let text = r
+        .config(
+            c.path(),
+            &format!(
+                "[replication]\ntime_target = \"2s\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+            ),
+        )
+        .replace(&r.b.endpoint, &proxy.endpoint());
+    let m = Mount::start(&text);
+    proxy.set_stalled(true);
+    std::fs::write(m.path("late-1.txt"), b"held up").unwrap();
+    std::fs::write(m.path("late-2.txt"), b"held up too").unwrap();
+    wait_for("replication held beyond the target", DRAIN, || {
+        let s = m.status(None);
+        let held = s["replication"]["eu"]["oldest_pending_s"].as_f64()?;
+        (s["uploads"]["pending"] == 0 && held > 3.0).then_some(())
+    });
+    proxy.set_stalled(false);
+    wait_replicated(&m, "eu");
+    let s = m.status(None);
+    let eu = &s["replication"]["eu"];
+    let (missed, completed) = (
+        eu["missed_target"].as_u64().unwrap(),
+        eu["completed"].as_u64().unwrap(),
+    );
+    assert!(missed >= 2, "both held-up files missed it: {s}");
+    assert!(missed <= completed, "{s}");
+    let text = common::scrape(port);
+    assert_eq!(
+        common::metric(
+            &text,
+            "regionfs_replication_missed_target{destination=\"eu\"}"
+        ),
+        Some(missed as f64),
+        "{text}"
+    );
+}
