@@ -117,6 +117,30 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
+    // Another client makes the source version private after it was copied
+    // public: verify names it, resync makes the replica private too.
+    r.src
+        .put_acl("site/index.html", None, &AclBody::Canned("private".into()))
+        .await
+        .unwrap();
+    let changed = common::regionfs_cli(&["verify"], &m.config);
+    let out = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert_eq!(changed.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("AclDiffers") && out.contains("site/index.html"),
+        "{out}"
+    );
+    let resync = common::regionfs_cli(&["resync"], &m.config);
+    assert!(resync.status.success());
+    let replica_acl = current_acl(&r.dst, "site/index.html").await;
+    assert!(!public_read(&replica_acl), "replica ACL: {replica_acl:?}");
+    let fixed = common::regionfs_cli(&["verify"], &m.config);
+    assert_eq!(
+        fixed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -689,3 +689,52 @@ async fn replicas_landing_after_the_time_target_are_counted_as_missed() {
         "{text}"
     );
 }
+
+/// Tags another client changes on a source version after it was copied:
+/// `verify` names the difference and `resync` brings the replica's tags
+/// over, without writing a new replica version.
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_repaired_by_resync() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), ""));
+    write_with_tags(&m.path("doc.txt"), b"tagged", &[("class", "open")]);
+    wait_replicated(&m, "eu");
+    let clean = common::regionfs_cli(&["verify"], &m.config);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    let replicas = replica_history(&r.dst, "doc.txt").await.len();
+    let secret = BTreeMap::from([("class".to_string(), "secret".to_string())]);
+    r.src.put_tags("doc.txt", None, &secret).await.unwrap();
+
+    let changed = common::regionfs_cli(&["verify"], &m.config);
+    let out = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert_eq!(changed.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("TagsDiffer") && out.contains("class=secret") && out.contains("class=open"),
+        "{out}"
+    );
+    let resync = common::regionfs_cli(&["resync"], &m.config);
+    assert!(
+        resync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resync.stderr)
+    );
+    assert_eq!(r.dst.get_tags("doc.txt", None).await.unwrap(), secret);
+    assert_eq!(
+        replica_history(&r.dst, "doc.txt").await.len(),
+        replicas,
+        "the tags were set on the replica, no version written"
+    );
+    let fixed = common::regionfs_cli(&["verify"], &m.config);
+    assert_eq!(
+        fixed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fixed.stdout)
+    );
+}

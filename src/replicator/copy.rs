@@ -183,8 +183,14 @@ pub(super) async fn replicate(
                 };
                 match verdict(task, current.as_ref(), prev.as_ref(), in_parts) {
                     Verdict::There(version) => {
+                        // Already there (a resync, a restart, another host):
+                        // tags and grants changed on the source version since
+                        // are brought over.
                         if !inner.owner_override.contains(&task.rule_id) && fresh.is_none() {
-                            copy_acl(inner, d, task, version.as_deref()).await?;
+                            copy_acl(inner, d, task, version.as_deref(), true).await?;
+                        }
+                        if task.kind == TaskKind::Version && !task.key.ends_with('/') {
+                            copy_tags(inner, d, task, version.as_deref()).await?;
                         }
                         return Ok(Replica {
                             version,
@@ -238,7 +244,7 @@ pub(super) async fn replicate(
                 // A fresh version was uploaded without an ACL, so it is
                 // private, and so is every new replica: nothing to copy.
                 if !inner.owner_override.contains(&task.rule_id) && fresh.is_none() {
-                    copy_acl(inner, d, task, res.version_id.as_deref()).await?;
+                    copy_acl(inner, d, task, res.version_id.as_deref(), false).await?;
                 }
                 return Ok(Replica {
                     version: res.version_id,
@@ -274,13 +280,36 @@ async fn write_with_acl(
         other => other,
     }
 }
+/// Gives the replica the tags of the source version where they differ (a
+/// PutObjectTagging on the source after the replica was written).
+async fn copy_tags(
+    inner: &Arc<Inner>,
+    d: &Destination,
+    task: &Task,
+    replica: Option<&str>,
+) -> Result<(), StoreError> {
+    let want = inner
+        .source
+        .get_tags(&task.key, Some(&task.version_id))
+        .await?;
+    let have = d.store.get_tags(&task.key, replica).await?;
+    if have != want {
+        tracing::info!(key = %task.key, destination = %task.destination, "bringing the replica's tags up to the source version's");
+        d.store.put_tags(&task.key, replica, &want).await?;
+    }
+    Ok(())
+}
+
 /// Gives the replica the grants of the source version (the source owner's
 /// grants go to the replica's owner). Skipped where either side has no ACLs.
+/// A new replica (`existing` false) is private already, so a private source
+/// costs no look at it.
 async fn copy_acl(
     inner: &Arc<Inner>,
     d: &Destination,
     task: &Task,
     replica: Option<&str>,
+    existing: bool,
 ) -> Result<(), StoreError> {
     let (src, dest) = (inner.source.as_ref(), d.store.as_ref());
     if !inner.source_acls.enabled(src).await || !d.acls.enabled(dest).await {
@@ -296,7 +325,7 @@ async fn copy_acl(
     };
     tracing::debug!(key = %task.key, acl = ?want, "source ACL");
     // Every new replica is private already: the common case costs one GET.
-    if want.is_private() {
+    if want.is_private() && !existing {
         return Ok(());
     }
     let result = async {

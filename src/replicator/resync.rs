@@ -29,6 +29,8 @@ pub enum Difference {
     Mismatched,
     /// Same version, other grants (both buckets take ACLs).
     AclDiffers { source: String, replica: String },
+    /// Same version, other tags (changed on the source since it was copied).
+    TagsDiffer { source: String, replica: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +136,17 @@ pub fn compare(
     }
 }
 
+/// `a=1, b=2` (`none` for no tags), for messages.
+fn describe_tags(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "none".into();
+    }
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `owner: FULL_CONTROL, AllUsers: READ`, for messages.
 fn describe_acl(acl: &Acl) -> String {
     acl.normalized()
@@ -205,9 +218,20 @@ impl Checker {
             Err(e) => return Err(e),
         };
         let difference = compare(head, version, replica.as_ref());
-        if difference.is_some() || head.key.ends_with('/') || self.owner_override.contains(rule_id)
-        {
+        if difference.is_some() || head.key.ends_with('/') {
             return Ok(difference);
+        }
+        let replica_version = replica.as_ref().and_then(|r| r.version_id.as_deref());
+        let want = source.get_tags(&head.key, Some(version)).await?;
+        let have = dest.get_tags(&head.key, replica_version).await?;
+        if want != have {
+            return Ok(Some(Difference::TagsDiffer {
+                source: describe_tags(&want),
+                replica: describe_tags(&have),
+            }));
+        }
+        if self.owner_override.contains(rule_id) {
+            return Ok(None);
         }
         let source_acls = match self.source_acls {
             Some(on) => on,
@@ -228,7 +252,6 @@ impl Checker {
         if !source_acls || !dest_acls {
             return Ok(None);
         }
-        let replica_version = replica.as_ref().and_then(|r| r.version_id.as_deref());
         acl_difference(source, dest, &head.key, version, replica_version).await
     }
 }
