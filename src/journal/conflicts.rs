@@ -55,6 +55,23 @@ impl Journal {
         .await
     }
 
+    /// The version this journal last made at `key` (an upload, copy or
+    /// delete that reached the bucket; superseded operations made none).
+    pub async fn own_last_version(&self, key: String) -> Result<Option<String>, JournalError> {
+        self.run(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT version_id FROM ops WHERE key = ?1 AND state = 'done' AND version_id IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
+            )?;
+            let mut rows = st.query(params![key])?;
+            match rows.next()? {
+                Some(r) => r.get(0),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     /// How many are kept, and the newest `recent` of them.
     pub async fn conflicts(&self, recent: usize) -> Result<Conflicts, JournalError> {
         self.run(move |c| {
@@ -96,5 +113,23 @@ mod tests {
             .map(|c| c.replaced_version.as_str())
             .collect();
         assert_eq!(replaced, ["v2", "v1"], "newest first");
+    }
+
+    #[tokio::test]
+    async fn the_own_last_version_is_the_newest_that_reached_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let put =
+            |file: &str| crate::journal::NewOp::put("k".into(), file.into(), 1, "{}".into(), None);
+        assert_eq!(j.own_last_version("k".into()).await.unwrap(), None);
+        let first = j.stage(put("f1")).await.unwrap();
+        j.complete(first, Some("v1".into())).await.unwrap();
+        // Superseded (its file was gone): done, but it made no version.
+        let second = j.stage(put("f2")).await.unwrap();
+        j.drop_ops(vec![second], "gone".into(), true).await.unwrap();
+        assert_eq!(
+            j.own_last_version("k".into()).await.unwrap().as_deref(),
+            Some("v1")
+        );
     }
 }

@@ -93,8 +93,8 @@ async fn current(inner: &Inner, op: &Op) -> Result<Option<ObjectInfo>, StoreErro
 /// Reports `info` if this host does not know it.
 async fn report_unknown(inner: &Inner, op: &Op, info: &ObjectInfo) {
     let Some(base) = &op.base else { return };
-    let own_last = match inner.journal.latest_done(op.key.clone()).await {
-        Ok(done) => done.and_then(|o| o.version_id),
+    let own_last = match inner.journal.own_last_version(op.key.clone()).await {
+        Ok(v) => v,
         Err(e) => {
             tracing::warn!(key = %op.key, error = %e, "cannot read this key's last upload from the journal");
             None
