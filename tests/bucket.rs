@@ -216,7 +216,7 @@ async fn replicate_killed_with_9_and_restarted_copies_nothing_twice_and_misses_n
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_shares_replicate_a_bucket_exactly_once() {
+async fn two_shares_replicate_a_bucket_exactly_once_and_a_moved_share_copies_nothing_again() {
     let r = Regions::start().await;
     let keys: Vec<String> = (0..60).map(|i| format!("s/{i}")).collect();
     for k in &keys {
@@ -231,6 +231,21 @@ async fn two_shares_replicate_a_bucket_exactly_once() {
     let (a, b) = (one.completed(), two.completed());
     assert_eq!(a + b, 60, "each key by one share: {a} + {b}");
     assert!(a > 0 && b > 0, "both shares worked: {a} + {b}");
+
+    // Share 1 moves to another host: a fresh cache dir lists the bucket
+    // afresh, finds every version at the destination, and copies none again.
+    drop(one);
+    let moved = Replicate::start(&r, "1/2");
+    moved.wait_quiet();
+    assert_replicated_exactly_once(&r, &keys).await;
+    // And it goes on with new versions.
+    for k in &keys[..10] {
+        put_bytes(&r.src, k, "after the move").await;
+    }
+    wait_histories(&r, &keys).await;
+    moved.wait_quiet();
+    two.wait_quiet();
+    assert_replicated_exactly_once(&r, &keys).await;
 }
 
 /// Two mounts (two cache dirs) and a raw client write the same keys in turn;
