@@ -20,6 +20,7 @@ import threading
 import time
 import tomllib
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
@@ -62,17 +63,22 @@ def main():
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    start = time.monotonic()
-    n = 0
-    while time.monotonic() - start < a.seconds:
-        due = start + n / a.rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        key = f"{prefix}{n:06d}"
+    def put(key):
         src.put_object(Bucket=src_cfg["bucket"], Key=key, Body=b"x" * 1024)
         put_at[key] = time.monotonic()
-        n += 1
+
+    # PUTs start on schedule, several in flight, so one slow PUT does not
+    # lower the rate.
+    start = time.monotonic()
+    n = 0
+    with ThreadPoolExecutor(8) as pool:
+        while time.monotonic() - start < a.seconds:
+            due = start + n / a.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(put, f"{prefix}{n:06d}")
+            n += 1
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(seen_at) < len(put_at):
         time.sleep(0.2)

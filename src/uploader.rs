@@ -1018,7 +1018,10 @@ async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
     };
     let plan = replan::replan(&op, &later(&inner.queue.lock().unwrap()));
     let (by, dropped) = match plan {
-        replan::Replan::Superseded { by, dropped } => (Some(by), dropped),
+        replan::Replan::Superseded { by, dropped } => {
+            tracing::info!(key = %op.key, seq = op.seq, superseded_by = by, error = %why, "a queued operation's input is gone; a later operation on the key supersedes it");
+            (Some(by), dropped)
+        }
         replan::Replan::Lost { dropped } => {
             tracing::warn!(key = %op.key, error = %why, "a queued operation's input is gone; queueing what the name holds now");
             tell_owner(
