@@ -374,7 +374,23 @@ async fn write_replica(
             .map(Some);
     }
     let src = &inner.source;
-    let head = src.head(&task.key, Some(&task.version_id)).await?;
+    let threshold = inner.upload.multipart_threshold.0;
+    // A small version is read whole at once: its GET says what a HEAD
+    // would, one request fewer.
+    let (head, body) = if task.size < threshold {
+        let obj = src
+            .get(
+                &task.key,
+                GetRequest {
+                    version_id: Some(task.version_id.clone()),
+                    range: None,
+                },
+            )
+            .await?;
+        (obj.info, Some(obj.body))
+    } else {
+        (src.head(&task.key, Some(&task.version_id)).await?, None)
+    };
     if head.metadata.contains_key(SOURCE_VERSION_META) {
         // A replica (found by discovery, as with two-way rules): never
         // replicated again.
@@ -403,22 +419,21 @@ async fn write_replica(
         condition: None,
     };
     let size = head.size;
-    let res: PutResult = if size < inner.upload.multipart_threshold.0 {
-        let obj = src
-            .get(
-                &task.key,
-                GetRequest {
+    let res: PutResult = if size < threshold {
+        let body = match body {
+            Some(b) => b,
+            // Recorded larger than it is (a size the task did not know).
+            None => {
+                let req = GetRequest {
                     version_id: Some(task.version_id.clone()),
                     range: None,
-                },
-            )
-            .await?;
+                };
+                src.get(&task.key, req).await?.body
+            }
+        };
         dest.put(
             &task.key,
-            PutBody::Stream {
-                body: obj.body,
-                len: size,
-            },
+            PutBody::Stream { body, len: size },
             &PutOptions { condition, ..opts },
         )
         .await?
