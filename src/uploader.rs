@@ -466,7 +466,15 @@ impl Uploader {
     /// (whose completion is being applied, see [`Landed`]).
     pub fn references_besides(&self, name: &str, landed: &Op) -> bool {
         let q = self.inner.queue.lock().unwrap();
-        let own = usize::from(landed.file.as_deref() == Some(name));
+        // `landed` counts under the file it is queued with now: a writer
+        // that changes its file in place while it runs repoints it to a
+        // copy (`repoint`), and the file it ran on is then someone else's.
+        let queued = q
+            .by_key
+            .get(&landed.key)
+            .and_then(|l| l.iter().find(|o| o.seq == landed.seq));
+        let file = queued.map_or(landed.file.as_deref(), |o| o.file.as_deref());
+        let own = usize::from(file == Some(name));
         q.files.get(name).is_some_and(|n| *n > own)
     }
 
@@ -2157,6 +2165,29 @@ mod tests {
         assert_eq!(&body.bytes().await.unwrap()[..], b"original");
         assert!(!up.references(&copy));
         assert!(r.journal.open_ops().await.unwrap().is_empty());
+    }
+
+    /// A put running on a file when a writer repoints it to a copy (to
+    /// write the file in place) lands as the op it ran as: the file it ran
+    /// on belongs to the writer's next put, which must keep it.
+    #[tokio::test]
+    async fn a_put_repointed_while_it_ran_leaves_its_old_file_to_the_next_put() {
+        let r = rig();
+        let up = start_delayed(&r);
+        let f = staged_file(&r, b"first");
+        let first = up.submit(put("k", &f, 5)).await.unwrap();
+        let ran = up.pending_for("k").remove(0);
+        let copy = r.cache.copy_data_file(&f).unwrap();
+        up.repoint(&[first], &f, &copy).await.unwrap();
+        std::fs::write(r.cache.data_path(&f), b"second").unwrap();
+        up.submit(put("k", &f, 6)).await.unwrap();
+        assert_eq!(ran.file.as_deref(), Some(f.as_str()));
+        assert!(up.references_besides(&f, &ran), "the second put's file");
+        assert!(
+            !up.references_besides(&copy, &ran),
+            "the first's copy is its own"
+        );
+        drained(&up).await;
     }
 
     #[tokio::test]
