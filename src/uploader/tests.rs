@@ -1,0 +1,1337 @@
+
+use super::*;
+use crate::config::MIB;
+use crate::store::{FaultyStore, MemoryStore};
+use std::os::unix::fs::FileExt as _;
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    mem: Arc<MemoryStore>,
+    faulty: Arc<FaultyStore>,
+    cache: Arc<Cache>,
+    journal: Journal,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path(), 256 * MIB, Duration::from_secs(5)).unwrap();
+    let journal = Journal::open(&cache.journal_path()).unwrap();
+    let mem = Arc::new(MemoryStore::new("src"));
+    let faulty = Arc::new(FaultyStore::new(mem.clone()));
+    Rig {
+        _dir: dir,
+        mem,
+        faulty,
+        cache,
+        journal,
+    }
+}
+
+fn start(r: &Rig, recovered: Vec<Op>) -> Uploader {
+    let cfg = UploadConfig {
+        multipart_threshold: crate::config::ByteSize(5 * MIB),
+        ..Default::default()
+    };
+    start_with(r, cfg, QUIET, recovered)
+}
+
+fn start_with(r: &Rig, cfg: UploadConfig, quiet: Duration, recovered: Vec<Op>) -> Uploader {
+    let (up, _) = Uploader::start(
+        r.faulty.clone(),
+        r.journal.clone(),
+        r.cache.clone(),
+        cfg,
+        Duration::ZERO,
+        recovered,
+        None,
+    );
+    up.set_quiet(quiet);
+    up
+}
+
+fn staged_file(r: &Rig, content: &[u8]) -> String {
+    let name = r.cache.create_data_file().unwrap();
+    std::fs::write(r.cache.data_path(&name), content).unwrap();
+    name
+}
+
+fn put(key: &str, file: &str, size: u64) -> NewOp {
+    NewOp {
+        key: key.into(),
+        kind: OpKind::Put,
+        file: Some(file.into()),
+        size,
+        meta: ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0).to_json(),
+        src_key: None,
+        src_version: None,
+        inline: None,
+        base: None,
+    }
+}
+
+fn start_deferring(r: &Rig, defer: Duration) -> Uploader {
+    let cfg = UploadConfig {
+        defer_while_writing: crate::config::HumanDuration(defer),
+        ..Default::default()
+    };
+    // A burst ends after 2 s without a submission: a test thread paused
+    // by a loaded machine does not end it.
+    start_with(r, cfg, Duration::from_secs(2), vec![])
+}
+
+async fn landed(r: &Rig, key: &str) -> bool {
+    r.mem.head(key, None).await.is_ok()
+}
+
+fn copy_of(key: &str, src: &str, version: Option<&str>) -> NewOp {
+    NewOp {
+        key: key.into(),
+        kind: OpKind::Copy,
+        file: None,
+        size: 1,
+        meta: ObjectMeta::new(crate::meta::S_IFREG | 0o600, 0, 0).to_json(),
+        src_key: Some(src.into()),
+        src_version: version.map(str::to_string),
+        inline: None,
+        base: None,
+    }
+}
+
+fn delete_of(key: &str) -> NewOp {
+    NewOp {
+        key: key.into(),
+        kind: OpKind::Delete,
+        file: None,
+        size: 0,
+        meta: "{}".into(),
+        src_key: None,
+        src_version: None,
+        inline: None,
+        base: None,
+    }
+}
+
+async fn put_bytes_into(mem: &MemoryStore, key: &str, body: &'static [u8]) {
+    mem.put(
+        key,
+        PutBody::Bytes(Bytes::from_static(body)),
+        &PutOptions::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Uploads wait 300 ms after staging (unless waited for): a test
+/// queues what follows an operation before it runs.
+fn start_delayed(r: &Rig) -> Uploader {
+    start_delayed_owned(r).0
+}
+
+/// [`start_delayed`] with the channel an owner of local state reads.
+fn start_delayed_owned(r: &Rig) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
+    Uploader::start(
+        r.faulty.clone(),
+        r.journal.clone(),
+        r.cache.clone(),
+        UploadConfig::default(),
+        Duration::from_millis(300),
+        vec![],
+        None,
+    )
+}
+
+async fn drained(up: &Uploader) {
+    let left = wait_for_zero(
+        up.inner.pending.subscribe(),
+        Duration::from_secs(10),
+        |_| {},
+    )
+    .await;
+    assert_eq!(left, 0, "the queue drained");
+}
+
+#[tokio::test]
+async fn a_copy_from_a_vanished_source_followed_by_a_delete_is_dropped_and_never_brings_the_name_back(
+) {
+    let r = rig();
+    let up = start_delayed(&r);
+    // `gone` never existed at this version; the name is deleted after.
+    let copy = up.submit(copy_of("k", "gone", Some("v9"))).await.unwrap();
+    up.submit(delete_of("k")).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(10), up.wait(copy)).await;
+    assert_eq!(waited.unwrap(), Ok(()), "its waiter follows the delete");
+    drained(&up).await;
+    assert!(!landed(&r, "k").await);
+    assert!(
+        r.mem.history("k").iter().all(|(_, b)| b.is_none()),
+        "nothing but a delete marker: {:?}",
+        r.mem.history("k")
+    );
+    let summary = r.journal.upload_summary().await.unwrap();
+    assert_eq!((summary.pending, summary.failed), (0, 0));
+    // The source appearing later changes nothing.
+    put_bytes_into(&r.mem, "gone", b"late").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!landed(&r, "k").await, "the deleted name stays deleted");
+}
+
+/// A put of `body` at `key` written over `base` (`None`: a new file).
+async fn put_over(r: &Rig, up: &Uploader, key: &str, body: &[u8], base: Option<&str>) {
+    let file = staged_file(r, body);
+    let op = NewOp {
+        base: Some(crate::journal::Base {
+            etag: base.unwrap_or_default().to_string(),
+            version: None,
+        }),
+        ..put(key, &file, body.len() as u64)
+    };
+    let seq = up.submit(op).await.unwrap();
+    assert_eq!(up.wait(seq).await, Ok(()));
+}
+
+async fn etag_of(r: &Rig, key: &str) -> String {
+    r.mem.head(key, None).await.unwrap().etag
+}
+
+/// (key, replaced version) of every reported upload, sorted.
+async fn reported(r: &Rig) -> Vec<(String, String)> {
+    let c = r.journal.conflicts(100).await.unwrap();
+    let mut v: Vec<_> = c
+        .recent
+        .into_iter()
+        .map(|c| (c.key, c.replaced_version))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Another writer's version, over which the host writes (seen or not),
+/// with or without conditional PUTs at the store.
+async fn writers_of_one_key(conditions: bool) {
+    let r = rig();
+    if !conditions {
+        r.mem.refuse_conditions();
+    }
+    let up = start(&r, vec![]);
+    put_bytes_into(&r.mem, "k", b"theirs 1").await;
+    let seen = etag_of(&r, "k").await;
+    put_over(&r, &up, "k", b"mine 1", Some(&seen)).await;
+    // Still naming what it saw before its own upload: not reported.
+    put_over(&r, &up, "k", b"mine 2", Some(&seen)).await;
+    put_bytes_into(&r.mem, "k", b"theirs 2").await;
+    let unread = r.mem.head("k", None).await.unwrap().version_id.unwrap();
+    let mine = etag_of(&r, "k").await;
+    assert_ne!(mine, seen);
+    put_over(&r, &up, "k", b"mine 3", Some(&seen)).await;
+    // A new file here, where another client made one meanwhile.
+    put_bytes_into(&r.mem, "new", b"theirs").await;
+    let theirs_new = r.mem.head("new", None).await.unwrap().version_id.unwrap();
+    put_over(&r, &up, "new", b"mine", None).await;
+    drained(&up).await;
+    assert_eq!(
+        reported(&r).await,
+        [("k".to_string(), unread), ("new".to_string(), theirs_new)]
+    );
+    let bodies: Vec<_> = r
+        .mem
+        .history("k")
+        .into_iter()
+        .map(|(_, b)| b.unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        ["theirs 1", "mine 1", "mine 2", "theirs 2", "mine 3"].map(Bytes::from),
+        "the last close wins and every version stays"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_over_a_version_this_host_never_read_is_reported_and_over_its_own_not() {
+    writers_of_one_key(true).await;
+}
+
+#[tokio::test]
+async fn a_store_without_conditional_puts_still_gets_every_upload_and_the_report() {
+    writers_of_one_key(false).await;
+}
+
+#[tokio::test]
+async fn a_put_whose_staged_file_vanished_is_superseded_by_the_next_put_of_its_key() {
+    let r = rig();
+    let up = start_delayed(&r);
+    let missing = staged_file(&r, b"first");
+    std::fs::remove_file(r.cache.data_path(&missing)).unwrap();
+    let second = staged_file(&r, b"second");
+    let seq = up.submit(put("k", &missing, 5)).await.unwrap();
+    up.submit(put("k", &second, 6)).await.unwrap();
+    assert_eq!(up.wait(seq).await, Ok(()));
+    drained(&up).await;
+    let history = r.mem.history("k");
+    assert_eq!(history.len(), 1, "one version: the second put's");
+    assert_eq!(history[0].1.as_deref(), Some(&b"second"[..]));
+    let summary = r.journal.upload_summary().await.unwrap();
+    assert_eq!((summary.pending, summary.failed), (0, 0));
+}
+
+#[tokio::test]
+async fn metadata_set_before_a_put_starts_goes_with_it_as_one_version() {
+    let r = rig();
+    let up = start_delayed(&r);
+    let f = staged_file(&r, b"body");
+    let seq = up.submit(put("k", &f, 4)).await.unwrap();
+    let mode = |m: u32| ObjectMeta::new(crate::meta::S_IFREG | m, 1000, 1000).to_json();
+    assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), Some(seq));
+    let m640 = mode(0o640);
+    assert_eq!(up.amend_meta("k", m640.clone()).await.unwrap(), Some(seq));
+    // What a restart would run carries it too.
+    let row = r.journal.open_ops().await.unwrap();
+    assert_eq!(row[0].meta, m640);
+    up.wait(seq).await.unwrap();
+    assert_eq!(r.mem.history("k").len(), 1, "one version");
+    let head = r.mem.head("k", None).await.unwrap();
+    assert_eq!(
+        head.metadata["mode"],
+        (crate::meta::S_IFREG | 0o640).to_string()
+    );
+    assert_eq!(head.metadata["uid"], "1000");
+    // Nothing queued: the caller copies.
+    assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), None);
+    // A delete is not amended.
+    let del = up.submit(delete_of("k")).await.unwrap();
+    assert_eq!(up.amend_meta("k", mode(0o600)).await.unwrap(), None);
+    up.wait(del).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gone_copy_with_nothing_after_it_is_lost_not_retried_and_listed_with_its_cause() {
+    let r = rig();
+    let (up, mut owner) = start_delayed_owned(&r);
+    let copy = up.submit(copy_of("k", "gone", None)).await.unwrap();
+    // A metadata change after it reads what it would have made.
+    let chmod = up.submit(copy_of("k", "k", None)).await.unwrap();
+    let waiting = tokio::spawn({
+        let up = up.clone();
+        async move { up.wait(chmod).await }
+    });
+    let told = tokio::time::timeout(Duration::from_secs(10), owner.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match &told.event {
+        Event::Lost { op, error } => {
+            assert_eq!(op.seq, copy);
+            assert!(error.contains("gone"), "{error}");
+        }
+        Event::Uploaded(c) => panic!("uploaded {c:?}"),
+    }
+    drop(told);
+    // No owner from here on: completions are not waited for.
+    drop(owner);
+    let told = waiting.await.unwrap();
+    assert!(
+        told.unwrap_err().contains("nothing queued since"),
+        "its waiters are told"
+    );
+    drained(&up).await;
+    let attempts = r.faulty.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        r.faulty.attempts.load(std::sync::atomic::Ordering::SeqCst),
+        attempts,
+        "never retried"
+    );
+    let summary = r.journal.upload_summary().await.unwrap();
+    assert_eq!((summary.pending, summary.failed), (0, 2));
+    let failed = r.journal.failed_ops().await.unwrap();
+    assert_eq!(
+        failed.iter().map(|o| o.seq).collect::<Vec<_>>(),
+        vec![copy, chmod]
+    );
+    assert!(
+        failed[0].error.as_deref().unwrap().contains("no such key"),
+        "{failed:?}"
+    );
+    assert!(!landed(&r, "k").await);
+    // A restart does not run them again.
+    assert!(r.journal.open_ops().await.unwrap().is_empty());
+    // A newer version of the name clears them.
+    let file = staged_file(&r, b"new");
+    let seq = up.submit(put("k", &file, 3)).await.unwrap();
+    assert_eq!(up.wait(seq).await, Ok(()));
+    assert!(r.journal.failed_ops().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_claimed_file_stays_referenced_after_its_uploads_finish_until_the_claim_drops() {
+    let r = rig();
+    let up = start(&r, vec![]);
+    let f = staged_file(&r, b"body");
+    let seq = up.submit(put("old", &f, 4)).await.unwrap();
+    // Taken before the upload finishes, as a rename reading the node does.
+    let claim = up.claim(&f);
+    up.wait(seq).await.unwrap();
+    assert!(landed(&r, "old").await);
+    assert!(up.pending_for("old").is_empty());
+    assert!(up.references(&f), "the claim keeps the file needed");
+    let seq = up.submit(put("new", &f, 4)).await.unwrap();
+    drop(claim);
+    assert!(up.references(&f), "the queued put still needs it");
+    up.wait(seq).await.unwrap();
+    assert!(!up.references(&f), "nothing needs the file any more");
+    let body = r.mem.get("new", Default::default()).await.unwrap();
+    assert_eq!(&body.bytes().await.unwrap()[..], b"body");
+}
+
+/// Submits a small put every 50 ms for `n` rounds (a writer closing files).
+async fn burst(r: &Rig, up: &Uploader, tag: &str, n: usize) {
+    for i in 0..n {
+        let f = staged_file(r, b"x");
+        up.submit(put(&format!("{tag}{i}"), &f, 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An uploader deferring up to `defer`, given "first" and then a burst of
+/// `n` more ("a0".."a{n-1}").
+async fn first_then_burst(r: &Rig, defer: Duration, n: usize) -> Uploader {
+    let up = start_deferring(r, defer);
+    let f = staged_file(r, b"first");
+    up.submit(put("first", &f, 5)).await.unwrap();
+    burst(r, &up, "a", n).await;
+    up
+}
+
+#[tokio::test]
+async fn uploads_wait_for_a_pause_in_the_writes_and_go_at_once_when_waited_for() {
+    let r = rig();
+    let up = first_then_burst(&r, Duration::from_secs(30), 20).await;
+    assert!(
+        !landed(&r, "first").await,
+        "nothing is uploaded while files keep being closed"
+    );
+    assert_eq!(up.pending_count(), 21);
+
+    // fsync (durability "source") waits for its operation: it and every
+    // operation staged before it go now, writes going on or not.
+    let f = staged_file(&r, b"synced");
+    let synced = up.submit(put("synced", &f, 6)).await.unwrap();
+    let (waited, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), up.wait(synced)),
+        burst(&r, &up, "b", 10)
+    );
+    waited.expect("fsync's upload was not deferred").unwrap();
+    assert!(landed(&r, "first").await && landed(&r, "a19").await);
+
+    // Once the writes pause (2 s here), the rest follows unasked.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.pending_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "uploads did not follow the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(landed(&r, "b9").await);
+
+    // Unmount drains at once, mid-burst: sooner than the 2 s pause.
+    burst(&r, &up, "c", 5).await;
+    let left = up.drain(Duration::from_millis(1500), |_| {}).await;
+    assert_eq!(left, 0);
+    assert!(landed(&r, "c4").await);
+}
+
+#[tokio::test]
+async fn a_deferred_upload_starts_at_its_limit_even_if_writes_never_pause() {
+    let r = rig();
+    let _up = first_then_burst(&r, Duration::from_millis(500), 30).await;
+    assert!(
+        landed(&r, "first").await,
+        "uploaded 0.5 s after its close, mid-burst"
+    );
+    assert!(!landed(&r, "a29").await, "the last ones still wait");
+}
+
+#[tokio::test]
+async fn with_deferral_off_uploads_start_during_the_writes() {
+    let r = rig();
+    let _up = first_then_burst(&r, Duration::ZERO, 10).await;
+    assert!(landed(&r, "first").await);
+}
+
+/// Held back by a deferral, then let go by a drain with one upload at a
+/// time: keys go oldest first, not in key order.
+#[tokio::test]
+async fn held_back_uploads_start_oldest_first_across_keys() {
+    let r = rig();
+    let cfg = UploadConfig {
+        defer_while_writing: crate::config::HumanDuration(Duration::from_secs(30)),
+        concurrency: 1,
+        ..Default::default()
+    };
+    let up = start_with(&r, cfg, Duration::from_secs(30), vec![]);
+    let keys = ["z", "a", "m", "b", "y"];
+    for k in keys {
+        let f = staged_file(&r, k.as_bytes());
+        up.submit(put(k, &f, 1)).await.unwrap();
+    }
+    assert!(!landed(&r, "z").await, "held back");
+    assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+    let mut landed_in: Vec<(String, &str)> = Vec::new();
+    for k in keys {
+        let v = r.mem.head(k, None).await.unwrap().version_id.unwrap();
+        landed_in.push((v, k));
+    }
+    landed_in.sort();
+    let order: Vec<&str> = landed_in.into_iter().map(|(_, k)| k).collect();
+    assert_eq!(order, keys);
+}
+
+/// A burst of closes held back by the deferral: each submission wakes the
+/// scheduler, which looks at the oldest head only, not at every queued op
+/// (a pass per submission was quadratic in the burst).
+#[tokio::test]
+async fn a_burst_of_held_back_uploads_costs_the_scheduler_no_pass_per_submission() {
+    let r = rig();
+    let up = start_deferring(&r, Duration::from_secs(30));
+    let n = 1000u64;
+    // The scheduler runs its wakes while each submission awaits the
+    // journal.
+    for i in 0..n {
+        let f = staged_file(&r, b"x");
+        up.submit(put(&format!("k{i:04}"), &f, 1)).await.unwrap();
+    }
+    let examined = up.inner.queue.lock().unwrap().examined;
+    assert!(
+        examined <= 2 * n,
+        "{examined} heads examined for {n} submissions"
+    );
+    assert_eq!(up.pending_count(), n as usize, "all still held back");
+    assert_eq!(up.drain(Duration::from_secs(30), |_| {}).await, 0);
+    assert!(landed(&r, "k0999").await);
+}
+
+#[tokio::test]
+async fn a_file_written_while_it_uploads_makes_no_version_and_a_copy_goes_up_instead() {
+    let r = rig();
+    if !crate::cache::stamp::fine_grained(r.cache.root()) {
+        eprintln!("skipped: coarse change times here");
+        return;
+    }
+    let up = start(&r, vec![]);
+    for (key, len) in [("single", 70_000usize), ("parts", 6 * MIB as usize)] {
+        let f = staged_file(&r, &vec![1u8; len]);
+        let path = r.cache.data_path(&f);
+        // A writer the file system cannot see changes the file as its
+        // upload begins (after the upload took its stamp).
+        r.faulty.before_next_write(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.write_all_at(&[2u8; 10], 0).unwrap();
+        });
+        let seq = up.submit(put(key, &f, len as u64)).await.unwrap();
+        up.wait(seq).await.unwrap();
+        let history = r.mem.history(key);
+        assert_eq!(history.len(), 1, "{key}: no version of the changing file");
+        let body = history[0].1.as_ref().unwrap();
+        assert_eq!(
+            &body[..10],
+            &[2u8; 10],
+            "{key}: the copy holds the later bytes"
+        );
+        assert!(body[10..].iter().all(|b| *b == 1), "{key}");
+        assert!(!up.references(&f), "{key}: the op moved to the copy");
+    }
+    let ops = r.journal.open_ops().await.unwrap();
+    assert!(ops.is_empty(), "both recorded: {ops:?}");
+}
+
+#[tokio::test]
+async fn a_repointed_put_uploads_the_copy_and_its_original_may_change() {
+    let r = rig();
+    let up = start(&r, vec![]);
+    // The first attempt fails: the retry runs after the repoint.
+    r.faulty.fail_next(1);
+    let f = staged_file(&r, b"original");
+    let seq = up.submit(put("k", &f, 8)).await.unwrap();
+    assert_eq!(up.users(&f), vec![seq]);
+    let copy = r.cache.copy_data_file(&f).unwrap();
+    up.repoint(&[seq], &f, &copy).await.unwrap();
+    assert!(up.references(&copy) && !up.references(&f));
+    assert_eq!(
+        r.journal.open_ops().await.unwrap()[0].file.as_deref(),
+        Some(copy.as_str())
+    );
+    std::fs::write(r.cache.data_path(&f), b"rewritten in place").unwrap();
+    up.wait(seq).await.unwrap();
+    let body = r.mem.get("k", Default::default()).await.unwrap();
+    assert_eq!(&body.bytes().await.unwrap()[..], b"original");
+    assert!(!up.references(&copy));
+    assert!(r.journal.open_ops().await.unwrap().is_empty());
+}
+
+/// A put running on a file when a writer repoints it to a copy (to
+/// write the file in place) lands as the op it ran as: the file it ran
+/// on belongs to the writer's next put, which must keep it.
+#[tokio::test]
+async fn a_put_repointed_while_it_ran_leaves_its_old_file_to_the_next_put() {
+    let r = rig();
+    let up = start_delayed(&r);
+    let f = staged_file(&r, b"first");
+    let first = up.submit(put("k", &f, 5)).await.unwrap();
+    let ran = up.pending_for("k").remove(0);
+    let copy = r.cache.copy_data_file(&f).unwrap();
+    up.repoint(&[first], &f, &copy).await.unwrap();
+    std::fs::write(r.cache.data_path(&f), b"second").unwrap();
+    up.submit(put("k", &f, 6)).await.unwrap();
+    assert_eq!(ran.file.as_deref(), Some(f.as_str()));
+    assert!(up.references_besides(&f, &ran), "the second put's file");
+    assert!(
+        !up.references_besides(&copy, &ran),
+        "the first's copy is its own"
+    );
+    drained(&up).await;
+}
+
+#[tokio::test]
+async fn versions_of_one_key_land_in_staging_order_despite_transient_failures() {
+    let r = rig();
+    let up = start(&r, vec![]);
+    r.faulty.fail_next(3);
+    let mut last = 0;
+    for i in 0..10u8 {
+        let f = staged_file(&r, &[i; 100]);
+        last = up.submit(put("k", &f, 100)).await.unwrap();
+    }
+    up.wait(last).await.unwrap();
+    let history: Vec<u8> = r
+        .mem
+        .history("k")
+        .iter()
+        .map(|(_, b)| b.as_ref().unwrap()[0])
+        .collect();
+    assert_eq!(history, (0..10).collect::<Vec<u8>>());
+    assert_eq!(up.drain(Duration::from_secs(5), |_| {}).await, 0);
+    assert!(r.journal.open_ops().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_permanent_failure_keeps_the_upload_visible_and_resumes_when_fixed() {
+    let r = rig();
+    let up = start(&r, vec![]);
+    r.faulty.fail_permanently(true);
+    let f = staged_file(&r, b"precious");
+    let seq = up.submit(put("p", &f, 8)).await.unwrap();
+    let e = up.wait(seq).await.unwrap_err();
+    assert!(e.contains("AccessDenied") || e.contains("denied"), "{e}");
+    let s = r.journal.upload_summary().await.unwrap();
+    assert_eq!((s.pending, s.failed), (1, 1));
+    assert!(r.mem.history("p").is_empty());
+    r.faulty.fail_permanently(false);
+    // The retry comes a minute later; in the test, nudge by restarting from the journal.
+    drop(up);
+    let up = start(&r, r.journal.open_ops().await.unwrap());
+    assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+    assert_eq!(r.mem.history("p")[0].1.as_deref(), Some(&b"precious"[..]));
+}
+
+#[tokio::test]
+async fn recovered_operations_run_and_a_recorded_multipart_is_aborted_and_redone() {
+    let r = rig();
+    let big: Vec<u8> = (0..6 * MIB).map(|i| (i % 253) as u8).collect();
+    let f = staged_file(&r, &big);
+    let seq = r
+        .journal
+        .stage(put("big", &f, big.len() as u64))
+        .await
+        .unwrap();
+    let stale = r
+        .mem
+        .create_multipart("big", &PutOptions::default())
+        .await
+        .unwrap();
+    r.journal.set_multipart(seq, Some(stale)).await.unwrap();
+    let up = start(&r, r.journal.open_ops().await.unwrap());
+    assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+    let h = r.mem.history("big");
+    assert_eq!(h.len(), 1);
+    assert!(h[0].1.as_deref() == Some(&big[..]));
+}
+
+/// Writes `content` into cache file `name` in 1 MiB writes from `from`,
+/// telling `early` about each; a blind one learns only the file's size,
+/// as the size poll of a passthrough writer's file tells it.
+fn write_through(r: &Rig, early: &Arc<EarlyUpload>, name: &str, content: &[u8], from: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(r.cache.data_path(name))
+        .unwrap();
+    for off in (from..content.len()).step_by(MIB as usize) {
+        let end = (off + MIB as usize).min(content.len());
+        f.write_all_at(&content[off..end], off as u64).unwrap();
+        if early.is_blind() {
+            early.grown(f.metadata().unwrap().len());
+        } else {
+            early.written(name, off as u64, end as u64);
+        }
+    }
+}
+
+async fn wait_parts(r: &Rig, key: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !r
+        .mem
+        .open_uploads()
+        .iter()
+        .any(|(k, p)| k == key && *p >= n)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{n} early parts of {key}: {:?}",
+            r.mem.open_uploads()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn early_rig() -> (Rig, Uploader) {
+    let r = rig();
+    let cfg = UploadConfig {
+        multipart_threshold: crate::config::ByteSize(5 * MIB),
+        part_size: crate::config::ByteSize(5 * MIB),
+        ..Default::default()
+    };
+    let up = start_with(&r, cfg, QUIET, vec![]);
+    (r, up)
+}
+
+fn meta() -> ObjectMeta {
+    ObjectMeta::new(crate::meta::S_IFREG | 0o644, 0, 0)
+}
+
+/// 18 MiB written in order to a new cache file for key "big", with its
+/// first two 5 MiB parts (each sent once the next is written) uploaded.
+async fn big_file_with_early_parts(r: &Rig, up: &Uploader) -> (Vec<u8>, String, Arc<EarlyUpload>) {
+    let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+    let name = r.cache.create_data_file().unwrap();
+    let early = up.early("big", &name, &meta(), false).unwrap();
+    write_through(r, &early, &name, &body, 0);
+    wait_parts(r, "big", 2).await;
+    (body, name, early)
+}
+
+/// Stages "big" with its early upload; returns its only version's bytes.
+async fn stage_big(
+    r: &Rig,
+    up: &Uploader,
+    name: &str,
+    len: usize,
+    early: Arc<EarlyUpload>,
+) -> bytes::Bytes {
+    up.submit_with(put("big", name, len as u64), Some(early))
+        .await
+        .unwrap();
+    assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
+    let h = r.mem.history("big");
+    assert_eq!(h.len(), 1);
+    h[0].1.clone().unwrap()
+}
+
+/// "big"'s early parts were aborted and the file went up whole.
+async fn assert_uploaded_whole(r: &Rig) {
+    assert!(
+        r.mem.open_uploads().is_empty(),
+        "the early parts were aborted"
+    );
+    let head = r.mem.head("big", None).await.unwrap();
+    assert!(
+        head.metadata.contains_key("mtime"),
+        "uploaded whole, with its mtime"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_in_order_is_uploaded_in_parts_before_it_is_staged() {
+    let (r, up) = early_rig();
+    let (body, name, early) = big_file_with_early_parts(&r, &up).await;
+    assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
+    let got = stage_big(&r, &up, &name, body.len(), early).await;
+    assert!(got[..] == body[..], "the object is the staged file");
+    assert!(r.mem.open_uploads().is_empty());
+    assert!(r.journal.early_uploads().await.unwrap().is_empty());
+    let head = r.mem.head("big", None).await.unwrap();
+    assert_eq!(head.metadata.get("mode").map(String::as_str), Some("33188"));
+    assert!(
+        !head.metadata.contains_key("mtime"),
+        "mtime is the LastModified"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_a_close_every_whole_part_written_goes_up_before_staging() {
+    let (r, up) = early_rig();
+    let (body, name, early) = big_file_with_early_parts(&r, &up).await;
+    // While written, the part just behind the written end waits (the
+    // kernel may still write it again); once the close stages, it goes.
+    early.flushing();
+    wait_parts(&r, "big", 3).await;
+    let got = stage_big(&r, &up, &name, body.len(), early).await;
+    assert!(got[..] == body[..], "the object is the staged file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_below_the_uploaded_parts_makes_the_file_upload_whole() {
+    let (r, up) = early_rig();
+    let (mut body, name, early) = big_file_with_early_parts(&r, &up).await;
+    // A header rewritten at the end, as many formats do.
+    body[..MIB as usize].fill(7);
+    write_through(&r, &early, &name, &body[..MIB as usize], 0);
+    let got = stage_big(&r, &up, &name, body.len(), early).await;
+    assert!(got[..] == body[..], "the rewritten header is uploaded");
+    assert_uploaded_whole(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blind_upload_of_a_file_written_in_order_completes_from_its_early_parts() {
+    let (r, up) = early_rig();
+    let body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+    let name = r.cache.create_data_file().unwrap();
+    let early = up.early("big", &name, &meta(), true).unwrap();
+    write_through(&r, &early, &name, &body, 0);
+    wait_parts(&r, "big", 2).await;
+    early.flushing();
+    let got = stage_big(&r, &up, &name, body.len(), early).await;
+    assert!(got[..] == body[..], "the object is the staged file");
+    let head = r.mem.head("big", None).await.unwrap();
+    assert!(
+        !head.metadata.contains_key("mtime"),
+        "completed from the early parts (which carry no mtime)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blind_upload_whose_sent_bytes_changed_is_aborted_and_the_file_uploaded_whole() {
+    let (r, up) = early_rig();
+    let mut body: Vec<u8> = (0..18 * MIB).map(|i| (i % 251) as u8).collect();
+    let name = r.cache.create_data_file().unwrap();
+    let early = up.early("big", &name, &meta(), true).unwrap();
+    write_through(&r, &early, &name, &body, 0);
+    wait_parts(&r, "big", 2).await;
+    // A header rewritten at the end: regionfs sees no write, the size
+    // does not change, only the digests can tell.
+    body[..MIB as usize].fill(7);
+    write_through(&r, &early, &name, &body[..MIB as usize], 0);
+    let got = stage_big(&r, &up, &name, body.len(), early).await;
+    assert!(got[..] == body[..], "the rewritten header is uploaded");
+    assert_uploaded_whole(&r).await;
+}
+
+#[tokio::test]
+async fn early_parts_are_off_when_configured_off_or_an_acl_is_set() {
+    let (r, up) = early_rig();
+    assert!(up.early("k", "f", &meta(), false).is_some());
+    up.set_acl("src", Some("private".into()));
+    assert!(
+        up.early("k", "f", &meta(), false).is_none(),
+        "the ACL is decided per upload"
+    );
+    let off = start_with(
+        &r,
+        UploadConfig {
+            early_parts: false,
+            ..Default::default()
+        },
+        QUIET,
+        vec![],
+    );
+    assert!(off.early("k", "f", &meta(), false).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_early_upload_never_staged_is_aborted_and_recovery_aborts_what_a_crash_left() {
+    let (r, up) = early_rig();
+    let body = vec![1u8; 12 * MIB as usize];
+    let name = r.cache.create_data_file().unwrap();
+    let early = up.early("gone", &name, &meta(), false).unwrap();
+    write_through(&r, &early, &name, &body, 0);
+    wait_parts(&r, "gone", 1).await;
+    drop(early);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !r.mem.open_uploads().is_empty() || !r.journal.early_uploads().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the abandoned upload is aborted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.mem.history("gone").is_empty());
+
+    // What kill -9 leaves: a journaled upload id nobody will finish.
+    let id = r
+        .mem
+        .create_multipart("crashed", &PutOptions::default())
+        .await
+        .unwrap();
+    r.journal.note_early("crashed".into(), id).await.unwrap();
+    // The source refuses: the upload stays recorded for the next start.
+    r.faulty.fail_permanently(true);
+    up.abort_stale_early().await;
+    assert_eq!(r.mem.open_uploads().len(), 1);
+    assert_eq!(r.journal.early_uploads().await.unwrap().len(), 1);
+    r.faulty.fail_permanently(false);
+    up.abort_stale_early().await;
+    assert!(r.mem.open_uploads().is_empty());
+    assert!(r.journal.early_uploads().await.unwrap().is_empty());
+}
+
+/// An uploader from the rig's source that replicates everything to a
+/// memory bucket "eu".
+fn replicating(r: &Rig) -> (Uploader, crate::replicator::Replicator, Arc<MemoryStore>) {
+    let dest = Arc::new(MemoryStore::new("dst"));
+    let rep = crate::replicator::Replicator::start_with(
+        &replicating_config(),
+        r.faulty.clone(),
+        HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]),
+        r.journal.clone(),
+        vec![],
+    );
+    (replicating_uploader(r, &rep), rep, dest)
+}
+
+/// [`replicating`] with a replicator that holds at most `held` open tasks
+/// in memory and reads the rest from the rig's journal.
+async fn replicating_held(
+    r: &Rig,
+    dest: Arc<dyn ObjectStore>,
+    held: usize,
+) -> (Uploader, crate::replicator::Replicator) {
+    let rep = crate::replicator::Replicator::start_from_journal(
+        &replicating_config(),
+        r.faulty.clone(),
+        HashMap::from([("eu".to_string(), dest)]),
+        r.journal.clone(),
+        held,
+    )
+    .await
+    .unwrap();
+    (replicating_uploader(r, &rep), rep)
+}
+
+fn replicating_uploader(r: &Rig, rep: &crate::replicator::Replicator) -> Uploader {
+    let cfg = UploadConfig {
+        multipart_threshold: crate::config::ByteSize(5 * MIB),
+        ..Default::default()
+    };
+    Uploader::start(
+        r.faulty.clone(),
+        r.journal.clone(),
+        r.cache.clone(),
+        cfg,
+        Duration::ZERO,
+        vec![],
+        Some(rep.clone()),
+    )
+    .0
+}
+
+fn replicating_config() -> crate::config::Config {
+    crate::config::two_region_test_config("[[rule]]\nid = \"all\"\ndestination = \"eu\"\n")
+}
+
+/// Holds every small replica back (the uploads look backed up) until the
+/// returned flag is cleared.
+fn hold_replicas(rep: &crate::replicator::Replicator) -> Arc<std::sync::atomic::AtomicBool> {
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = hold.clone();
+    rep.give_way_to(
+        Arc::new(move || crate::replicator::SourceLoad {
+            queued: if h.load(std::sync::atomic::Ordering::SeqCst) {
+                1000
+            } else {
+                0
+            },
+            submitting: false,
+        }),
+        Duration::from_secs(60),
+    );
+    hold
+}
+
+/// Waits until every task is done, checking all along that at most
+/// `held` are in memory.
+async fn drained_holding_at_most(
+    rep: &crate::replicator::Replicator,
+    held: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while rep.pending_count() > 0 {
+        assert!(rep.held_count() <= held, "held {}", rep.held_count());
+        assert!(Instant::now() < deadline, "replicated within {within:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_backlog_longer_than_memory_holds_replicates_every_version_in_order() {
+    let r = rig();
+    let dest = Arc::new(MemoryStore::new("dst"));
+    let (up, rep) = replicating_held(&r, dest.clone(), 4).await;
+    let hold = hold_replicas(&rep);
+    // 10 keys, 4 versions each, round robin: 40 tasks, 4 held in memory.
+    let body = |k: usize, v: usize| format!("key {k} version {v}").into_bytes();
+    for v in 0..4 {
+        for k in 0..10 {
+            uploaded(&r, &up, &format!("k{k}"), &body(k, v)).await;
+        }
+    }
+    assert_eq!(rep.held_count(), 4, "the rest wait in the journal");
+    assert_eq!(rep.pending_count(), 40, "all of them count as pending");
+    // Memory never holds more than the share while the backlog drains.
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    drained_holding_at_most(&rep, 4, Duration::from_secs(30)).await;
+    for k in 0..10 {
+        let bodies: Vec<Vec<u8>> = dest
+            .history(&format!("k{k}"))
+            .into_iter()
+            .map(|(_, b)| b.unwrap().to_vec())
+            .collect();
+        assert_eq!(
+            bodies,
+            (0..4).map(|v| body(k, v)).collect::<Vec<_>>(),
+            "k{k}: every version once, in source order"
+        );
+    }
+    assert!(r.journal.open_tasks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn failed_tasks_do_not_hold_back_the_rest_of_a_long_backlog() {
+    let r = rig();
+    let mem = Arc::new(MemoryStore::new("dst"));
+    let dest = Arc::new(FaultyStore::new(mem.clone()));
+    dest.refuse_prefix(Some("refused/"));
+    let (up, rep) = replicating_held(&r, dest.clone(), 4).await;
+    // More refused files than the share, then files it takes.
+    for i in 0..10 {
+        uploaded(&r, &up, &format!("refused/f{i}"), b"refused").await;
+    }
+    for i in 0..10 {
+        uploaded(&r, &up, &format!("ok/f{i}"), b"taken").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (0..10).any(|i| mem.history(&format!("ok/f{i}")).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the others replicated past the refused ones"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rep.pending_count(), 10, "the refused ones stay pending");
+    let failed = r.journal.open_tasks().await.unwrap();
+    assert_eq!(failed.len(), 10);
+    assert!(failed
+        .iter()
+        .all(|t| t.key.starts_with("refused/") && t.status == crate::journal::TaskStatus::Failed));
+    // Fixed: they complete at the next retry.
+    dest.refuse_prefix(None);
+    rep.retry_failed();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rep.pending_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refused ones replicated once fixed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!((0..10).all(|i| mem.history(&format!("refused/f{i}")).len() == 1));
+}
+
+#[tokio::test]
+async fn a_restart_reads_a_long_backlog_from_the_journal_a_share_at_a_time() {
+    let r = rig();
+    // A first process uploads 30 versions and dies before replicating any.
+    {
+        let dest = Arc::new(MemoryStore::new("dst"));
+        let (up, rep) = replicating_held(&r, dest, 1000).await;
+        let _hold = hold_replicas(&rep);
+        for i in 0..30 {
+            uploaded(&r, &up, &format!("f{i}"), format!("file {i}").as_bytes()).await;
+        }
+        assert_eq!(r.journal.open_tasks().await.unwrap().len(), 30);
+    }
+    // The next one holds 8 of them at a time and replicates them all.
+    let dest = Arc::new(MemoryStore::new("dst2"));
+    let (_up, rep) = replicating_held(&r, dest.clone(), 8).await;
+    assert_eq!(rep.held_count(), 8);
+    assert_eq!(rep.pending_count(), 30);
+    drained_holding_at_most(&rep, 8, Duration::from_secs(30)).await;
+    for i in 0..30 {
+        assert_eq!(
+            dest.history(&format!("f{i}"))[0].1.as_deref(),
+            Some(format!("file {i}").as_bytes()),
+            "f{i}"
+        );
+    }
+    assert!(r.journal.open_tasks().await.unwrap().is_empty());
+}
+
+/// Submits `body` as `key` and waits until it is in the source.
+async fn uploaded(r: &Rig, up: &Uploader, key: &str, body: &[u8]) {
+    let f = staged_file(r, body);
+    up.submit(put(key, &f, body.len() as u64)).await.unwrap();
+    all_uploaded(up, Duration::from_secs(10)).await;
+}
+
+async fn all_uploaded(up: &Uploader, within: Duration) {
+    let deadline = Instant::now() + within;
+    while up.pending_count() > 0 {
+        assert!(Instant::now() < deadline, "uploaded within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn replicated(rep: &crate::replicator::Replicator, within: Duration) {
+    let deadline = Instant::now() + within;
+    while rep.pending_count() > 0 {
+        assert!(Instant::now() < deadline, "replicated within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_large_replica_waits_while_the_source_takes_new_writes_then_copies_every_part() {
+    let r = rig();
+    let (up, rep, dest) = replicating(&r);
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = busy.clone();
+    rep.give_way_to(
+        Arc::new(move || crate::replicator::SourceLoad {
+            queued: 0,
+            submitting: flag.load(std::sync::atomic::Ordering::SeqCst),
+        }),
+        Duration::from_secs(60),
+    );
+    // Three parts of 8, 8 and 4 MiB, all in flight at once.
+    let body: Vec<u8> = (0..20 * MIB as usize).map(|i| (i % 251) as u8).collect();
+    uploaded(&r, &up, "big", &body).await;
+    // While the source is busy no part is copied (watched for 300 ms).
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < watch_until {
+        assert_eq!(rep.pending_count(), 1, "the replica waits");
+        assert!(
+            dest.open_uploads().iter().all(|(_, parts)| *parts == 0),
+            "no part copied while the source is busy: {:?}",
+            dest.open_uploads()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+    replicated(&rep, Duration::from_secs(10)).await;
+    let history = dest.history("big");
+    assert_eq!(history.len(), 1, "one replica version");
+    assert!(
+        history[0].1.as_deref() == Some(&body[..]),
+        "the replica has the source's bytes, parts in order"
+    );
+    assert!(dest.open_uploads().is_empty(), "no upload left open");
+}
+
+#[tokio::test]
+async fn a_small_replica_waits_only_while_the_uploads_are_backed_up() {
+    let r = rig();
+    let (up, rep, dest) = replicating(&r);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let q = queued.clone();
+    rep.give_way_to(
+        Arc::new(move || crate::replicator::SourceLoad {
+            queued: q.load(std::sync::atomic::Ordering::SeqCst),
+            submitting: true,
+        }),
+        Duration::from_secs(60),
+    );
+    // A source that keeps up (one upload queued): replicated at once, not
+    // after the 60 s bound.
+    uploaded(&r, &up, "steady", b"one of a steady stream").await;
+    replicated(&rep, Duration::from_secs(10)).await;
+    assert_eq!(dest.history("steady").len(), 1);
+    // Backed up (more than twice the uploader's 16 at a time): it waits.
+    queued.store(33, std::sync::atomic::Ordering::SeqCst);
+    uploaded(&r, &up, "burst", b"one of a burst").await;
+    let watch_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < watch_until {
+        assert_eq!(rep.pending_count(), 1, "the replica waits");
+        assert!(dest.history("burst").is_empty());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    queued.store(32, std::sync::atomic::Ordering::SeqCst);
+    replicated(&rep, Duration::from_secs(10)).await;
+    assert_eq!(
+        dest.history("burst")[0].1.as_deref(),
+        Some(&b"one of a burst"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_source_that_is_never_idle_slows_a_large_replica_but_does_not_stop_it() {
+    let r = rig();
+    let (up, rep, dest) = replicating(&r);
+    let at_most = Duration::from_millis(300);
+    rep.give_way_to(
+        Arc::new(|| crate::replicator::SourceLoad {
+            queued: 1,
+            submitting: true,
+        }),
+        at_most,
+    );
+    let body = vec![9u8; 20 * MIB as usize]; // over the 16 MiB multipart threshold
+                                             // Its replica starts the moment the version is in the source.
+    let t = Instant::now();
+    uploaded(&r, &up, "big", &body).await;
+    replicated(&rep, Duration::from_secs(10)).await;
+    assert!(t.elapsed() >= at_most, "each part waited its bound first");
+    assert!(dest.history("big")[0].1.as_deref() == Some(&body[..]));
+}
+
+#[tokio::test]
+async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_submit() {
+    let r = rig();
+    let cfg = UploadConfig {
+        multipart_threshold: crate::config::ByteSize(5 * MIB),
+        ..Default::default()
+    };
+    let quiet = Duration::from_millis(100);
+    let up = start_with(&r, cfg, quiet, vec![]);
+    let load = up.busy_signal();
+    let busy = || {
+        let l = load();
+        l.queued > 0 || l.submitting
+    };
+    assert!(!busy(), "idle before any write");
+    // An upload retrying after two refusals (backoffs of at least 125 and
+    // 250 ms) keeps the source busy past the pause.
+    r.faulty.fail_next(2);
+    let f = staged_file(&r, b"refused for now");
+    up.submit(put("k", &f, 15)).await.unwrap();
+    assert!(busy(), "busy right after a submit");
+    let t = Instant::now();
+    while t.elapsed() < quiet * 3 {
+        assert!(busy(), "busy while the upload is queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while busy() {
+        assert!(Instant::now() < deadline, "idle once uploaded and quiet");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.pending_count(), 0);
+    assert!(
+        r.mem.head("k", None).await.is_ok(),
+        "the write is in the source"
+    );
+}
+
+#[tokio::test]
+async fn a_small_file_is_replicated_from_its_uploaded_bytes_without_reading_the_source() {
+    let r = rig();
+    let (up, rep, dest) = replicating(&r);
+    let mut meta = ObjectMeta::new(crate::meta::S_IFREG | 0o640, 7, 8);
+    meta.xattrs.insert("user.tag.team".into(), b"blue".to_vec());
+    meta.xattrs.insert("user.note".into(), b"kept".to_vec());
+    let submit = |key: &'static str, body: Vec<u8>| {
+        let f = staged_file(&r, &body);
+        let mut op = put(key, &f, body.len() as u64);
+        op.meta = meta.to_json();
+        up.submit(op)
+    };
+    let small = b"four KiB at most".repeat(256);
+    let larger = vec![7u8; 100 * 1024];
+    submit("small", small.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.pending_count() > 0 || rep.pending_count() > 0 {
+        assert!(Instant::now() < deadline, "replicated in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        r.faulty.reads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no HEAD, tagging request or GET at the source"
+    );
+    // Over the size kept in memory: the replica is read from the source.
+    submit("larger", larger.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.pending_count() > 0 || rep.pending_count() > 0 {
+        assert!(Instant::now() < deadline, "replicated in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(r.faulty.reads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+
+    for (key, body) in [("small", small), ("larger", larger)] {
+        let src = r.mem.head(key, None).await.unwrap();
+        let got = dest.head(key, None).await.unwrap();
+        let mut want = src.metadata.clone();
+        want.insert(
+            crate::store::SOURCE_VERSION_META.into(),
+            src.version_id.clone().unwrap(),
+        );
+        assert_eq!(got.metadata, want, "{key}: the source's metadata");
+        assert_eq!(got.content_type, src.content_type, "{key}");
+        assert_eq!(
+            dest.get_tags(key, None).await.unwrap(),
+            BTreeMap::from([("team".to_string(), "blue".to_string())]),
+            "{key}: the source's tags"
+        );
+        let history = dest.history(key);
+        assert_eq!(history.len(), 1, "{key}: one replica version");
+        assert_eq!(history[0].1.as_deref(), Some(&body[..]), "{key}: its bytes");
+    }
+}
+
+#[tokio::test]
+async fn small_replicas_beyond_the_memory_budget_are_written_from_their_clean_copies() {
+    let r = rig();
+    let (up, rep, dest) = replicating(&r);
+    rep.read_fresh_from(r.cache.clone());
+    let hold = hold_replicas(&rep);
+    let size = 60 * 1024;
+    let n = crate::replicator::FRESH_BUDGET / size + 4;
+    let mut files = Vec::new();
+    for i in 0..n {
+        let key = format!("burst/{i:03}");
+        let body = vec![i as u8; size];
+        let f = staged_file(&r, &body);
+        up.submit(put(&key, &f, size as u64)).await.unwrap();
+        files.push((key, f, body));
+    }
+    all_uploaded(&up, Duration::from_secs(20)).await;
+    assert_eq!(rep.pending_count(), n, "the replicas wait");
+    // What the mount does once a file is uploaded: its staged file becomes
+    // the clean copy of that version. But the last one's copy was evicted,
+    // the one before now holds another version (written since), and the
+    // one before that was opened for writing (its copy is a working file).
+    let (evicted, rewritten, reopened) = (&files[n - 1].0, &files[n - 2].0, &files[n - 3].0);
+    for (key, f, _) in &files {
+        let etag = r.mem.head(key, None).await.unwrap().etag;
+        if key == rewritten {
+            let newer = staged_file(&r, &vec![0xee; size]);
+            r.cache
+                .make_clean(&newer, key, "\"etag-of-a-newer-version\"");
+        } else if key != evicted {
+            r.cache.make_clean(f, key, &etag);
+        }
+        if key == reopened {
+            let working = r.cache.adopt_clean(key, &etag).unwrap().unwrap();
+            std::fs::write(r.cache.data_path(&working), vec![0xdd; size]).unwrap();
+        }
+    }
+    hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    replicated(&rep, Duration::from_secs(20)).await;
+    for (key, _, body) in &files {
+        let history = dest.history(key);
+        assert_eq!(history.len(), 1, "{key}: one replica version");
+        assert_eq!(history[0].1.as_deref(), Some(&body[..]), "{key}: its bytes");
+    }
+    let mut got = r.faulty.got.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [reopened.clone(), rewritten.clone(), evicted.clone()],
+        "only the replicas without a clean copy of their version read the source"
+    );
+}
