@@ -28,40 +28,16 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import boto3
-from botocore.config import Config
+ACCESS = os.environ.setdefault("AWS_ACCESS_KEY_ID", "regionfs")
+SECRET = os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "regionfs-secret")
 
-ACCESS = os.environ.get("REGIONFS_ACCESS_KEY", "regionfs")
-SECRET = os.environ.get("REGIONFS_SECRET_KEY", "regionfs-secret")
-
-
-def client(endpoint):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS,
-        aws_secret_access_key=SECRET,
-        config=Config(max_pool_connections=64, retries={"max_attempts": 8}),
-    )
-
-
-def bucket(endpoint, name):
-    s3 = client(endpoint)
-    try:
-        s3.create_bucket(Bucket=name)
-    except Exception as e:  # already there
-        if "BucketAlready" not in str(e):
-            raise
-    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_helper import client, mkbuckets  # noqa: E402  (credentials from the environment)
+from bench_helper import count as count_under  # noqa: E402
 
 
 def count(endpoint, name):
-    s3 = client(endpoint)
-    n = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-        n += len(page.get("Contents", []))
-    return n
+    return count_under(endpoint, name, "")[0]
 
 
 def fill(endpoint, name, n):
@@ -146,11 +122,11 @@ def cpu_seconds(pid):
 
 def backfill(a, work):
     src = "bfsrc"
-    bucket(a.src, src)
+    mkbuckets(a.src, src)
     fill(a.src, src, a.backfill)
     for k in [int(x) for x in a.shards.split()]:
         dst = f"bfdst{k}-{int(time.time())}"
-        bucket(a.dst, dst)
+        mkbuckets(a.dst, dst)
         procs, logs = [], []
         for i in range(1, k + 1):
             d = tempfile.mkdtemp(dir=work)
@@ -176,8 +152,8 @@ def backfill(a, work):
 
 def idle(a, work):
     src, dst = "idlesrc", "idledst"
-    bucket(a.src, src)
-    bucket(a.dst, dst)
+    mkbuckets(a.src, src)
+    mkbuckets(a.dst, dst)
     fill(a.src, src, a.idle)
     d = tempfile.mkdtemp(dir=work)
     conf = os.path.join(d, "regionfs.toml")

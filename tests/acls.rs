@@ -86,18 +86,16 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
     assert_eq!(s["acls"]["eu"], "enabled", "{s}");
     assert_eq!(s["replication"]["eu"]["failed"], 0);
 
-    let ok = common::regionfs_cli(&["verify"], &m.config);
-    let out = String::from_utf8_lossy(&ok.stdout).into_owned();
-    assert_eq!(ok.status.code(), Some(0), "{out}");
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("0 difference(s)"), "{out}");
     // Someone makes the replica private: verify names the ACL difference.
     r.dst
         .put_acl("plain.txt", None, &AclBody::Canned("private".into()))
         .await
         .unwrap();
-    let bad = common::regionfs_cli(&["verify"], &m.config);
-    let out = String::from_utf8_lossy(&bad.stdout).into_owned();
-    assert_eq!(bad.status.code(), Some(1), "{out}");
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("AclDiffers") && out.contains("plain.txt"),
         "{out}"
@@ -110,22 +108,16 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
         "{}",
         String::from_utf8_lossy(&resync.stderr)
     );
-    let again = common::regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        again.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&again.stdout)
-    );
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
     // Another client makes the source version private after it was copied
     // public: verify names it, resync makes the replica private too.
     r.src
         .put_acl("site/index.html", None, &AclBody::Canned("private".into()))
         .await
         .unwrap();
-    let changed = common::regionfs_cli(&["verify"], &m.config);
-    let out = String::from_utf8_lossy(&changed.stdout).into_owned();
-    assert_eq!(changed.status.code(), Some(1), "{out}");
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("AclDiffers") && out.contains("site/index.html"),
         "{out}"
@@ -134,13 +126,8 @@ async fn a_public_read_file_replicates_with_the_same_grants_and_verify_compares_
     assert!(resync.status.success());
     let replica_acl = current_acl(&r.dst, "site/index.html").await;
     assert!(!public_read(&replica_acl), "replica ACL: {replica_acl:?}");
-    let fixed = common::regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        fixed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&fixed.stdout)
-    );
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,13 +202,8 @@ dir = "{}"
             .any(|(g, p)| *g == Grantee::User(over.owner.clone()) && p == "FULL_CONTROL"),
         "the destination bucket's owner has full control: {over:?}"
     );
-    let ok = common::regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stdout)
-    );
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

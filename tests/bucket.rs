@@ -108,7 +108,7 @@ impl Drop for Replicate {
 /// `regionfs verify` passes: every destination carries the source's current
 /// version of every key.
 fn verify_clean(config: &Path) -> bool {
-    regionfs_cli(&["verify"], config).status.success()
+    common::verify(config).0 == Some(0)
 }
 
 /// Every source version of each key, in order, and each exactly once, at

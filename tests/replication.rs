@@ -700,20 +700,14 @@ async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_re
     let m = Mount::start(&r.config(c.path(), ""));
     write_with_tags(&m.path("doc.txt"), b"tagged", &[("class", "open")]);
     wait_replicated(&m, "eu");
-    let clean = common::regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        clean.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&clean.stdout)
-    );
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
     let replicas = replica_history(&r.dst, "doc.txt").await.len();
     let secret = BTreeMap::from([("class".to_string(), "secret".to_string())]);
     r.src.put_tags("doc.txt", None, &secret).await.unwrap();
 
-    let changed = common::regionfs_cli(&["verify"], &m.config);
-    let out = String::from_utf8_lossy(&changed.stdout).into_owned();
-    assert_eq!(changed.status.code(), Some(1), "{out}");
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("TagsDiffer") && out.contains("class=secret") && out.contains("class=open"),
         "{out}"
@@ -730,11 +724,6 @@ async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_re
         replicas,
         "the tags were set on the replica, no version written"
     );
-    let fixed = common::regionfs_cli(&["verify"], &m.config);
-    assert_eq!(
-        fixed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&fixed.stdout)
-    );
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
 }

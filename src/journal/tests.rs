@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn put(key: &str, file: &str) -> NewOp {

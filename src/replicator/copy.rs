@@ -280,6 +280,7 @@ async fn write_with_acl(
         other => other,
     }
 }
+
 /// Gives the replica the tags of the source version where they differ (a
 /// PutObjectTagging on the source after the replica was written).
 async fn copy_tags(

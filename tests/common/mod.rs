@@ -584,6 +584,13 @@ pub fn regionfs_cli(args: &[&str], config: &Path) -> std::process::Output {
 
 /// The real `regionfs mount` binary on a temp mountpoint. Drop detaches the
 /// mount and kills the process (by PID), also when a test fails.
+/// `regionfs verify`: its exit code and what it printed.
+pub fn verify(config: &Path) -> (Option<i32>, String) {
+    let out = regionfs_cli(&["verify"], config);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), text)
+}
+
 pub struct Mount {
     pub dir: PathBuf,
     pub config: PathBuf,
