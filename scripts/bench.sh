@@ -33,8 +33,12 @@
 #          directory) of each --scale size, on a fresh mount, local disk and rclone
 #          mount side by side: µs per file to the end of tar (tar-N-per-file), time
 #          until all are in the bucket and replicated (regionfs), cold `ls -lR` of
-#          the tree on a fresh mount, peak RSS, and the journal's bytes per
-#          replicated file once all is replicated (journal-N-bytes-per-file)
+#          the tree on a fresh mount, `find -newer` of it on another fresh mount,
+#          peak RSS, and the journal's bytes per replicated file once all is
+#          replicated (journal-N-bytes-per-file); then the same tar with uploads
+#          held (write_back_delay 1h), kill -9 of the daemon, and the time a
+#          remount takes until `stat` of the root answers with all N pending
+#          (tar-N-remount-pending)
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
@@ -137,6 +141,7 @@ destination = "b"
 [cache]
 dir = "$4"
 max_size = "8GiB"
+${cache_extra:-}
 [durability]
 fsync = "local"
 ${5:-}
@@ -207,7 +212,7 @@ settle() {
   fi
 }
 
-phase peers || reps=0
+asked_reps=$reps; phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
   echo "== repetition $rep of $reps"
   $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
@@ -358,6 +363,28 @@ if phase scale; then
     mount_regionfs "scale$n" "scale$n" "$mnt" "$cache"
     settle; t=$(now); ls -lR "$mnt" > /dev/null; record "tar-$n-ls-lR" regionfs "$(since $t)"
     unmount "$mnt"; wait "$rfs_pid" || true
+    touch -d '2000-01-01' "$work/newer-than"
+    mount_regionfs "scale$n" "scale$n" "$mnt" "$cache"
+    settle; t=$(now); found=$(find "$mnt" -newer "$work/newer-than" | wc -l)
+    record "tar-$n-find-newer" regionfs "$(since $t)"
+    [ "$found" -gt "$n" ] || echo "# find -newer found $found of $n files" >> "$work/versions"
+    unmount "$mnt"; wait "$rfs_pid" || true
+    rm -rf "$cache"
+
+    # Recovery: the tar with uploads held, kill -9, remount.
+    $py mkbuckets $A "scalep$n"
+    cache=$work/cache-pend$n
+    cache_extra='write_back_delay = "1h"' mount_regionfs "scalep$n" "scale$n" "$mnt" "$cache"
+    tar -xpf "$work/tree.tar" -C "$mnt"
+    kill -9 "$rfs_pid"; wait "$rfs_pid" 2>/dev/null || true
+    fusermount3 -uz "$mnt"
+    settle; t=$(now)
+    cache_extra='write_back_delay = "1h"' mount_regionfs "scalep$n" "scale$n" "$mnt" "$cache"
+    stat "$mnt" > /dev/null; record "tar-$n-remount-pending" regionfs "$(since $t)"
+    pending=$("$bin" status --config "$work/rfs.toml" --json | sed -n 's/.*"uploads":{"pending":\([0-9]*\).*/\1/p')
+    echo "# remount after kill -9 with $pending uploads pending ($n files)" >> "$work/versions"
+    kill -9 "$rfs_pid"; wait "$rfs_pid" 2>/dev/null || true
+    fusermount3 -uz "$mnt"
     rm -rf "$cache"
 
     mnt=$work/mnt-scalerc
@@ -372,7 +399,7 @@ fi
 
 cp "$work/results" "$out.raw"
 {
-  echo "# scripts/bench.sh --reps $reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD))"
+  echo "# scripts/bench.sh --reps $asked_reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD))"
   cat "$work/versions"
 } > "$out"
 $REGIONFS_VENV/bin/python - "$work/results" >> "$out" <<'PY'
@@ -411,8 +438,17 @@ sizes = sorted({int(w.split("-")[1]) for (w, _) in rows if w.startswith("tar-") 
 for n in sizes:
     r(f"tar-{n}-per-file", "regionfs", "rclone", "<= 1.0")
     r(f"tar-{n}-per-file", "regionfs", "local", "")
+for n in sizes:
+    for w in ("replicated", "ls-lR", "find-newer", "remount-pending"):
+        if (f"tar-{n}-{w}", "regionfs") in med:
+            print(f"tar-{n}-{w:<16} regionfs {med[(f'tar-{n}-{w}', 'regionfs')]:9.3f} s")
+    if (f"tar-{n}-rss", "regionfs") in med:
+        print(f"tar-{n}-rss              regionfs {med[(f'tar-{n}-rss', 'regionfs')]:9.1f} MiB   [<= 64]")
+    if (f"journal-{n}-bytes-per-file", "regionfs") in med:
+        print(f"journal-{n}-bytes-per-file regionfs {med[(f'journal-{n}-bytes-per-file', 'regionfs')]:7.0f}   [<= 300]")
 if len(sizes) > 1:
     lo, hi = sizes[0], sizes[-1]
+    ratio(f"tar-{hi}-rss/{sizes[-2]}", (f"tar-{hi}-rss", "regionfs"), (f"tar-{sizes[-2]}-rss", "regionfs"), "<= 1.1")
     ratio(f"tar-{hi}/{lo}", (f"tar-{hi}-per-file", "regionfs"), (f"tar-{lo}-per-file", "regionfs"), "flat: <= 1.3")
 PY
 cat "$out"

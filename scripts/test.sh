@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, builds, runs every test.
 #
-#   scripts/test.sh               install + build + cargo nextest run (unit + integration)
+#   scripts/test.sh               install + fmt/clippy check + build + cargo nextest run (unit + integration)
 #   scripts/test.sh --setup-only  only install what the tests need
 #   scripts/test.sh -- ARGS       pass ARGS to cargo nextest run (e.g. a test filter)
 #
@@ -53,7 +53,25 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+for tool in rustfmt clippy; do
+  if ! cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
+    echo "test.sh: installing the $tool component"
+    rustup component add "$tool"
+  fi
+done
+
 $setup_only && exit 0
 
+# Style gates first: they take seconds and name the line.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --check
+else
+  echo "test.sh: rustfmt is not installed and rustup cannot add it; format not checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --locked --all-targets -- -D warnings
+else
+  echo "test.sh: clippy is not installed and rustup cannot add it; lints not checked" >&2
+fi
 cargo build --locked --all-targets
 cargo nextest run --locked --no-fail-fast "${args[@]}"

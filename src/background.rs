@@ -42,9 +42,12 @@ fn build() -> std::io::Result<tokio::runtime::Runtime> {
             // Per thread on Linux: only this runtime's threads are lowered.
             // Failure leaves the thread at the normal priority, which is
             // merely slower for the foreground.
-            let tid = unsafe { libc::gettid() } as libc::id_t;
-            let inherited = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, (inherited + NICENESS).min(19)) };
+            // SAFETY: plain syscalls on this thread's own id; no memory is shared.
+            unsafe {
+                let tid = libc::gettid() as libc::id_t;
+                let inherited = libc::getpriority(libc::PRIO_PROCESS, tid);
+                libc::setpriority(libc::PRIO_PROCESS, tid, (inherited + NICENESS).min(19));
+            }
         })
         .enable_all()
         .build()
@@ -70,13 +73,14 @@ mod tests {
         let bg = super::build().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         drop(bg.spawn(async move {
-            let tid = unsafe { libc::gettid() } as libc::id_t;
             let name = std::thread::current().name().map(str::to_string);
-            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+            // SAFETY: plain syscalls on this thread's own id.
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
             tx.send((name, nice)).unwrap();
         }));
         let (name, nice) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
         assert_eq!(name.as_deref(), Some("regionfs-bg"));
+        // SAFETY: plain syscalls on this thread's own id.
         let mine = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
         assert_eq!(nice, (mine + super::NICENESS).min(19));
     }

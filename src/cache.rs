@@ -171,6 +171,7 @@ impl Spares {
     /// The refill thread: runs at a lower priority than the file system's
     /// own work, and stops when the cache is dropped or `spare/` fails.
     fn refill(self: Arc<Self>) {
+        // SAFETY: plain syscalls on this thread's own id; no memory is shared.
         unsafe {
             libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
         }
@@ -226,6 +227,7 @@ impl Spares {
         let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
             return false;
         };
+        // SAFETY: a NUL-terminated path that outlives the call.
         if unsafe { libc::truncate(c.as_ptr(), 0) } != 0 {
             return false;
         }
@@ -295,6 +297,7 @@ impl Cache {
             .open(&lock_path)
             .map_err(|e| CacheError::io(&lock_path, e))?;
         use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a descriptor `lock` keeps open.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let pid = std::fs::read_to_string(&lock_path)
                 .ok()

@@ -50,7 +50,8 @@
 //! row (step 3), so the usual recovery applies.
 //!
 //! Recovery reads only rows that are not done: its cost is O(pending work).
-//! Done rows are pruned to the latest per key (status needs its version id).
+//! Done rows are pruned to the latest per key (status needs its version id),
+//! and a version done everywhere is folded into one row per key (`history`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,12 +59,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 mod conflicts;
 mod discovery;
+mod history;
 pub use conflicts::{Conflict, Conflicts};
 pub use discovery::{DiscoveryStats, Seen};
 
@@ -484,6 +486,15 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
 CREATE INDEX IF NOT EXISTS tasks_open_dest ON tasks(destination, id, created_at) WHERE status != 'COMPLETED';
+CREATE INDEX IF NOT EXISTS tasks_open_seq ON tasks(seq) WHERE status != 'COMPLETED';
+CREATE TABLE IF NOT EXISTS landed (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    version_id TEXT,
+    done_at INTEGER NOT NULL,
+    replicas TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS early_uploads (
     upload_id TEXT PRIMARY KEY,
     key TEXT NOT NULL
@@ -607,6 +618,10 @@ impl Journal {
                 "ALTER TABLE ops ADD COLUMN base_etag TEXT; ALTER TABLE ops ADD COLUMN base_version TEXT",
             )
             .map_err(sq)?;
+        }
+        let folded = history::fold_finished(&conn).map_err(sq)?;
+        if folded > 0 {
+            tracing::info!(journal = %p, folded, "finished operations folded into one row per key");
         }
         Ok(Self::spawn(conn, p))
     }
@@ -837,6 +852,9 @@ impl Journal {
                 "DELETE FROM ops WHERE state IN ('done', 'lost') AND seq < ?1 AND key = (SELECT key FROM ops WHERE seq = ?1)",
                 params![seq],
             )?;
+            if stored.is_empty() {
+                history::fold(c, seq)?;
+            }
             Ok(stored)
         })
         .await
@@ -897,6 +915,10 @@ impl Journal {
                    (SELECT key, destination FROM tasks WHERE id = ?1)",
                 params![id],
             )?;
+            let seq: i64 = query_cached(c, "SELECT seq FROM tasks WHERE id = ?1", params![id], |r| r.get(0))?;
+            if seq > 0 {
+                history::fold(c, seq)?;
+            }
             Ok(())
         })
         .await
@@ -1000,43 +1022,6 @@ impl Journal {
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1 AND status != 'COMPLETED'"
             ))?;
             let rows = st.query_map(params![seq], task_from_row)?;
-            rows.collect()
-        })
-        .await
-    }
-
-    /// The last completed task of `key` at `destination` before task
-    /// `before`: what this journal last put there, if it is still known.
-    pub async fn previous_replica(
-        &self,
-        key: String,
-        destination: String,
-        before: i64,
-    ) -> Result<Option<PreviousReplica>, JournalError> {
-        self.run_lazy(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT version_id, replica_etag, seq FROM tasks WHERE key = ?1 AND destination = ?2 AND id < ?3
-                 AND status = 'COMPLETED' ORDER BY id DESC LIMIT 1",
-            )?;
-            let mut rows = st.query_map(params![key, destination, before], |r| {
-                Ok(PreviousReplica {
-                    version_id: r.get(0)?,
-                    replica_etag: r.get(1)?,
-                    own: r.get::<_, i64>(2)? > 0,
-                })
-            })?;
-            rows.next().transpose()
-        })
-        .await
-    }
-
-    /// The newest task of `key` for each destination.
-    pub async fn latest_tasks(&self, key: String) -> Result<Vec<Task>, JournalError> {
-        self.run(move |c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE id IN (SELECT MAX(id) FROM tasks WHERE key = ?1 GROUP BY destination) ORDER BY destination"
-            ))?;
-            let rows = st.query_map(params![key], task_from_row)?;
             rows.collect()
         })
         .await
@@ -1266,34 +1251,6 @@ impl Journal {
             ))?;
             let rows = st.query_map([], op_from_row)?;
             rows.collect()
-        })
-        .await
-    }
-
-    /// The newest operation on `key`, done or not.
-    pub async fn latest(&self, key: String) -> Result<Option<Op>, JournalError> {
-        self.run(move |c| {
-            query_cached(
-                c,
-                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 ORDER BY seq DESC LIMIT 1"),
-                params![key],
-                op_from_row,
-            )
-            .optional()
-        })
-        .await
-    }
-
-    /// The newest finished operation on `key` (its version id is the one in the bucket).
-    pub async fn latest_done(&self, key: String) -> Result<Option<Op>, JournalError> {
-        self.run(move |c| {
-            query_cached(
-                c,
-                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 AND state = 'done' ORDER BY seq DESC LIMIT 1"),
-                params![key],
-                op_from_row,
-            )
-            .optional()
         })
         .await
     }

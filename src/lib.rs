@@ -15,6 +15,8 @@
 //!
 //! Modules follow that flow: [`config`] → [`store`] (one bucket, one region).
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod background;
 pub mod cache;
 pub mod config;

@@ -389,6 +389,7 @@ pub fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
 pub fn detach(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) {
+        // SAFETY: a NUL-terminated path that outlives the call.
         unsafe {
             libc::umount2(c.as_ptr(), libc::MNT_DETACH);
         }

@@ -55,23 +55,6 @@ impl Journal {
         .await
     }
 
-    /// The version this journal last made at `key` (an upload, copy or
-    /// delete that reached the bucket; superseded operations made none).
-    pub async fn own_last_version(&self, key: String) -> Result<Option<String>, JournalError> {
-        self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT version_id FROM ops WHERE key = ?1 AND state = 'done' AND version_id IS NOT NULL
-                 ORDER BY seq DESC LIMIT 1",
-            )?;
-            let mut rows = st.query(params![key])?;
-            match rows.next()? {
-                Some(r) => r.get(0),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
     /// How many are kept, and the newest `recent` of them.
     pub async fn conflicts(&self, recent: usize) -> Result<Conflicts, JournalError> {
         self.run(move |c| {

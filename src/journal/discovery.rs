@@ -92,7 +92,8 @@ impl Journal {
                 let known: bool = query_cached(
                     c,
                     "SELECT EXISTS(SELECT 1 FROM tasks WHERE key = ?1 AND version_id = ?2 AND destination = ?3)
-                         OR EXISTS(SELECT 1 FROM ops WHERE key = ?1 AND version_id = ?2)",
+                         OR EXISTS(SELECT 1 FROM ops WHERE key = ?1 AND version_id = ?2)
+                         OR EXISTS(SELECT 1 FROM landed WHERE key = ?1 AND version_id = ?2)",
                     params![key, version, t.destination],
                     |r| r.get(0),
                 )?;
