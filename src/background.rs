@@ -75,7 +75,8 @@ mod tests {
         drop(bg.spawn(async move {
             let name = std::thread::current().name().map(str::to_string);
             // SAFETY: plain syscalls on this thread's own id.
-            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+            let nice =
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
             tx.send((name, nice)).unwrap();
         }));
         let (name, nice) = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+pub mod boot;
 pub mod direct;
 pub mod stamp;
 
@@ -64,7 +65,7 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    fn io(path: &Path, source: io::Error) -> CacheError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> CacheError {
         CacheError::Io {
             path: path.to_path_buf(),
             source,

@@ -136,17 +136,23 @@ pub async fn start_with_stores(
         )));
     }
     // Small staged files live in the journal; their cache copies were never
-    // synced, so they are rewritten from it before anything reads them.
-    let c = cache.clone();
-    let restored = journal
-        .restore_inline(move |file, bytes| std::fs::write(c.data_path(file), bytes))
-        .await?;
-    if restored > 0 {
-        tracing::info!(
-            count = restored,
-            "small staged files restored from the journal"
-        );
+    // synced, so after a restart of the machine they are rewritten from it
+    // before anything reads them (after a crash of the process alone they
+    // are whole in the page cache: see `cache::boot`).
+    if !crate::cache::boot::unchanged(cache.root()) {
+        let c = cache.clone();
+        let restored = journal
+            .restore_inline(move |file, bytes| std::fs::write(c.data_path(file), bytes))
+            .await?;
+        if restored > 0 {
+            tracing::info!(
+                count = restored,
+                "small staged files restored from the journal"
+            );
+        }
     }
+    crate::cache::boot::note(cache.root())
+        .map_err(|e| crate::cache::CacheError::io(&cache.root().join("boot"), e))?;
     let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
     let quarantined = cache.recover(&needed)?;
     if !quarantined.is_empty() {

@@ -203,6 +203,9 @@ async fn small_files_staged_in_the_journal_survive_losing_their_cache_files() {
     }
     assert_eq!(m.status(None)["uploads"]["pending"], 20);
     m.kill9();
+    // A power loss: the machine boots again (its boot id changes) and the
+    // unsynced cache copies are gone or torn.
+    std::fs::write(c.path().join("boot"), "a-boot-before-the-power-loss\n").unwrap();
     let data = c.path().join("data");
     let mut lost = 0;
     for e in std::fs::read_dir(&data).unwrap() {
@@ -229,6 +232,37 @@ async fn small_files_staged_in_the_journal_survive_losing_their_cache_files() {
     }
     assert!(
         m.log_text().contains("restored from the journal"),
+        "{}",
+        m.log_text()
+    );
+}
+
+/// After a crash of the daemon alone the page cache still holds every staged
+/// file whole: the remount trusts them instead of rewriting each from the
+/// journal (what keeps a remount with 100,000 uploads pending under 3 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_without_a_reboot_remounts_without_rewriting_the_staged_files() {
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let held = "[cache]\nwrite_back_delay = \"1h\"\n[durability]\nfsync = \"local\"\n";
+    let mut m = Mount::start(&r.config(c.path(), held));
+    let bodies: Vec<Vec<u8>> = (0..20)
+        .map(|i| content(i + 100, 1 + (i as usize) * 3000))
+        .collect();
+    for (i, b) in bodies.iter().enumerate() {
+        std::fs::write(m.path(&format!("s{i}.bin")), b).unwrap();
+    }
+    assert_eq!(m.status(None)["uploads"]["pending"], 20);
+    m.kill9();
+    std::fs::write(&m.config, r.config(c.path(), "")).unwrap();
+    m.remount();
+    m.wait_uploaded(Duration::from_secs(120));
+    let bucket = bucket_contents(&r.src, "").await;
+    for (i, b) in bodies.iter().enumerate() {
+        assert_eq!(bucket.get(&format!("s{i}.bin")), Some(b), "s{i}.bin");
+    }
+    assert!(
+        !m.log_text().contains("restored from the journal"),
         "{}",
         m.log_text()
     );

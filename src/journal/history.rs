@@ -30,11 +30,17 @@ use super::{
 /// `v`/`d`, replica version, replica ETag).
 type Landed = (i64, String, String, Option<String>, Option<String>);
 
-/// The landed row of `key`: (seq, kind, version id, done at, replicas).
-fn landed_of(
-    c: &Connection,
-    key: &str,
-) -> rusqlite::Result<Option<(i64, String, Option<String>, i64, Vec<Landed>)>> {
+/// A key's landed row.
+struct Row {
+    seq: i64,
+    kind: String,
+    version: Option<String>,
+    done_at: i64,
+    replicas: Vec<Landed>,
+}
+
+/// The landed row of `key`.
+fn landed_of(c: &Connection, key: &str) -> rusqlite::Result<Option<Row>> {
     let row = c
         .prepare_cached(
             "SELECT seq, kind, version_id, done_at, replicas FROM landed WHERE key = ?1",
@@ -53,7 +59,13 @@ fn landed_of(
         // Written by `fold` below; a row that does not parse lists no replicas
         // (status then asks the destination, as for a key it never saw).
         let replicas = serde_json::from_str(&replicas).unwrap_or_default();
-        (seq, kind, version, done_at, replicas)
+        Row {
+            seq,
+            kind,
+            version,
+            done_at,
+            replicas,
+        }
     }))
 }
 
@@ -144,8 +156,8 @@ pub(super) fn fold(c: &Connection, seq: i64) -> rusqlite::Result<bool> {
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    if let Some((old_seq, _, _, _, old)) = landed_of(c, &key)? {
-        if old_seq > seq {
+    if let Some(old) = landed_of(c, &key)? {
+        if old.seq > seq {
             // A newer version landed already (its tasks finished first).
             exec_cached(
                 c,
@@ -156,7 +168,7 @@ pub(super) fn fold(c: &Connection, seq: i64) -> rusqlite::Result<bool> {
             return Ok(true);
         }
         // Destinations this version does not go to keep their last replica.
-        for l in old {
+        for l in old.replicas {
             if !replicas.iter().any(|r| r.1 == l.1) {
                 replicas.push(l);
             }
@@ -239,7 +251,7 @@ impl Journal {
                 )?
                 .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let landed = landed_of(c, &key)?.and_then(|(seq, _, v, _, _)| v.map(|v| (seq, v)));
+            let landed = landed_of(c, &key)?.and_then(|l| l.version.map(|v| (l.seq, v)));
             Ok(match (row, landed) {
                 (Some(a), Some(b)) => Some(if a.0 > b.0 { a.1 } else { b.1 }),
                 (a, b) => a.or(b).map(|(_, v)| v),
@@ -257,7 +269,14 @@ impl Journal {
             let mut tasks: Vec<Task> = st
                 .query_map(params![key], task_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            if let Some((seq, _, version, done_at, replicas)) = landed_of(c, &key)? {
+            if let Some(Row {
+                seq,
+                version,
+                done_at,
+                replicas,
+                ..
+            }) = landed_of(c, &key)?
+            {
                 let version = version.unwrap_or_default();
                 for l in replicas {
                     match tasks.iter_mut().find(|t| t.destination == l.1) {
@@ -298,7 +317,7 @@ impl Journal {
                     ))
                 })
                 .optional()?;
-            let landed = landed_of(c, &key)?.and_then(|(_, _, version, _, replicas)| {
+            let landed = landed_of(c, &key)?.and_then(|Row { version, replicas, .. }| {
                 let l = replicas
                     .into_iter()
                     .find(|l| l.1 == destination && l.0 < before)?;
@@ -322,8 +341,7 @@ impl Journal {
 
 /// The newer of an op row and the key's landed row.
 fn newest_op(c: &Connection, key: &str, row: Option<Op>) -> rusqlite::Result<Option<Op>> {
-    let landed = landed_of(c, key)?
-        .map(|(seq, kind, version, done_at, _)| landed_op(key, seq, &kind, version, done_at));
+    let landed = landed_of(c, key)?.map(|l| landed_op(key, l.seq, &l.kind, l.version, l.done_at));
     Ok(match (row, landed) {
         (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
         (a, b) => a.or(b),
