@@ -10,7 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,7 +20,7 @@ use crate::journal::Journal;
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
 
-/// Observations the replicator reports as it works.
+/// The registry and the gauges refreshed at each scrape.
 pub struct Metrics {
     registry: Mutex<Registry>,
     uploads_pending: Gauge,
@@ -40,7 +40,7 @@ pub struct Metrics {
     read_bytes: Family<Labels, Gauge>,
     region_rtt: Family<Labels, FGauge>,
     region_up: Family<Labels, Gauge>,
-    regions: Mutex<Option<Arc<crate::regions::Regions>>>,
+    regions: Option<Arc<crate::regions::Regions>>,
 }
 
 fn region(r: &str) -> Labels {
@@ -52,7 +52,11 @@ fn dest(d: &str) -> Labels {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// Serves what `replication` measures, and `regions`' reads and probes.
+    pub fn new(
+        replication: &crate::replicator::Observed,
+        regions: Option<Arc<crate::regions::Regions>>,
+    ) -> Arc<Metrics> {
         let mut r = Registry::with_prefix("regionfs");
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
@@ -66,14 +70,12 @@ impl Metrics {
             repl_oldest: Family::default(),
             repl_missed: Family::default(),
             repl_completed: Family::default(),
-            lag: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.05, 2.0, 16))
-            }),
-            bytes: Family::default(),
+            lag: replication.lag.clone(),
+            bytes: replication.bytes.clone(),
             read_bytes: Family::default(),
             region_rtt: Family::default(),
             region_up: Family::default(),
-            regions: Mutex::new(None),
+            regions,
         };
         r.register(
             "uploads_pending",
@@ -160,7 +162,7 @@ impl Metrics {
         journal: &Journal,
         config: &Config,
     ) -> Result<String, crate::journal::JournalError> {
-        let status = crate::service::status(journal, config).await?;
+        let status = crate::status::status(journal, config).await?;
         let u = &status.uploads;
         self.uploads_pending.set(u.pending as i64);
         self.uploads_pending_bytes.set(u.pending_bytes as i64);
@@ -186,8 +188,7 @@ impl Metrics {
                 .get_or_create(&dest(d))
                 .set(s.completed as i64);
         }
-        let regions = self.regions.lock().unwrap().clone();
-        if let Some(regions) = regions {
+        if let Some(regions) = &self.regions {
             for (name, st) in regions.snapshot() {
                 self.read_bytes
                     .get_or_create(&region(&name))
@@ -238,16 +239,6 @@ impl Metrics {
             "Opens the kernel serves from a cache file directly (FUSE passthrough: their reads and writes never reach the daemon)",
             passthrough_opens,
         );
-    }
-
-    /// Reports per-region reads and probes from now on.
-    pub fn set_regions(&self, regions: Arc<crate::regions::Regions>) {
-        *self.regions.lock().unwrap() = Some(regions);
-    }
-
-    pub fn observe(&self, destination: &str, lag_s: f64, bytes: u64) {
-        self.lag.get_or_create(&dest(destination)).observe(lag_s);
-        self.bytes.get_or_create(&dest(destination)).inc_by(bytes);
     }
 }
 

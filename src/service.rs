@@ -5,7 +5,7 @@
 //! uploader queue) completes before the mount accepts a single request, so an
 //! operation acknowledged before a crash is always ahead of new ones on its key.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::fs::{Backends, Caller, Core};
-use crate::journal::{DestinationSummary, Journal, UploadSummary};
-use crate::regions::{Prefer, ReadView, Regions};
+use crate::journal::Journal;
+use crate::regions::{Prefer, Regions};
 use crate::replicator::discover::{Discovery, Shard};
 use crate::replicator::Replicator;
 use crate::store::probe::versioning_problem;
@@ -74,7 +74,7 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
     let mut store: Arc<dyn ObjectStore> = Arc::new(store);
     let mut bounded = None;
     if let Some(max) = config.read.max_staleness {
-        let b = crate::store::bounded::BoundedStaleness::new(
+        let b = crate::regions::bounded::BoundedStaleness::new(
             store,
             Arc::new(S3Store::connect(&config.source).await),
             max.0,
@@ -86,7 +86,7 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
         store = b;
     }
     if let Some(at) = config.mount.as_of {
-        store = Arc::new(crate::store::asof::AsOfStore::new(store, at));
+        store = Arc::new(crate::regions::asof::AsOfStore::new(store, at));
     }
     let mut destinations: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
     if !config.read_only() {
@@ -400,48 +400,4 @@ pub fn detach(path: &Path) {
             libc::umount2(c.as_ptr(), libc::MNT_DETACH);
         }
     }
-}
-
-/// What `status` prints for the whole mount.
-#[derive(Debug, serde::Serialize)]
-pub struct Status {
-    pub uploads: UploadSummary,
-    pub replication: BTreeMap<String, DestinationSummary>,
-    /// Per bucket (config name): whether it takes object ACLs, as last found.
-    pub acls: BTreeMap<String, String>,
-    /// The mount's read choice and region probes, as last noted.
-    pub reads: Option<ReadView>,
-    /// How old that note is, seconds.
-    pub reads_age_s: Option<f64>,
-    /// Discovery of versions written by others, per share (empty when off).
-    pub discovery: Vec<crate::journal::DiscoveryStats>,
-    /// Uploads that replaced a version another client wrote since this host
-    /// last read the key (see `uploader::guard`): the newest few.
-    pub replaced: crate::journal::Conflicts,
-}
-
-pub async fn status(
-    journal: &Journal,
-    config: &Config,
-) -> Result<Status, crate::journal::JournalError> {
-    // One snapshot: "0 uploads and 0 replications pending" is never seen
-    // while a version moves from the one to the other.
-    let (uploads, mut replication) = journal
-        .backlog(config.replication.time_target.0.as_millis() as i64)
-        .await?;
-    for d in &config.destinations {
-        replication.entry(d.name.clone()).or_default();
-    }
-    let noted = journal.regions().await?;
-    Ok(Status {
-        uploads,
-        replication,
-        acls: journal.acl_support().await?,
-        reads: noted
-            .as_ref()
-            .and_then(|(text, _)| serde_json::from_str(text).ok()),
-        reads_age_s: noted.map(|(_, at)| (crate::journal::now_ms() - at).max(0) as f64 / 1000.0),
-        discovery: journal.discovery_stats().await?,
-        replaced: journal.conflicts(10).await?,
-    })
 }

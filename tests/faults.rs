@@ -39,11 +39,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn write_file(
-    svc: &Service,
-    name: &str,
-    body: &[u8],
-) -> Result<(), regionfs::error::FsError> {
+async fn write_file(svc: &Service, name: &str, body: &[u8]) -> Result<(), regionfs::fs::FsError> {
     let (_, opened) = svc
         .core
         .create(

@@ -20,7 +20,7 @@ use fuser::{
 };
 
 use super::{Attr, Caller, Core, DirEntry, Opened, SetAttr};
-use crate::error::FsError;
+use crate::fs::FsError;
 use crate::meta::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFSOCK};
 
 pub struct FuseFs {

@@ -317,9 +317,9 @@ impl Inodes {
         self.local_only
             .iter()
             .filter(|i| {
-                self.nodes.get(i).is_some_and(|n| {
-                    crate::fs::names::parent_of(&n.path) == dir && !n.path.is_empty()
-                })
+                self.nodes
+                    .get(i)
+                    .is_some_and(|n| crate::names::parent_of(&n.path) == dir && !n.path.is_empty())
             })
             .copied()
             .collect()
@@ -380,9 +380,9 @@ impl Inodes {
                 }
                 continue;
             }
-            let parent = crate::fs::names::parent_of(&n.path);
+            let parent = crate::names::parent_of(&n.path);
             if let Some(&p) = self.by_path.get(parent) {
-                asks.push((p, crate::fs::names::name_of(&n.path).to_string()));
+                asks.push((p, crate::names::name_of(&n.path).to_string()));
                 self.nodes
                     .get_mut(&ino)
                     .expect("listed above")

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::cache::Cache;
-use crate::error::{FsError, StoreError};
+use crate::error::StoreError;
+use crate::fs::FsError;
 use crate::regions::Fetch;
 use crate::store::GetRequest;
 

@@ -8,7 +8,8 @@
 use rusqlite::params;
 use serde::Serialize;
 
-use super::{exec_cached, now_ms, Journal, JournalError};
+use super::{exec_cached, Journal, JournalError};
+use crate::clock::now_ms;
 
 /// Rows kept; older ones go as new ones come (the count shown is of these).
 pub const KEPT: i64 = 10_000;

@@ -285,7 +285,7 @@ impl Discovery {
                     tracing::debug!(keys = p.keys, changed = p.changed, queued = p.queued, requests = p.requests, took = ?started.elapsed(), "discovery pass");
                     let stats = DiscoveryStats {
                         shard: self.shard.label(),
-                        last_pass_ms: crate::journal::now_ms(),
+                        last_pass_ms: crate::clock::now_ms(),
                         last_took_ms: started.elapsed().as_millis() as i64,
                         keys: p.keys as i64,
                         changed: p.changed as i64,
@@ -496,7 +496,7 @@ impl Discovery {
         seen: &HashMap<&str, &Seen>,
         total: &mut Pass,
     ) -> Result<usize, DiscoverError> {
-        let now = crate::journal::now_ms();
+        let now = crate::clock::now_ms();
         let mut rows = Vec::new();
         let mut items = Vec::new();
         for key in changed {
@@ -568,8 +568,8 @@ impl Discovery {
 /// replication heartbeat (written into destinations, so seen by a reverse
 /// rule's discovery), and the marker a starting mount probes with.
 fn ignored(key: &str) -> bool {
-    crate::fs::names::is_index_key(key)
-        || key.rsplit('/').next() == Some(crate::fs::names::HEARTBEAT)
+    crate::names::is_index_key(key)
+        || key.rsplit('/').next() == Some(crate::names::HEARTBEAT)
         || crate::store::probe::is_probe_key(key)
 }
 

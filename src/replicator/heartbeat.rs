@@ -30,7 +30,7 @@ pub struct Heartbeat {
 
 /// The heartbeat's key for a source prefix.
 pub fn key(prefix: &str) -> String {
-    format!("{prefix}{}", crate::fs::names::HEARTBEAT)
+    format!("{prefix}{}", crate::names::HEARTBEAT)
 }
 
 /// Reads a destination's heartbeat (None: none written yet, or unreadable).
@@ -47,7 +47,7 @@ pub(super) async fn run(inner: Arc<Inner>, prefix: String) {
             tokio::time::sleep(INTERVAL).await;
         }
         first = false;
-        let now = crate::journal::now_ms();
+        let now = crate::clock::now_ms();
         let oldest = inner.queue.lock().unwrap().oldest_open_ms();
         for (name, d) in &inner.destinations {
             let hb = Heartbeat {

@@ -71,12 +71,19 @@
 //! `cache`). Fresh state lives in memory only; after a failure or a restart
 //! the task takes the ordinary path.
 
+mod acl;
 mod copy;
 pub mod discover;
 pub mod heartbeat;
 pub mod ordering;
+mod queue;
 pub mod resync;
 pub mod rules;
+mod worker;
+
+pub use acl::AclState;
+use queue::{Queue, Spill, HELD_TASKS};
+use worker::{check_destination, give_way, run, Yield, RECOVERY_GRACE};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -99,69 +106,6 @@ struct Destination {
     checked: Mutex<Option<(Instant, Result<(), String>)>>,
     acls: AclState,
     conditions: crate::store::ConditionSupport,
-}
-
-/// Whether a bucket takes object ACLs: asked once (its Object Ownership), and
-/// switched off for good by the first refusal, with one warning either way.
-/// What is found is noted in the journal under the bucket's config name, for
-/// `regionfs status`.
-pub struct AclState {
-    found: Mutex<Option<AclSupport>>,
-    name: String,
-    journal: Journal,
-}
-
-impl AclState {
-    pub fn new(name: &str, journal: Journal) -> AclState {
-        AclState {
-            found: Mutex::new(None),
-            name: name.to_string(),
-            journal,
-        }
-    }
-
-    fn note(&self, s: &AclSupport) {
-        let text = match s {
-            AclSupport::Enabled => "enabled".to_string(),
-            AclSupport::Disabled(why) => format!("not supported: {why}"),
-        };
-        let (journal, name) = (self.journal.clone(), self.name.clone());
-        tokio::spawn(async move {
-            let _ = journal.note_acl_support(name, text).await;
-        });
-    }
-
-    pub async fn enabled(&self, store: &dyn ObjectStore) -> bool {
-        if let Some(s) = self.found.lock().unwrap().clone() {
-            return s == AclSupport::Enabled;
-        }
-        match store.acl_support().await {
-            Ok(AclSupport::Enabled) => {
-                *self.found.lock().unwrap() = Some(AclSupport::Enabled);
-                self.note(&AclSupport::Enabled);
-                true
-            }
-            Ok(AclSupport::Disabled(why)) => {
-                self.refused(store, &why);
-                false
-            }
-            // Unknown for now (unreachable): skip ACLs this time, ask again.
-            Err(e) => {
-                tracing::debug!(bucket = %store.describe(), error = %e, "cannot tell whether the bucket takes ACLs");
-                false
-            }
-        }
-    }
-
-    pub fn refused(&self, store: &dyn ObjectStore, why: &str) {
-        let mut s = self.found.lock().unwrap();
-        if !matches!(*s, Some(AclSupport::Disabled(_))) {
-            tracing::warn!(bucket = %store.describe(), reason = %why, "object ACLs are not supported here: ACLs are skipped for this bucket (bytes, metadata and tags still replicate)");
-            let d = AclSupport::Disabled(why.to_string());
-            self.note(&d);
-            *s = Some(d);
-        }
-    }
 }
 
 /// The bytes and metadata of a version this process has just uploaded,
@@ -227,131 +171,31 @@ impl FreshBodies {
     }
 }
 
-/// Open tasks held in memory per destination, at most (see "Bounded memory").
-pub const HELD_TASKS: usize = 2048;
-
-struct Queue {
-    /// By id: source order per key. A map, so that finishing one task of a
-    /// long backlog costs O(log n), not a pass over the backlog.
-    open: BTreeMap<i64, Task>,
-    running: HashSet<(String, String)>,
-    retry_at: HashMap<i64, Instant>,
-    /// Tasks in `open`, per destination, and how many of them FAILED (they
-    /// do not count against the share, so that tasks that keep failing never
-    /// hold back the rest; see "Bounded memory").
-    held: HashMap<String, usize>,
-    failed: HashMap<String, usize>,
-    /// Destinations whose backlog is partly in the journal only.
-    spilled: HashMap<String, Spill>,
-    /// Destinations being refilled from the journal, and the tasks finished
-    /// meanwhile (a refill's read may still have seen them open).
-    refilling: HashSet<String>,
-    done_while_refilling: HashSet<i64>,
+/// What the replicator measures as it works, per destination: seconds from
+/// a version's staging to its replica, and bytes copied by this process.
+/// The families are shared handles: the metrics endpoint registers clones.
+#[derive(Clone)]
+pub struct Observed {
+    pub lag: Family<Vec<(String, String)>, Histogram>,
+    pub bytes: Family<Vec<(String, String)>, Counter>,
 }
 
-/// What is known of a destination's tasks that are in the journal only.
-#[derive(Debug)]
-struct Spill {
-    /// How many (exact after a refill, counted up as tasks arrive).
-    count: usize,
-    /// The earliest staging time among them (or earlier: never later).
-    earliest_ms: i64,
-    /// Tasks that arrived since the last refill began, and their earliest
-    /// staging time: a refill that began before them has not seen them.
-    arrived: u64,
-    arrived_earliest_ms: i64,
-    /// A refill failed: the next one not before then.
-    refill_after: Option<Instant>,
-}
-
-impl Spill {
-    fn empty() -> Spill {
-        Spill {
-            count: 0,
-            earliest_ms: i64::MAX,
-            arrived: 0,
-            arrived_earliest_ms: i64::MAX,
-            refill_after: None,
+impl Default for Observed {
+    fn default() -> Self {
+        Observed {
+            lag: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.05, 2.0, 16))
+            }),
+            bytes: Family::default(),
         }
     }
 }
 
-impl Queue {
-    /// The earliest staging time of an open task per destination, those in
-    /// the journal only included (what the heartbeat reports).
-    fn oldest_open_ms(&self) -> HashMap<String, i64> {
-        let mut m: HashMap<String, i64> = HashMap::new();
-        let times = self
-            .open
-            .values()
-            .map(|t| (&t.destination, t.created_at_ms))
-            .chain(self.spilled.iter().map(|(d, s)| (d, s.earliest_ms)));
-        for (d, at) in times {
-            let e = m.entry(d.clone()).or_insert(at);
-            *e = (*e).min(at);
-        }
-        m
-    }
-
-    fn insert(&mut self, t: Task) {
-        let (dest, failed) = (t.destination.clone(), t.status == TaskStatus::Failed);
-        if self.open.insert(t.id, t).is_none() {
-            *self.held.entry(dest.clone()).or_default() += 1;
-            if failed {
-                *self.failed.entry(dest).or_default() += 1;
-            }
-        }
-    }
-
-    fn remove(&mut self, id: i64) {
-        if let Some(t) = self.open.remove(&id) {
-            if let Some(n) = self.held.get_mut(&t.destination) {
-                *n = n.saturating_sub(1);
-            }
-            self.set_failed(&t.destination, t.status == TaskStatus::Failed, false);
-            if !self.refilling.is_empty() {
-                self.done_while_refilling.insert(id);
-            }
-        }
-    }
-
-    fn set_failed(&mut self, dest: &str, was: bool, now: bool) {
-        if was != now {
-            let n = self.failed.entry(dest.to_string()).or_default();
-            *n = if now { *n + 1 } else { n.saturating_sub(1) };
-        }
-    }
-
-    /// Held tasks of `dest` that count against its share.
-    fn held(&self, dest: &str) -> usize {
-        let failed = self.failed.get(dest).copied().unwrap_or(0);
-        self.held
-            .get(dest)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(failed)
-    }
-
-    fn failed(&self, dest: &str) -> usize {
-        self.failed.get(dest).copied().unwrap_or(0)
-    }
-
-    /// Open tasks, in memory and in the journal only (never 0 while any is
-    /// in the journal only).
-    fn pending(&self) -> usize {
-        self.open.len() + self.spilled.values().map(|s| s.count.max(1)).sum::<usize>()
-    }
-
-    /// Leaves `t` to the journal (its destination's share of memory is full).
-    fn spill(&mut self, t: &Task) {
-        let s = self
-            .spilled
-            .entry(t.destination.clone())
-            .or_insert_with(Spill::empty);
-        s.count += 1;
-        s.earliest_ms = s.earliest_ms.min(t.created_at_ms);
-        s.arrived += 1;
-        s.arrived_earliest_ms = s.arrived_earliest_ms.min(t.created_at_ms);
+impl Observed {
+    fn observe(&self, destination: &str, lag_s: f64, bytes: u64) {
+        let labels = vec![("destination".to_string(), destination.to_string())];
+        self.lag.get_or_create(&labels).observe(lag_s);
+        self.bytes.get_or_create(&labels).inc_by(bytes);
     }
 }
 
@@ -371,7 +215,7 @@ struct Inner {
     /// Signalled whenever a task finishes (fsync all-regions waits on it).
     finished: Notify,
     pending: watch::Sender<usize>,
-    metrics: Mutex<Option<Arc<crate::metrics::Metrics>>>,
+    observed: Observed,
     source_acls: AclState,
     /// Rules whose replicas go to the destination's owner.
     owner_override: HashSet<String>,
@@ -518,7 +362,7 @@ impl Replicator {
             wake: Notify::new(),
             finished: Notify::new(),
             pending: watch::channel(n).0,
-            metrics: Mutex::new(None),
+            observed: Observed::default(),
             source_acls,
             owner_override: config
                 .rules
@@ -548,9 +392,9 @@ impl Replicator {
         let _ = self.inner.clean.set(cache);
     }
 
-    /// Reports replication lag and bytes to `metrics` from now on.
-    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
-        *self.inner.metrics.lock().unwrap() = Some(metrics);
+    /// What this replicator measured so far (the metrics endpoint serves it).
+    pub fn observed(&self) -> &Observed {
+        &self.inner.observed
     }
 
     /// The tasks a finished operation creates (pure: rules only).
@@ -694,7 +538,7 @@ impl Replicator {
 
     /// Waits until no task is open or `timeout` passes; returns how many are left.
     pub async fn drain(&self, timeout: Duration, progress: impl FnMut(usize)) -> usize {
-        crate::uploader::wait_for_zero(self.inner.pending.subscribe(), timeout, progress).await
+        crate::retry::wait_for_zero(self.inner.pending.subscribe(), timeout, progress).await
     }
 
     /// Retries FAILED tasks now (`resync --failed`, or a fixed destination).
@@ -704,364 +548,10 @@ impl Replicator {
     }
 }
 
-use crate::uploader::jittered_backoff as backoff;
-
-/// How long tasks recovered from the journal wait for orphaned copies of the
-/// previous process to land.
-const RECOVERY_GRACE: Duration = Duration::from_secs(2);
-
-/// A permanent failure is retried after this long (the periodic probe).
-const FAILED_RETRY: Duration = Duration::from_secs(30);
-
-async fn run(inner: Arc<Inner>) {
-    let mut in_flight: HashMap<String, usize> = HashMap::new();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    loop {
-        while let Ok(dest) = done_rx.try_recv() {
-            if let Some(n) = in_flight.get_mut(&dest) {
-                *n = n.saturating_sub(1);
-            }
-        }
-        let mut next_wake = Duration::from_secs(1);
-        start_refills(&inner);
-        let pass = Instant::now();
-        let start: Vec<Task> = {
-            let mut q = inner.queue.lock().unwrap();
-            let now = Instant::now();
-            let free: HashMap<String, usize> = inner
-                .destinations
-                .keys()
-                .map(|d| {
-                    (
-                        d.clone(),
-                        inner
-                            .workers
-                            .saturating_sub(*in_flight.get(d).unwrap_or(&0)),
-                    )
-                })
-                .collect();
-            let queued: Vec<ordering::Queued> = q
-                .open
-                .values()
-                .map(|t| {
-                    let due = match q.retry_at.get(&t.id) {
-                        Some(at) if *at > now => {
-                            next_wake = next_wake.min(*at - now);
-                            false
-                        }
-                        _ => true,
-                    };
-                    ordering::Queued {
-                        id: t.id,
-                        key: &t.key,
-                        destination: &t.destination,
-                        due,
-                    }
-                })
-                .collect();
-            let ids = ordering::runnable(&queued, &q.running, &free);
-            let tasks: Vec<Task> = ids
-                .iter()
-                .filter_map(|id| q.open.get(id))
-                .cloned()
-                .collect();
-            for t in &tasks {
-                q.running.insert((t.key.clone(), t.destination.clone()));
-            }
-            tasks
-        };
-        let took = pass.elapsed();
-        for task in start {
-            *in_flight.entry(task.destination.clone()).or_default() += 1;
-            let inner = inner.clone();
-            let done_tx = done_tx.clone();
-            tokio::spawn(async move {
-                let dest = task.destination.clone();
-                execute(&inner, task).await;
-                let _ = done_tx.send(dest);
-                inner.wake.notify_one();
-            });
-        }
-        if let Some(pause) = pause_after_pass(took) {
-            tokio::time::sleep(pause).await;
-        }
-        let _ = tokio::time::timeout(next_wake, inner.wake.notified()).await;
-    }
-}
-
-/// Starts a refill for each destination whose backlog is partly in the
-/// journal and whose tasks in memory have fallen to half their share.
-fn start_refills(inner: &Arc<Inner>) {
-    let Some(at_most) = inner.held_at_most else {
-        return;
-    };
-    let now = Instant::now();
-    let due: Vec<String> = {
-        let mut q = inner.queue.lock().unwrap();
-        let due: Vec<String> = q
-            .spilled
-            .iter()
-            .filter(|(d, s)| {
-                !q.refilling.contains(*d)
-                    && q.held(d) <= at_most / 2
-                    && s.refill_after.is_none_or(|at| at <= now)
-            })
-            .map(|(d, _)| d.clone())
-            .collect();
-        for d in &due {
-            q.refilling.insert(d.clone());
-            let s = q.spilled.get_mut(d).expect("listed above");
-            s.arrived = 0;
-            s.arrived_earliest_ms = i64::MAX;
-        }
-        due
-    };
-    for d in due {
-        tokio::spawn(refill(inner.clone(), d, at_most));
-    }
-}
-
-/// Reads the oldest open tasks of `dest` from the journal into memory, up to
-/// its share; ends the spill when the journal holds no more than memory.
-///
-/// The window is the destination's oldest open tasks by id, and ids follow
-/// the order versions were recorded in, so a key's older version is always
-/// read before (or with) a newer one: [`ordering::runnable`] still sees the
-/// oldest open task of every key it runs. A task finished while the read was
-/// under way may still be in the window; `done_while_refilling` keeps it out.
-async fn refill(inner: Arc<Inner>, dest: String, at_most: usize) {
-    // The window reaches past the held FAILED tasks (they are among the oldest).
-    let failed = inner.queue.lock().unwrap().failed(&dest);
-    let read = inner
-        .journal
-        .open_tasks_window(dest.clone(), at_most + failed)
-        .await;
-    let mut q = inner.queue.lock().unwrap();
-    q.refilling.remove(&dest);
-    match read {
-        Err(e) => {
-            tracing::warn!(destination = %dest, error = %e, "cannot read queued replications from the journal; will retry");
-            if let Some(s) = q.spilled.get_mut(&dest) {
-                s.refill_after = Some(Instant::now() + Duration::from_secs(1));
-            }
-        }
-        Ok(w) => {
-            let now = Instant::now();
-            let whole = w.tasks.len() as u64 >= w.open;
-            let mut all_held = true;
-            for t in w.tasks {
-                if q.open.contains_key(&t.id) || q.done_while_refilling.contains(&t.id) {
-                    continue;
-                }
-                if q.held(&dest) >= at_most {
-                    all_held = false;
-                    break;
-                }
-                if inner.grace_until > now {
-                    q.retry_at.insert(t.id, inner.grace_until);
-                }
-                q.insert(t);
-            }
-            let held = q.held.get(&dest).copied().unwrap_or(0);
-            if let Some(s) = q.spilled.get_mut(&dest) {
-                if whole && all_held && s.arrived == 0 {
-                    q.spilled.remove(&dest);
-                } else {
-                    s.count = (w.open as usize).saturating_sub(held) + s.arrived as usize;
-                    s.earliest_ms = w.earliest_ms.unwrap_or(i64::MAX).min(s.arrived_earliest_ms);
-                    s.refill_after = None;
-                }
-            }
-        }
-    }
-    if q.refilling.is_empty() {
-        q.done_while_refilling.clear();
-    }
-    inner.pending.send_replace(q.pending());
-    drop(q);
-    inner.wake.notify_one();
-}
-
-/// How long to wait before the next scheduling pass after one that took
-/// `took`. Each pass looks at the whole backlog: with a long one (a
-/// destination down under load) passes take at most a tenth of a core,
-/// instead of one per arriving version; short passes are not held back.
-fn pause_after_pass(took: Duration) -> Option<Duration> {
-    (took > Duration::from_millis(1)).then(|| took * 9)
-}
-
-async fn execute(inner: &Arc<Inner>, task: Task) {
-    if task.size < inner.upload.multipart_threshold.0 {
-        give_way(inner, Yield::BackedUp).await;
-    }
-    // Taken whatever happens: a retry reads the source like any other task.
-    let fresh = inner.fresh.lock().unwrap().take(task.id);
-    let fresh = fresh.and_then(|f| fresh_bytes(inner, &task, f));
-    let result = match inner.destinations.get(&task.destination) {
-        Some(d) => copy::replicate(inner, d, &task, fresh).await,
-        None => Err(StoreError::Rejected {
-            bucket: task.destination.clone(),
-            status: 0,
-            code: "UnknownDestination".into(),
-            message: "no such destination in the configuration".into(),
-        }),
-    };
-    let result = match result {
-        Err(e) if e.is_not_found() && source_version_gone(inner, &task).await => {
-            // Deleted for good (a DELETE naming the version) before it was
-            // copied: as in S3, there is nothing left to replicate.
-            tracing::info!(key = %task.key, version = %task.version_id, destination = %task.destination, "the source version was deleted before it was copied; nothing to replicate");
-            Ok(crate::journal::Replica::default())
-        }
-        other => other,
-    };
-    let pair = (task.key.clone(), task.destination.clone());
-    match result {
-        Ok(replica) => {
-            if let Err(e) = inner
-                .journal
-                .task_completed(task.id, replica, inner.target_ms)
-                .await
-            {
-                tracing::error!(key = %task.key, error = %e, "cannot record a replication in the journal; will retry");
-                let mut q = inner.queue.lock().unwrap();
-                q.running.remove(&pair);
-                q.retry_at
-                    .insert(task.id, Instant::now() + backoff(task.attempts));
-                return;
-            }
-            if let Some(m) = inner.metrics.lock().unwrap().as_ref() {
-                let lag = (crate::journal::now_ms() - task.created_at_ms).max(0) as f64 / 1000.0;
-                m.observe(&task.destination, lag, task.size);
-            }
-            let mut q = inner.queue.lock().unwrap();
-            q.running.remove(&pair);
-            q.retry_at.remove(&task.id);
-            q.remove(task.id);
-            inner.pending.send_replace(q.pending());
-            drop(q);
-        }
-        Err(e) => {
-            let permanent = e.is_permanent();
-            let msg = e.to_string();
-            if permanent {
-                tracing::error!(key = %task.key, destination = %task.destination, error = %msg, "replication FAILED; retrying every 30 s until the cause is fixed");
-            } else {
-                tracing::warn!(key = %task.key, destination = %task.destination, error = %msg, "replication failed; retrying");
-            }
-            let _ = inner
-                .journal
-                .task_failed(task.id, msg.clone(), permanent)
-                .await;
-            let mut q = inner.queue.lock().unwrap();
-            q.running.remove(&pair);
-            let (attempts, was_failed) = match q.open.get_mut(&task.id) {
-                Some(t) => {
-                    let was = t.status == TaskStatus::Failed;
-                    t.attempts += 1;
-                    t.error = Some(msg);
-                    t.status = if permanent {
-                        TaskStatus::Failed
-                    } else {
-                        TaskStatus::Pending
-                    };
-                    (t.attempts, Some(was))
-                }
-                None => (task.attempts + 1, None),
-            };
-            if let Some(was) = was_failed {
-                q.set_failed(&task.destination, was, permanent);
-            }
-            let wait = if permanent {
-                FAILED_RETRY
-            } else {
-                backoff(attempts)
-            };
-            q.retry_at.insert(task.id, Instant::now() + wait);
-        }
-    }
-    inner.finished.notify_waiters();
-}
-
-/// Whether the task's version no longer exists in the source (asked
-/// again: a NotFound may have come from the destination).
-async fn source_version_gone(inner: &Inner, task: &Task) -> bool {
-    task.kind == TaskKind::Version
-        && inner
-            .source
-            .head(&task.key, Some(&task.version_id))
-            .await
-            .is_err_and(|e| e.is_not_found())
-}
-
-/// Fails permanently when the destination's versioning is not Enabled (checked
-/// at most once a minute).
-async fn check_destination(d: &Destination) -> Result<(), StoreError> {
-    if let Some((at, r)) = d.checked.lock().unwrap().as_ref() {
-        if at.elapsed() < Duration::from_secs(60) {
-            return r.clone().map_err(|m| StoreError::Rejected {
-                bucket: d.store.describe(),
-                status: 0,
-                code: "VersioningNotEnabled".into(),
-                message: m,
-            });
-        }
-    }
-    let v = d.store.versioning().await?;
-    let r = match versioning_problem(&d.config, v) {
-        None => Ok(()),
-        Some(p) => Err(p),
-    };
-    *d.checked.lock().unwrap() = Some((Instant::now(), r.clone()));
-    r.map_err(|m| StoreError::Rejected {
-        bucket: d.store.describe(),
-        status: 0,
-        code: "VersioningNotEnabled".into(),
-        message: m,
-    })
-}
-
-/// The bytes of a fresh version: held, or read from its clean copy; `None`
-/// when that copy no longer holds exactly the uploaded version.
-fn fresh_bytes(inner: &Inner, task: &Task, fresh: Arc<Fresh>) -> Option<FreshReady> {
-    let body = match &fresh.body {
-        Some(b) => b.clone(),
-        None => inner
-            .clean
-            .get()?
-            .read_clean(&task.key, &fresh.etag, task.size)
-            .map(bytes::Bytes::from)?,
-    };
-    Some(FreshReady { body, fresh })
-}
-
-/// When a replica waits for the uploader (see "Giving way").
-#[derive(Clone, Copy)]
-enum Yield {
-    /// While any upload is queued or being submitted (parts of large replicas).
-    Busy,
-    /// While the uploads are backed up (small replicas).
-    BackedUp,
-}
-
-/// Waits while the source's load calls for it, at most the configured bound.
-async fn give_way(inner: &Inner, when: Yield) {
-    let Some(g) = inner.give_way.get() else {
-        return;
-    };
-    let backed_up = 2 * inner.upload.concurrency.max(1);
-    let waits = || {
-        let load = (g.busy)();
-        match when {
-            Yield::Busy => load.queued > 0 || load.submitting,
-            Yield::BackedUp => load.queued > backed_up,
-        }
-    };
-    let until = Instant::now() + g.at_most;
-    while waits() && Instant::now() < until {
-        tokio::time::sleep(GIVE_WAY_POLL.min(until - Instant::now())).await;
-    }
-}
+use crate::retry::jittered_backoff as backoff;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 #[cfg(test)]
 mod tests;

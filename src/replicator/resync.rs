@@ -59,7 +59,7 @@ pub async fn candidates(
             // Attribute indexes are each mount's cache, never replicated.
             if v.is_delete_marker
                 || (!all_versions && !v.is_latest)
-                || crate::fs::names::is_index_key(&v.key)
+                || crate::names::is_index_key(&v.key)
             {
                 continue;
             }

@@ -1,3 +1,4 @@
+use super::worker::pause_after_pass;
 use super::*;
 
 #[test]

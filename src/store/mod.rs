@@ -486,10 +486,7 @@ macro_rules! read_only_store {
         }
     };
 }
-use read_only_store;
-
-pub mod asof;
-pub mod bounded;
+pub(crate) use read_only_store;
 
 /// `k=v&k2=v2`, URL-encoded, as the `x-amz-tagging` header wants it.
 pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {

@@ -38,6 +38,12 @@ use super::{
 use crate::config::{BucketConfig, ChecksumMode};
 use crate::error::StoreError;
 
+mod acl;
+mod errors;
+
+use acl::{GRANTS_AS_BODY, GRANTS_AS_HEADERS, GRANTS_UNKNOWN};
+use errors::classify;
+
 /// One bucket at one endpoint, through aws-sdk-s3.
 #[derive(Clone)]
 pub struct S3Store {
@@ -56,10 +62,6 @@ pub struct S3Store {
 /// to a blocking thread and back, which at the SDK's 64 KiB cost more CPU
 /// than the copy.
 const FILE_READ: usize = 256 << 10;
-
-const GRANTS_UNKNOWN: u8 = 0;
-const GRANTS_AS_BODY: u8 = 1;
-const GRANTS_AS_HEADERS: u8 = 2;
 
 impl S3Store {
     /// Builds a client from the bucket's settings and the aws-config default
@@ -182,222 +184,6 @@ impl S3Store {
             .await
             .map_err(|e| self.err(None, e))?;
         Ok(())
-    }
-
-    fn acl_request(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-    ) -> aws_sdk_s3::operation::put_object_acl::builders::PutObjectAclFluentBuilder {
-        self.client
-            .put_object_acl()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version_id.map(str::to_string))
-    }
-
-    async fn grants_took(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        want: &Acl,
-    ) -> Result<bool, StoreError> {
-        Ok(self.get_acl(key, version_id).await?.normalized() == want.normalized())
-    }
-
-    async fn put_grants_body(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        acl: &Acl,
-    ) -> Result<(), StoreError> {
-        let grants = acl
-            .grants
-            .iter()
-            .filter_map(|(who, p)| {
-                let g = match who {
-                    Grantee::User(id) => SdkGrantee::builder()
-                        .r#type(GranteeType::CanonicalUser)
-                        .id(id),
-                    Grantee::Group(uri) => {
-                        SdkGrantee::builder().r#type(GranteeType::Group).uri(uri)
-                    }
-                    Grantee::Email(e) => SdkGrantee::builder()
-                        .r#type(GranteeType::AmazonCustomerByEmail)
-                        .email_address(e),
-                };
-                Some(
-                    Grant::builder()
-                        .grantee(g.build().ok()?)
-                        .permission(Permission::from(p.as_str()))
-                        .build(),
-                )
-            })
-            .collect();
-        let policy = AccessControlPolicy::builder()
-            .owner(Owner::builder().id(&acl.owner).build())
-            .set_grants(Some(grants))
-            .build();
-        self.acl_request(key, version_id)
-            .access_control_policy(policy)
-            .send()
-            .await
-            .map_err(|e| self.acl_err(Some(key), e))?;
-        Ok(())
-    }
-
-    async fn put_grants_headers(
-        &self,
-        key: &str,
-        version_id: Option<&str>,
-        acl: &Acl,
-    ) -> Result<(), StoreError> {
-        let mut by_permission: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (who, p) in &acl.grants {
-            let g = match who {
-                Grantee::User(id) => format!("id=\"{id}\""),
-                Grantee::Group(uri) => format!("uri=\"{uri}\""),
-                Grantee::Email(e) => format!("emailAddress=\"{e}\""),
-            };
-            by_permission.entry(p.as_str()).or_default().push(g);
-        }
-        let header = |p: &str| by_permission.get(p).map(|v| v.join(", "));
-        self.acl_request(key, version_id)
-            .set_grant_full_control(header("FULL_CONTROL"))
-            .set_grant_read(header("READ"))
-            .set_grant_write(header("WRITE"))
-            .set_grant_read_acp(header("READ_ACP"))
-            .set_grant_write_acp(header("WRITE_ACP"))
-            .send()
-            .await
-            .map_err(|e| self.acl_err(Some(key), e))?;
-        Ok(())
-    }
-
-    /// As [`S3Store::err`], but a store that does not implement the ACL call
-    /// at all says the same as one with ACLs disabled.
-    fn acl_err<E>(
-        &self,
-        key: Option<&str>,
-        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    ) -> StoreError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        match classify(&self.describe, key, e) {
-            StoreError::Server {
-                bucket,
-                status: 501,
-                code,
-                message,
-            }
-            | StoreError::Rejected {
-                bucket,
-                status: 405 | 501,
-                code,
-                message,
-            } => StoreError::AclNotSupported {
-                bucket,
-                code,
-                message,
-            },
-            other => other,
-        }
-    }
-
-    fn err<E>(
-        &self,
-        key: Option<&str>,
-        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-    ) -> StoreError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        classify(&self.describe, key, e)
-    }
-}
-
-/// Turns an SDK error into a [`StoreError`], keeping the S3 code and message
-/// (the SDK's own Display says only "service error").
-fn classify<E>(
-    bucket: &str,
-    key: Option<&str>,
-    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
-) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let bucket = bucket.to_string();
-    let context = DisplayErrorContext(&e).to_string();
-    // No credentials at all is not a network problem: say so, and do not retry.
-    if context.contains("credentials") && e.raw_response().is_none() {
-        return StoreError::AccessDenied {
-            bucket,
-            code: "NoCredentials".into(),
-            message: format!(
-                "no credentials could be loaded (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a `profile`, or access_key_id/secret_access_key): {context}"
-            ),
-        };
-    }
-    if matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)) {
-        return StoreError::Unreachable {
-            bucket,
-            message: DisplayErrorContext(&e).to_string(),
-        };
-    }
-    let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
-    let code = e.code().unwrap_or_default().to_string();
-    let message = e
-        .message()
-        .map(str::to_string)
-        .unwrap_or_else(|| DisplayErrorContext(&e).to_string());
-    let key = key.unwrap_or_default().to_string();
-    match (code.as_str(), status) {
-        ("NoSuchBucket", _) => StoreError::NoSuchBucket { bucket },
-        ("AccessControlListNotSupported", _) => StoreError::AclNotSupported {
-            bucket,
-            code,
-            message,
-        },
-        ("NoSuchKey" | "NoSuchVersion" | "NotFound", _) | ("", 404) => {
-            StoreError::NotFound { bucket, key }
-        }
-        (
-            "AccessDenied"
-            | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken"
-            | "InvalidToken",
-            _,
-        )
-        | (_, 403) => StoreError::AccessDenied {
-            bucket,
-            code: if code.is_empty() {
-                "AccessDenied".into()
-            } else {
-                code
-            },
-            message,
-        },
-        ("PreconditionFailed", _) | (_, 412) => StoreError::PreconditionFailed { bucket, key },
-        ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
-        | (_, 429) => StoreError::Throttled { bucket, code },
-        ("InternalError" | "ServiceUnavailable", _) | (_, 500..=599) => StoreError::Server {
-            bucket,
-            status,
-            code,
-            message,
-        },
-        (_, 0) => StoreError::Unreachable {
-            bucket,
-            message: DisplayErrorContext(&e).to_string(),
-        },
-        _ => StoreError::Rejected {
-            bucket,
-            status,
-            code,
-            message,
-        },
     }
 }
 

@@ -8,7 +8,7 @@ use super::steps::{universe, Len, Step, ME, NAMES, P, SLOTS};
 use super::tree::{content, write_into, Expect, Kind, Model};
 use super::world::{block, errno, errno_of, tag, Driver, Up, World, LAST_ERROR};
 
-use crate::error::FsError;
+use crate::fs::FsError;
 use crate::fs::{Core, SetAttr};
 use crate::meta::{S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG};
 use crate::store::{ObjectStore, PutBody, PutOptions};

@@ -53,12 +53,12 @@ impl Run {
         for a in &self.actors {
             if !a.root.is_empty() {
                 expected.insert(a.root.clone());
-                expected.insert(format!("{}{}", a.root, crate::fs::names::DIR_ATTRS));
+                expected.insert(format!("{}{}", a.root, crate::names::DIR_ATTRS));
             }
             self.check_actor_keys(a, &live, &mut expected);
         }
         for key in live.keys() {
-            let internal = crate::fs::names::is_index_key(key) || key.starts_with(".regionfs-");
+            let internal = crate::names::is_index_key(key) || key.starts_with(".regionfs-");
             if !expected.contains(key) && !internal {
                 self.fail(format!(
                     "`{key}` is live in the bucket but not in the model (a deleted name came back?)"
@@ -84,7 +84,7 @@ impl Run {
                         self.fail(format!("directory `{path}` has no marker in the bucket"));
                     }
                     expected.insert(marker.clone());
-                    expected.insert(format!("{marker}{}", crate::fs::names::DIR_ATTRS));
+                    expected.insert(format!("{marker}{}", crate::names::DIR_ATTRS));
                 }
                 Kind::File(b) | Kind::Symlink(b) => {
                     let Some((body, meta)) = live.get(&key) else {
@@ -140,10 +140,10 @@ impl Run {
         let src = Self::live(&self.world.src);
         let dst = Self::live(&self.world.dst);
         for (key, (body, _)) in &src {
-            if key.ends_with('/') || key.ends_with(crate::fs::names::DIR_ATTRS) {
+            if key.ends_with('/') || key.ends_with(crate::names::DIR_ATTRS) {
                 continue;
             }
-            if crate::fs::names::is_index_key(key) || key.starts_with(".regionfs-") {
+            if crate::names::is_index_key(key) || key.starts_with(".regionfs-") {
                 continue;
             }
             let foreign = self.actors.iter().any(|a| a.foreign.get(key) == Some(body));

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{
+use crate::error::StoreError;
+use crate::store::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, ListEntry,
     ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionEntry, VersionPage,
     Versioning,
 };
-use crate::error::StoreError;
 
 pub struct AsOfStore {
     inner: Arc<dyn ObjectStore>,
@@ -83,7 +83,7 @@ impl AsOfStore {
     }
 }
 
-super::read_only_store! {
+crate::store::read_only_store! {
     impl ObjectStore for AsOfStore {
     fn describe(&self) -> String {
         self.inner.describe()

@@ -12,6 +12,14 @@
 //!   source is read. So a lagging replica never serves old bytes.
 //! - When the source is unreachable, a replica holding the version still
 //!   serves it; nothing else changes (writes stay in the cache).
+//!
+//! The read policies that wrap the source store live here too:
+//! [`bounded`] (`read.max_staleness`: read a replica whose replication
+//! heartbeat is recent enough) and [`asof`] (`--as-of`: the bucket as it was
+//! at an instant).
+
+pub mod asof;
+pub mod bounded;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,7 +176,7 @@ pub struct Regions {
     journal: Option<Journal>,
     /// Smoothing of the probe RTT (weight of the newest sample).
     alpha: f64,
-    staleness: Mutex<Option<Arc<crate::store::bounded::BoundedStaleness>>>,
+    staleness: Mutex<Option<Arc<crate::regions::bounded::BoundedStaleness>>>,
 }
 
 /// How often every region is probed.
@@ -212,7 +220,7 @@ impl Regions {
     }
 
     /// A replica mount's staleness bound, for status.
-    pub fn set_staleness(&self, b: Arc<crate::store::bounded::BoundedStaleness>) {
+    pub fn set_staleness(&self, b: Arc<crate::regions::bounded::BoundedStaleness>) {
         *self.staleness.lock().unwrap() = Some(b);
     }
 

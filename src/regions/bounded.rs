@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
+use crate::error::StoreError;
+use crate::store::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, ListPage,
     ObjectInfo, ObjectStore, PutBody, PutOptions, PutResult, VersionPage, Versioning,
 };
-use crate::error::StoreError;
 
 pub struct BoundedStaleness {
     replica: Arc<dyn ObjectStore>,
@@ -73,7 +73,7 @@ impl BoundedStaleness {
                     Err(_) => None,
                 };
                 (
-                    hb.map(|h| (crate::journal::now_ms() - h.until_ms).max(0)),
+                    hb.map(|h| (crate::clock::now_ms() - h.until_ms).max(0)),
                     true,
                 )
             }
@@ -131,7 +131,7 @@ impl BoundedStaleness {
     }
 }
 
-super::read_only_store! {
+crate::store::read_only_store! {
     impl ObjectStore for BoundedStaleness {
     fn describe(&self) -> String {
         self.current().0.describe()

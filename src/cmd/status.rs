@@ -1,0 +1,250 @@
+//! `regionfs status`: the whole mount's backlog, regions and discovery, one
+//! path's upload and replication state, or the failed work.
+
+use crate::*;
+
+/// The journal of `config`'s cache dir, read-only, and a runtime to ask it.
+pub(crate) fn open_journal(config: &Config) -> anyhow::Result<(tokio::runtime::Runtime, Journal)> {
+    let db = config.cache.dir.join("journal.db");
+    if !db.exists() {
+        bail!(
+            "no journal at {}: nothing was mounted with this cache dir yet",
+            db.display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let journal = Journal::open_readonly(&db)?;
+    Ok((rt, journal))
+}
+
+/// `status --failed`: every failed upload (retried every minute, or lost:
+/// never run, see SEMANTICS.md) and replication, with its cause.
+pub(crate) fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let (rt, journal) = open_journal(config)?;
+    rt.block_on(async {
+        let ops = journal.failed_ops().await?;
+        let tasks = journal.failed_tasks().await?;
+        let path_of = |key: &str| key.strip_prefix(&config.source.prefix).unwrap_or(key).to_string();
+        if json {
+            let uploads: Vec<serde_json::Value> = ops
+                .iter()
+                .map(|o| {
+                    serde_json::json!({"path": path_of(&o.key), "key": o.key, "operation": o.kind,
+                        "state": if o.state == OpState::Lost { "lost" } else { "failed" },
+                        "attempts": o.attempts, "error": o.error})
+                })
+                .collect();
+            let replication: Vec<serde_json::Value> = tasks
+                .iter()
+                .map(|t| {
+                    serde_json::json!({"path": path_of(&t.key), "key": t.key, "destination": t.destination,
+                        "version": t.version_id, "attempts": t.attempts, "error": t.error})
+                })
+                .collect();
+            println!("{}", serde_json::json!({"uploads": uploads, "replication": replication}));
+        } else {
+            println!("failed uploads: {}", ops.len());
+            for o in &ops {
+                let what = match o.state {
+                    OpState::Lost => "lost (never run)".to_string(),
+                    _ => format!("retried every minute, {} attempts", o.attempts),
+                };
+                println!(
+                    "  {} ({:?}, {what}): {}",
+                    path_of(&o.key),
+                    o.kind,
+                    o.error.as_deref().unwrap_or("-")
+                );
+            }
+            println!("failed replications: {}", tasks.len());
+            for t in &tasks {
+                println!(
+                    "  {} to {} (version {}, {} attempts): {}",
+                    path_of(&t.key),
+                    t.destination,
+                    t.version_id,
+                    t.attempts,
+                    t.error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn status(
+    config: &Config,
+    json: bool,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let (rt, journal) = open_journal(config)?;
+    rt.block_on(async {
+        match path {
+            None => {
+                let s = regionfs::status::status(&journal, config).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    let u = &s.uploads;
+                    println!(
+                        "uploads: {} pending ({} bytes), {} failed, oldest pending {:.1}s",
+                        u.pending, u.pending_bytes, u.failed, u.oldest_pending_s
+                    );
+                    for (d, r) in &s.replication {
+                        println!(
+                            "replication to {d}: {} pending ({} bytes), {} failed, oldest pending {:.1}s, {} missed the {} target, {} completed",
+                            r.pending, r.pending_bytes, r.failed, r.oldest_pending_s, r.missed_target, config.replication.time_target, r.completed
+                        );
+                    }
+                    for d in &s.discovery {
+                        println!(
+                            "discovery (keys: {}): {} passes, the last {:.0}s ago took {:.1}s: {} keys, {} changed, {} queued, {} requests; {} queued in all",
+                            d.shard,
+                            d.passes,
+                            (regionfs::clock::now_ms() - d.last_pass_ms).max(0) as f64 / 1000.0,
+                            d.last_took_ms as f64 / 1000.0,
+                            d.keys,
+                            d.changed,
+                            d.queued,
+                            d.requests,
+                            d.total_queued
+                        );
+                    }
+                    if s.replaced.count > 0 {
+                        println!(
+                            "uploads that replaced another client's version: {} (each stays in the source's history; `regionfs restore` brings one back)",
+                            s.replaced.count
+                        );
+                        for c in &s.replaced.recent {
+                            println!(
+                                "  {} replaced version {} at {}",
+                                c.key,
+                                c.replaced_version,
+                                format_epoch((c.at_ms / 1000).max(0) as u64)
+                            );
+                        }
+                    }
+                    for (bucket, support) in &s.acls {
+                        println!("object ACLs at {bucket}: {support}");
+                    }
+                    if let Some(r) = &s.reads {
+                        let order: Vec<String> = r
+                            .order
+                            .iter()
+                            .map(|n| match r.regions.get(n).and_then(|x| x.rtt_ms) {
+                                Some(ms) => format!("{n} ({ms:.1} ms)"),
+                                None => format!("{n} (not measured)"),
+                            })
+                            .collect();
+                        println!(
+                            "reads: prefer {}; regions best first: {} (noted {:.0}s ago)",
+                            r.prefer,
+                            order.join(", "),
+                            s.reads_age_s.unwrap_or_default()
+                        );
+                        if let Some(lag) = r.replica_lag_s {
+                            println!(
+                                "replica lag: {lag:.1}s{}",
+                                if r.reading_source_for_staleness {
+                                    " — over read.max_staleness: reading the source"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                        for (name, st) in &r.regions {
+                            if let Some(since) = st.unreachable_since {
+                                let what = if st.is_source { "source" } else { "destination" };
+                                println!(
+                                    "{what} {name} unreachable since {} ({}); {} upload(s) waiting in the cache",
+                                    format_epoch(since),
+                                    st.last_error.as_deref().unwrap_or("no answer"),
+                                    if st.is_source { s.uploads.pending } else { 0 }
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            Some(p) => {
+                let rel = relative_path(config, p);
+                let key = format!("{}{}", config.source.prefix, rel);
+                let latest = journal.latest(key.clone()).await?;
+                let done = journal.latest_done(key.clone()).await?;
+                let (local, error) = match &latest {
+                    Some(op) if matches!(op.state, OpState::Failed | OpState::Lost) => {
+                        ("failed", op.error.clone())
+                    }
+                    Some(op) if op.state == OpState::Pending => ("uploading", op.error.clone()),
+                    _ => ("clean", None),
+                };
+                let version = done.and_then(|o| o.version_id);
+                let tasks = journal.latest_tasks(key.clone()).await?;
+                let replication: serde_json::Map<String, serde_json::Value> = tasks
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.destination.clone(),
+                            serde_json::json!({"status": t.status, "version": t.version_id, "error": t.error}),
+                        )
+                    })
+                    .collect();
+                if json {
+                    let v = serde_json::json!({"path": rel, "key": key, "local": local, "version": version, "error": error, "replication": replication});
+                    println!("{v}");
+                } else {
+                    println!("{rel}: {local}, source version {}", version.as_deref().unwrap_or("-"));
+                    if let Some(e) = error {
+                        println!("  last error: {e}");
+                    }
+                    for t in &tasks {
+                        println!(
+                            "  {}: {:?} (version {}){}",
+                            t.destination,
+                            t.status,
+                            t.version_id,
+                            t.error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Seconds since the epoch as `2026-11-25T10:00:00Z`.
+pub(crate) fn format_epoch(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A path under the recorded mountpoint, or already relative to the mount root.
+pub(crate) fn relative_path(config: &Config, p: &std::path::Path) -> String {
+    let recorded = std::fs::read_to_string(config.cache.dir.join("mountpoint")).ok();
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Some(mp) = recorded {
+        if let Ok(rel) = abs.strip_prefix(mp.trim()) {
+            return rel.to_string_lossy().into_owned();
+        }
+    }
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
