@@ -336,7 +336,17 @@ fi
 
 # Many files: tar -xpf of 1,000 … 100,000 files, the per-file cost at each size
 # (flat is the target), then what the mount holds once all is replicated.
+# Every file waiting for its upload holds a descriptor: the hard limit is
+# raised (as `LimitNOFILE=` would) so 100,000 of them fit.
+rss_trace() { # pid file: RSS (KiB) and backlogs every 5 s while the daemon runs
+  local t0; t0=$(now)
+  while kill -0 "$1" 2>/dev/null; do
+    echo "$(since $t0) $(awk '/^VmRSS:/ {print $2}' /proc/$1/status 2>/dev/null) $("$bin" status --config "$work/rfs.toml" --json 2>/dev/null | sed -n 's/.*"uploads":{"pending":\([0-9]*\).*"b":{[^}]*"pending":\([0-9]*\).*/\1 \2/p')" >> "$2"
+    sleep 5
+  done
+}
 if phase scale; then
+  ulimit -Hn 1048576 2>/dev/null && ulimit -n 1048576 2>/dev/null || true
   for n in $scale; do
     rm -rf "$work/tree"; mkdir -p "$work/tree"
     bytes=$($py mktree "$work/tree" "$n")
@@ -352,6 +362,7 @@ if phase scale; then
     $py mkbuckets $A "scale$n" "scalerc$n"; $py mkbuckets $B "scale$n"
     mnt=$work/mnt-scale; cache=$work/cache-scale$n
     mount_regionfs "scale$n" "scale$n" "$mnt" "$cache"
+    rss_trace "$rfs_pid" "$out.rss-$n" & trace_pid=$!; pids+=("$trace_pid")
     settle; t=$(now); tar -xpf "$work/tree.tar" -C "$mnt"
     s=$(since $t); record "tar-$n-per-file" regionfs "$(per_file "$s")"
     settled
