@@ -1225,6 +1225,83 @@ async fn a_large_file_goes_up_in_parts_while_written_and_its_mtime_is_the_last_m
 /// kernel forgets them and the node count falls back under the limit), an
 /// open file with unflushed writes is kept, and every file let go still
 /// reads, renames, unlinks and appends as before.
+/// Files waiting for their uploads are let go beyond `max_inodes` too: a
+/// long upload backlog (a source outage, a burst of small files) holds
+/// neither a node nor a descriptor per file, and each file is still read,
+/// written and renamed from its queued upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_waiting_for_their_uploads_beyond_max_inodes_hold_no_descriptors() {
+    use std::io::Write;
+    let port = common::free_port();
+    let (r, mut m, c) = setup(&format!(
+        "[cache]\nwrite_back_delay = \"1h\"\n[mount]\nmax_inodes = 256\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    let inodes = || common::metric(&common::scrape(port), "regionfs_inodes").unwrap_or(-1.0);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    std::fs::create_dir(m.path("d")).unwrap();
+    let files = 1500;
+    // Over 64 KiB: staged as cache files, not in the journal rows.
+    let body = |i: usize| format!("file {i} ").repeat(9000).into_bytes();
+    for i in 0..files {
+        std::fs::write(m.path(&format!("d/f{i}")), body(i)).unwrap();
+    }
+    let pending = m.status(None)["uploads"]["pending"].as_u64().unwrap();
+    assert!(pending >= files as u64, "{pending} uploads pending");
+    let seen = common::wait_for("the node count to fall under the limit", DRAIN, || {
+        let n = inodes();
+        (0.0..=256.0).contains(&n).then_some(n)
+    });
+    assert!(
+        seen < files as f64,
+        "{seen} nodes for {files} files waiting"
+    );
+    let open = fds(m.pid());
+    assert!(
+        open < 600,
+        "{open} descriptors open for {files} files waiting"
+    );
+
+    // Read back, appended to, renamed: each from its queued upload.
+    for i in (0..files).step_by(97) {
+        assert_eq!(
+            std::fs::read(m.path(&format!("d/f{i}"))).unwrap(),
+            body(i),
+            "f{i}"
+        );
+    }
+    let mut f2 = std::fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("d/f2"))
+        .unwrap();
+    f2.write_all(b"and more").unwrap();
+    drop(f2);
+    std::fs::rename(m.path("d/f3"), m.path("d/g3")).unwrap();
+
+    // The uploads go (after a kill -9 here): every file lands with its bytes.
+    m.kill9();
+    std::fs::write(&m.config, r.config(c.path(), "")).unwrap();
+    m.remount();
+    m.wait_uploaded(DRAIN);
+    let got = common::bucket_contents(&r.src, "d/").await;
+    let mut f2_body = body(2);
+    f2_body.extend_from_slice(b"and more");
+    assert_eq!(got["d/f2"], f2_body);
+    assert_eq!(got["d/g3"], body(3));
+    assert!(!got.contains_key("d/f3"));
+    for i in (4..files).step_by(13) {
+        assert_eq!(got[&format!("d/f{i}")], body(i), "f{i}");
+    }
+    let landed = got
+        .keys()
+        .filter(|k| k.starts_with("d/f") || k.starts_with("d/g"));
+    assert_eq!(landed.count(), files);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn beyond_max_inodes_idle_files_are_let_go_and_still_work() {
     use std::io::Write;

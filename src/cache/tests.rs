@@ -1,3 +1,4 @@
+use super::spares::SPARES;
 use super::*;
 use crate::config::MIB;
 

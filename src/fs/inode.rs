@@ -116,6 +116,26 @@ impl Node {
     /// Nothing here but what the bucket can tell again: a file (or symlink)
     /// not open, without local data, upload or pending change (nor a rename
     /// whose copy is still queued).
+    /// A file whose bytes are only a staged put still queued (closed, no
+    /// later change, no I/O in progress): the queued operation names its
+    /// cache file, so the node can go and be made again from the queue
+    /// (`Core::adopt_pending`). Letting these go keeps the memory and the
+    /// descriptors of a long upload backlog bounded.
+    fn idle_staged(&self) -> bool {
+        self.ino != ROOT
+            && !self.is_dir()
+            && self.open == 0
+            && self.working.is_some()
+            && self.shared
+            && !self.dirty
+            && !self.local_only
+            && !self.unlinked
+            && self.early.is_none()
+            && self.content_key.is_none()
+            && self.kernel.is_none()
+            && self.io.as_ref().is_none_or(|m| Arc::strong_count(m) == 1)
+    }
+
     fn idle_clean(&self) -> bool {
         self.ino != ROOT
             && !self.is_dir()
@@ -326,7 +346,9 @@ impl Inodes {
     }
 
     /// Drops a node the kernel forgot, unless something still needs it.
-    pub fn forget(&mut self, ino: u64, count: u64) {
+    /// `queued` says which cache files queued operations read (see
+    /// [`Inodes::trim`]).
+    pub fn forget(&mut self, ino: u64, count: u64, queued: impl Fn(&str) -> bool) {
         if ino == ROOT {
             return;
         }
@@ -334,14 +356,16 @@ impl Inodes {
             n.lookups = n.lookups.saturating_sub(count);
         }
         let removable = self.nodes.get(&ino).is_some_and(|n| {
+            let staged = n.idle_staged() && n.working.as_ref().is_some_and(|w| queued(&w.name));
             n.lookups == 0
                 && n.open == 0
-                && n.working.is_none()
+                && (n.working.is_none() || staged)
                 && !n.local_only
                 && n.kernel.is_none()
-                && (n.unlinked || (!n.dirty && !n.shared))
+                && (n.unlinked || (!n.dirty && !n.shared) || staged)
         });
         if removable {
+            self.set_working(ino, None);
             if let Some(n) = self.nodes.remove(&ino) {
                 if self.by_path.get(&n.path) == Some(&ino) {
                     self.by_path.remove(&n.path);
@@ -357,7 +381,17 @@ impl Inodes {
     /// kernel to drop its entry, after which its FORGET drops the node.
     /// Directories are kept (their children's entries pin them in the kernel
     /// anyway), and so is everything with local state.
-    pub fn trim(&mut self, limit: usize, idle_s: u32) -> Vec<(u64, String)> {
+    ///
+    /// A file whose bytes are a staged put still queued (`queued` says
+    /// which cache files queued operations read) goes too: its working file
+    /// stays in the cache for the upload, and a later lookup makes the node
+    /// again from the queued operation.
+    pub fn trim(
+        &mut self,
+        limit: usize,
+        idle_s: u32,
+        queued: impl Fn(&str) -> bool,
+    ) -> Vec<(u64, String)> {
         if self.nodes.len() <= limit {
             return Vec::new();
         }
@@ -365,7 +399,11 @@ impl Inodes {
         let mut idle: Vec<(u32, u64)> = self
             .nodes
             .values()
-            .filter(|n| n.idle_clean() && !n.release_asked && now.saturating_sub(n.used) >= idle_s)
+            .filter(|n| !n.release_asked && now.saturating_sub(n.used) >= idle_s)
+            .filter(|n| {
+                n.idle_clean()
+                    || (n.idle_staged() && n.working.as_ref().is_some_and(|w| queued(&w.name)))
+            })
             .map(|n| (n.used, n.ino))
             .collect();
         idle.sort_unstable();
@@ -374,6 +412,7 @@ impl Inodes {
         for (_, ino) in idle.into_iter().take(excess) {
             let n = &self.nodes[&ino];
             if n.lookups == 0 {
+                self.set_working(ino, None);
                 let n = self.nodes.remove(&ino).expect("listed above");
                 if self.by_path.get(&n.path) == Some(&ino) {
                     self.by_path.remove(&n.path);
@@ -411,7 +450,10 @@ mod tests {
     #[test]
     fn trim_lets_go_of_idle_clean_files_only_and_keeps_three_quarters() {
         let mut t = table(20);
-        assert!(t.trim(100, 0).is_empty(), "under the limit: nothing");
+        assert!(
+            t.trim(100, 0, |_| false).is_empty(),
+            "under the limit: nothing"
+        );
         let ino = |t: &Inodes, i: usize| t.lookup_path(&format!("d/f{i}")).unwrap();
         // Local state of every kind is kept.
         let (a, b, c) = (ino(&t, 0), ino(&t, 1), ino(&t, 2));
@@ -420,7 +462,7 @@ mod tests {
         // Listed only, never handed to the kernel.
         t.get_mut(c).unwrap().lookups = 0;
         // 22 nodes (root, d, 20 files), limit 16: down to 12.
-        let asks = t.trim(16, 0);
+        let asks = t.trim(16, 0, |_| false);
         assert_eq!(
             t.nodes.len(),
             21,
@@ -431,10 +473,10 @@ mod tests {
         assert!(asks.iter().all(|(p, n)| *p == d && n != "f0" && n != "f1"));
         assert!(t.lookup_path("d/f2").is_none());
         // Asked once: the kernel's FORGET does the rest.
-        assert!(t.trim(16, 0).iter().all(|a| !asks.contains(a)));
+        assert!(t.trim(16, 0, |_| false).iter().all(|a| !asks.contains(a)));
         for (_, name) in &asks {
             let i = t.lookup_path(&format!("d/{name}")).unwrap();
-            t.forget(i, 1);
+            t.forget(i, 1, |_| false);
         }
         assert_eq!(t.nodes.len(), 12);
         assert!(t.get(a).is_some() && t.get(b).is_some() && t.get(ROOT).is_some());
@@ -443,6 +485,9 @@ mod tests {
     #[test]
     fn trim_keeps_recently_used_nodes() {
         let mut t = table(20);
-        assert!(t.trim(16, 60).is_empty(), "all used within the last minute");
+        assert!(
+            t.trim(16, 60, |_| false).is_empty(),
+            "all used within the last minute"
+        );
     }
 }

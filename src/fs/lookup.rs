@@ -269,8 +269,8 @@ impl Core {
                 None => break,
             }
         }
-        let (working, size, content) = match (source.kind, &source.file) {
-            (OpKind::Put, Some(name)) => (self.open_working(name.clone()).ok(), source.size, None),
+        let (staged, size, content) = match (source.kind, &source.file) {
+            (OpKind::Put, Some(name)) => (Some(name.clone()), source.size, None),
             (OpKind::Copy, _) => {
                 let src = source.src_key.clone().unwrap_or_else(|| op.key.clone());
                 let size = self
@@ -284,6 +284,11 @@ impl Core {
             _ => (None, source.size, None),
         };
         let mut t = self.inodes.lock().unwrap();
+        // Opened under the lock: a finished upload removes a file no node
+        // holds under it too (`on_uploaded`), so the file is either still
+        // there and held from here on, or gone, and then its version is in
+        // the bucket, where the node reads it.
+        let working = staged.and_then(|name| self.open_working(name).ok());
         let ino = t.upsert(path, meta.clone());
         let n = t.get_mut(ino).unwrap();
         let fresh = n.working.is_none() && !n.dirty;

@@ -456,13 +456,15 @@ impl Core {
     /// should drop.
     pub fn trim(&self) -> Vec<(u64, String)> {
         let mut t = self.inodes.lock().unwrap();
-        let asks = t.trim(self.max_inodes, TRIM_IDLE_S);
+        let queued = |f: &str| !self.uploader.users(f).is_empty();
+        let asks = t.trim(self.max_inodes, TRIM_IDLE_S, queued);
         self.inode_count.set(t.nodes.len() as i64);
         asks
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        self.inodes.lock().unwrap().forget(ino, count);
+        let queued = |f: &str| !self.uploader.users(f).is_empty();
+        self.inodes.lock().unwrap().forget(ino, count, queued);
     }
 
     /// Attributes come from memory: lookups refresh them from the bucket.

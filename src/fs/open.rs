@@ -140,7 +140,10 @@ impl Core {
             let (mut seen, mut wait) = (0, GROWTH_POLL);
             loop {
                 tokio::time::sleep(wait).await;
-                let Some(e) = early.upgrade().filter(|e| !e.is_done()) else {
+                // Staged (its size was taken then), taken or dropped: the
+                // file and its descriptor are let go (a long backlog of
+                // staged files must not hold one each).
+                let Some(e) = early.upgrade().filter(|e| !e.is_done() && !e.is_flushing()) else {
                     return;
                 };
                 match file.metadata() {

@@ -106,11 +106,15 @@ impl Core {
                 }
             }
         };
+        if !keep {
+            // Under the lock: a node made again from the queue meanwhile
+            // (`adopt_pending`) opens the file under it too, so it either
+            // holds the file before this looked, or finds it gone.
+            self.cache.remove_data(f);
+        }
         drop(t);
         if make_clean {
             self.cache.make_clean(f, key, &c.result.etag);
-        } else if !keep {
-            self.cache.remove_data(f);
         }
         drop(retiring);
     }

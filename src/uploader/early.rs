@@ -224,6 +224,11 @@ impl EarlyUpload {
         s.taken || s.invalid.is_some()
     }
 
+    /// Its file was staged: what the upload takes is fixed from here on.
+    pub fn is_flushing(&self) -> bool {
+        self.state.lock().unwrap().flushing
+    }
+
     pub fn is_blind(&self) -> bool {
         self.blind
     }
