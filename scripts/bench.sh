@@ -84,6 +84,10 @@ cleanup() {
   [ -f "$work/results" ] && [ ! -f "$out.raw" ] && cp "$work/results" "$out.raw.partial"
   for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # A daemon still draining uploads to regions about to stop would wait
+  # out its drain: what is left of the bench goes with it.
+  sleep 2
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   bash scripts/regions.sh stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
