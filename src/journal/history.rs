@@ -212,30 +212,32 @@ pub(super) fn fold_finished(c: &Connection) -> rusqlite::Result<usize> {
 impl Journal {
     /// The newest operation on `key`, done or not.
     pub async fn latest(&self, key: String) -> Result<Option<Op>, JournalError> {
-        self.run(move |c| {
-            let row = query_cached(
-                c,
-                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 ORDER BY seq DESC LIMIT 1"),
-                params![key],
-                super::op_from_row,
-            )
-            .optional()?;
-            newest_op(c, &key, row)
-        })
-        .await
+        self.newest(key, "").await
     }
 
     /// The newest finished operation on `key` (its version id is the one in the bucket).
     pub async fn latest_done(&self, key: String) -> Result<Option<Op>, JournalError> {
+        self.newest(key, "AND state = 'done'").await
+    }
+
+    /// The newest of `key`'s op rows matching `and` and its landed row.
+    async fn newest(&self, key: String, and: &'static str) -> Result<Option<Op>, JournalError> {
         self.run(move |c| {
             let row = query_cached(
                 c,
-                &format!("SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 AND state = 'done' ORDER BY seq DESC LIMIT 1"),
+                &format!(
+                    "SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 {and} ORDER BY seq DESC LIMIT 1"
+                ),
                 params![key],
                 super::op_from_row,
             )
             .optional()?;
-            newest_op(c, &key, row)
+            let landed =
+                landed_of(c, &key)?.map(|l| landed_op(&key, l.seq, &l.kind, l.version, l.done_at));
+            Ok(match (row, landed) {
+                (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
+                (a, b) => a.or(b),
+            })
         })
         .await
     }
@@ -337,15 +339,6 @@ impl Journal {
         })
         .await
     }
-}
-
-/// The newer of an op row and the key's landed row.
-fn newest_op(c: &Connection, key: &str, row: Option<Op>) -> rusqlite::Result<Option<Op>> {
-    let landed = landed_of(c, key)?.map(|l| landed_op(key, l.seq, &l.kind, l.version, l.done_at));
-    Ok(match (row, landed) {
-        (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
-        (a, b) => a.or(b),
-    })
 }
 
 #[cfg(test)]
