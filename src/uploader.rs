@@ -367,6 +367,11 @@ impl Uploader {
     }
 
     /// The queued operations that read cache file `name`, by seq.
+    /// Whether a queued operation reads cache file `name`.
+    pub fn reads(&self, name: &str) -> bool {
+        self.inner.queue.lock().unwrap().readers.contains_key(name)
+    }
+
     pub fn users(&self, name: &str) -> Vec<i64> {
         let q = self.inner.queue.lock().unwrap();
         q.readers

@@ -456,14 +456,14 @@ impl Core {
     /// should drop.
     pub fn trim(&self) -> Vec<(u64, String)> {
         let mut t = self.inodes.lock().unwrap();
-        let queued = |f: &str| !self.uploader.users(f).is_empty();
+        let queued = |f: &str| self.uploader.reads(f);
         let asks = t.trim(self.max_inodes, TRIM_IDLE_S, queued);
         self.inode_count.set(t.nodes.len() as i64);
         asks
     }
 
     pub fn forget(&self, ino: u64, count: u64) {
-        let queued = |f: &str| !self.uploader.users(f).is_empty();
+        let queued = |f: &str| self.uploader.reads(f);
         self.inodes.lock().unwrap().forget(ino, count, queued);
     }
 

@@ -382,6 +382,22 @@ mod tests {
         .unwrap()
     }
 
+    /// Stages a put of `key` and records it done as `version` with one
+    /// task per destination; returns its seq and tasks.
+    async fn landed_as(j: &Journal, key: &str, version: &str, dests: &[&str]) -> (i64, Vec<Task>) {
+        let seq = put(j, key).await;
+        let tasks = j
+            .complete_with_tasks(
+                seq,
+                Some(version.into()),
+                dests.iter().map(|d| task(d)).collect(),
+                super::super::Durability::Synced,
+            )
+            .await
+            .unwrap();
+        (seq, tasks)
+    }
+
     fn replica(v: &str) -> Replica {
         Replica {
             version: Some(v.into()),
@@ -392,16 +408,7 @@ mod tests {
     #[tokio::test]
     async fn a_version_replicated_everywhere_leaves_one_landed_row_and_status_still_shows_it() {
         let (_d, j) = journal();
-        let seq = put(&j, "k").await;
-        let tasks = j
-            .complete_with_tasks(
-                seq,
-                Some("v1".into()),
-                vec![task("eu"), task("us")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
+        let (seq, tasks) = landed_as(&j, "k", "v1", &["eu", "us"]).await;
         assert_eq!(rows(&j).await, (1, 2, 0));
         j.task_completed(tasks[0].id, replica("r-eu"), 60_000)
             .await
@@ -462,16 +469,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_version_in_flight_wins_over_the_landed_one_until_it_lands_too() {
         let (_d, j) = journal();
-        let s1 = put(&j, "k").await;
-        let t1 = j
-            .complete_with_tasks(
-                s1,
-                Some("v1".into()),
-                vec![task("eu")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
+        let (s1, t1) = landed_as(&j, "k", "v1", &["eu"]).await;
         j.task_completed(t1[0].id, replica("r1"), 60_000)
             .await
             .unwrap();
@@ -522,26 +520,8 @@ mod tests {
     #[tokio::test]
     async fn an_older_version_finishing_last_does_not_replace_the_newer_landed_row() {
         let (_d, j) = journal();
-        let s1 = put(&j, "k").await;
-        let t1 = j
-            .complete_with_tasks(
-                s1,
-                Some("v1".into()),
-                vec![task("eu")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
-        let s2 = put(&j, "k").await;
-        let t2 = j
-            .complete_with_tasks(
-                s2,
-                Some("v2".into()),
-                vec![task("eu")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
+        let (_, t1) = landed_as(&j, "k", "v1", &["eu"]).await;
+        let (_, t2) = landed_as(&j, "k", "v2", &["eu"]).await;
         j.task_completed(t2[0].id, replica("r2"), 60_000)
             .await
             .unwrap();
@@ -572,16 +552,7 @@ mod tests {
     async fn an_operation_without_replication_lands_at_once_and_a_destination_it_skips_keeps_its_replica(
     ) {
         let (_d, j) = journal();
-        let s1 = put(&j, "k").await;
-        let t1 = j
-            .complete_with_tasks(
-                s1,
-                Some("v1".into()),
-                vec![task("eu"), task("us")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
+        let (_, t1) = landed_as(&j, "k", "v1", &["eu", "us"]).await;
         for t in &t1 {
             j.task_completed(t.id, replica(&format!("{}1", t.destination)), 60_000)
                 .await
@@ -589,16 +560,7 @@ mod tests {
         }
         // A later version that goes to `eu` only (say its tags no longer match
         // the rule to `us`), then one that goes nowhere.
-        let s2 = put(&j, "k").await;
-        let t2 = j
-            .complete_with_tasks(
-                s2,
-                Some("v2".into()),
-                vec![task("eu")],
-                super::super::Durability::Synced,
-            )
-            .await
-            .unwrap();
+        let (_, t2) = landed_as(&j, "k", "v2", &["eu"]).await;
         j.task_completed(t2[0].id, replica("eu2"), 60_000)
             .await
             .unwrap();
@@ -637,16 +599,7 @@ mod tests {
         let path = d.path().join("journal.db");
         {
             let j = Journal::open(&path).unwrap();
-            let seq = put(&j, "k").await;
-            let t = j
-                .complete_with_tasks(
-                    seq,
-                    Some("v1".into()),
-                    vec![task("eu")],
-                    super::super::Durability::Synced,
-                )
-                .await
-                .unwrap();
+            let (seq, t) = landed_as(&j, "k", "v1", &["eu"]).await;
             j.task_completed(t[0].id, replica("r1"), 60_000)
                 .await
                 .unwrap();

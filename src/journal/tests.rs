@@ -85,17 +85,7 @@ async fn compacting_at_a_clean_stop_gives_back_the_space_of_completed_work() {
     // here: each op lands as it completes).
     let s = j.stage(put("dir/key-0000", "f-last")).await.unwrap();
     j.complete(s, Some("v-last".into())).await.unwrap();
-    let count = |t: &'static str| {
-        j.run(move |c| {
-            query_cached(c, &format!("SELECT COUNT(*) FROM {t}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-    };
-    assert_eq!(
-        (count("ops").await.unwrap(), count("landed").await.unwrap()),
-        (0, 300)
-    );
+    assert_eq!((rows(&j, "ops").await, rows(&j, "landed").await), (0, 300));
 }
 
 #[tokio::test]
@@ -106,17 +96,7 @@ async fn completing_prunes_older_done_rows_of_the_key() {
         let s = j.stage(put("k", &format!("f{i}"))).await.unwrap();
         j.complete(s, Some(format!("v{i}"))).await.unwrap();
     }
-    let count = |t: &'static str| {
-        j.run(move |c| {
-            query_cached(c, &format!("SELECT COUNT(*) FROM {t}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-    };
-    assert_eq!(
-        (count("ops").await.unwrap(), count("landed").await.unwrap()),
-        (0, 1)
-    );
+    assert_eq!((rows(&j, "ops").await, rows(&j, "landed").await), (0, 1));
     assert_eq!(
         j.latest("k".into())
             .await
@@ -255,4 +235,11 @@ async fn writes_commit_synced_and_redoable_progress_lazily() {
     assert_eq!(level(Durability::Synced).await.unwrap(), 2);
     // What a lazy commit wrote is there for the next reader.
     assert_eq!(j.open_tasks().await.unwrap().len(), 1);
+}
+
+/// Rows in journal table `t`.
+async fn rows(j: &Journal, t: &'static str) -> i64 {
+    j.run(move |c| query_cached(c, &format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0)))
+        .await
+        .unwrap()
 }
