@@ -59,7 +59,7 @@
 //! `status` — and retry every minute, so fixing the bucket or the credentials
 //! resumes the upload without losing it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,27 +168,7 @@ impl Uploader {
             cfg,
             delay,
             conditions: ConditionSupport::new(),
-            queue: Mutex::new(Queue {
-                by_key: BTreeMap::new(),
-                count: 0,
-                files: HashMap::new(),
-                keys: HashMap::new(),
-                readers: HashMap::new(),
-                running: HashSet::new(),
-                heads: BTreeMap::new(),
-                backoff: BTreeMap::new(),
-                #[cfg(test)]
-                examined: 0,
-                waiters: HashMap::new(),
-                next_ticket: 0,
-                tickets: HashMap::new(),
-                urgent_upto: 0,
-                draining: false,
-                last_submit: None,
-                quiet: QUIET,
-                early: HashMap::new(),
-                changed: HashSet::new(),
-            }),
+            queue: Mutex::new(Queue::new(QUIET)),
             wake: Notify::new(),
             pending: watch::channel(n).0,
             done_tx,
@@ -366,18 +346,14 @@ impl Uploader {
             .unwrap_or_else(|_| Err("the uploader stopped".into()))
     }
 
-    /// The queued operations that read cache file `name`, by seq.
     /// Whether a queued operation reads cache file `name`.
     pub fn reads(&self, name: &str) -> bool {
-        self.inner.queue.lock().unwrap().readers.contains_key(name)
+        self.inner.queue.lock().unwrap().is_read(name)
     }
 
+    /// The queued operations that read cache file `name`, by seq.
     pub fn users(&self, name: &str) -> Vec<i64> {
-        let q = self.inner.queue.lock().unwrap();
-        q.readers
-            .get(name)
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default()
+        self.inner.queue.lock().unwrap().readers(name)
     }
 
     /// Moves operations `seqs` from cache file `from` to `to`, a copy with
@@ -403,10 +379,8 @@ impl Uploader {
                 continue;
             }
             o.file = Some(to.to_string());
-            Queue::release(&mut q.files, from);
-            *q.files.entry(to.to_string()).or_default() += 1;
-            Queue::unread(&mut q.readers, from, *seq);
-            q.readers.entry(to.to_string()).or_default().insert(*seq);
+            q.release_file(from, Some(*seq));
+            q.use_file(to, Some(*seq));
         }
         Ok(())
     }
@@ -424,7 +398,10 @@ impl Uploader {
     pub fn pending_under(&self, prefix: &str) -> Vec<Op> {
         let q = self.inner.queue.lock().unwrap();
         q.by_key
-            .range(prefix.to_string()..)
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .filter_map(|(_, ops)| ops.back().cloned())
             .collect()
@@ -433,7 +410,7 @@ impl Uploader {
     /// Whether a queued operation (or a [`FileClaim`]) still needs the cache
     /// file `name`.
     pub fn references(&self, name: &str) -> bool {
-        self.inner.queue.lock().unwrap().files.contains_key(name)
+        self.inner.queue.lock().unwrap().uses(name) > 0
     }
 
     /// [`Uploader::references`] by anything but the operation `landed`
@@ -445,11 +422,11 @@ impl Uploader {
         // copy (`repoint`), and the file it ran on is then someone else's.
         let queued = q
             .by_key
-            .get(&landed.key)
+            .get(landed.key.as_str())
             .and_then(|l| l.iter().find(|o| o.seq == landed.seq));
         let file = queued.map_or(landed.file.as_deref(), |o| o.file.as_deref());
         let own = usize::from(file == Some(name));
-        q.files.get(name).is_some_and(|n| *n > own)
+        q.uses(name) > own
     }
 
     /// Marks the cache file `name` as needed from now until the returned claim
@@ -458,14 +435,7 @@ impl Uploader {
     /// is queued: an upload finishing in between sees the file referenced and
     /// does not retire it (make it a clean copy, or delete it).
     pub fn claim(&self, name: &str) -> FileClaim {
-        *self
-            .inner
-            .queue
-            .lock()
-            .unwrap()
-            .files
-            .entry(name.to_string())
-            .or_default() += 1;
+        self.inner.queue.lock().unwrap().use_file(name, None);
         FileClaim {
             inner: self.inner.clone(),
             name: name.to_string(),
@@ -549,8 +519,8 @@ impl Uploader {
         format!(
             "{key}: ops {seqs:?}, running {}, heads {:?}, backoff {:?}, tickets {:?}, urgent_upto {}, count {}",
             q.running.contains(key),
-            q.heads.iter().filter(|(_, k)| *k == key).collect::<Vec<_>>(),
-            q.backoff.iter().filter(|(_, k)| *k == key).collect::<Vec<_>>(),
+            q.heads.iter().filter(|(_, k)| &***k == key).collect::<Vec<_>>(),
+            q.backoff.iter().filter(|(_, k)| &***k == key).collect::<Vec<_>>(),
             q.tickets.get(key),
             q.urgent_upto,
             q.count,
@@ -618,7 +588,11 @@ pub struct FileClaim {
 
 impl Drop for FileClaim {
     fn drop(&mut self) {
-        Queue::release(&mut self.inner.queue.lock().unwrap().files, &self.name);
+        self.inner
+            .queue
+            .lock()
+            .unwrap()
+            .release_file(&self.name, None);
     }
 }
 

@@ -657,3 +657,48 @@ async fn recovered_operations_run_and_a_recorded_multipart_is_aborted_and_redone
 
 mod early;
 mod replicas;
+
+/// Memory per queued operation, counted by the allocator (glibc): a copy-in
+/// that outruns the store queues every file it writes, and each costs this
+/// much until uploaded (SEMANTICS.md, "Memory").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_queued_op_costs_under_a_kilobyte() {
+    fn used() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        unsafe { libc::mallinfo2() }.uordblks
+    }
+    let meta = ObjectMeta::new(crate::meta::S_IFREG | 0o644, 1000, 1000).to_json();
+    let n = 20_000;
+    let mut q = Queue::new(QUIET);
+    let before = used();
+    for i in 0..n {
+        // As `tar -xf` of a source tree queues them: a put per file, keys
+        // of about 30 bytes, ten files a directory.
+        q.insert(Op {
+            seq: i,
+            key: format!("tree/d{:04}/d{}/file{:04}.c", i / 100, i % 10, i),
+            kind: OpKind::Put,
+            file: Some(format!("c5eed-{i}")),
+            size: 1000,
+            meta: meta.clone(),
+            src_key: None,
+            src_version: None,
+            state: OpState::Pending,
+            attempts: 0,
+            error: None,
+            multipart_id: None,
+            version_id: None,
+            staged_at_ms: 0,
+            inline: true,
+            base: Some(crate::journal::Base {
+                etag: String::new(),
+                version: None,
+            }),
+        });
+    }
+    let per_op = (used() - before) / n as usize;
+    assert_eq!(q.count, n as usize);
+    assert!(per_op < 1024, "{per_op} bytes a queued op");
+    eprintln!("{per_op} bytes a queued op");
+}

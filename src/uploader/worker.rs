@@ -82,8 +82,9 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 })
                 .collect();
             for op in &ready {
-                q.heads.remove(&op.seq);
-                q.running.insert(op.key.clone());
+                if let Some(key) = q.heads.remove(&op.seq) {
+                    q.running.insert(key);
+                }
             }
             ready
         };
@@ -222,7 +223,7 @@ pub(super) fn input_gone(op: &Op, e: &StoreError) -> bool {
 pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
     let later = |q: &Queue| -> Vec<Op> {
         q.by_key
-            .get(&op.key)
+            .get(op.key.as_str())
             .map(|l| l.iter().filter(|o| o.seq > op.seq).cloned().collect())
             .unwrap_or_default()
     };
@@ -312,7 +313,11 @@ pub(super) async fn failed(inner: &Arc<Inner>, op: Op, e: StoreError) {
         .await;
     let waiters = {
         let mut q = inner.queue.lock().unwrap();
-        let attempts = if let Some(o) = q.by_key.get_mut(&op.key).and_then(|l| l.front_mut()) {
+        let attempts = if let Some(o) = q
+            .by_key
+            .get_mut(op.key.as_str())
+            .and_then(|l| l.front_mut())
+        {
             o.attempts += 1;
             o.error = Some(msg.clone());
             o.state = if permanent {
