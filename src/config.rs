@@ -253,6 +253,11 @@ pub struct UploadConfig {
     /// object's LastModified.
     #[serde(default = "default_early_parts")]
     pub early_parts: bool,
+    /// Uploads held in memory; a longer queue waits in the journal only and
+    /// is read back, oldest first, as the held ones finish (about 750 bytes
+    /// each in memory).
+    #[serde(default = "default_held_uploads")]
+    pub held_in_memory: usize,
 }
 
 impl Default for UploadConfig {
@@ -263,8 +268,16 @@ impl Default for UploadConfig {
             concurrency: default_concurrency(),
             defer_while_writing: default_defer_while_writing(),
             early_parts: default_early_parts(),
+            held_in_memory: default_held_uploads(),
         }
     }
+}
+
+/// Fewest uploads held in memory `upload.held_in_memory` takes.
+pub const MIN_HELD_UPLOADS: usize = 2;
+
+fn default_held_uploads() -> usize {
+    4096
 }
 
 fn default_early_parts() -> bool {

@@ -68,11 +68,13 @@ mod conflicts;
 mod discovery;
 mod history;
 mod ops;
+mod spill;
 mod summary;
 mod tasks;
 pub use conflicts::{Conflict, Conflicts};
 pub use discovery::{DiscoveryStats, Seen};
 use ops::{op_from_row, OP_COLUMNS};
+pub use spill::SpillReader;
 use tasks::{insert_task, task_from_row, TASK_COLUMNS};
 
 /// Why the journal could not do what was asked. Any of these on a write means
@@ -399,6 +401,7 @@ CREATE TABLE IF NOT EXISTS ops (
 );
 CREATE INDEX IF NOT EXISTS ops_open ON ops(state) WHERE state != 'done';
 CREATE INDEX IF NOT EXISTS ops_key ON ops(key, seq);
+CREATE INDEX IF NOT EXISTS ops_open_file ON ops(file) WHERE state != 'done';
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     seq INTEGER NOT NULL,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use regionfs::config::Config;
 use regionfs::fs::fuse::FuseFs;
 use regionfs::fs::Caller;
@@ -55,6 +55,11 @@ enum Command {
         /// in the source (or in `read.from`).
         #[arg(long)]
         as_of: Option<String>,
+        /// Mount options, comma-separated, as in /etc/fstab: `ro`,
+        /// `allow_other`, `as_of=TIME`; generic ones (`_netdev`, `nofail`,
+        /// `x-systemd.*`, …) are accepted and ignored.
+        #[arg(short = 'o', long = "options")]
+        options: Option<String>,
         mountpoint: PathBuf,
     },
     /// List every version of a file (newest first) in the source bucket.
@@ -111,7 +116,14 @@ enum Command {
         #[arg(long, default_value = "1/1", value_parser = Shard::parse)]
         shard: Shard,
     },
-    /// What is pending, failed or done, read from the journal (mounted or not).
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff; `regionfs man | man -l -`).
+    Man,
+    /// What is pending, failed or done, read from the journal (mounted or
+    /// not). Exits 0 when all is well, 2 when something failed, 3 when a
+    /// pending replica is past `replication.time_target` (1: status could
+    /// not be read).
     Status {
         #[arg(long, default_value = "/etc/regionfs/regionfs.toml")]
         config: PathBuf,
@@ -120,6 +132,13 @@ enum Command {
         /// List every upload and replication that failed, with its cause.
         #[arg(long, conflicts_with = "path")]
         failed: bool,
+        /// Show the whole mount's view again every second (or every
+        /// --interval), with upload and replication rates, until Ctrl-C.
+        #[arg(long, conflicts_with_all = ["path", "failed", "json"])]
+        watch: bool,
+        /// How often --watch looks (`1s`, `500ms`).
+        #[arg(long, default_value = "1s", requires = "watch")]
+        interval: regionfs::config::HumanDuration,
         /// A file under the mountpoint, or a path relative to the mount root.
         path: Option<PathBuf>,
     },
@@ -152,6 +171,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     raise_open_file_limit();
+    let argv0 = std::env::args_os().next().unwrap_or_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGIONFS_LOG")
@@ -159,20 +179,61 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::CheckConfig { file, probe } => return check_config(&file, probe),
+    let result = if cmd::options::is_helper(&argv0) {
+        cmd::options::helper(&std::env::args_os().skip(1).collect::<Vec<_>>())
+    } else {
+        run(Cli::parse())
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regionfs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A closed pipe ends a command that prints (`regionfs status | head -2`) as
+/// it ends `cat`: by SIGPIPE, quietly. Rust starts programs with SIGPIPE
+/// ignored, so without this the next print panics. The daemons (`mount`,
+/// `replicate`) keep ignoring it: a peer closing a socket is an error to
+/// handle there, not a reason to stop.
+fn die_on_closed_pipe() {
+    // SAFETY: resets one signal's disposition; no handler runs our code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(
+        cli.command,
+        Command::Mount { daemon: false, .. } | Command::Replicate { .. }
+    ) {
+        die_on_closed_pipe();
+    }
+    match cli.command {
+        Command::CheckConfig { file, probe } => Ok(check_config(&file, probe)),
         Command::Mount {
             config,
             daemon,
             as_of,
+            options,
             mountpoint,
         } => load(&config).and_then(|mut c| {
+            let extra = cmd::options::apply(options.as_deref().unwrap_or(""), &mut c)?;
+            let as_of = as_of.or(extra.as_of);
             if let Some(t) = &as_of {
                 c.mount.as_of = Some(parse_instant(t)?);
             }
             if daemon {
-                daemonize(&config, &c, &mountpoint, as_of.as_deref())
+                daemonize(
+                    &config,
+                    &c,
+                    &mountpoint,
+                    as_of.as_deref(),
+                    options.as_deref(),
+                )
             } else {
                 mount(c, &mountpoint)
             }
@@ -185,6 +246,12 @@ fn main() -> ExitCode {
             version,
             path,
         } => load(&config).and_then(|c| restore(&c, &version, &path)),
+        Command::Status {
+            config,
+            watch: true,
+            interval,
+            ..
+        } => load(&config).and_then(|c| cmd::status::watch(&c, interval.0)),
         Command::Status {
             config,
             json,
@@ -202,13 +269,19 @@ fn main() -> ExitCode {
         } => load(&config).and_then(|c| resync(&c, &prefix, all_versions, failed)),
         Command::Verify { config, prefix } => load(&config).and_then(|c| verify(&c, &prefix)),
         Command::Replicate { config, shard } => load(&config).and_then(|c| replicate(&c, shard)),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("regionfs: {e:#}");
-            ExitCode::from(1)
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "regionfs",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
         }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .context("writing the man page"),
     }
 }
 

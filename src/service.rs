@@ -125,14 +125,22 @@ pub async fn start_with_stores(
     )?;
     cache.limit_clean_files(config.cache.max_clean_files);
     let journal = Journal::open(&cache.journal_path())?;
-    let ops = journal.open_ops().await?;
+    // The oldest open ops are queued in memory, the rest stay in the
+    // journal (see `uploader`, "Spill"): a start costs O(held), plus a
+    // seq and a cache file name per open op while it reads them.
+    let held = config.upload.held_in_memory.max(1);
+    let ops = journal.open_ops_after(0, held).await?;
+    let spilled = match ops.last() {
+        Some(last) if ops.len() == held => journal.open_seqs_after(last.seq).await?,
+        _ => Vec::new(),
+    };
     if config.read_only() && (!ops.is_empty() || !journal.open_tasks().await?.is_empty()) {
         // They belong to the read-write mount of this cache dir, and would go
         // to the wrong bucket (or nowhere) from here.
         return Err(ServiceError::Source(format!(
             "cache dir {} holds {} pending upload(s) and replication(s) of a read-write mount: mount that first to finish them, or give this read-only mount its own cache.dir",
             config.cache.dir.display(),
-            ops.len()
+            ops.len() + spilled.len()
         )));
     }
     // Small staged files live in the journal; their cache copies were never
@@ -153,7 +161,7 @@ pub async fn start_with_stores(
     }
     crate::cache::boot::note(cache.root())
         .map_err(|e| crate::cache::CacheError::io(&cache.root().join("boot"), e))?;
-    let needed: HashSet<String> = ops.iter().filter_map(|o| o.file.clone()).collect();
+    let needed: HashSet<String> = journal.open_files().await?.into_iter().collect();
     let quarantined = cache.recover(&needed)?;
     if !quarantined.is_empty() {
         tracing::warn!(
@@ -163,7 +171,10 @@ pub async fn start_with_stores(
         );
     }
     if !ops.is_empty() {
-        tracing::info!(count = ops.len(), "resuming operations from the journal");
+        tracing::info!(
+            count = ops.len() + spilled.len(),
+            "resuming operations from the journal"
+        );
     }
     let mut replica_stores: Vec<(String, Arc<dyn ObjectStore>)> = destinations
         .iter()
@@ -198,7 +209,7 @@ pub async fn start_with_stores(
         cache.clone(),
         config.upload.clone(),
         config.cache.write_back_delay.0,
-        ops,
+        crate::uploader::Recovered { held: ops, spilled },
         Some(replicator.clone()),
     );
     replicator.give_way_to(uploader.busy_signal(), crate::replicator::GIVE_WAY_AT_MOST);
@@ -314,14 +325,16 @@ impl Service {
         }
     }
 
-    pub async fn drain(&self, timeout: Duration) -> usize {
+    /// `report` gets each line saying what is still waited for (the mount
+    /// prints it, and tells systemd).
+    pub async fn drain(&self, timeout: Duration, report: &(dyn Fn(&str) + Sync)) -> usize {
         // Nothing new is queued while draining (a pass cut short is redone
         // from the journal at the next start).
         if let Some(d) = self.discovery.lock().unwrap().take() {
             d.abort();
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let uploads = self.drain_uploads(timeout).await;
+        let uploads = self.drain_uploads(timeout, report).await;
         if let Some(ix) = self.core.indexer() {
             // Attribute indexes of what was just uploaded (a cache: a few
             // seconds at most, whatever is left is not written).
@@ -335,32 +348,34 @@ impl Service {
             .replicator
             .drain(left, |n| {
                 if n != last && n > 0 {
-                    eprintln!("regionfs: waiting for {n} pending replication(s)…");
+                    report(&format!("waiting for {n} pending replication(s)…"));
                 }
                 last = n;
             })
             .await;
         if replication > 0 {
-            eprintln!("regionfs: {replication} replication(s) still pending; they resume at the next start");
+            report(&format!(
+                "{replication} replication(s) still pending; they resume at the next start"
+            ));
         }
         uploads + replication
     }
 
-    async fn drain_uploads(&self, timeout: Duration) -> usize {
+    async fn drain_uploads(&self, timeout: Duration, report: &(dyn Fn(&str) + Sync)) -> usize {
         let mut last = usize::MAX;
         let left = self
             .uploader
             .drain(timeout, |n| {
                 if n != last && n > 0 {
-                    eprintln!("regionfs: waiting for {n} pending upload(s)…");
+                    report(&format!("waiting for {n} pending upload(s)…"));
                 }
                 last = n;
             })
             .await;
         if left > 0 {
-            eprintln!(
-                "regionfs: {left} upload(s) still pending after {timeout:?}; they stay in the journal and resume at the next start"
-            );
+            report(&format!(
+                "{left} upload(s) still pending after {timeout:?}; they stay in the journal and resume at the next start"
+            ));
         }
         left
     }

@@ -52,6 +52,28 @@
 //! ([`schedule::decide`], with an exhaustive test); [`queue`] keeps the state
 //! it reads and [`worker`] runs what it starts.
 //!
+//! # Spill
+//! At most `upload.held_in_memory` operations are queued in memory. An
+//! operation submitted while that many are held (and past every held one)
+//! stays in the journal only, and so does every one after it while the
+//! *spill* lasts: memory does not grow with the backlog of a copy-in that
+//! outruns the source, or of a source that is down. Once the held ones
+//! drain to half the window, the oldest spilled ones are read back, in seq
+//! order; the spill ends when a read-back finds none left. So every op up
+//! to the spill's start is in memory (or done), every one after it in the
+//! journal, and per-key order holds as above.
+//!
+//! What the mount asks of queued ops (a key's pending ops, the newest under
+//! a prefix, who reads a cache file, waiting for one) is answered from
+//! memory and, past the spill's start, from the journal
+//! ([`SpillReader`]): an op is in one or the other, never neither, since it
+//! is committed before it is counted and leaves the journal's open rows
+//! only by running. A read-back and a change of spilled ops (a metadata
+//! amend, a repoint to a copy, a drop by `replan`) exclude each other, so
+//! none is lost between the journal read and the queueing. The spill
+//! counts the ops it holds exactly, as seq ranges, so `pending` (what the
+//! drain at unmount waits on) is exact too.
+//!
 //! # Retries
 //! Transient errors (network, throttling, 5xx) retry with jittered exponential
 //! backoff, capped at 30 s, forever. Permanent errors (AccessDenied,
@@ -72,7 +94,7 @@ use crate::cache::Cache;
 use crate::clock::now_ms;
 use crate::config::UploadConfig;
 use crate::error::StoreError;
-use crate::journal::{Durability, Journal, JournalError, NewOp, Op, OpKind, OpState};
+use crate::journal::{Durability, Journal, JournalError, NewOp, Op, OpKind, OpState, SpillReader};
 use crate::meta::ObjectMeta;
 use crate::retry::{jittered_backoff, wait_for_zero};
 use crate::store::{
@@ -118,6 +140,25 @@ pub enum Event {
     Lost { op: Op, error: String },
 }
 
+/// The open operations a start finds in the journal.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The oldest (at most `upload.held_in_memory`), queued in memory.
+    pub held: Vec<Op>,
+    /// The seqs of the open ones after them, left in the journal (see
+    /// "Spill").
+    pub spilled: Vec<i64>,
+}
+
+impl From<Vec<Op>> for Recovered {
+    fn from(held: Vec<Op>) -> Recovered {
+        Recovered {
+            held,
+            spilled: Vec::new(),
+        }
+    }
+}
+
 /// What waiting for an operation ended with.
 pub type WaitResult = Result<(), String>;
 
@@ -137,6 +178,12 @@ struct Inner {
     acl: Mutex<Option<(String, Arc<crate::replicator::AclState>)>>,
     /// Whether the source takes conditional PUTs (see `guard`).
     conditions: ConditionSupport,
+    /// Held while the spill's boundary may move under a change of spilled
+    /// ops: a refill (reads the journal, then queues what it read) against
+    /// an amend, a repoint or a drop of ops past it (see "Spill").
+    spill_lock: tokio::sync::Mutex<()>,
+    /// Lookups of spilled ops, opened at the first.
+    reader: std::sync::OnceLock<Option<SpillReader>>,
 }
 
 /// Handle to the write-back worker.
@@ -146,8 +193,8 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Starts the worker with the operations recovered from the journal. Every
-    /// finished operation is also sent on the returned channel (see
+    /// Starts the worker with the operations recovered from the journal.
+    /// Every finished operation is also sent on the returned channel (see
     /// [`Landed`]).
     pub fn start(
         store: Arc<dyn ObjectStore>,
@@ -155,11 +202,16 @@ impl Uploader {
         cache: Arc<Cache>,
         cfg: UploadConfig,
         delay: Duration,
-        recovered: Vec<Op>,
+        recovered: Recovered,
         replicator: Option<crate::replicator::Replicator>,
     ) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
+        let Recovered {
+            held: recovered,
+            spilled,
+        } = recovered;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let n = recovered.len();
+        let n = recovered.len() + spilled.len();
+        let held = cfg.held_in_memory.max(1);
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
         let inner = Arc::new(Inner {
             store,
@@ -168,6 +220,8 @@ impl Uploader {
             cfg,
             delay,
             conditions: ConditionSupport::new(),
+            spill_lock: tokio::sync::Mutex::new(()),
+            reader: std::sync::OnceLock::new(),
             queue: Mutex::new(Queue::new(QUIET)),
             wake: Notify::new(),
             pending: watch::channel(n).0,
@@ -178,8 +232,17 @@ impl Uploader {
         });
         {
             let mut q = inner.queue.lock().unwrap();
+            q.held = held;
+            let upto = recovered.last().map_or(0, |o| o.seq);
             for op in recovered {
                 q.insert(op);
+            }
+            if !spilled.is_empty() {
+                let mut s = queue::Spill::new(upto);
+                for seq in spilled {
+                    s.add(seq);
+                }
+                q.spill = Some(s);
             }
         }
         crate::background::spawn(run(inner.clone()));
@@ -284,10 +347,10 @@ impl Uploader {
             if let Some(e) = early {
                 q.early.insert(seq, e);
             }
-            q.insert(staged);
+            q.arrive(staged);
             // Sent under the lock: sent after it, two updates could arrive
             // in the wrong order and leave a stale count.
-            self.inner.pending.send_replace(q.count);
+            self.inner.pending.send_replace(q.pending());
             drop(q);
         }
         self.inner.wake.notify_one();
@@ -305,6 +368,44 @@ impl Uploader {
     /// from now on sends `meta`; then its journal row, before the caller
     /// answers.
     pub async fn amend_meta(&self, key: &str, meta: String) -> Result<Option<i64>, JournalError> {
+        if self.inner.queue.lock().unwrap().spill.is_none() {
+            return self.amend_held(key, meta).await;
+        }
+        // The key's newest op may be spilled: amended in the journal, where
+        // the refill that queues it will read it (not meanwhile: the lock).
+        let _boundary = self.inner.spill_lock.lock().await;
+        let Some(after) = self.inner.queue.lock().unwrap().spilled_after() else {
+            return self.amend_held(key, meta).await;
+        };
+        let Some(reader) = self.reader() else {
+            return Ok(None);
+        };
+        let newest = match reader.of_key(key, after) {
+            Ok(ops) => ops.into_iter().last(),
+            // The caller queues a copy instead: one version more.
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot read the spilled uploads");
+                return Ok(None);
+            }
+        };
+        let Some(op) = newest else {
+            return self.amend_held(key, meta).await;
+        };
+        {
+            let q = self.inner.queue.lock().unwrap();
+            if q.tickets.contains_key(key)
+                || op.kind == OpKind::Delete
+                || q.early.contains_key(&op.seq)
+            {
+                return Ok(None);
+            }
+        }
+        self.inner.journal.amend_meta(op.seq, meta).await?;
+        Ok(Some(op.seq))
+    }
+
+    /// [`Uploader::amend_meta`] of an op held in memory.
+    async fn amend_held(&self, key: &str, meta: String) -> Result<Option<i64>, JournalError> {
         let seq = {
             let mut q = self.inner.queue.lock().unwrap();
             let q = &mut *q;
@@ -329,11 +430,44 @@ impl Uploader {
         Ok(Some(seq))
     }
 
+    /// The lookups of spilled ops (None, logged, when the journal cannot be
+    /// opened for them).
+    fn reader(&self) -> Option<&SpillReader> {
+        Self::spill_reader(&self.inner)
+    }
+
+    fn spill_reader(inner: &Inner) -> Option<&SpillReader> {
+        inner
+            .reader
+            .get_or_init(|| match SpillReader::open(&inner.journal.path()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the journal to look up spilled uploads");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// The spilled ops (after seq `after`) reading cache file `name`; Err
+    /// when they cannot be looked up.
+    fn spilled_readers(&self, name: &str, after: i64) -> Result<Vec<i64>, ()> {
+        let reader = self.reader().ok_or(())?;
+        reader.reading(name, after).map_err(|e| {
+            tracing::warn!(file = name, error = %e, "cannot read the spilled uploads");
+        })
+    }
+
     /// Waits until operation `seq` reached the bucket (Ok) or failed permanently (Err).
     pub async fn wait(&self, seq: i64) -> WaitResult {
         let rx = {
             let mut q = self.inner.queue.lock().unwrap();
-            if !q.keys.contains_key(&seq) {
+            // Under the lock: an op dropped from the spill (`worker::gone`)
+            // is either not open here or its waiters are taken after.
+            let spilled = q.spilled_after().is_some_and(|after| {
+                seq > after && self.reader().is_none_or(|r| r.is_open(seq).unwrap_or(true))
+            });
+            if !q.keys.contains_key(&seq) && !spilled {
                 return Ok(());
             }
             let (tx, rx) = oneshot::channel();
@@ -348,12 +482,26 @@ impl Uploader {
 
     /// Whether a queued operation reads cache file `name`.
     pub fn reads(&self, name: &str) -> bool {
-        self.inner.queue.lock().unwrap().is_read(name)
+        let (held, after) = {
+            let q = self.inner.queue.lock().unwrap();
+            (q.is_read(name), q.spilled_after())
+        };
+        held || after.is_some_and(|a| {
+            self.spilled_readers(name, a)
+                .map_or(true, |r| !r.is_empty())
+        })
     }
 
     /// The queued operations that read cache file `name`, by seq.
     pub fn users(&self, name: &str) -> Vec<i64> {
-        self.inner.queue.lock().unwrap().readers(name)
+        let (mut seqs, after) = {
+            let q = self.inner.queue.lock().unwrap();
+            (q.readers(name), q.spilled_after())
+        };
+        if let Some(a) = after {
+            seqs.extend(self.spilled_readers(name, a).unwrap_or_default());
+        }
+        seqs
     }
 
     /// Moves operations `seqs` from cache file `from` to `to`, a copy with
@@ -361,6 +509,8 @@ impl Uploader {
     /// `from` may be written. An attempt already reading `from` is checked
     /// like any (see "Files written after staging"); its retry reads `to`.
     pub async fn repoint(&self, seqs: &[i64], from: &str, to: &str) -> Result<(), JournalError> {
+        // A spilled op repointed in the journal is read back repointed.
+        let _boundary = self.inner.spill_lock.lock().await;
         for seq in seqs {
             self.inner.journal.repoint(*seq, to.to_string()).await?;
         }
@@ -387,30 +537,65 @@ impl Uploader {
 
     /// The operations still queued for `key`, oldest first.
     pub fn pending_for(&self, key: &str) -> Vec<Op> {
-        let q = self.inner.queue.lock().unwrap();
-        q.by_key
-            .get(key)
-            .map(|v| v.iter().cloned().collect())
-            .unwrap_or_default()
+        let (mut ops, after): (Vec<Op>, _) = {
+            let q = self.inner.queue.lock().unwrap();
+            let held = q.by_key.get(key).map(|v| v.iter().cloned().collect());
+            (held.unwrap_or_default(), q.spilled_after())
+        };
+        if let (Some(a), Some(r)) = (after, after.and_then(|_| self.reader())) {
+            match r.of_key(key, a) {
+                Ok(spilled) => ops.extend(spilled),
+                Err(e) => tracing::warn!(key, error = %e, "cannot read the spilled uploads"),
+            }
+        }
+        ops
     }
 
     /// The newest queued operation of every key under `prefix`.
     pub fn pending_under(&self, prefix: &str) -> Vec<Op> {
-        let q = self.inner.queue.lock().unwrap();
-        q.by_key
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(_, ops)| ops.back().cloned())
-            .collect()
+        let (held, after): (Vec<Op>, _) = {
+            let q = self.inner.queue.lock().unwrap();
+            let held = q
+                .by_key
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter_map(|(_, ops)| ops.back().cloned())
+                .collect();
+            (held, q.spilled_after())
+        };
+        let Some((a, r)) = after.zip(after.and_then(|_| self.reader())) else {
+            return held;
+        };
+        let spilled = match r.under(prefix, a) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(prefix, error = %e, "cannot read the spilled uploads");
+                return held;
+            }
+        };
+        // A key's spilled op is newer than its held ones.
+        let mut newest: BTreeMap<String, Op> =
+            held.into_iter().map(|o| (o.key.clone(), o)).collect();
+        for o in spilled {
+            newest.insert(o.key.clone(), o);
+        }
+        newest.into_values().collect()
     }
 
     /// Whether a queued operation (or a [`FileClaim`]) still needs the cache
     /// file `name`.
     pub fn references(&self, name: &str) -> bool {
-        self.inner.queue.lock().unwrap().uses(name) > 0
+        let (held, after) = {
+            let q = self.inner.queue.lock().unwrap();
+            (q.uses(name) > 0, q.spilled_after())
+        };
+        held || after.is_some_and(|a| {
+            self.spilled_readers(name, a)
+                .map_or(true, |r| !r.is_empty())
+        })
     }
 
     /// [`Uploader::references`] by anything but the operation `landed`
@@ -426,7 +611,15 @@ impl Uploader {
             .and_then(|l| l.iter().find(|o| o.seq == landed.seq));
         let file = queued.map_or(landed.file.as_deref(), |o| o.file.as_deref());
         let own = usize::from(file == Some(name));
-        q.uses(name) > own
+        if q.uses(name) > own {
+            return true;
+        }
+        let after = q.spilled_after();
+        drop(q);
+        after.is_some_and(|a| {
+            self.spilled_readers(name, a)
+                .map_or(true, |r| !r.is_empty())
+        })
     }
 
     /// Marks the cache file `name` as needed from now until the returned claim
@@ -473,7 +666,8 @@ impl Uploader {
     pub(crate) fn hurry(&self) {
         let mut q = self.inner.queue.lock().unwrap();
         let last = q.keys.keys().max().copied().unwrap_or(0);
-        q.urgent_upto = q.urgent_upto.max(last);
+        let spilled = q.spill.as_ref().and_then(|s| s.last()).unwrap_or(0);
+        q.urgent_upto = q.urgent_upto.max(last).max(spilled);
         drop(q);
         self.inner.wake.notify_one();
     }
@@ -545,7 +739,7 @@ impl Uploader {
             inner.upgrade().map_or_else(Default::default, |i| {
                 let q = i.queue.lock().unwrap();
                 crate::replicator::SourceLoad {
-                    queued: q.count,
+                    queued: q.pending(),
                     submitting: q.last_submit.is_some_and(|t| t.elapsed() < q.quiet),
                 }
             })

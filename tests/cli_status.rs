@@ -44,9 +44,10 @@ async fn status_failed_lists_each_lost_upload_with_its_cause_in_text_and_json() 
     .unwrap();
 
     let out = common::regionfs_cli(&["status", "--failed"], &config);
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "something failed: exit 2; {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
@@ -72,7 +73,130 @@ async fn status_failed_lists_each_lost_upload_with_its_cause_in_text_and_json() 
 
     // The summary counts it as failed, not pending.
     let out = common::regionfs_cli(&["status", "--json"], &config);
+    assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["uploads"]["failed"], 1, "{v}");
     assert_eq!(v["uploads"]["pending"], 0, "{v}");
+    let out = common::regionfs_cli(&["status", "team/lost.txt"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    let out = common::regionfs_cli(&["status", "team/fine.txt"], &config);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[tokio::test]
+async fn status_exits_0_when_nothing_failed_and_quietly_into_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let journal = Journal::open(&cache.join("journal.db")).unwrap();
+    for i in 0..3 {
+        let seq = journal
+            .stage(NewOp {
+                key: format!("ok{i}.txt"),
+                kind: OpKind::Delete,
+                file: None,
+                size: 0,
+                meta: "{}".into(),
+                src_key: None,
+                src_version: None,
+                inline: None,
+                base: None,
+            })
+            .await
+            .unwrap();
+        journal.complete(seq, Some(format!("v{i}"))).await.unwrap();
+    }
+    drop(journal);
+    let config = dir.path().join("regionfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nname = \"src\"\nregion = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\nregion = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n[[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"{}\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    let out = common::regionfs_cli(&["status"], &config);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().count() >= 2, "{text}");
+
+    // `regionfs status | head -0`: the reader is gone before the first
+    // line, so the first write meets a closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::regionfs_bin())
+        .args(["status", "--config"])
+        .arg(&config)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "ended by SIGPIPE, as Unix tools are: {:?}",
+        out.status
+    );
+}
+
+#[tokio::test]
+async fn status_watch_redraws_on_a_terminal_with_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    drop(Journal::open(&cache.join("journal.db")).unwrap());
+    let config = dir.path().join("regionfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nname = \"src\"\nregion = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\nregion = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n[[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"{}\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    // A pseudo-terminal: script(1) runs the command on one.
+    let cmd = format!(
+        "{} status --watch --interval 200ms --config {}",
+        common::regionfs_bin(),
+        config.display()
+    );
+    let child = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = common::ProcessGuard::new(child, "script");
+    let mut stdout = guard.child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = common::wait_for("three views", std::time::Duration::from_secs(30), || {
+        let t = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        (t.matches("\x1b[H\x1b[2J").count() >= 3).then_some(t)
+    });
+    guard.kill();
+    let last = text.rsplit("\x1b[H\x1b[2J").next().unwrap();
+    assert!(
+        last.contains("uploads") && last.contains("queued"),
+        "{last}"
+    );
+    assert!(last.contains("to eu"), "{last}");
+    assert!(
+        last.contains("copied 0.0/s"),
+        "rates from the second view on: {last}"
+    );
+    assert!(last.contains("health         ok"), "{last}");
 }

@@ -93,7 +93,7 @@ fn a_journal_that_stops_committing_loses_no_acknowledged_write() {
     let rt = runtime();
     rt.block_on(async {
         let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
-        assert_eq!(svc.drain(Duration::from_secs(20)).await, 0);
+        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
         for name in &acked {
             let body = mem
                 .get(name, Default::default())
@@ -137,7 +137,7 @@ fn uploads_that_fail_transiently_then_permanently_all_land_once_fixed() {
                 .unwrap();
         }
         assert_eq!(
-            svc.drain(Duration::from_secs(30)).await,
+            svc.drain(Duration::from_secs(30), &|_| {}).await,
             0,
             "transient failures retry until done"
         );
@@ -159,7 +159,7 @@ fn uploads_that_fail_transiently_then_permanently_all_land_once_fixed() {
     let rt = runtime();
     rt.block_on(async {
         let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
-        assert_eq!(svc.drain(Duration::from_secs(20)).await, 0);
+        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
         for i in 0..5 {
             assert_eq!(
                 mem.history(&format!("t{i}")).len(),

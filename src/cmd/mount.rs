@@ -2,6 +2,7 @@
 //! mount is ready; the metrics endpoint beside it.
 
 use crate::*;
+use cmd::notify::notify;
 
 /// Serves `[metrics] listen`, when configured, on the current runtime.
 pub(crate) fn serve_metrics(config: &Config, svc: &service::Service) {
@@ -44,9 +45,17 @@ pub(crate) fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Res
     let mut opts = fuser::Config::default();
     opts.mount_options = vec![
         fuser::MountOption::FSName("regionfs".into()),
-        fuser::MountOption::Subtype("regionfs".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    // The mount's type is `fuse.regionfs` (`findmnt -t fuse.regionfs`, `df
+    // -t`). fuser hands `Subtype` only to fusermount3; a mount(2) of its
+    // own (as root) needs it among the kernel's options.
+    // SAFETY: geteuid cannot fail and touches no memory.
+    opts.mount_options.push(if unsafe { libc::geteuid() } == 0 {
+        fuser::MountOption::CUSTOM("subtype=regionfs".into())
+    } else {
+        fuser::MountOption::Subtype("regionfs".into())
+    });
     if config.read_only() {
         opts.mount_options.push(fuser::MountOption::RO);
     }
@@ -79,6 +88,11 @@ pub(crate) fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Res
         mountpoint.display(),
         config.cache.dir.display()
     );
+    notify(&format!(
+        "READY=1\nSTATUS=mounted {} at {}",
+        config.source.describe(),
+        mountpoint.display()
+    ));
     let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
     let joined = tx.clone();
     let joiner = std::thread::spawn(move || {
@@ -98,8 +112,13 @@ pub(crate) fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Res
         eprintln!("regionfs: unmounting {}", mountpoint.display());
         service::detach(&mountpoint);
     }
+    notify("STOPPING=1\nSTATUS=unmounted; draining");
     let _ = joiner.join();
-    let left = rt.block_on(svc.drain(config.durability.drain_on_unmount.0));
+    let report = |line: &str| {
+        eprintln!("regionfs: {line}");
+        notify(&format!("STATUS={line}"));
+    };
+    let left = rt.block_on(svc.drain(config.durability.drain_on_unmount.0, &report));
     if left == 0 {
         eprintln!("regionfs: unmounted; everything is uploaded");
     }
@@ -121,6 +140,7 @@ pub(crate) fn daemonize(
     config: &Config,
     mountpoint: &std::path::Path,
     as_of: Option<&str>,
+    options: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&config.cache.dir)?;
@@ -134,6 +154,7 @@ pub(crate) fn daemonize(
         .arg("--config")
         .arg(config_path)
         .args(as_of.map(|t| format!("--as-of={t}")))
+        .args(options.map(|o| format!("--options={o}")))
         .arg(mountpoint)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)

@@ -176,7 +176,10 @@ pub(crate) fn replicate(config: &Config, shard: Shard) -> anyhow::Result<ExitCod
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        svc.drain(config.durability.drain_on_unmount.0).await;
+        svc.drain(config.durability.drain_on_unmount.0, &|l| {
+            eprintln!("regionfs: {l}")
+        })
+        .await;
         Ok(ExitCode::SUCCESS)
     })
 }

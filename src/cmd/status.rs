@@ -2,6 +2,7 @@
 //! path's upload and replication state, or the failed work.
 
 use crate::*;
+use regionfs::status::Health;
 
 /// The journal of `config`'s cache dir, read-only, and a runtime to ask it.
 pub(crate) fn open_journal(config: &Config) -> anyhow::Result<(tokio::runtime::Runtime, Journal)> {
@@ -70,10 +71,14 @@ pub(crate) fn status_failed(config: &Config, json: bool) -> anyhow::Result<ExitC
                 );
             }
         }
-        Ok(ExitCode::SUCCESS)
+        let failed = !ops.is_empty() || !tasks.is_empty();
+        Ok(ExitCode::from(if failed { Health::Failed } else { Health::Ok }.exit_code()))
     })
 }
 
+/// Whole mount: exit 0, 2 when something failed, 3 when a pending replica
+/// is past `replication.time_target` (see [`Health`]); one path: 2 when its
+/// upload or one of its replications failed.
 pub(crate) fn status(
     config: &Config,
     json: bool,
@@ -81,7 +86,7 @@ pub(crate) fn status(
 ) -> anyhow::Result<ExitCode> {
     let (rt, journal) = open_journal(config)?;
     rt.block_on(async {
-        match path {
+        let health = match path {
             None => {
                 let s = regionfs::status::status(&journal, config).await?;
                 if json {
@@ -167,6 +172,7 @@ pub(crate) fn status(
                         }
                     }
                 }
+                s.health(config.replication.time_target.0)
             }
             Some(p) => {
                 let rel = relative_path(config, p);
@@ -209,9 +215,18 @@ pub(crate) fn status(
                         );
                     }
                 }
+                let failed = local == "failed"
+                    || tasks
+                        .iter()
+                        .any(|t| t.status == regionfs::journal::TaskStatus::Failed);
+                if failed {
+                    Health::Failed
+                } else {
+                    Health::Ok
+                }
             }
-        }
-        Ok(ExitCode::SUCCESS)
+        };
+        Ok(ExitCode::from(health.exit_code()))
     })
 }
 
@@ -247,4 +262,184 @@ pub(crate) fn relative_path(config: &Config, p: &std::path::Path) -> String {
         }
     }
     p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// `status --watch`: the whole mount's view again every `every`, with the
+/// rates between two looks, until interrupted. On a terminal each view
+/// replaces the last; into a pipe or a file they follow one another.
+pub(crate) fn watch(config: &Config, every: std::time::Duration) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal as _, Write as _};
+    let (rt, journal) = open_journal(config)?;
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<(regionfs::status::Status, std::time::Instant)> = None;
+    loop {
+        let s = rt.block_on(regionfs::status::status(&journal, config))?;
+        let now = std::time::Instant::now();
+        let since = prev
+            .as_ref()
+            .map(|(p, at)| (p, now.duration_since(*at).as_secs_f64()));
+        let frame = watch_frame(since, &s, config, &format_epoch(unix_now()));
+        let mut out = std::io::stdout().lock();
+        if tty {
+            // Cursor home, clear the screen.
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        write!(out, "{frame}")?;
+        out.flush()?;
+        drop(out);
+        prev = Some((s, now));
+        std::thread::sleep(every);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Bytes as `12.3 MiB`.
+fn human_bytes(b: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {}", units[i])
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// One view of `status --watch`: `prev` is the view before and the seconds
+/// since it (rates need two looks; the first view shows none).
+pub(crate) fn watch_frame(
+    prev: Option<(&regionfs::status::Status, f64)>,
+    s: &regionfs::status::Status,
+    config: &Config,
+    at: &str,
+) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let rate = |now: u64, before: Option<u64>, dt: f64| -> Option<f64> {
+        before
+            .filter(|_| dt > 0.0)
+            .map(|b| (now as f64 - b as f64) / dt)
+    };
+    let dt = prev.map_or(0.0, |(_, dt)| dt);
+    let _ = writeln!(o, "regionfs {}  {at}", config.source.describe());
+    let u = &s.uploads;
+    let queued_rate = rate(u.pending, prev.map(|(p, _)| p.uploads.pending), dt)
+        .map(|r| format!(", {r:+.1}/s"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "uploads        queued {:>8} {:>11}{queued_rate}   failed {}   oldest {:.1} s",
+        u.pending,
+        human_bytes(u.pending_bytes as f64),
+        u.failed,
+        u.oldest_pending_s
+    );
+    for (d, r) in &s.replication {
+        let before = prev.and_then(|(p, _)| p.replication.get(d));
+        let copied = rate(r.completed, before.map(|b| b.completed), dt)
+            .map(|v| format!("{v:.1}/s"))
+            .unwrap_or_else(|| "-".into());
+        let bytes = rate(r.bytes_replicated, before.map(|b| b.bytes_replicated), dt)
+            .map(|v| format!("{}/s", human_bytes(v.max(0.0))))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "to {d:<11} pending {:>8} {:>11}   copied {copied} ({bytes})   lag {:.1} s   failed {}   missed {} target {}",
+            r.pending,
+            human_bytes(r.pending_bytes as f64),
+            r.oldest_pending_s,
+            r.failed,
+            r.missed_target,
+            config.replication.time_target
+        );
+    }
+    if let Some(reads) = &s.reads {
+        let regions: Vec<String> = reads
+            .regions
+            .iter()
+            .map(|(n, st)| match (st.reachable, st.rtt_ms) {
+                (false, _) => format!("{n} unreachable"),
+                (true, Some(ms)) => format!("{n} {ms:.1} ms"),
+                (true, None) => format!("{n} -"),
+            })
+            .collect();
+        let _ = writeln!(o, "regions        {}", regions.join("   "));
+    }
+    let health = match s.health(config.replication.time_target.0) {
+        Health::Ok => "ok".to_string(),
+        Health::Failed => "FAILED: regionfs status --failed says what".to_string(),
+        Health::Overdue => format!(
+            "OVERDUE: a replica pending longer than {}",
+            config.replication.time_target
+        ),
+    };
+    let _ = writeln!(o, "health         {health}");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regionfs::journal::{DestinationSummary, UploadSummary};
+
+    fn config() -> Config {
+        Config::parse(
+            "[source]\nname = \"us\"\nregion = \"us-east-1\"\nbucket = \"b\"\n\
+             endpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\n\
+             region = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n\
+             [[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"/tmp/x\"\n",
+        )
+        .unwrap()
+    }
+
+    fn status(pending: u64, completed: u64, bytes: u64) -> regionfs::status::Status {
+        regionfs::status::Status {
+            uploads: UploadSummary {
+                pending,
+                pending_bytes: pending * 1024,
+                ..Default::default()
+            },
+            replication: [(
+                "eu".to_string(),
+                DestinationSummary {
+                    pending: 7,
+                    completed,
+                    bytes_replicated: bytes,
+                    oldest_pending_s: 1.5,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            acls: Default::default(),
+            reads: None,
+            reads_age_s: None,
+            discovery: Vec::new(),
+            replaced: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_watch_view_shows_rates_between_two_looks_and_none_in_the_first() {
+        let c = config();
+        let first = watch_frame(None, &status(100, 10, 0), &c, "T");
+        assert!(first.contains("queued      100"), "{first}");
+        assert!(first.contains("copied - (-)"), "{first}");
+        assert!(first.contains("health         ok"), "{first}");
+        let before = status(100, 10, 0);
+        let now = status(80, 30, 4 << 20);
+        let second = watch_frame(Some((&before, 2.0)), &now, &c, "T");
+        assert!(second.contains("queued       80"), "{second}");
+        assert!(second.contains("-10.0/s"), "{second}");
+        assert!(second.contains("copied 10.0/s (2.0 MiB/s)"), "{second}");
+        assert!(second.contains("lag 1.5 s"), "{second}");
+    }
 }

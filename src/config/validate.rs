@@ -207,6 +207,12 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.upload.held_in_memory < MIN_HELD_UPLOADS {
+            return Err(invalid(
+                "upload.held_in_memory".into(),
+                format!("must be at least {MIN_HELD_UPLOADS}"),
+            ));
+        }
         if self.replication.workers == 0 {
             return Err(invalid(
                 "replication.workers".into(),

@@ -50,6 +50,105 @@ pub(super) struct Queue {
     /// Ops whose last attempt found their file written while it was read:
     /// the next one uploads a copy (see "Files written after staging").
     pub(super) changed: HashSet<i64>,
+    /// At most this many ops in memory before new ones spill (see "Spill").
+    pub(super) held: usize,
+    /// The ops past the window, while there are any.
+    pub(super) spill: Option<Spill>,
+    /// The largest seq ever queued in memory.
+    pub(super) high_seq: i64,
+    /// Ops whose submit is to be ignored when it arrives: a refill loaded
+    /// them already, or they were dropped from the spill before it did.
+    pub(super) preloaded: HashSet<i64>,
+    /// A refill is reading the journal, or (`Some(t)`) none before `t`.
+    pub(super) refilling: bool,
+    pub(super) refill_after: Option<Instant>,
+}
+
+/// Open ops in the journal only: every op with a seq above `upto` (and
+/// none at or below it, which are in memory or done).
+#[derive(Debug)]
+pub(super) struct Spill {
+    pub(super) upto: i64,
+    /// The spilled ops whose submit arrived (or that a start found), as
+    /// ranges first..=last, and how many: what `pending` counts and a
+    /// refill takes off as it loads them.
+    ranges: BTreeMap<i64, i64>,
+    count: usize,
+}
+
+impl Spill {
+    pub(super) fn new(upto: i64) -> Spill {
+        Spill {
+            upto,
+            ranges: BTreeMap::new(),
+            count: 0,
+        }
+    }
+
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The largest seq counted.
+    #[cfg(test)]
+    pub(super) fn last(&self) -> Option<i64> {
+        self.ranges.last_key_value().map(|(_, last)| *last)
+    }
+
+    /// Counts `seq` (submits arrive about in seq order: one range grows).
+    pub(super) fn add(&mut self, seq: i64) {
+        if self.contains(seq) {
+            return;
+        }
+        self.count += 1;
+        let below = self.ranges.range(..seq).next_back().map(|(f, l)| (*f, *l));
+        let above = self.ranges.get(&(seq + 1)).copied();
+        match (below, above) {
+            (Some((f, l)), Some(al)) if l + 1 == seq => {
+                self.ranges.remove(&(seq + 1));
+                self.ranges.insert(f, al);
+            }
+            (Some((f, l)), _) if l + 1 == seq => {
+                self.ranges.insert(f, seq);
+            }
+            (_, Some(al)) => {
+                self.ranges.remove(&(seq + 1));
+                self.ranges.insert(seq, al);
+            }
+            _ => {
+                self.ranges.insert(seq, seq);
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, seq: i64) -> bool {
+        self.ranges
+            .range(..=seq)
+            .next_back()
+            .is_some_and(|(_, l)| seq <= *l)
+    }
+
+    /// Uncounts `seq`; whether it was counted.
+    pub(super) fn remove(&mut self, seq: i64) -> bool {
+        let Some((f, l)) = self
+            .ranges
+            .range(..=seq)
+            .next_back()
+            .map(|(f, l)| (*f, *l))
+            .filter(|(_, l)| seq <= *l)
+        else {
+            return false;
+        };
+        self.count -= 1;
+        self.ranges.remove(&f);
+        if f < seq {
+            self.ranges.insert(f, seq - 1);
+        }
+        if seq < l {
+            self.ranges.insert(seq + 1, l);
+        }
+        true
+    }
 }
 
 /// How a cache file is used: by queued operations and live claims
@@ -82,6 +181,87 @@ impl Queue {
             quiet,
             early: HashMap::new(),
             changed: HashSet::new(),
+            held: usize::MAX,
+            spill: None,
+            high_seq: 0,
+            preloaded: HashSet::new(),
+            refilling: false,
+            refill_after: None,
+        }
+    }
+
+    /// Operations to run: in memory and spilled.
+    pub(super) fn pending(&self) -> usize {
+        self.count + self.spill.as_ref().map_or(0, Spill::count)
+    }
+
+    /// Where the spill begins (ops after this seq are in the journal only).
+    pub(super) fn spilled_after(&self) -> Option<i64> {
+        self.spill.as_ref().map(|s| s.upto)
+    }
+
+    /// Takes the op a submit staged: queued in memory, or only counted as
+    /// spilled when the window is full (or a spill is on and it is past
+    /// it). An op a refill loaded already is left as it is.
+    pub(super) fn arrive(&mut self, op: Op) {
+        if self.preloaded.remove(&op.seq) {
+            return;
+        }
+        match &mut self.spill {
+            Some(s) if op.seq > s.upto => return s.add(op.seq),
+            // Only past everything in memory, so that the spill holds
+            // every op after its start.
+            None if self.count >= self.held && op.seq > self.high_seq => {
+                let mut s = Spill::new(op.seq - 1);
+                s.add(op.seq);
+                self.spill = Some(s);
+                return;
+            }
+            _ => {}
+        }
+        self.insert(op);
+    }
+
+    /// The next refill to start, if one is due: read at most `limit` open
+    /// ops after `after`. Due when a spill is on and memory has drained to
+    /// half the window.
+    pub(super) fn refill_due(&self, now: Instant) -> Option<(i64, usize)> {
+        let s = self.spill.as_ref()?;
+        if self.refilling
+            || self.count > self.held / 2
+            || self.refill_after.is_some_and(|t| now < t)
+        {
+            return None;
+        }
+        Some((s.upto, self.held.saturating_sub(self.count).max(1)))
+    }
+
+    /// What a refill read: `ops`, the oldest open ones after the spill's
+    /// start, `limit` at most. They are queued in memory and the spill
+    /// starts after the last; it ends once the journal had no more and
+    /// every spilled submit that arrived was among them.
+    pub(super) fn refilled(&mut self, ops: Vec<Op>, limit: usize, now: Instant) {
+        self.refilling = false;
+        let complete = ops.len() < limit;
+        self.refill_after = ops.is_empty().then(|| now + Duration::from_secs(1));
+        let Some(mut s) = self.spill.take() else {
+            return;
+        };
+        for op in ops {
+            if op.seq <= s.upto {
+                continue;
+            }
+            s.upto = op.seq;
+            if !s.remove(op.seq) {
+                // Staged, its submit not arrived yet.
+                self.preloaded.insert(op.seq);
+            }
+            if !self.keys.contains_key(&op.seq) {
+                self.insert(op);
+            }
+        }
+        if !(complete && s.count == 0) {
+            self.spill = Some(s);
         }
     }
 
@@ -168,6 +348,7 @@ impl Queue {
             .position(|o| o.seq > op.seq)
             .unwrap_or(list.len());
         let seq = op.seq;
+        self.high_seq = self.high_seq.max(seq);
         list.insert(pos, op);
         // A new front of a key that is not running is a head (an older entry
         // of that key goes stale).
@@ -202,6 +383,17 @@ impl Queue {
     /// Removes operations `seqs` of `key` (dropped: see `replan`). They
     /// name no cache file but the gone one's, which is not there.
     pub(super) fn remove_ops(&mut self, key: &str, seqs: &[i64]) {
+        for seq in seqs {
+            self.changed.remove(seq);
+            self.early.remove(seq);
+            if let Some(s) = &mut self.spill {
+                if !s.remove(*seq) && *seq > s.upto {
+                    // Spilled, its submit not arrived: it must not count
+                    // when it does.
+                    self.preloaded.insert(*seq);
+                }
+            }
+        }
         let Some(list) = self.by_key.get_mut(key) else {
             return;
         };
@@ -216,10 +408,6 @@ impl Queue {
         self.count -= removed.len();
         if list.is_empty() {
             self.by_key.remove(key);
-        }
-        for seq in seqs {
-            self.changed.remove(seq);
-            self.early.remove(seq);
         }
         for o in &removed {
             self.unindex(o);

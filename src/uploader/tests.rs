@@ -41,7 +41,7 @@ fn start_with(r: &Rig, cfg: UploadConfig, quiet: Duration, recovered: Vec<Op>) -
         r.cache.clone(),
         cfg,
         Duration::ZERO,
-        recovered,
+        recovered.into(),
         None,
     );
     up.set_quiet(quiet);
@@ -134,7 +134,7 @@ fn start_delayed_owned(r: &Rig) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
         r.cache.clone(),
         UploadConfig::default(),
         Duration::from_millis(300),
-        vec![],
+        Recovered::default(),
         None,
     )
 }
@@ -657,6 +657,7 @@ async fn recovered_operations_run_and_a_recorded_multipart_is_aborted_and_redone
 
 mod early;
 mod replicas;
+mod spill;
 
 /// Memory per queued operation, counted by the allocator (glibc): a copy-in
 /// that outruns the store queues every file it writes, and each costs this

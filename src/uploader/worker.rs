@@ -20,6 +20,10 @@ pub(super) async fn run(inner: Arc<Inner>) {
             let mut guard = inner.queue.lock().unwrap();
             let q = &mut *guard;
             let now = Instant::now();
+            if let Some((after, limit)) = q.refill_due(now) {
+                q.refilling = true;
+                crate::background::spawn(refill(inner.clone(), after, limit));
+            }
             let now_ms = now_ms();
             while let Some(entry) = q.backoff.first_entry() {
                 let (at, seq) = *entry.key();
@@ -102,6 +106,26 @@ pub(super) async fn run(inner: Arc<Inner>) {
     }
 }
 
+/// Reads the oldest `limit` spilled ops (after seq `after`) back into
+/// memory (see "Spill").
+async fn refill(inner: Arc<Inner>, after: i64, limit: usize) {
+    let boundary = inner.spill_lock.lock().await;
+    let read = inner.journal.open_ops_after(after, limit).await;
+    let mut q = inner.queue.lock().unwrap();
+    match read {
+        Ok(ops) => q.refilled(ops, limit, Instant::now()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read spilled uploads back from the journal; will retry");
+            q.refilling = false;
+            q.refill_after = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+    inner.pending.send_replace(q.pending());
+    drop(q);
+    drop(boundary);
+    inner.wake.notify_one();
+}
+
 pub(super) fn backoff(attempts: u32, permanent: bool) -> Duration {
     if permanent {
         return Duration::from_secs(60);
@@ -174,7 +198,7 @@ pub(super) async fn execute(inner: &Arc<Inner>, op: Op) {
                 let mut q = inner.queue.lock().unwrap();
                 let unused = q.remove_front(&op.key, op.seq, op.file.as_deref());
                 q.idle(&op.key, None);
-                inner.pending.send_replace(q.count);
+                inner.pending.send_replace(q.pending());
                 (q.waiters.remove(&op.seq).unwrap_or_default(), unused)
             };
             if let Some(f) = unused {
@@ -221,13 +245,28 @@ pub(super) fn input_gone(op: &Op, e: &StoreError) -> bool {
 /// wait for the operation that supersedes them; when none is queued, the
 /// owner of local state is asked for one first, and without one they fail.
 pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
-    let later = |q: &Queue| -> Vec<Op> {
-        q.by_key
-            .get(op.key.as_str())
-            .map(|l| l.iter().filter(|o| o.seq > op.seq).cloned().collect())
-            .unwrap_or_default()
+    // The ops after it on its key: held, then spilled.
+    let later = || -> Vec<Op> {
+        let (mut ops, after): (Vec<Op>, _) = {
+            let q = inner.queue.lock().unwrap();
+            let held = q
+                .by_key
+                .get(op.key.as_str())
+                .map(|l| l.iter().filter(|o| o.seq > op.seq).cloned().collect());
+            (held.unwrap_or_default(), q.spilled_after())
+        };
+        if let Some(a) = after {
+            match Uploader::spill_reader(inner).map(|r| r.of_key(&op.key, a)) {
+                Some(Ok(spilled)) => ops.extend(spilled),
+                Some(Err(e)) => {
+                    tracing::warn!(key = %op.key, error = %e, "cannot read the spilled uploads")
+                }
+                None => {}
+            }
+        }
+        ops
     };
-    let plan = replan::replan(&op, &later(&inner.queue.lock().unwrap()));
+    let plan = replan::replan(&op, &later());
     let (by, dropped) = match plan {
         replan::Replan::Superseded { by, dropped } => {
             tracing::info!(key = %op.key, seq = op.seq, superseded_by = by, error = %why, "a queued operation's input is gone; a later operation on the key supersedes it");
@@ -245,7 +284,7 @@ pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
             .await;
             // What the owner queued meanwhile supersedes them.
             let last = *dropped.last().expect("the gone op");
-            let by = later(&inner.queue.lock().unwrap())
+            let by = later()
                 .into_iter()
                 .find(|o| o.seq > last && !replan::reads_current(o))
                 .map(|o| o.seq);
@@ -259,6 +298,8 @@ pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
     if by.is_none() {
         tracing::error!(key = %op.key, error = %why, "a queued operation's input is gone and the name's bytes are not here; listed by `regionfs status --failed`");
     }
+    // A dropped op past the spill must not be read back meanwhile.
+    let _boundary = inner.spill_lock.lock().await;
     if let Err(e) = inner
         .journal
         .drop_ops(dropped.clone(), reason.clone(), by.is_some())
@@ -286,7 +327,7 @@ pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
             None => orphaned,
         };
         q.idle(&op.key, None);
-        inner.pending.send_replace(q.count);
+        inner.pending.send_replace(q.pending());
         failed
     };
     inner.wake.notify_one();

@@ -726,8 +726,9 @@ impl Mount {
             cmd.arg(p);
         }
         let out = cmd.output().unwrap();
+        // 2 and 3 say something failed or is overdue; 1 that status could not run.
         assert!(
-            out.status.success(),
+            matches!(out.status.code(), Some(0 | 2 | 3)),
             "status failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );

@@ -599,10 +599,20 @@ pub(super) struct Run {
     delay: Option<u64>,
 }
 
+/// The default window of uploads held in memory, and a small one that
+/// spills most of a queue to the journal.
+pub(super) const HELD: usize = 4096;
+pub(super) const SMALL_WINDOW: usize = 3;
+
 impl Run {
     /// One actor at the bucket's root; `foreign`: see [`World::new`].
     pub(super) fn new(write_back_delay_ms: Option<u64>, foreign: bool) -> Run {
-        let world = World::new(write_back_delay_ms, foreign);
+        Run::with_window(write_back_delay_ms, foreign, HELD)
+    }
+
+    /// [`Run::new`] with `held` uploads in memory (see [`World::new`]).
+    pub(super) fn with_window(write_back_delay_ms: Option<u64>, foreign: bool, held: usize) -> Run {
+        let world = World::new(write_back_delay_ms, foreign, held);
         let up = world.start();
         Run {
             world,
@@ -613,8 +623,13 @@ impl Run {
     }
 
     /// `n` actors, each in a directory of its own (`p0`, `p1`, …).
-    pub(super) fn with_actors(write_back_delay_ms: Option<u64>, foreign: bool, n: usize) -> Run {
-        let mut run = Run::new(write_back_delay_ms, foreign);
+    pub(super) fn with_actors(
+        write_back_delay_ms: Option<u64>,
+        foreign: bool,
+        held: usize,
+        n: usize,
+    ) -> Run {
+        let mut run = Run::with_window(write_back_delay_ms, foreign, held);
         run.actors = (0..n)
             .map(|i| Actor::new(&format!("p{i}/"), (i as u64 + 1) << 32))
             .collect();
@@ -729,7 +744,7 @@ impl Run {
         self.close_all();
         self.settle();
         let svc = self.up().svc.as_ref().unwrap();
-        let left = self.block(svc.drain(Duration::from_secs(19)));
+        let left = self.block(svc.drain(Duration::from_secs(19), &|_| {}));
         let (uploads, replication) = self.block(svc.journal.backlog(60_000)).unwrap();
         if left > 0 || uploads.pending > 0 || uploads.failed > 0 {
             let open = self.block(svc.journal.open_ops()).unwrap();

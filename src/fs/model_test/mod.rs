@@ -15,6 +15,8 @@
 //! `model_random_sequences` runs proptest cases, shrunk on failure; a failure
 //! it finds becomes a named test in `regressions`. `model_concurrent_actors`
 //! runs several actors at once, each in its own subtree, on one core.
+//! Half the cases keep only three uploads in memory, so most of the queue
+//! spills to the journal and is looked up and read back from there.
 //! `REGIONFS_MODEL_CASES=N` runs more cases (a soak), `REGIONFS_MODEL_HOLD=1`
 //! only held uploads (sequences that repeat exactly, so shrink best).
 
@@ -30,9 +32,9 @@ use proptest::prelude::*;
 use harness::Run;
 use steps::{step, Step};
 
-fn run_steps(steps: &[Step], write_back_delay_ms: Option<u64>) {
+fn run_steps(steps: &[Step], write_back_delay_ms: Option<u64>, held: usize) {
     let foreign = steps.iter().any(|s| matches!(s, Step::Foreign(..)));
-    let mut run = Run::new(write_back_delay_ms, foreign);
+    let mut run = Run::with_window(write_back_delay_ms, foreign, held);
     for s in steps {
         run.apply(s);
     }
@@ -68,14 +70,19 @@ proptest! {
     fn model_random_sequences(
         steps in proptest::collection::vec(step(), 1..80),
         delay in delays(),
+        small_window in any::<bool>(),
     ) {
-        run_steps(&steps, delay);
+        run_steps(&steps, delay, if small_window { harness::SMALL_WINDOW } else { harness::HELD });
     }
 }
 
 /// Runs a sequence as a failure message prints it.
 fn replay(write_back_delay_ms: Option<u64>, steps: &str) {
-    run_steps(&steps::parse_steps(steps), write_back_delay_ms);
+    run_steps(
+        &steps::parse_steps(steps),
+        write_back_delay_ms,
+        harness::HELD,
+    );
 }
 
 /// Rounds of concurrent actors (see [`model_concurrent_actors`]).
@@ -121,7 +128,13 @@ fn concurrent_run(seed: u64) {
     let delay = [Some(0), Some(20)][seed as usize % 2];
     // Every third seed, another client writes too.
     let foreign = seed % 3 == 2;
-    let mut run = Run::with_actors(delay, foreign, ACTORS);
+    // Seeds 2 and 3 (of every four) keep few uploads in memory.
+    let held = if seed / 2 % 2 == 1 {
+        harness::SMALL_WINDOW
+    } else {
+        harness::HELD
+    };
+    let mut run = Run::with_actors(delay, foreign, held, ACTORS);
     for _ in 0..ROUNDS {
         let rounds: Vec<Vec<Step>> = (0..ACTORS)
             .map(|_| {

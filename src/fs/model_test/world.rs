@@ -52,7 +52,9 @@ impl World {
     /// repeat exactly, so that it shrinks well. `foreign`: another client
     /// writes too, so a listing the mount took does not stand for the
     /// bucket (`dir_ttl` 0, else its names show up only after 10 s).
-    pub(super) fn new(write_back_delay_ms: Option<u64>, foreign: bool) -> World {
+    /// `held`: uploads held in memory (`upload.held_in_memory`; a small
+    /// window makes most of the queue spill to the journal).
+    pub(super) fn new(write_back_delay_ms: Option<u64>, foreign: bool, held: usize) -> World {
         let delay = write_back_delay_ms.map_or("1h".to_string(), |ms| format!("{ms}ms"));
         let dir_ttl = if foreign { "0s" } else { "10s" };
         let dir = tempfile::tempdir().unwrap();
@@ -74,6 +76,8 @@ delete_markers = true
 dir = "{}"
 max_size = "256MiB"
 write_back_delay = "{delay}"
+[upload]
+held_in_memory = {held}
 [mount]
 passthrough = false
 dir_ttl = "{dir_ttl}"

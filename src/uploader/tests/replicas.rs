@@ -46,7 +46,7 @@ fn replicating_uploader(r: &Rig, rep: &crate::replicator::Replicator) -> Uploade
         r.cache.clone(),
         cfg,
         Duration::ZERO,
-        vec![],
+        Recovered::default(),
         Some(rep.clone()),
     )
     .0
