@@ -362,7 +362,8 @@ impl Uploader {
     /// onto itself after it: a chown, chmod and utimens after a close (as
     /// `tar -xpf` and `cp -p` do) then make one version, not four. Only a
     /// put or copy that has not started, with no parts sent early (they
-    /// carry the metadata the upload was created with) and no submit of
+    /// carry the metadata the upload was created with; an early upload
+    /// that sent nothing is only a plan) and no submit of
     /// the key in flight (it would be newer); else None, and the caller
     /// queues the copy. The queued op changes first, so an attempt starting
     /// from now on sends `meta`; then its journal row, before the caller
@@ -395,7 +396,7 @@ impl Uploader {
             let q = self.inner.queue.lock().unwrap();
             if q.tickets.contains_key(key)
                 || op.kind == OpKind::Delete
-                || q.early.contains_key(&op.seq)
+                || q.early.get(&op.seq).is_some_and(|e| !e.sent_nothing())
             {
                 return Ok(None);
             }
@@ -420,7 +421,8 @@ impl Uploader {
             let Some(op) = list.back_mut() else {
                 return Ok(None);
             };
-            if started || op.kind == OpKind::Delete || q.early.contains_key(&op.seq) {
+            let parts_sent = q.early.get(&op.seq).is_some_and(|e| !e.sent_nothing());
+            if started || op.kind == OpKind::Delete || parts_sent {
                 return Ok(None);
             }
             op.meta = meta.clone();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{bucket_contents, wait_for, Mount, Regions};
+use common::{bucket_contents, source_history, wait_for, Mount, Regions};
 
 #[derive(Default)]
 struct Ledger {
@@ -262,4 +262,68 @@ async fn a_kill_9_without_a_reboot_remounts_without_rewriting_the_staged_files()
     let (mut m, bodies) = twenty_staged_then_killed(&r, c.path(), 100);
     let log = remount_and_check_landed(&r, c.path(), &mut m, &bodies).await;
     assert!(!log.contains("restored from the journal"), "{log}");
+}
+
+/// A backlog longer than the uploads held in memory: most of it waits in
+/// the journal only. The mount still lists and reads every file, a chmod
+/// after a close still makes one version, and after kill -9 and a remount
+/// every acknowledged file lands with its latest bytes and mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_spilled_past_memory_lists_reads_and_lands_after_kill_9() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let held = "[cache]\nwrite_back_delay = \"1h\"\n[upload]\nheld_in_memory = 4\n[durability]\nfsync = \"local\"\n";
+    let mut m = Mount::start(&r.config(c.path(), held));
+    std::fs::create_dir(m.path("d")).unwrap();
+    let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for i in 0..40u64 {
+        let name = format!("d/f{i:02}.bin");
+        let body = content(900 + i, 1 + (i as usize) * 2500);
+        std::fs::write(m.path(&name), &body).unwrap();
+        want.insert(name, body);
+    }
+    // Rewrites of early files: their new versions queue behind the spill.
+    for i in [0u64, 7, 21] {
+        let name = format!("d/f{i:02}.bin");
+        let body = content(1900 + i, 4000);
+        std::fs::write(m.path(&name), &body).unwrap();
+        want.insert(name, body);
+    }
+    std::fs::set_permissions(m.path("d/f39.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pending = m.status(None)["uploads"]["pending"].as_u64().unwrap();
+    assert!(pending >= 44, "{pending} uploads pending");
+    let mut listed: Vec<String> = std::fs::read_dir(m.path("d"))
+        .unwrap()
+        .map(|e| format!("d/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, want.keys().cloned().collect::<Vec<_>>());
+    for (name, body) in &want {
+        assert_eq!(&std::fs::read(m.path(name)).unwrap(), body, "{name}");
+    }
+    m.kill9();
+
+    std::fs::write(
+        &m.config,
+        r.config(c.path(), "[upload]\nheld_in_memory = 4\n"),
+    )
+    .unwrap();
+    m.remount();
+    m.wait_uploaded(Duration::from_secs(120));
+    let bucket = bucket_contents(&r.src, "d/").await;
+    for (name, body) in &want {
+        assert_eq!(bucket.get(name), Some(body), "{name}");
+    }
+    let mode = std::fs::metadata(m.path("d/f39.bin"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let versions = source_history(&r.src, "d/f39.bin").await;
+    assert_eq!(
+        versions.len(),
+        1,
+        "the chmod joined the queued put: {versions:?}"
+    );
 }

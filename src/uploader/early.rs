@@ -219,6 +219,13 @@ impl EarlyUpload {
 
     /// Nothing more will be uploaded before the file is staged: handed to
     /// the uploader, or given up.
+    /// Whether no part was started: the upload is still just a plan, so
+    /// the op it belongs to may take other metadata (`Uploader::amend_meta`).
+    pub(super) fn sent_nothing(&self) -> bool {
+        let s = self.state.lock().unwrap();
+        s.claimed == 0 && s.in_flight == 0
+    }
+
     pub fn is_done(&self) -> bool {
         let s = self.state.lock().unwrap();
         s.taken || s.invalid.is_some()
