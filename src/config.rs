@@ -277,7 +277,7 @@ impl Default for UploadConfig {
 pub const MIN_HELD_UPLOADS: usize = 2;
 
 fn default_held_uploads() -> usize {
-    4096
+    1024
 }
 
 fn default_early_parts() -> bool {

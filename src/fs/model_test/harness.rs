@@ -601,7 +601,7 @@ pub(super) struct Run {
 
 /// The default window of uploads held in memory, and a small one that
 /// spills most of a queue to the journal.
-pub(super) const HELD: usize = 4096;
+pub(super) const HELD: usize = 1024;
 pub(super) const SMALL_WINDOW: usize = 3;
 
 impl Run {
