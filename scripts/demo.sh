@@ -92,4 +92,6 @@ Try, in another terminal:
 Ctrl-C here (or: scripts/demo.sh stop) unmounts once everything is replicated
 and stops the regions.
 TRY
-while true; do sleep 1 & wait $!; done
+# Until Ctrl-C, or until `scripts/demo.sh stop` (or an umount) takes the mount away.
+while mountpoint -q "$mnt"; do sleep 1 & wait $!; done
+echo "== $mnt was unmounted; scripts/demo.sh stop stops the regions if they still run"

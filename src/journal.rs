@@ -154,6 +154,21 @@ pub struct Base {
 }
 
 impl NewOp {
+    /// A delete marker for `key`.
+    pub fn delete(key: String) -> NewOp {
+        NewOp {
+            key,
+            kind: OpKind::Delete,
+            file: None,
+            size: 0,
+            meta: "{}".into(),
+            src_key: None,
+            src_version: None,
+            inline: None,
+            base: None,
+        }
+    }
+
     /// A put of cache file `file` (`inline`: its bytes, for a small file).
     pub fn put(
         key: String,
@@ -479,6 +494,19 @@ CREATE TABLE IF NOT EXISTS replication_stats (
 );
 ";
 
+/// A read-only connection to the journal at `path`, and the path as text.
+fn read_only_connection(path: &Path) -> Result<(Connection, String), JournalError> {
+    let p = path.display().to_string();
+    let sq = |source| JournalError::Sqlite {
+        path: p.clone(),
+        source,
+    };
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sq)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+    Ok((conn, p))
+}
+
 impl Journal {
     /// Opens (creating if needed) the journal at `path` and starts its actor thread.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
@@ -533,14 +561,7 @@ impl Journal {
 
     /// Opens an existing journal for reading (another process may own it).
     pub fn open_readonly(path: &Path) -> Result<Journal, JournalError> {
-        let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: p.clone(),
-            source,
-        };
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(sq)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+        let (conn, p) = read_only_connection(path)?;
         Ok(Self::spawn(conn, p))
     }
 

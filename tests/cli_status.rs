@@ -91,31 +91,13 @@ async fn status_exits_0_when_nothing_failed_and_quietly_into_a_closed_pipe() {
     let journal = Journal::open(&cache.join("journal.db")).unwrap();
     for i in 0..3 {
         let seq = journal
-            .stage(NewOp {
-                key: format!("ok{i}.txt"),
-                kind: OpKind::Delete,
-                file: None,
-                size: 0,
-                meta: "{}".into(),
-                src_key: None,
-                src_version: None,
-                inline: None,
-                base: None,
-            })
+            .stage(NewOp::delete(format!("ok{i}.txt")))
             .await
             .unwrap();
         journal.complete(seq, Some(format!("v{i}"))).await.unwrap();
     }
     drop(journal);
-    let config = dir.path().join("regionfs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nname = \"src\"\nregion = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\nregion = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n[[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"{}\"\n",
-            cache.display()
-        ),
-    )
-    .unwrap();
+    let config = config_with_a_destination(dir.path(), &cache);
     let out = common::regionfs_cli(&["status"], &config);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -148,15 +130,7 @@ async fn status_watch_redraws_on_a_terminal_with_rates() {
     let cache = dir.path().join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     drop(Journal::open(&cache.join("journal.db")).unwrap());
-    let config = dir.path().join("regionfs.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[source]\nname = \"src\"\nregion = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\nregion = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n[[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"{}\"\n",
-            cache.display()
-        ),
-    )
-    .unwrap();
+    let config = config_with_a_destination(dir.path(), &cache);
     // A pseudo-terminal: script(1) runs the command on one.
     let cmd = format!(
         "{} status --watch --interval 200ms --config {}",
@@ -199,4 +173,19 @@ async fn status_watch_redraws_on_a_terminal_with_rates() {
         "rates from the second view on: {last}"
     );
     assert!(last.contains("health         ok"), "{last}");
+}
+
+/// A config at `dir` for a cache dir `cache` (its stores are never reached:
+/// status reads the journal), with one destination.
+fn config_with_a_destination(dir: &std::path::Path, cache: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("regionfs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nname = \"src\"\nregion = \"us-east-1\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n[[destination]]\nname = \"eu\"\nregion = \"eu-west-1\"\nbucket = \"e\"\nendpoint = \"http://127.0.0.1:9\"\n[[rule]]\nid = \"all\"\ndestination = \"eu\"\n[cache]\ndir = \"{}\"\n",
+            cache.display()
+        ),
+    )
+    .unwrap();
+    config
 }

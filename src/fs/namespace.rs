@@ -43,10 +43,10 @@ impl Core {
         let dkey = self.dkey(path);
         if self.dir_sidecar {
             self.uploader
-                .submit(self.delete_op(format!("{dkey}{DIR_ATTRS}")))
+                .submit(NewOp::delete(format!("{dkey}{DIR_ATTRS}")))
                 .await?;
         }
-        self.uploader.submit(self.delete_op(dkey)).await?;
+        self.uploader.submit(NewOp::delete(dkey)).await?;
         Ok(())
     }
 
@@ -258,7 +258,7 @@ impl Core {
         let key = self.key(&path);
         let never_uploaded = local_only && self.uploader.pending_for(&key).is_empty();
         if !never_uploaded {
-            self.uploader.submit(self.delete_op(key.clone())).await?;
+            self.uploader.submit(NewOp::delete(key.clone())).await?;
         }
         self.cache.forget_clean(&key);
         self.touch_dir(parent);
@@ -280,20 +280,6 @@ impl Core {
             self.cache.remove_data(&w.name);
         }
         Ok(())
-    }
-
-    pub(super) fn delete_op(&self, key: String) -> NewOp {
-        NewOp {
-            key,
-            kind: OpKind::Delete,
-            file: None,
-            size: 0,
-            meta: "{}".into(),
-            src_key: None,
-            src_version: None,
-            inline: None,
-            base: None,
-        }
     }
 
     /// Whether a directory has no entries (queued deletes count as gone).

@@ -177,7 +177,7 @@ impl Core {
             let seq = self.uploader.submit(op).await?;
             if !(local_only && pending_src.is_empty()) {
                 self.uploader
-                    .submit(self.delete_op(from_key.clone()))
+                    .submit(NewOp::delete(from_key.clone()))
                     .await?;
             }
             Ok::<_, FsError>(seq)

@@ -25,17 +25,14 @@ pub struct SpillReader {
 impl SpillReader {
     /// A reader of the journal at `path` (which [`Journal::open`] created).
     pub fn open(path: &Path) -> Result<SpillReader, JournalError> {
-        let p = path.display().to_string();
-        let sq = |source| JournalError::Sqlite {
-            path: p.clone(),
-            source,
-        };
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(sq)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+        let (conn, p) = read_only_connection(path)?;
         // Lookups touch a few index pages: a small page cache is enough,
         // and this connection lives as long as the mount.
-        conn.pragma_update(None, "cache_size", -256).map_err(sq)?;
+        conn.pragma_update(None, "cache_size", -256)
+            .map_err(|source| JournalError::Sqlite {
+                path: p.clone(),
+                source,
+            })?;
         Ok(SpillReader {
             conn: Mutex::new(conn),
             path: p,

@@ -97,17 +97,7 @@ fn copy_of(key: &str, src: &str, version: Option<&str>) -> NewOp {
 }
 
 fn delete_of(key: &str) -> NewOp {
-    NewOp {
-        key: key.into(),
-        kind: OpKind::Delete,
-        file: None,
-        size: 0,
-        meta: "{}".into(),
-        src_key: None,
-        src_version: None,
-        inline: None,
-        base: None,
-    }
+    NewOp::delete(key.into())
 }
 
 async fn put_bytes_into(mem: &MemoryStore, key: &str, body: &'static [u8]) {

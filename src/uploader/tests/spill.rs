@@ -21,6 +21,15 @@ fn start_held(r: &Rig, held: usize) -> Uploader {
     up
 }
 
+/// The bytes of every version of `key` in the source, oldest first.
+fn bodies(r: &Rig, key: &str) -> Vec<Vec<u8>> {
+    r.mem
+        .history(key)
+        .into_iter()
+        .map(|(_, b)| b.unwrap().to_vec())
+        .collect()
+}
+
 fn held(up: &Uploader) -> usize {
     up.inner.queue.lock().unwrap().count
 }
@@ -75,14 +84,12 @@ async fn a_queue_longer_than_the_window_waits_in_the_journal_and_lands_in_order(
     up.hurry();
     assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
     for k in 0..4 {
-        let bodies: Vec<Vec<u8>> = r
-            .mem
-            .history(&format!("d/k{k}"))
-            .into_iter()
-            .map(|(_, b)| b.unwrap().to_vec())
-            .collect();
         let want: Vec<Vec<u8>> = (0..3).map(|v| format!("k{k} v{v}").into_bytes()).collect();
-        assert_eq!(bodies, want, "k{k}: every version, in staging order");
+        assert_eq!(
+            bodies(&r, &format!("d/k{k}")),
+            want,
+            "k{k}: every version, in staging order"
+        );
     }
     let q = up.inner.queue.lock().unwrap();
     assert!(q.spill.is_none() && q.preloaded.is_empty(), "{:?}", q.spill);
@@ -149,17 +156,11 @@ async fn a_restart_queues_the_window_and_reads_the_rest_back_from_the_journal() 
     assert_eq!(up.pending_count(), 10);
     assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
     for k in 0..4 {
-        let bodies: Vec<Vec<u8>> = r
-            .mem
-            .history(&format!("k{k}"))
-            .into_iter()
-            .map(|(_, b)| b.unwrap().to_vec())
-            .collect();
         let want: Vec<Vec<u8>> = (0..10)
             .filter(|i| i % 4 == k)
             .map(|i| format!("v{i}").into_bytes())
             .collect();
-        assert_eq!(bodies, want, "k{k}");
+        assert_eq!(bodies(&r, &format!("k{k}")), want, "k{k}");
     }
     assert!(r.journal.open_ops().await.unwrap().is_empty());
 }
@@ -177,14 +178,8 @@ async fn a_gone_put_is_superseded_by_a_spilled_put_of_its_key() {
     assert_eq!(held(&up), 1, "only the first is in memory");
     std::fs::remove_file(r.cache.data_path(&gone)).unwrap();
     up.wait(last).await.unwrap();
-    let bodies: Vec<Vec<u8>> = r
-        .mem
-        .history("k")
-        .into_iter()
-        .map(|(_, b)| b.unwrap().to_vec())
-        .collect();
     assert_eq!(
-        bodies,
+        bodies(&r, "k"),
         vec![b"new".to_vec()],
         "the gone put dropped, the spilled one landed"
     );
