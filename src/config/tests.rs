@@ -70,6 +70,11 @@ fn memory_limits_below_their_minimum_name_the_field() {
     assert!(e.contains("mount.max_inodes") && e.contains("256"), "{e}");
     let e = err(&format!("{MINIMAL}\n[cache]\nmax_clean_files = 0\n"));
     assert!(e.contains("cache.max_clean_files"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[upload]\nheld_in_memory = 1\n"));
+    assert!(
+        e.contains("upload.held_in_memory") && e.contains("at least 2"),
+        "{e}"
+    );
 }
 
 #[test]

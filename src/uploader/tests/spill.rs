@@ -5,20 +5,26 @@ use super::*;
 
 /// Uploads held (a long write-back delay) in a window of `held`.
 fn start_held(r: &Rig, held: usize) -> Uploader {
+    start_window(r, held, Duration::from_secs(3600), Recovered::default())
+}
+
+/// An uploader with a window of `held`, a write-back `delay`, and what a
+/// start found in the journal.
+fn start_window(r: &Rig, held: usize, delay: Duration, recovered: Recovered) -> Uploader {
     let cfg = UploadConfig {
         held_in_memory: held,
         ..Default::default()
     };
-    let (up, _) = Uploader::start(
+    Uploader::start(
         r.faulty.clone(),
         r.journal.clone(),
         r.cache.clone(),
         cfg,
-        Duration::from_secs(3600),
-        Recovered::default(),
+        delay,
+        recovered,
         None,
-    );
-    up
+    )
+    .0
 }
 
 /// The bytes of every version of `key` in the source, oldest first.
@@ -137,21 +143,14 @@ async fn a_restart_queues_the_window_and_reads_the_rest_back_from_the_journal() 
         .await
         .unwrap();
     assert_eq!(spilled.len(), 7);
-    let cfg = UploadConfig {
-        held_in_memory: 3,
-        ..Default::default()
-    };
-    let (up, _) = Uploader::start(
-        r.faulty.clone(),
-        r.journal.clone(),
-        r.cache.clone(),
-        cfg,
+    let up = start_window(
+        &r,
+        3,
         Duration::ZERO,
         Recovered {
             held: recovered,
             spilled,
         },
-        None,
     );
     assert_eq!(up.pending_count(), 10);
     assert_eq!(up.drain(Duration::from_secs(10), |_| {}).await, 0);
