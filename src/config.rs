@@ -145,9 +145,13 @@ impl BucketConfig {
 
     /// Where this bucket lives, for messages: `app-data (us-east-1 at http://…)`.
     pub fn describe(&self) -> String {
+        let profile = match &self.profile {
+            Some(p) => format!(", profile {p}"),
+            None => String::new(),
+        };
         match &self.endpoint {
-            Some(e) => format!("`{}` ({} at {})", self.bucket, self.region, e),
-            None => format!("`{}` ({})", self.bucket, self.region),
+            Some(e) => format!("`{}` ({} at {e}{profile})", self.bucket, self.region),
+            None => format!("`{}` ({}{profile})", self.bucket, self.region),
         }
     }
 }

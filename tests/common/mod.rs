@@ -191,9 +191,27 @@ impl Region {
 
     /// moto's S3 server: a second S3 implementation for conformance.
     pub fn moto(region: &str) -> Region {
-        Self::start_with(region, "moto", 1, |dir, port| {
+        Self::moto_with_env(region, &[])
+    }
+
+    /// moto checking every request's signature and IAM policy after the first
+    /// `free` requests (its `INITIAL_NO_AUTH_ACTION_COUNT`), which set IAM up.
+    pub fn moto_enforcing_auth(region: &str, free: u32) -> Region {
+        Self::moto_with_env(
+            region,
+            &[("INITIAL_NO_AUTH_ACTION_COUNT", &free.to_string())],
+        )
+    }
+
+    fn moto_with_env(region: &str, envs: &[(&str, &str)]) -> Region {
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_with(region, "moto", 1, move |dir, port| {
             Command::new(venv().join("bin/moto_server"))
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(envs.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(std::fs::File::create(dir.join("moto.log")).unwrap())
                 .stderr(Stdio::from(
@@ -597,6 +615,7 @@ pub struct Mount {
     pub log: PathBuf,
     process: Option<ProcessGuard>,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
@@ -609,6 +628,12 @@ impl Mount {
 
     /// As [`Mount::start`], with more `regionfs mount` arguments (e.g. `--as-of`).
     pub fn start_with_args(config_text: &str, args: &[&str]) -> Mount {
+        Self::start_with_env(config_text, args, &[])
+    }
+
+    /// As [`Mount::start_with_args`], with environment variables for the daemon
+    /// (e.g. where its credentials come from).
+    pub fn start_with_env(config_text: &str, args: &[&str], envs: &[(&str, &str)]) -> Mount {
         let tmp = tempfile::Builder::new()
             .prefix("regionfs-mnt-")
             .tempdir()
@@ -628,6 +653,10 @@ impl Mount {
             log,
             process: None,
             args: args.iter().map(|a| a.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: tmp,
         };
         m.remount();
@@ -648,6 +677,7 @@ impl Mount {
             .arg(&self.dir)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("REGIONFS_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

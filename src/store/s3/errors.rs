@@ -16,6 +16,15 @@ where
 {
     let bucket = bucket.to_string();
     let context = DisplayErrorContext(&e).to_string();
+    // An SSO profile needs an interactive login a daemon cannot renew: say
+    // what works instead of the SDK's "requires cargo feature" message.
+    if context.contains("feature(s) enabled: sso") {
+        return StoreError::AccessDenied {
+            bucket,
+            code: "SsoNotSupported".into(),
+            message: "the profile signs in through AWS SSO (IAM Identity Center), which regionfs does not support: its session needs an interactive `aws sso login` that a daemon cannot renew. Use a role (`role_arn` with `source_profile` or `credential_source`), `credential_process`, or access keys".into(),
+        };
+    }
     // No credentials at all is not a network problem: say so, and do not retry.
     if context.contains("credentials") && e.raw_response().is_none() {
         return StoreError::AccessDenied {
