@@ -170,6 +170,17 @@ impl Drop for Cache {
     }
 }
 
+/// Takes group and others' permissions away from `path` if it has any
+/// (`mode` is what it gets then).
+pub(crate) fn owner_only(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = std::fs::metadata(path)?.permissions().mode();
+    if now & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 impl Cache {
     /// Opens the cache directory (creating it 0700), taking its lock.
     pub fn open(
@@ -185,6 +196,9 @@ impl Cache {
                 .create(&p)
                 .map_err(|e| CacheError::io(&p, e))?;
         }
+        // A directory made beforehand (by a package, by hand) may let others
+        // in: the cache holds the files' bytes, so only its owner may enter.
+        owner_only(root, 0o700).map_err(|e| CacheError::io(root, e))?;
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .read(true)

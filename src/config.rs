@@ -497,7 +497,14 @@ pub const MIN_MAX_INODES: usize = 256;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Loopback unless told otherwise: the counters name buckets and keys'
+    /// prefixes, which are not for every host on the network.
+    #[serde(default = "default_metrics_listen")]
     pub listen: String,
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 
 /// `[source] prefix` as a directory of the bucket: `team-b` and `team-b/`
@@ -531,6 +538,24 @@ impl Config {
             source,
         })?;
         Config::parse(&text)
+    }
+
+    /// A warning when the file at `path` holds a secret key and others may
+    /// read it (as ssh says of a private key): the daemon still starts, since
+    /// refusing would stop a backup over a mode, but the operator is told the
+    /// fix.
+    pub fn exposed_secret(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let has_secret = std::iter::once(&self.source)
+            .chain(&self.destinations)
+            .any(|b| b.secret_access_key.is_some());
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (has_secret && mode & 0o077 != 0).then(|| {
+            format!(
+                "{} holds a secret_access_key and others may read it (mode {mode:04o}): chmod 600 {0}",
+                path.display()
+            )
+        })
     }
 
     /// Parses and validates configuration text.

@@ -86,6 +86,11 @@ pub enum JournalError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("journal {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("journal {0} is closed")]
     Closed(String),
     #[error("journal {0}: injected disk failure")]
@@ -494,6 +499,34 @@ CREATE TABLE IF NOT EXISTS replication_stats (
 );
 ";
 
+/// Makes the journal at `path` (created empty if missing, which SQLite takes
+/// as a new database) and its `-wal` and `-shm` files readable by their owner
+/// only: they hold keys, metadata and small files' bytes. SQLite gives the
+/// `-wal` and `-shm` files it creates the database file's mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A read-only connection to the journal at `path`, and the path as text.
 fn read_only_connection(path: &Path) -> Result<(Connection, String), JournalError> {
     let p = path.display().to_string();
@@ -515,6 +548,10 @@ impl Journal {
             path: p.clone(),
             source,
         };
+        owner_only(path).map_err(|source| JournalError::Io {
+            path: p.clone(),
+            source,
+        })?;
         let conn = Connection::open(path).map_err(sq)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
         conn.pragma_update(None, "journal_mode", "WAL")

@@ -11,6 +11,9 @@ pub(crate) fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(warning) = config.exposed_secret(file) {
+        eprintln!("regionfs: warning: {warning}");
+    }
     println!(
         "# effective configuration of {} (defaults filled in, secrets redacted)",
         file.display()

@@ -23,7 +23,17 @@ pub(crate) fn serve_metrics(config: &Config, svc: &service::Service) {
     });
 }
 
+/// What the daemon creates (journal, cache files, log) is its user's alone:
+/// the cache holds the data and the journal keys and small files' bytes.
+fn owner_only_files() {
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 pub(crate) fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
+    owner_only_files();
     let rt = runtime()?;
     let owner = caller();
     service::clear_stale_mount(mountpoint)?;
@@ -142,12 +152,15 @@ pub(crate) fn daemonize(
     as_of: Option<&str>,
     options: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
+    owner_only_files();
     std::fs::create_dir_all(&config.cache.dir)?;
     let log_path = config.cache.dir.join("regionfs.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("mount")

@@ -202,3 +202,35 @@ proptest::proptest! {
         proptest::prop_assert!(size.div_ceil(p) <= MAX_PARTS);
     }
 }
+
+#[test]
+fn a_metrics_section_without_an_address_serves_loopback_only() {
+    let c = Config::parse(&format!("{MINIMAL}\n[metrics]\n")).unwrap();
+    assert_eq!(c.metrics.unwrap().listen, "127.0.0.1:9464");
+}
+
+#[test]
+fn a_config_holding_a_secret_is_warned_about_while_others_may_read_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("regionfs.toml");
+    let with_secret = MINIMAL.replace(
+        "endpoint = \"http://127.0.0.1:8333\"",
+        "endpoint = \"http://127.0.0.1:8333\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"",
+    );
+    let cases = [
+        (&with_secret, 0o644, true),
+        (&with_secret, 0o640, true),
+        (&with_secret, 0o600, false),
+        (&MINIMAL.to_string(), 0o644, false),
+    ];
+    for (text, mode, warned) in cases {
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let warning = Config::load(&path).unwrap().exposed_secret(&path);
+        assert_eq!(warning.is_some(), warned, "mode {mode:o}: {warning:?}");
+        if let Some(w) = warning {
+            assert!(w.contains(&format!("chmod 600 {}", path.display())), "{w}");
+        }
+    }
+}

@@ -243,3 +243,29 @@ async fn rows(j: &Journal, t: &'static str) -> i64 {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn the_journal_and_its_wal_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let mode = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::metadata(std::path::PathBuf::from(p))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+    };
+    {
+        let j = Journal::open(&path).unwrap();
+        j.stage(put("a", "f1")).await.unwrap();
+        assert_eq!(mode(""), Some(0o600));
+        assert_eq!(mode("-wal"), Some(0o600));
+        assert_eq!(mode("-shm"), Some(0o600));
+    }
+    // A journal left readable by others (an older version, a copy) is
+    // tightened when opened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _j = Journal::open(&path).unwrap();
+    assert_eq!(mode(""), Some(0o600));
+}
