@@ -47,6 +47,7 @@ use tokio::sync::Notify;
 
 pub mod boot;
 pub mod direct;
+pub mod failure;
 mod spares;
 pub mod stamp;
 
@@ -65,6 +66,8 @@ pub enum CacheError {
     },
     #[error("cache file {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("the local disk failed ({cause}): this mount accepts no writes until it is remounted")]
+    DiskFailed { cause: String },
 }
 
 impl CacheError {
@@ -157,6 +160,7 @@ pub struct Cache {
     prefix: String,
     space: Mutex<Space>,
     freed: Notify,
+    fence: failure::Fence,
     _lock: File,
 }
 
@@ -269,12 +273,34 @@ impl Cache {
                 entry_synced: HashSet::new(),
             }),
             freed: Notify::new(),
+            fence: failure::Fence::new(root),
             _lock: lock,
         }))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the local disk failed, and the fault hook of its file layer.
+    pub fn fence(&self) -> &failure::Fence {
+        &self.fence
+    }
+
+    /// Writes `data` at `offset` of data file `name` (open as `file`) through
+    /// `direct`; a failure of the disk trips the [`failure::Fence`].
+    pub fn write_data(
+        &self,
+        name: &str,
+        direct: &direct::Direct,
+        file: &File,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(), CacheError> {
+        self.fence
+            .injected()
+            .and_then(|()| direct.write_all_at(file, data, offset))
+            .map_err(|e| self.fence.io(&self.data_path(name), e))
     }
 
     /// At most `n` clean copies are kept (oldest evicted first).
@@ -733,14 +759,17 @@ impl Cache {
     /// directory is fsynced once per file: its entry does not change after.
     pub fn sync_data(&self, name: &str, file: &File) -> Result<(), CacheError> {
         let path = self.data_path(name);
-        file.sync_data().map_err(|e| CacheError::io(&path, e))?;
+        self.fence
+            .injected()
+            .and_then(|()| file.sync_data())
+            .map_err(|e| self.fence.io(&path, e))?;
         if self.space.lock().unwrap().entry_synced.contains(name) {
             return Ok(());
         }
         let dir = self.root.join("data");
         File::open(&dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| CacheError::io(&dir, e))?;
+            .map_err(|e| self.fence.io(&dir, e))?;
         self.space
             .lock()
             .unwrap()

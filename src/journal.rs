@@ -97,6 +97,26 @@ pub enum JournalError {
     Injected(String),
 }
 
+impl JournalError {
+    /// Whether the journal's disk failed under it (an I/O error, a read-only
+    /// or corrupt file, an injected failure), as opposed to a full disk or a
+    /// closed journal: see `cache::failure`.
+    pub fn is_disk_failure(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            JournalError::Injected(_) => true,
+            JournalError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::EIO) | Some(libc::EROFS))
+            }
+            JournalError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(SystemIoFailure | ReadOnly | DatabaseCorrupt | NotADatabase)
+            ),
+            JournalError::Closed(_) => false,
+        }
+    }
+}
+
 /// What an operation does to its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -641,6 +661,25 @@ impl Journal {
     /// How many jobs (statements or transactions) were sent to the journal.
     pub fn jobs_sent(&self) -> u64 {
         self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// SQLite's `quick_check` of the whole file: `Err` naming what it found
+    /// unless the journal is intact.
+    pub async fn quick_check(&self) -> Result<(), JournalError> {
+        let found: String = self
+            .run(|conn| conn.query_row("PRAGMA quick_check", [], |r| r.get(0)))
+            .await?;
+        if found == "ok" {
+            Ok(())
+        } else {
+            Err(JournalError::Sqlite {
+                path: self.path.to_string(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(format!("quick_check: {found}")),
+                ),
+            })
+        }
     }
 
     /// Fault injection for tests: the next `n` commits succeed, every later one fails.

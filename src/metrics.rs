@@ -27,6 +27,7 @@ pub struct Metrics {
     uploads_pending_bytes: Gauge,
     uploads_failed: Gauge,
     uploads_oldest: FGauge,
+    local_disk_failed: Gauge,
     repl_pending: Family<Labels, Gauge>,
     repl_pending_bytes: Family<Labels, Gauge>,
     repl_failed: Family<Labels, Gauge>,
@@ -64,6 +65,7 @@ impl Metrics {
             uploads_pending_bytes: Gauge::default(),
             uploads_failed: Gauge::default(),
             uploads_oldest: FGauge::default(),
+            local_disk_failed: Gauge::default(),
             repl_pending: Family::default(),
             repl_pending_bytes: Family::default(),
             repl_failed: Family::default(),
@@ -96,6 +98,11 @@ impl Metrics {
             "uploads_oldest_pending_seconds",
             "Age of the oldest pending upload",
             m.uploads_oldest.clone(),
+        );
+        r.register(
+            "local_disk_failed",
+            "1 once a write or fsync of the cache or journal failed: the mount accepts no writes until remounted",
+            m.local_disk_failed.clone(),
         );
         r.register(
             "replication_pending",
@@ -168,6 +175,8 @@ impl Metrics {
         self.uploads_pending_bytes.set(u.pending_bytes as i64);
         self.uploads_failed.set(u.failed as i64);
         self.uploads_oldest.set(u.oldest_pending_s);
+        self.local_disk_failed
+            .set(status.local_disk_failed.is_some() as i64);
         for (d, s) in &status.replication {
             self.repl_pending
                 .get_or_create(&dest(d))

@@ -124,7 +124,14 @@ pub async fn start_with_stores(
         config.cache.space_wait.0,
     )?;
     cache.limit_clean_files(config.cache.max_clean_files);
+    // A local disk that failed in an earlier run is re-checked before this
+    // one accepts writes (`cache::failure`): a file written and read back,
+    // and the journal's own check.
+    let rechecked = crate::cache::failure::recheck(cache.root())?;
     let journal = Journal::open(&cache.journal_path())?;
+    if rechecked.is_some() {
+        journal.quick_check().await?;
+    }
     // The oldest open ops are queued in memory, the rest stay in the
     // journal (see `uploader`, "Spill"): a start costs O(held), plus a
     // seq and a cache file name per open op while it reads them.

@@ -26,6 +26,10 @@ pub struct Status {
     /// Uploads that replaced a version another client wrote since this host
     /// last read the key (see `uploader::guard`): the newest few.
     pub replaced: crate::journal::Conflicts,
+    /// Why the mount stopped accepting writes, if its local disk failed
+    /// (`cache::failure`); cleared by the re-check of the next start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_disk_failed: Option<String>,
 }
 
 pub async fn status(journal: &Journal, config: &Config) -> Result<Status, JournalError> {
@@ -48,6 +52,7 @@ pub async fn status(journal: &Journal, config: &Config) -> Result<Status, Journa
         reads_age_s: noted.map(|(_, at)| (crate::clock::now_ms() - at).max(0) as f64 / 1000.0),
         discovery: journal.discovery_stats().await?,
         replaced: journal.conflicts(10).await?,
+        local_disk_failed: crate::cache::failure::recorded(&config.cache.dir),
     })
 }
 
@@ -81,7 +86,9 @@ impl Status {
     /// Replicas that missed the target and landed since count only in the
     /// totals, not here: the exit code says what is wrong now.
     pub fn health(&self, time_target: std::time::Duration) -> Health {
-        let failed = self.uploads.failed > 0 || self.replication.values().any(|r| r.failed > 0);
+        let failed = self.uploads.failed > 0
+            || self.replication.values().any(|r| r.failed > 0)
+            || self.local_disk_failed.is_some();
         let overdue = self
             .replication
             .values()
@@ -127,6 +134,7 @@ mod tests {
             reads_age_s: None,
             discovery: Vec::new(),
             replaced: Default::default(),
+            local_disk_failed: None,
         }
     }
 

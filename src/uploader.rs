@@ -297,6 +297,15 @@ impl Uploader {
     }
 
     /// Journals `op` durably and queues it behind earlier operations on its key.
+    /// `e`, having stopped the mount's writes if it says the journal's disk
+    /// failed (`cache::failure`).
+    fn noting_disk_failure(&self, e: JournalError) -> JournalError {
+        if e.is_disk_failure() {
+            self.inner.cache.fence().trip(e.to_string());
+        }
+        e
+    }
+
     /// Returns once committed: the caller may acknowledge the write.
     pub async fn submit(&self, op: NewOp) -> Result<i64, JournalError> {
         self.submit_with(op, None).await
@@ -317,7 +326,7 @@ impl Uploader {
             q.tickets.entry(key.clone()).or_default().push_back(ticket);
             (self.inner.journal.stage_in_order(op.clone()), ticket)
         };
-        let res = fut.await;
+        let res = fut.await.map_err(|e| self.noting_disk_failure(e));
         let mut q = self.inner.queue.lock().unwrap();
         if let Some(t) = q.tickets.get_mut(&key) {
             t.retain(|x| *x != ticket);
@@ -514,7 +523,11 @@ impl Uploader {
         // A spilled op repointed in the journal is read back repointed.
         let _boundary = self.inner.spill_lock.lock().await;
         for seq in seqs {
-            self.inner.journal.repoint(*seq, to.to_string()).await?;
+            self.inner
+                .journal
+                .repoint(*seq, to.to_string())
+                .await
+                .map_err(|e| self.noting_disk_failure(e))?;
         }
         let mut q = self.inner.queue.lock().unwrap();
         let q = &mut *q;

@@ -170,3 +170,114 @@ fn uploads_that_fail_transiently_then_permanently_all_land_once_fixed() {
         assert_eq!(mem.history("p")[0].1.as_deref(), Some(&b"permanent"[..]));
     });
 }
+
+/// A write bigger than what the journal takes inline, so its close fsyncs
+/// the cache file.
+const BIG: usize = 256 * 1024;
+
+#[test]
+fn a_failed_cache_fsync_stops_every_write_until_a_restart_rechecks_the_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(cache.path());
+    let mem = Arc::new(MemoryStore::new("b"));
+    let faulty = Arc::new(FaultyStore::new(mem.clone()));
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
+        // The first upload attempts fail (transiently, retried with backoff):
+        // what was acknowledged before the disk failed lands after it.
+        faulty.fail_next(4);
+        write_file(&svc, "before", &vec![1u8; BIG]).await.unwrap();
+        // A descriptor open across the failure.
+        let (_, open) = svc
+            .core
+            .create(
+                ROOT,
+                b"open-across",
+                0o644,
+                libc::O_WRONLY | libc::O_CREAT,
+                WHO,
+            )
+            .await
+            .unwrap();
+        svc.cache.fence().fail_io_after(0);
+        let e = write_file(&svc, "during", &vec![2u8; BIG])
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        // The disk answers again, but nothing it is given can be trusted now.
+        svc.cache.fence().fail_io_after(-1);
+        let e = write_file(&svc, "after", b"small").await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "a create after the failure: {e}");
+        let e = svc.core.mkdir(ROOT, b"dir", 0o755, WHO).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "a mkdir after the failure: {e}");
+        let e = svc.core.write(open.fh, 0, b"late").await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "a write on an older descriptor: {e}");
+        let _ = svc.core.release(open.fh).await;
+        // Reads go on.
+        let attr = svc.core.lookup(ROOT, b"before").await.unwrap();
+        assert_eq!(attr.size, BIG as u64);
+        // Status says why, and counts as failed.
+        let status = regionfs::status::status(&svc.journal, &cfg).await.unwrap();
+        let cause = status
+            .local_disk_failed
+            .clone()
+            .expect("status names the failure");
+        assert!(cause.contains("Input/output error"), "{cause}");
+        assert_eq!(
+            status.health(Duration::from_secs(900)),
+            regionfs::status::Health::Failed
+        );
+        // What was acknowledged before still goes up.
+        assert!(mem.history("before").is_empty(), "not uploaded yet");
+        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
+    });
+    drop(rt);
+    assert_eq!(
+        mem.history("before").len(),
+        1,
+        "acknowledged before the failure"
+    );
+    assert!(
+        mem.history("during").is_empty(),
+        "its close failed: never acknowledged"
+    );
+    assert!(mem.history("after").is_empty());
+    // The next start re-checks the cache and takes writes again.
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&cfg, faulty.clone(), WHO).await.unwrap();
+        let status = regionfs::status::status(&svc.journal, &cfg).await.unwrap();
+        assert_eq!(status.local_disk_failed, None, "re-checked at start");
+        write_file(&svc, "later", &vec![3u8; BIG]).await.unwrap();
+        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
+    });
+    assert_eq!(mem.history("later").len(), 1);
+}
+
+#[test]
+fn a_journal_commit_failing_on_its_disk_stops_the_mounts_writes() {
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(cache.path());
+    let mem = Arc::new(MemoryStore::new("b"));
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&cfg, mem.clone(), WHO).await.unwrap();
+        write_file(&svc, "before", b"acknowledged").await.unwrap();
+        svc.journal.fail_commits_after(0);
+        let e = write_file(&svc, "refused", b"x").await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        assert!(
+            svc.cache
+                .fence()
+                .cause()
+                .is_some_and(|c| c.contains("injected")),
+            "{:?}",
+            svc.cache.fence().cause()
+        );
+        // The journal commits again, yet the mount stays stopped.
+        svc.journal.fail_commits_after(-1);
+        let e = svc.core.mkdir(ROOT, b"dir", 0o755, WHO).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+    });
+}

@@ -92,6 +92,11 @@ pub(crate) fn status(
                 if json {
                     println!("{}", serde_json::to_string(&s)?);
                 } else {
+                    if let Some(cause) = &s.local_disk_failed {
+                        println!(
+                            "LOCAL DISK FAILED: {cause}. The mount accepts no writes (EIO); what was acknowledged before is still uploaded. Check the disk, then remount: the start re-checks the cache."
+                        );
+                    }
                     let u = &s.uploads;
                     println!(
                         "uploads: {} pending ({} bytes), {} failed, oldest pending {:.1}s",
@@ -424,6 +429,7 @@ mod tests {
             reads_age_s: None,
             discovery: Vec::new(),
             replaced: Default::default(),
+            local_disk_failed: None,
         }
     }
 

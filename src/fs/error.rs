@@ -49,6 +49,19 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// Whether this error says the local disk (cache files or journal) failed:
+    /// see `cache::failure`.
+    pub fn is_disk_failure(&self) -> bool {
+        match self {
+            FsError::Journal(e) => e.is_disk_failure(),
+            FsError::Cache(crate::cache::CacheError::Io { source, .. }) | FsError::Io(source) => {
+                crate::cache::failure::is_fatal(source)
+            }
+            FsError::Cache(crate::cache::CacheError::DiskFailed { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// The errno table. Arguable choices carry a comment.
     pub fn errno(&self) -> i32 {
         use crate::cache::CacheError;
@@ -81,6 +94,8 @@ impl FsError {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
             FsError::Cache(CacheError::Locked { .. }) => libc::EBUSY,
+            // The disk failed earlier: nothing written now could be trusted.
+            FsError::Cache(CacheError::DiskFailed { .. }) => libc::EIO,
             FsError::Upload(_) => libc::EIO,
         }
     }

@@ -472,12 +472,24 @@ impl Core {
         self.node_attr(ino)
     }
 
+    /// What every write-side operation asks first: EROFS on a read-only
+    /// mount, EIO once the local disk failed (`cache::failure`).
     fn check_writable(&self) -> Result<(), FsError> {
         if self.read_only {
-            Err(FsError::ReadOnly)
-        } else {
-            Ok(())
+            return Err(FsError::ReadOnly);
         }
+        Ok(self.cache.fence().check()?)
+    }
+
+    /// `r`, having stopped the mount's writes if it says the local disk
+    /// failed (`cache::failure`).
+    fn noting_disk_failure<T>(&self, r: Result<T, FsError>) -> Result<T, FsError> {
+        if let Err(e) = &r {
+            if e.is_disk_failure() {
+                self.cache.fence().trip(e.to_string());
+            }
+        }
+        r
     }
 
     fn path_of(&self, ino: u64) -> Result<String, FsError> {

@@ -29,6 +29,12 @@ impl Core {
 
     /// [`Core::stage`] with the node's I/O lock held.
     pub(super) async fn stage_locked(&self, ino: u64) -> Result<Option<i64>, FsError> {
+        let staged = self.stage_dirty(ino).await;
+        self.noting_disk_failure(staged)
+    }
+
+    /// [`Core::stage_locked`] before its error is looked at.
+    async fn stage_dirty(&self, ino: u64) -> Result<Option<i64>, FsError> {
         let (working, path, meta, size, unlinked, early, _claim, writing, base) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -56,6 +62,9 @@ impl Core {
                 base,
             )
         };
+        // Dirty, after the local disk failed: these bytes cannot be vouched
+        // for, so the close or fsync fails and nothing is queued.
+        self.check_writable()?;
         if unlinked {
             return Ok(None);
         }

@@ -49,6 +49,8 @@ impl Core {
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let ino = self.handle_ino(fh)?;
+        // A descriptor opened before the local disk failed writes no more.
+        self.check_writable()?;
         if data.is_empty() {
             // Changes nothing (not even the size, past the end).
             return Ok(0);
@@ -77,6 +79,9 @@ impl Core {
     /// runtime's context: the first write may start an early upload.
     pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
         let ino = self.handle_ino(fh).ok()?;
+        if let Err(e) = self.check_writable() {
+            return Some(Err(e));
+        }
         if offset.saturating_add(data.len() as u64) > crate::config::MAX_OBJECT_SIZE {
             return None;
         }
@@ -109,7 +114,8 @@ impl Core {
         size: u64,
     ) -> Result<u32, FsError> {
         let end = offset + data.len() as u64;
-        w.direct.write_all_at(&w.file, data, offset)?;
+        self.cache
+            .write_data(&w.name, &w.direct, &w.file, data, offset)?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         n.written = true;
