@@ -100,6 +100,35 @@ pub struct BucketConfig {
     /// Only on the source: the canned ACL every version regionfs writes gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl: Option<CannedAcl>,
+    /// Server-side encryption of every version regionfs writes to this bucket
+    /// (on a destination: of its replicas, with its own key, as S3's
+    /// `ReplicaKmsKeyID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<Sse>,
+    /// With `sse = "aws:kms"`: the key (id, ARN or alias); the bucket's
+    /// default KMS key when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// S3's server-side encryption (`x-amz-server-side-encryption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Sse {
+    /// Keys the store manages (SSE-S3).
+    #[serde(rename = "AES256")]
+    Aes256,
+    /// A KMS key (SSE-KMS).
+    #[serde(rename = "aws:kms")]
+    Kms,
+}
+
+impl Sse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sse::Aes256 => "AES256",
+            Sse::Kms => "aws:kms",
+        }
+    }
 }
 
 /// S3's canned ACLs (`x-amz-acl`).

@@ -55,6 +55,11 @@ pub enum StoreError {
     },
     #[error("cannot reach {bucket}: {message}")]
     Unreachable { bucket: String, message: String },
+    /// An answer that is not S3's: XML that does not parse, a body shorter
+    /// than its Content-Length, bytes that do not match their checksum.
+    /// Retried: a proxy or a store under strain may answer right next time.
+    #[error("{bucket} answered something that is not a valid S3 response: {message}")]
+    Malformed { bucket: String, message: String },
     #[error("{bucket} rejected the request (HTTP {status}, {code}): {message}")]
     Rejected {
         bucket: String,
@@ -96,7 +101,8 @@ impl StoreError {
             | StoreError::TooLarge { .. } => true,
             StoreError::Throttled { .. }
             | StoreError::Server { .. }
-            | StoreError::Unreachable { .. } => false,
+            | StoreError::Unreachable { .. }
+            | StoreError::Malformed { .. } => false,
             // A vanished or unreadable cache file will not come back by itself.
             StoreError::LocalIo { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         }
@@ -118,6 +124,7 @@ impl StoreError {
             | StoreError::AclNotSupported { code, .. } => code,
             StoreError::PreconditionFailed { .. } => "PreconditionFailed",
             StoreError::Unreachable { .. } => "Unreachable",
+            StoreError::Malformed { .. } => "MalformedResponse",
             StoreError::LocalIo { .. } => "LocalIo",
             StoreError::TooLarge { .. } => "EntityTooLarge",
         }

@@ -103,6 +103,14 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value = "")]
         prefix: String,
+        /// One JSON object: `checked` and `differences` (each with `key`,
+        /// `destination`, `source_version`, `replica_version`, `difference`).
+        #[arg(long)]
+        json: bool,
+        /// Also read every object and its replicas whole and compare their
+        /// CRC-64/NVME (finds bytes changed at the same size; reads everything).
+        #[arg(long)]
+        deep: bool,
     },
     /// Replicate the source bucket without a mount: every new version and
     /// delete marker, whoever wrote it (listed every
@@ -267,7 +275,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             all_versions,
             failed,
         } => load(&config).and_then(|c| resync(&c, &prefix, all_versions, failed)),
-        Command::Verify { config, prefix } => load(&config).and_then(|c| verify(&c, &prefix)),
+        Command::Verify {
+            config,
+            prefix,
+            json,
+            deep,
+        } => load(&config).and_then(|c| verify(&c, &prefix, json, deep)),
         Command::Replicate { config, shard } => load(&config).and_then(|c| replicate(&c, shard)),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -1,11 +1,12 @@
-"""IAM in a moto server that enforces authentication: a user who may only
-assume a role, and the role, which may use S3. Used by tests/credentials.rs.
+"""IAM and KMS in a moto server, for tests/credentials.rs and tests/encryption.rs.
 
   moto_iam.py setup ENDPOINT BUCKET...  -> JSON {access_key, secret_key, role_arn}
       (5 unauthenticated IAM calls, then the buckets are created and versioned
       with the role's credentials: start moto with INITIAL_NO_AUTH_ACTION_COUNT=5)
   moto_iam.py assume ENDPOINT ACCESS SECRET ROLE_ARN  -> the role's temporary
       credentials, as a container credentials endpoint serves them
+  moto_iam.py kms-key ENDPOINT          -> the id of a new KMS key
+  moto_iam.py head ENDPOINT BUCKET KEY  -> JSON {sse, kms_key_id} of the key's object
 """
 import json
 import sys
@@ -59,6 +60,11 @@ def main():
         print(json.dumps({"AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
                           "Token": c["SessionToken"],
                           "Expiration": c["Expiration"].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}))
+    elif cmd == "kms-key":
+        print(client("kms", endpoint).create_key()["KeyMetadata"]["KeyId"])
+    elif cmd == "head":
+        h = client("s3", endpoint).head_object(Bucket=sys.argv[3], Key=sys.argv[4])
+        print(json.dumps({"sse": h.get("ServerSideEncryption"), "kms_key_id": h.get("SSEKMSKeyId")}))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -594,7 +594,10 @@ async fn resync_backfills_existing_objects_and_verify_reports_differences() {
     let bad = common::regionfs_cli(&["verify"], &cfg);
     assert_eq!(bad.status.code(), Some(1));
     let text = String::from_utf8_lossy(&bad.stdout);
-    assert!(text.contains("Missing\teu\told/o5"), "{text}");
+    assert!(
+        text.contains("old/o5 → eu: missing: no replica (source version "),
+        "{text}"
+    );
     assert!(text.contains("1 difference(s)"), "{text}");
 }
 
@@ -709,7 +712,7 @@ async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_re
     let (code, out) = common::verify(&m.config);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("TagsDiffer") && out.contains("class=secret") && out.contains("class=open"),
+        out.contains("tags differ") && out.contains("class=secret") && out.contains("class=open"),
         "{out}"
     );
     let resync = common::regionfs_cli(&["resync"], &m.config);
@@ -726,4 +729,61 @@ async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_re
     );
     let (code, out) = common::verify(&m.config);
     assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_deep_finds_a_replica_whose_bytes_changed_at_the_same_size_and_metadata() {
+    use regionfs::store::{PutBody, PutOptions};
+    let r = Regions::start().await;
+    let c = tempfile::tempdir().unwrap();
+    let m = Mount::start(&r.config(c.path(), ""));
+    // 20 MB: uploaded in parts, so its ETag does not name its bytes.
+    let body: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(m.path("big.bin"), &body).unwrap();
+    std::fs::write(m.path("small.txt"), b"left alone").unwrap();
+    wait_replicated(&m, "eu");
+    let (code, out) = common::verify(&m.config);
+    assert_eq!(code, Some(0), "{out}");
+
+    // Another client rewrites the replica: same size, same metadata (the
+    // source version it claims included), one byte flipped.
+    let replica = r.dst.head("big.bin", None).await.unwrap();
+    let mut flipped = body.clone();
+    flipped[12_345_678] ^= 0xff;
+    r.dst
+        .put(
+            "big.bin",
+            PutBody::Bytes(flipped.into()),
+            &PutOptions {
+                content_type: replica.content_type.clone(),
+                metadata: replica.metadata.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let deep = common::regionfs_cli(&["verify", "--deep"], &m.config);
+    let text = String::from_utf8_lossy(&deep.stdout);
+    assert_eq!(deep.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("big.bin → eu: bytes differ at the same size: source CRC-64/NVME "),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 replica(s) checked, 1 difference(s)"),
+        "{text}"
+    );
+    let json = common::regionfs_cli(&["verify", "--deep", "--json"], &m.config);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["checked"], 2);
+    let d = &v["differences"][0];
+    assert_eq!(d["key"], "big.bin");
+    assert_eq!(d["destination"], "eu");
+    assert_eq!(d["difference"]["kind"], "bytes_differ");
+    assert!(d["replica_version"].is_string(), "{d}");
+    assert_ne!(
+        d["difference"]["source_crc64nvme"],
+        d["difference"]["replica_crc64nvme"]
+    );
 }

@@ -468,6 +468,8 @@ where
         checksums,
         allow_same_region: false,
         acl: None,
+        sse: None,
+        kms_key_id: None,
     };
     let e = send(S3Store::connect(&cfg).await).await.unwrap_err();
     assert!(matches!(e, StoreError::AccessDenied { .. }), "{e:?}");

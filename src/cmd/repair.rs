@@ -14,6 +14,21 @@ pub(crate) fn owner_overrides(config: &Config) -> std::collections::HashSet<Stri
         .collect()
 }
 
+/// The checker `verify` and `resync` compare with: the rules that hand
+/// replicas over, and the destinations whose ETags do not name the bytes
+/// (SSE-KMS on either side: S3's ETag of an SSE-KMS object is no MD5).
+fn checker(config: &Config) -> regionfs::replicator::resync::Checker {
+    use regionfs::config::Sse;
+    let kms = |s: Option<Sse>| s == Some(Sse::Kms);
+    let opaque = config
+        .destinations
+        .iter()
+        .filter(|d| kms(config.source.sse) || kms(d.sse))
+        .map(|d| d.name.clone())
+        .collect();
+    regionfs::replicator::resync::Checker::new(owner_overrides(config)).opaque_etags(opaque)
+}
+
 /// The source and destination stores of a configuration.
 pub(crate) async fn stores(
     config: &Config,
@@ -70,7 +85,7 @@ pub(crate) fn resync(
             .await?;
             bar.finish_and_clear();
             let mut items = Vec::new();
-            let mut checker = regionfs::replicator::resync::Checker::new(owner_overrides(config));
+            let mut checker = checker(config);
             for c in found {
                 for t in c.targets {
                     let Some(dest) = dests.get(&t.destination) else {
@@ -121,8 +136,13 @@ pub(crate) fn resync(
     })
 }
 
-pub(crate) fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> {
-    use regionfs::replicator::resync::{verify, Checker};
+pub(crate) fn verify(
+    config: &Config,
+    prefix: &str,
+    json: bool,
+    deep: bool,
+) -> anyhow::Result<ExitCode> {
+    use regionfs::replicator::resync::verify;
     use regionfs::replicator::rules::Rules;
     let rt = runtime()?;
     rt.block_on(async {
@@ -132,20 +152,24 @@ pub(crate) fn verify(config: &Config, prefix: &str) -> anyhow::Result<ExitCode> 
             source.as_ref(),
             &dests,
             &Rules::from_config(config),
-            &mut Checker::new(owner_overrides(config)),
+            &mut checker(config).deep(deep),
             &full_prefix,
         )
         .await?;
-        for f in &findings {
+        if json {
             println!(
-                "{:?}\t{}\t{}\t(source version {})",
-                f.difference, f.destination, f.key, f.source_version
+                "{}",
+                serde_json::json!({ "checked": checked, "differences": findings })
+            );
+        } else {
+            for f in &findings {
+                println!("{f}");
+            }
+            println!(
+                "verify: {checked} replica(s) checked, {} difference(s)",
+                findings.len()
             );
         }
-        println!(
-            "verify: {checked} replica(s) checked, {} difference(s)",
-            findings.len()
-        );
         Ok(if findings.is_empty() {
             ExitCode::SUCCESS
         } else {

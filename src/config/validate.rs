@@ -27,6 +27,13 @@ pub(super) fn check_bucket(at: &str, b: &BucketConfig) -> Result<(), ConfigError
             });
         }
     }
+    if b.kms_key_id.is_some() && b.sse != Some(crate::config::Sse::Kms) {
+        return Err(ConfigError::Field {
+            field: format!("{at}.kms_key_id"),
+            line: None,
+            message: "a KMS key is used only with sse = \"aws:kms\"".into(),
+        });
+    }
     if b.access_key_id.is_some() != b.secret_access_key.is_some() {
         return Err(ConfigError::Field {
             field: format!("{at}.secret_access_key"),

@@ -431,7 +431,7 @@ impl Core {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Unreachable {
                 bucket: self.store.describe(),
-                message: format!("reading `{key}`: {e}"),
+                message: format!("reading `{key}`: {}", crate::store::error_chain(&e)),
             })?;
             w.file.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;

@@ -254,7 +254,7 @@ impl Download {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| StoreError::Unreachable {
                 bucket: store.describe(),
-                message: format!("reading `{}`: {e}", self.key),
+                message: format!("reading `{}`: {}", self.key, crate::store::error_chain(&e)),
             })?;
             out.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;

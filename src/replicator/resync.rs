@@ -19,26 +19,92 @@ pub struct Candidate {
 }
 
 /// What verify found for one object at one destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Difference {
     /// No replica at all.
     Missing,
     /// The replica is of another (older) source version.
     Stale { replica_of: Option<String> },
     /// Claims to be this version but differs in size or ETag.
-    Mismatched,
+    Mismatched {
+        source_size: u64,
+        replica_size: u64,
+        source_etag: String,
+        replica_etag: String,
+    },
     /// Same version, other grants (both buckets take ACLs).
     AclDiffers { source: String, replica: String },
     /// Same version, other tags (changed on the source since it was copied).
     TagsDiffer { source: String, replica: String },
+    /// Same version, size and metadata, other bytes (read whole: `--deep`).
+    BytesDiffer {
+        source_crc64nvme: String,
+        replica_crc64nvme: String,
+    },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Display for Difference {
+    /// What differs, for people: `verify`'s report.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::Missing => write!(f, "missing: no replica"),
+            Difference::Stale {
+                replica_of: Some(v),
+            } => write!(f, "stale: the replica is of source version {v}"),
+            Difference::Stale { replica_of: None } => write!(
+                f,
+                "stale: the replica was not written by regionfs and its bytes differ"
+            ),
+            Difference::Mismatched {
+                source_size,
+                replica_size,
+                source_etag,
+                replica_etag,
+            } => write!(
+                f,
+                "bytes differ: source {source_size} bytes, ETag {source_etag}; replica {replica_size} bytes, ETag {replica_etag}"
+            ),
+            Difference::AclDiffers { source, replica } => {
+                write!(f, "ACL differs: source {source}; replica {replica}")
+            }
+            Difference::TagsDiffer { source, replica } => {
+                write!(f, "tags differ: source {source}; replica {replica}")
+            }
+            Difference::BytesDiffer {
+                source_crc64nvme,
+                replica_crc64nvme,
+            } => write!(
+                f,
+                "bytes differ at the same size: source CRC-64/NVME {source_crc64nvme}, replica {replica_crc64nvme}"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     pub key: String,
     pub destination: String,
     pub source_version: String,
+    /// The version id of the replica found, if there is one.
+    pub replica_version: Option<String>,
     pub difference: Difference,
+}
+
+impl std::fmt::Display for Finding {
+    /// `KEY → DESTINATION: what differs (source version V, replica version R)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} → {}: {} (source version {}",
+            self.key, self.destination, self.difference, self.source_version
+        )?;
+        match &self.replica_version {
+            Some(r) => write!(f, ", replica version {r})"),
+            None => write!(f, ")"),
+        }
+    }
 }
 
 /// Lists the source under `prefix`: the latest version of every object, or
@@ -127,7 +193,12 @@ pub fn compare(
                 && r.etag != source.etag
                 && !source.etag.contains('-')
                 && !r.etag.contains('-')))
-        .then_some(Difference::Mismatched),
+        .then(|| Difference::Mismatched {
+            source_size: source.size,
+            replica_size: r.size,
+            source_etag: source.etag.clone(),
+            replica_etag: r.etag.clone(),
+        }),
         // A copy made by another tool counts when its bytes match.
         None if r.size == source.size && r.etag == source.etag => None,
         other => Some(Difference::Stale {
@@ -191,6 +262,8 @@ pub struct Checker {
     owner_override: HashSet<String>,
     source_acls: Option<bool>,
     dest_acls: HashMap<String, bool>,
+    deep: bool,
+    opaque_etags: HashSet<String>,
 }
 
 impl Checker {
@@ -199,7 +272,25 @@ impl Checker {
             owner_override,
             source_acls: None,
             dest_acls: HashMap::new(),
+            deep: false,
+            opaque_etags: HashSet::new(),
         }
+    }
+
+    /// Destinations whose replicas' ETags cannot be compared with the
+    /// source's (SSE-KMS on either side): sizes and versions still are, and
+    /// `deep` the bytes.
+    pub fn opaque_etags(mut self, destinations: HashSet<String>) -> Checker {
+        self.opaque_etags = destinations;
+        self
+    }
+
+    /// Also reads both copies whole and compares their CRC-64/NVME: a replica
+    /// whose bytes were changed behind regionfs's back at the same size (and
+    /// ETag scheme) is found, whatever the vendors and part layouts.
+    pub fn deep(mut self, deep: bool) -> Checker {
+        self.deep = deep;
+        self
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -211,17 +302,52 @@ impl Checker {
         destination: &str,
         dest: &dyn ObjectStore,
         rule_id: &str,
-    ) -> Result<Option<Difference>, StoreError> {
+    ) -> Result<Option<(Difference, Option<String>)>, StoreError> {
         let replica = match dest.head(&head.key, None).await {
             Ok(i) => Some(i),
             Err(StoreError::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
+        let replica_version = replica.as_ref().and_then(|r| r.version_id.clone());
+        let replica = match replica {
+            Some(mut r) if self.opaque_etags.contains(destination) => {
+                r.etag.clear();
+                Some(r)
+            }
+            other => other,
+        };
+        let found = self
+            .difference(source, head, version, destination, dest, rule_id, replica)
+            .await?;
+        Ok(found.map(|d| (d, replica_version)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn difference(
+        &mut self,
+        source: &dyn ObjectStore,
+        head: &ObjectInfo,
+        version: &str,
+        destination: &str,
+        dest: &dyn ObjectStore,
+        rule_id: &str,
+        replica: Option<ObjectInfo>,
+    ) -> Result<Option<Difference>, StoreError> {
         let difference = compare(head, version, replica.as_ref());
         if difference.is_some() || head.key.ends_with('/') {
             return Ok(difference);
         }
         let replica_version = replica.as_ref().and_then(|r| r.version_id.as_deref());
+        if self.deep {
+            let want = crate::store::content_crc64(source, &head.key, Some(version)).await?;
+            let have = crate::store::content_crc64(dest, &head.key, replica_version).await?;
+            if want != have {
+                return Ok(Some(Difference::BytesDiffer {
+                    source_crc64nvme: want,
+                    replica_crc64nvme: have,
+                }));
+            }
+        }
         let want = source.get_tags(&head.key, Some(version)).await?;
         let have = dest.get_tags(&head.key, replica_version).await?;
         if want != have {
@@ -285,11 +411,12 @@ pub async fn verify(
                     &t.rule_id,
                 )
                 .await?;
-            if let Some(difference) = found {
+            if let Some((difference, replica_version)) = found {
                 findings.push(Finding {
                     key: c.key.clone(),
                     destination: t.destination.clone(),
                     source_version: c.version_id.clone(),
+                    replica_version,
                     difference,
                 });
             }
@@ -356,12 +483,70 @@ mod tests {
         );
         assert_eq!(
             compare(&src, "v2", Some(&info(9, "e1", Some("v2")))),
-            Some(Difference::Mismatched)
+            Some(Difference::Mismatched {
+                source_size: 10,
+                replica_size: 9,
+                source_etag: "e1".into(),
+                replica_etag: "e1".into(),
+            })
         );
         assert_eq!(
             compare(&src, "v2", Some(&info(10, "e1", None))),
             None,
             "an identical foreign copy"
         );
+    }
+
+    #[test]
+    fn each_difference_is_reported_as_a_line_naming_key_destination_and_both_versions() {
+        let f = |difference, replica_version: Option<&str>| {
+            Finding {
+                key: "docs/a.txt".into(),
+                destination: "eu".into(),
+                source_version: "v2".into(),
+                replica_version: replica_version.map(str::to_string),
+                difference,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            f(Difference::Missing, None),
+            "docs/a.txt → eu: missing: no replica (source version v2)"
+        );
+        assert_eq!(
+            f(
+                Difference::Stale {
+                    replica_of: Some("v1".into())
+                },
+                Some("r1")
+            ),
+            "docs/a.txt → eu: stale: the replica is of source version v1 (source version v2, replica version r1)"
+        );
+        assert_eq!(
+            f(
+                Difference::Mismatched {
+                    source_size: 10,
+                    replica_size: 10,
+                    source_etag: "\"a\"".into(),
+                    replica_etag: "\"b\"".into(),
+                },
+                Some("r2")
+            ),
+            "docs/a.txt → eu: bytes differ: source 10 bytes, ETag \"a\"; replica 10 bytes, ETag \"b\" (source version v2, replica version r2)"
+        );
+        let json = serde_json::to_value(Finding {
+            key: "k".into(),
+            destination: "eu".into(),
+            source_version: "v2".into(),
+            replica_version: None,
+            difference: Difference::TagsDiffer {
+                source: "a=1".into(),
+                replica: "none".into(),
+            },
+        })
+        .unwrap();
+        assert_eq!(json["difference"]["kind"], "tags_differ");
+        assert_eq!(json["difference"]["replica"], "none");
+        assert_eq!(json["replica_version"], serde_json::Value::Null);
     }
 }

@@ -279,6 +279,51 @@ pub struct GetObject {
     pub body: ByteStream,
 }
 
+/// `e` and its sources, `: `-joined (a body's error says little on its own:
+/// "streaming error", caused by "checksum mismatch").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The CRC-64/NVME of an object version's bytes (hex), read whole: what
+/// `verify --deep` compares, since ETags of multipart uploads and of other
+/// vendors do not name the bytes.
+pub async fn content_crc64(
+    store: &dyn ObjectStore,
+    key: &str,
+    version_id: Option<&str>,
+) -> Result<String, StoreError> {
+    let obj = store
+        .get(
+            key,
+            GetRequest {
+                version_id: version_id.map(str::to_string),
+                range: None,
+            },
+        )
+        .await?;
+    let mut h = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
+    let mut body = obj.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StoreError::Malformed {
+            bucket: store.describe(),
+            message: format!("reading the body of `{key}`: {}", error_chain(&e)),
+        })?;
+        h.update(&chunk);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl GetObject {
     pub async fn bytes(self) -> Result<Bytes, StoreError> {
         let key = self.info.key.clone();
@@ -286,9 +331,9 @@ impl GetObject {
             .collect()
             .await
             .map(|d| d.into_bytes())
-            .map_err(|e| StoreError::Unreachable {
+            .map_err(|e| StoreError::Malformed {
                 bucket: String::new(),
-                message: format!("reading the body of `{key}`: {e}"),
+                message: format!("reading the body of `{key}`: {}", error_chain(&e)),
             })
     }
 }

@@ -25,7 +25,8 @@ use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
     AccessControlPolicy, BucketVersioningStatus, CompletedMultipartUpload, Grant,
     Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl, ObjectOwnership, Owner, Permission,
-    StorageClass, Tag, Tagging, TaggingDirective, Type as GranteeType, VersioningConfiguration,
+    ServerSideEncryption, StorageClass, Tag, Tagging, TaggingDirective, Type as GranteeType,
+    VersioningConfiguration,
 };
 use aws_sdk_s3::Client;
 
@@ -53,6 +54,9 @@ pub struct S3Store {
     describe: String,
     /// How this store takes ACL grants (learned at the first PutObjectAcl).
     grant_form: Arc<AtomicU8>,
+    /// Server-side encryption of what this store writes, and its KMS key.
+    sse: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
     /// Bodies go unsigned (no SHA-256 of every byte): a CRC checksum of the
     /// body travels with it and the store checks that (see `unsigned`).
     unsigned_payloads: bool,
@@ -104,12 +108,40 @@ impl S3Store {
             region: cfg.region.clone(),
             describe: cfg.describe(),
             grant_form: Arc::new(AtomicU8::new(GRANTS_UNKNOWN)),
+            sse: cfg.sse.map(|s| ServerSideEncryption::from(s.as_str())),
+            kms_key_id: cfg.kms_key_id.clone(),
             unsigned_payloads: cfg.checksums == ChecksumMode::WhenSupported,
         }
     }
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// A listing page as S3 writes one: `IsTruncated` present and each
+    /// entry with its key and time. The SDK's XML reader stops quietly at
+    /// the end of a cut body, which would read as a whole, shorter page (and
+    /// keys missing from it as deleted): that is an error, retried.
+    fn whole_listing<'a>(
+        &self,
+        is_truncated: Option<bool>,
+        mut entries: impl Iterator<Item = (Option<&'a str>, bool)>,
+    ) -> Result<(), StoreError> {
+        let malformed = |what: String| StoreError::Malformed {
+            bucket: self.describe.clone(),
+            message: format!("a listing {what}: cut short or not S3's"),
+        };
+        if is_truncated.is_none() {
+            return Err(malformed("without IsTruncated".into()));
+        }
+        if let Some((key, _)) = entries.find(|(key, dated)| key.is_none() || !dated) {
+            return Err(malformed(format!(
+                "entry {} without its {}",
+                key.map(|k| format!("`{k}`")).unwrap_or_default(),
+                if key.is_none() { "Key" } else { "LastModified" }
+            )));
+        }
+        Ok(())
     }
 
     /// Creates the bucket if missing and enables versioning: for quick starts and
@@ -305,6 +337,14 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_version_id(req.version_id)
+            // A whole object's bytes are checked against the checksum the
+            // store kept, where it kept one: a body that does not match is
+            // an error while it is read, never bytes handed on.
+            .set_checksum_mode(
+                req.range
+                    .is_none()
+                    .then_some(aws_sdk_s3::types::ChecksumMode::Enabled),
+            )
             .set_range(req.range.map(|(a, b)| format!("bytes={a}-{b}")))
             .send()
             .await
@@ -344,6 +384,8 @@ impl ObjectStore for S3Store {
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
             .set_if_match(match &opts.condition {
                 Some(Condition::IfMatch(e)) => Some(format!("\"{e}\"")),
                 _ => None,
@@ -373,6 +415,8 @@ impl ObjectStore for S3Store {
             .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
@@ -495,6 +539,8 @@ impl ObjectStore for S3Store {
             .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
             .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
             .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
             .send()
             .await
             .map_err(|e| self.err(Some(src_key), e))?;
@@ -549,6 +595,12 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err(None, e))?;
+        self.whole_listing(
+            out.is_truncated(),
+            out.contents()
+                .iter()
+                .map(|o| (o.key(), o.last_modified().is_some())),
+        )?;
         Ok(ListPage {
             objects: out
                 .contents()
@@ -594,6 +646,17 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err(None, e))?;
+        self.whole_listing(
+            out.is_truncated(),
+            out.versions()
+                .iter()
+                .map(|v| (v.key(), v.last_modified().is_some()))
+                .chain(
+                    out.delete_markers()
+                        .iter()
+                        .map(|d| (d.key(), d.last_modified().is_some())),
+                ),
+        )?;
         let mut versions: Vec<VersionEntry> = out
             .versions()
             .iter()

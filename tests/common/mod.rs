@@ -326,6 +326,8 @@ impl Region {
             checksums: ChecksumMode::WhenSupported,
             allow_same_region: false,
             acl: None,
+            sse: None,
+            kms_key_id: None,
         }
     }
 

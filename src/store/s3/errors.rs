@@ -41,6 +41,14 @@ where
             message: DisplayErrorContext(&e).to_string(),
         };
     }
+    // A success whose body could not be read as S3's answer (malformed XML,
+    // a cut body): not the request's fault, so retried.
+    if matches!(e, SdkError::ResponseError(_)) {
+        return StoreError::Malformed {
+            bucket,
+            message: DisplayErrorContext(&e).to_string(),
+        };
+    }
     let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
     let code = e.code().unwrap_or_default().to_string();
     let message = e
@@ -106,6 +114,19 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        classify(&self.describe, key, e)
+        let mut e = classify(&self.describe, key, e);
+        // A KMS key the store refuses (missing, disabled, not allowed): name
+        // the key the configuration gave, which the store's message may not.
+        if let (
+            StoreError::Rejected { code, message, .. }
+            | StoreError::AccessDenied { code, message, .. },
+            Some(id),
+        ) = (&mut e, &self.kms_key_id)
+        {
+            if code.to_ascii_uppercase().contains("KMS") {
+                message.push_str(&format!(" (this bucket's kms_key_id is `{id}`)"));
+            }
+        }
+        e
     }
 }
