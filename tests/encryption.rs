@@ -122,3 +122,46 @@ fn a_kms_key_without_sse_kms_is_refused_naming_the_field() {
         .to_string();
     assert!(e.contains("source.sse"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_probe_says_which_encryption_a_store_takes() {
+    // SeaweedFS 4 keeps SSE-S3 (AES256) and, without a KMS configured,
+    // answers SSE-KMS writes with 500 InternalError: found by the probe,
+    // not by a first upload retried for ever.
+    let r = Regions::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("regionfs.toml");
+    let with = |sse: &str| {
+        r.config(cache.path(), "").replacen(
+            &format!("bucket = \"{}\"\n", r.src_bucket),
+            &format!("bucket = \"{}\"\n{sse}\n", r.src_bucket),
+            1,
+        )
+    };
+    let probe = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        let o = Command::new(common::regionfs_bin())
+            .args(["check-config", "--probe"])
+            .arg(&path)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = probe(with("sse = \"AES256\""));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("encryption: AES256 accepted"), "{out}");
+    let (code, out) = probe(with("sse = \"aws:kms\"\nkms_key_id = \"alias/backup\""));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("FAIL  us-east: encryption: a write with sse = aws:kms with key alias/backup was refused"),
+        "{out}"
+    );
+    // The probe leaves nothing behind.
+    let left = common::bucket_contents(&r.src, "").await;
+    assert!(left.is_empty(), "{:?}", left.keys());
+}

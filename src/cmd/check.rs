@@ -50,7 +50,7 @@ pub(crate) fn check_config(file: &std::path::Path, probe: bool) -> ExitCode {
     let mut ok = true;
     for r in &reports {
         println!("{r}");
-        ok &= r.outcome.is_ok();
+        ok &= r.ok();
     }
     if ok {
         ExitCode::SUCCESS

@@ -13,6 +13,8 @@ pub struct ProbeReport {
     pub outcome: Result<(), String>,
     /// Whether the bucket takes object ACLs (informational: never a failure).
     pub acls: Option<String>,
+    /// With `sse` set: whether a write under it was taken (see [`encryption`]).
+    pub encryption: Option<Result<String, String>>,
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -27,6 +29,11 @@ impl std::fmt::Display for ProbeReport {
         }?;
         match &self.acls {
             Some(a) => write!(f, "; object ACLs: {a}"),
+            None => Ok(()),
+        }?;
+        match &self.encryption {
+            Some(Ok(e)) => write!(f, "; encryption: {e}"),
+            Some(Err(e)) => write!(f, "\nFAIL  {}: encryption: {e}", self.name),
             None => Ok(()),
         }
     }
@@ -83,12 +90,49 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
         )),
         (Ok(()), Err(e)) => Some(format!("unknown ({e})")),
     };
+    let encryption = match (&outcome, cfg.sse) {
+        (Ok(()), Some(_)) => Some(encryption(&store, cfg).await),
+        _ => None,
+    };
     ProbeReport {
         name: cfg.name.clone(),
         bucket: cfg.describe(),
         outcome,
         acls,
+        encryption,
     }
+}
+
+impl ProbeReport {
+    /// Whether everything probed was fine.
+    pub fn ok(&self) -> bool {
+        self.outcome.is_ok() && !matches!(self.encryption, Some(Err(_)))
+    }
+}
+
+/// Writes and removes one probe object under the bucket's `sse` settings: a
+/// store without the KMS (SeaweedFS without one answers 500 InternalError,
+/// which an upload would retry for ever) or a key it refuses shows here, not
+/// at the first upload.
+async fn encryption(store: &S3Store, cfg: &BucketConfig) -> Result<String, String> {
+    let key = format!("{PROBE_MARKER}sse");
+    let wanted = match (&cfg.sse, &cfg.kms_key_id) {
+        (Some(s), Some(k)) => format!("{} with key {k}", s.as_str()),
+        (Some(s), None) => s.as_str().to_string(),
+        (None, _) => return Ok("none".into()),
+    };
+    let put = store
+        .put(
+            &key,
+            super::PutBody::Bytes(bytes::Bytes::from_static(b"regionfs")),
+            &super::PutOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("a write with sse = {wanted} was refused: {e}"))?;
+    if let Some(v) = &put.version_id {
+        let _ = store.delete_version(&key, v).await;
+    }
+    Ok(format!("{wanted} accepted"))
 }
 
 /// The marker [`markers_keep_metadata`] writes (under a prefix) and removes.
