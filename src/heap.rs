@@ -23,12 +23,8 @@ use std::time::Duration;
 pub const EVERY: Duration = Duration::from_secs(5);
 
 /// Free heap below this is left alone: a trim would give back little, and
-/// the next requests would fault it in again. Not higher: the resident peak
-/// of a 100,000-file `tar -xpf` was 4.5 MiB above a 10,000-file one's while
-/// the live heap's peak differed by 1.3 MiB (heaptrack of 40,000 against
-/// 10,000 files, 2026-12-07): the rest lay free in the arenas, under the
-/// 4 MiB this was. A trim costs one walk of the arenas every [`EVERY`].
-pub const WORTH_TRIMMING: usize = 1 << 20;
+/// the next requests would fault it in again.
+pub const WORTH_TRIMMING: usize = 4 << 20;
 
 /// Bytes free inside the allocator's arenas (mmapped chunks excluded, they
 /// go back to the system when freed); `None` where that cannot be asked.

@@ -281,3 +281,120 @@ fn a_journal_commit_failing_on_its_disk_stops_the_mounts_writes() {
         assert_eq!(e.errno(), libc::EIO, "{e}");
     });
 }
+
+/// With a `[[destination]]` "eu" and a rule sending everything there.
+fn config_replicated(cache: &std::path::Path) -> Config {
+    Config::parse(&format!(
+        r#"
+[source]
+name = "src"
+region = "us-east-1"
+bucket = "b"
+[[destination]]
+name = "eu"
+region = "eu-west-1"
+bucket = "d"
+[[rule]]
+id = "all"
+destination = "eu"
+[cache]
+dir = "{}"
+max_size = "64MiB"
+[durability]
+fsync = "local"
+"#,
+        cache.display()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn bodies_cut_short_never_become_a_cached_file_or_a_replica() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let mem = Arc::new(MemoryStore::new("b"));
+    let faulty = Arc::new(FaultyStore::new(mem.clone()));
+    let dest = Arc::new(MemoryStore::new("d"));
+    let dests = || {
+        std::collections::HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)])
+    };
+    // Written by a first host (no replication there), then every GET body
+    // from the source is cut short.
+    let first = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&config(first.path()), faulty.clone(), WHO)
+            .await
+            .unwrap();
+        write_file(&svc, "f", &body).await.unwrap();
+        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
+    });
+    drop(rt);
+    faulty.cut_bodies(true);
+    // A second host reads it (nothing cached) and replicates it.
+    let second = tempfile::tempdir().unwrap();
+    let cfg = config_replicated(second.path());
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = regionfs::service::start_with_stores(&cfg, faulty.clone(), dests(), WHO)
+            .await
+            .unwrap();
+        let version = mem.history("f")[0].0.clone();
+        let tasks = svc
+            .journal
+            .add_resync_tasks(vec![(
+                "f".to_string(),
+                version,
+                body.len() as u64,
+                regionfs::journal::NewTask {
+                    destination: "eu".into(),
+                    rule_id: "all".into(),
+                    kind: regionfs::journal::TaskKind::Version,
+                    storage_class: None,
+                },
+            )])
+            .await
+            .unwrap();
+        svc.replicator.enqueue(tasks);
+        let read = async {
+            let attr = svc.core.lookup(ROOT, b"f").await?;
+            let opened = svc.core.open(attr.ino, libc::O_RDONLY).await?;
+            let got = svc.core.read(opened.fh, 0, body.len() as u32).await;
+            let _ = svc.core.release(opened.fh).await;
+            got
+        };
+        match tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("a read of a cut body answers")
+        {
+            // A short read would tell the reader the file ends there.
+            Ok(got) => panic!(
+                "a read of {} bytes answered while the body was cut",
+                got.len()
+            ),
+            Err(e) => assert_eq!(e.errno(), libc::EIO, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(dest.history("f").is_empty(), "no replica of half the bytes");
+        // The connection behaves again: the whole file, read and replicated.
+        faulty.cut_bodies(false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let got = loop {
+            let attr = svc.core.lookup(ROOT, b"f").await.unwrap();
+            let opened = svc.core.open(attr.ino, libc::O_RDONLY).await.unwrap();
+            let got = svc.core.read(opened.fh, 0, body.len() as u32).await;
+            let _ = svc.core.release(opened.fh).await;
+            match got {
+                Ok(g) if g.len() == body.len() => break g,
+                _ if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                other => panic!("the read after the cut: {other:?}"),
+            }
+        };
+        assert!(got == body, "the whole file, not the cached half");
+        assert_eq!(svc.drain(Duration::from_secs(60), &|_| {}).await, 0);
+        let replicas = dest.history("f");
+        assert_eq!(replicas.len(), 1, "one replica");
+        assert_eq!(replicas[0].1.as_deref(), Some(&body[..]), "of every byte");
+    });
+}

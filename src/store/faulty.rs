@@ -1,5 +1,6 @@
 //! Fault injection for tests: wraps a store and fails calls on command, either
-//! the next N writes with a transient error, or every write with a permanent one.
+//! the next N writes with a transient error, or every write with a permanent
+//! one; or cuts every body it serves short (the connection dropped midway).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,35 @@ pub struct FaultyStore {
     /// Run at the start of the next write (a PUT, part or multipart step),
     /// before it reaches the store: what a concurrent writer would do.
     before_write: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// GET bodies end with an error after half their bytes.
+    cut: AtomicBool,
+}
+
+/// Half a body, then the error of a connection that dropped.
+struct CutBody {
+    first: Option<bytes::Bytes>,
+    failed: bool,
+}
+
+impl http_body::Body for CutBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(b) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b))));
+        }
+        if self.failed {
+            return std::task::Poll::Ready(None);
+        }
+        self.failed = true;
+        std::task::Poll::Ready(Some(Err(
+            "connection closed before the body was complete (injected)".into(),
+        )))
+    }
 }
 
 impl FaultyStore {
@@ -41,7 +71,13 @@ impl FaultyStore {
             reads: AtomicU64::new(0),
             got: std::sync::Mutex::new(Vec::new()),
             before_write: std::sync::Mutex::new(None),
+            cut: AtomicBool::new(false),
         }
+    }
+
+    /// Every GET body ends with an error after half its bytes, until off.
+    pub fn cut_bodies(&self, on: bool) {
+        self.cut.store(on, Ordering::SeqCst);
     }
 
     /// Runs `f` at the start of the next write.
@@ -106,7 +142,23 @@ impl ObjectStore for FaultyStore {
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.got.lock().unwrap().push(key.to_string());
-        self.inner.get(key, req).await
+        let mut obj = self.inner.get(key, req).await?;
+        if self.cut.load(Ordering::SeqCst) {
+            let all = obj
+                .body
+                .collect()
+                .await
+                .map(|d| d.into_bytes())
+                .unwrap_or_default();
+            let half = all.slice(..all.len() / 2);
+            obj.body = aws_sdk_s3::primitives::ByteStream::new(
+                aws_sdk_s3::primitives::SdkBody::from_body_1_x(CutBody {
+                    first: Some(half),
+                    failed: false,
+                }),
+            );
+        }
+        Ok(obj)
     }
     async fn put(
         &self,
