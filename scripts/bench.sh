@@ -4,7 +4,7 @@
 # two local SeaweedFS regions, in one run, interleaved per repetition.
 #
 #   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--rss-files N] [--out FILE]
-#                    [--phases "peers lag rss scale"]   (default: all four)
+#                    [--phases "peers lag rss scale cpu"]   (default: the first four)
 #                    [--scale "1000 10000"]          (tree sizes of the scale phase)
 #
 # Workloads (each system, each repetition):
@@ -39,6 +39,10 @@
 #          held (write_back_delay 1h), kill -9 of the daemon, and the time a
 #          remount takes until `stat` of the root answers with all N pending
 #          (tar-N-remount-pending)
+#   cpu-1g (phase cpu) daemon CPU seconds to take the big file from its write
+#          (dd conv=fsync) to durable and replicated, on a fresh mount; with
+#          REGIONFS_BENCH_BASELINE=PATH (a regionfs binary built from an earlier
+#          commit) that binary runs the same, alternating, as `baseline`
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
 # (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
@@ -118,7 +122,7 @@ read_phase() { # system mountpoint
   t=$(now); mv "$m/small/d0" "$m/small/moved"; ls -l "$m/small/moved" > /dev/null; record rename-dir "$sys" "$(since $t)"
 }
 
-phase peers && head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
+{ phase peers || phase cpu; } && head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
 per_dir=$((files / 20))
 total_small=$((per_dir * 20))
 echo "rclone 1.60 / s3fs 1.90 / SeaweedFS $("$REGIONFS_VENV/bin/weed" version 2>/dev/null | awk '{print $3}')" > "$work/versions"
@@ -417,6 +421,27 @@ if phase scale; then
   done
 fi
 
+if phase cpu; then
+  own_bin=$bin
+  for rep in $(seq 1 $reps); do
+    for sys in regionfs ${REGIONFS_BENCH_BASELINE:+baseline}; do
+      bin=$own_bin; [ "$sys" = baseline ] && bin=$REGIONFS_BENCH_BASELINE
+      $py mkbuckets $A "cpu$sys$rep"; $py mkbuckets $B "cpu$sys$rep"
+      mnt=$work/mnt-cpu
+      mount_regionfs "cpu$sys$rep" "cpu$sys$rep" "$mnt" "$work/cache-cpu-$sys$rep"
+      settle
+      cpu=$(cpu_s $rfs_pid)
+      dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none
+      $py wait $A "cpu$sys$rep" big 1 $((big_mib << 20))
+      settled
+      record cpu-1g "$sys" "$(awk -v a="$(cpu_s $rfs_pid)" -v b="$cpu" 'BEGIN { printf "%.2f", a - b }')"
+      unmount "$mnt"; wait "$rfs_pid" || true
+      rm -rf "$work/cache-cpu-$sys$rep"
+    done
+  done
+  bin=$own_bin
+fi
+
 cp "$work/results" "$out.raw"
 {
   echo "# scripts/bench.sh --reps $asked_reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD))"
@@ -454,6 +479,7 @@ for w in ("rss-10x", "rss-10x-ls"):
     ratio(w, (w, "regionfs"), ("rss-1x", "regionfs"), "flat: ~1")
 ratio("idle-10x", ("idle-10x", "regionfs"), ("idle-1x", "regionfs"), "")
 r("cpu", "regionfs", "rclone", "regionfs also replicates")
+r("cpu-1g", "regionfs", "baseline", "this build against REGIONFS_BENCH_BASELINE")
 sizes = sorted({int(w.split("-")[1]) for (w, _) in rows if w.startswith("tar-") and w.endswith("-per-file")})
 for n in sizes:
     r(f"tar-{n}-per-file", "regionfs", "rclone", "<= 1.0")

@@ -60,6 +60,15 @@ pub enum StoreError {
     /// Retried: a proxy or a store under strain may answer right next time.
     #[error("{bucket} answered something that is not a valid S3 response: {message}")]
     Malformed { bucket: String, message: String },
+    /// Bytes that do not match the CRC-64/NVME they were sent or read with:
+    /// changed on the way, or read from a source that changed. Retried (from
+    /// another region where it is a read); never kept.
+    #[error("bytes of `{key}` do not match their checksum at {bucket}: {message}")]
+    BadDigest {
+        bucket: String,
+        key: String,
+        message: String,
+    },
     #[error("{bucket} rejected the request (HTTP {status}, {code}): {message}")]
     Rejected {
         bucket: String,
@@ -102,7 +111,8 @@ impl StoreError {
             StoreError::Throttled { .. }
             | StoreError::Server { .. }
             | StoreError::Unreachable { .. }
-            | StoreError::Malformed { .. } => false,
+            | StoreError::Malformed { .. }
+            | StoreError::BadDigest { .. } => false,
             // A vanished or unreadable cache file will not come back by itself.
             StoreError::LocalIo { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         }
@@ -125,6 +135,7 @@ impl StoreError {
             StoreError::PreconditionFailed { .. } => "PreconditionFailed",
             StoreError::Unreachable { .. } => "Unreachable",
             StoreError::Malformed { .. } => "MalformedResponse",
+            StoreError::BadDigest { .. } => "BadDigest",
             StoreError::LocalIo { .. } => "LocalIo",
             StoreError::TooLarge { .. } => "EntityTooLarge",
         }

@@ -270,6 +270,10 @@ pub struct NewTask {
     /// `version` (copy the object version) or `delete` (a delete marker).
     pub kind: TaskKind,
     pub storage_class: Option<String>,
+    /// The version's CRC-64/NVME (base64) where the upload learned it: the
+    /// replica is written with it, so the destination checks the bytes
+    /// against what left the cache at close.
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -320,6 +324,8 @@ pub struct Task {
     /// When the version was staged (its close/fsync): lag and the time
     /// target count from here.
     pub created_at_ms: i64,
+    /// See [`NewTask::checksum`].
+    pub checksum: Option<String>,
 }
 
 /// What a completed task left at its destination.
@@ -458,7 +464,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     replica_version TEXT,
     created_at INTEGER NOT NULL,
     done_at INTEGER,
-    replica_etag TEXT
+    replica_etag TEXT,
+    checksum TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks(status) WHERE status != 'COMPLETED';
 CREATE INDEX IF NOT EXISTS tasks_key ON tasks(key, destination, id);
@@ -596,6 +603,15 @@ impl Journal {
             .map_err(sq)?;
         if !has_replica_etag {
             conn.execute_batch("ALTER TABLE tasks ADD COLUMN replica_etag TEXT")
+                .map_err(sq)?;
+        }
+        // ... and before versions carried their CRC-64/NVME.
+        let has_checksum = conn
+            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'checksum'")
+            .and_then(|mut st| st.exists([]))
+            .map_err(sq)?;
+        if !has_checksum {
+            conn.execute_batch("ALTER TABLE tasks ADD COLUMN checksum TEXT")
                 .map_err(sq)?;
         }
         // ... and before uploads knew what they were written over.

@@ -198,6 +198,25 @@ dir = "{}"
     );
     let (code, out) = common::verify(&m.config);
     assert_eq!(code, Some(0), "{out}");
+    // moto keeps no checksum: the replica carries the CRC of the bytes
+    // closed as metadata, and the probe says so.
+    let replica = copied.head("report.pdf", None).await.unwrap();
+    assert_eq!(
+        replica.metadata.get(regionfs::store::CHECKSUM_META),
+        Some(&regionfs::store::checksum::Crc64::of(b"%PDF-1.7 ...").to_base64()),
+        "{replica:?}"
+    );
+    let probe = std::process::Command::new(common::regionfs_bin())
+        .args(["check-config", "--probe"])
+        .arg(&m.config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    assert!(
+        out.contains("checksums: CRC-64/NVME neither checked nor kept"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

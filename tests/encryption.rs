@@ -103,8 +103,9 @@ async fn each_bucket_encrypts_with_its_own_kms_key_and_everything_still_works() 
     assert_eq!(
         deep.status.code(),
         Some(0),
-        "{}",
-        String::from_utf8_lossy(&deep.stdout)
+        "{}{}",
+        String::from_utf8_lossy(&deep.stdout),
+        String::from_utf8_lossy(&deep.stderr)
     );
 }
 
@@ -155,6 +156,11 @@ async fn the_probe_says_which_encryption_a_store_takes() {
     let (code, out) = probe(with("sse = \"AES256\""));
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("encryption: AES256 accepted"), "{out}");
+    // ... and checks and keeps CRC-64/NVME.
+    assert!(
+        out.contains("checksums: CRC-64/NVME checked and kept"),
+        "{out}"
+    );
     let (code, out) = probe(with("sse = \"aws:kms\"\nkms_key_id = \"alias/backup\""));
     assert_eq!(code, Some(2), "{out}");
     assert!(

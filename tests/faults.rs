@@ -350,6 +350,7 @@ fn bodies_cut_short_never_become_a_cached_file_or_a_replica() {
                     rule_id: "all".into(),
                     kind: regionfs::journal::TaskKind::Version,
                     storage_class: None,
+                    checksum: None,
                 },
             )])
             .await
@@ -396,5 +397,73 @@ fn bodies_cut_short_never_become_a_cached_file_or_a_replica() {
         let replicas = dest.history("f");
         assert_eq!(replicas.len(), 1, "one replica");
         assert_eq!(replicas[0].1.as_deref(), Some(&body[..]), "of every byte");
+    });
+}
+
+/// A large file is read in parallel ranges, which carry no checksum: their
+/// CRCs, combined, must be the version's, or the copy is not kept. A proxy
+/// that garbles bytes in ranged answers leaves no wrong copy in the cache:
+/// once it behaves, the next read fetches again and gets every byte right.
+#[test]
+fn ranges_that_do_not_combine_to_the_version_checksum_are_never_kept() {
+    let body: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 239) as u8).collect();
+    let mem = Arc::new(MemoryStore::new("b"));
+    let faulty = Arc::new(FaultyStore::new(mem.clone()));
+    let first = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&config(first.path()), faulty.clone(), WHO)
+            .await
+            .unwrap();
+        write_file(&svc, "big", &body).await.unwrap();
+        assert_eq!(svc.drain(Duration::from_secs(60), &|_| {}).await, 0);
+    });
+    drop(rt);
+    faulty.flip_ranges(true);
+    let second = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let svc = start_with_store(&config(second.path()), faulty.clone(), WHO)
+            .await
+            .unwrap();
+        let read_all = || async {
+            let attr = svc.core.lookup(ROOT, b"big").await?;
+            let opened = svc.core.open(attr.ino, libc::O_RDONLY).await?;
+            let mut got = Vec::new();
+            let mut result = Ok(());
+            while got.len() < body.len() {
+                match svc.core.read(opened.fh, got.len() as u64, 1 << 20).await {
+                    Ok(b) if b.is_empty() => break,
+                    Ok(b) => got.extend_from_slice(&b),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            let _ = svc.core.release(opened.fh).await;
+            result.map(|_| got)
+        };
+        let garbled = read_all().await;
+        assert!(
+            !matches!(&garbled, Ok(g) if *g == body),
+            "the garbled ranges were read as they came"
+        );
+        // The download ends with the check; its copy is dropped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        faulty.flip_ranges(false);
+        loop {
+            match read_all().await {
+                Ok(g) if g == body => break,
+                other => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "a good copy after the proxy behaves: {:?}",
+                        other.map(|g| g.len())
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     });
 }

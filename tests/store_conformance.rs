@@ -523,8 +523,9 @@ async fn bodies_go_unsigned_with_a_crc32_and_the_request_signed() {
         header(&in_memory, "x-amz-content-sha256"),
         Some("unsigned-payload")
     );
+    // A whole object's PUT carries the version's CRC-64/NVME.
     assert!(
-        header(&in_memory, "x-amz-checksum-crc32").is_some(),
+        header(&in_memory, "x-amz-checksum-crc64nvme").is_some(),
         "{in_memory}"
     );
 
@@ -537,4 +538,5 @@ async fn bodies_go_unsigned_with_a_crc32_and_the_request_signed() {
     let sha = header(&signed, "x-amz-content-sha256").unwrap();
     assert_eq!(sha.len(), 64, "{signed}");
     assert!(header(&signed, "x-amz-checksum-crc32").is_none());
+    assert!(header(&signed, "x-amz-checksum-crc64nvme").is_none());
 }

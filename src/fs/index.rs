@@ -102,6 +102,8 @@ impl Entry {
             content_type: self.content_type.clone(),
             metadata: self.metadata.clone(),
             storage_class: None,
+            crc64nvme: None,
+            other_checksum: false,
         }
     }
 }

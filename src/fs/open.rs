@@ -429,10 +429,8 @@ impl Core {
         let mut body = obj.body;
         let mut offset = 0u64;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Unreachable {
-                bucket: self.store.describe(),
-                message: format!("reading `{key}`: {}", crate::store::error_chain(&e)),
-            })?;
+            let chunk =
+                chunk.map_err(|e| crate::store::body_error(&self.store.describe(), key, &e))?;
             w.file.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;
         }

@@ -8,6 +8,14 @@
 //! [`CHUNK`] bytes, [`PARALLEL`] at a time, each streamed straight to its place
 //! in the clean copy: a high-latency link is kept full, and memory stays
 //! bounded (no chunk is buffered whole).
+//!
+//! Integrity: a single GET is checked by the SDK against the CRC-64/NVME the
+//! store keeps. Ranged GETs carry no checksum of the whole, so each chunk's
+//! CRC is taken as it is written, and once all have arrived they are combined
+//! and compared with the CRC the region keeps for the version (one HEAD):
+//! a copy that does not match is never kept in the cache (later reads fetch
+//! again) and reads still waiting get EIO. Bytes already read cannot be taken
+//! back: readers stream while the download runs.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,6 +29,7 @@ use crate::cache::Cache;
 use crate::error::StoreError;
 use crate::fs::FsError;
 use crate::regions::Fetch;
+use crate::store::checksum::{self, Crc64};
 use crate::store::GetRequest;
 
 /// Objects this large or larger are fetched in parallel ranges.
@@ -41,6 +50,8 @@ pub struct Download {
     /// Bytes written so far at the start of each chunk (one chunk for the
     /// whole object when it is fetched by a single GET).
     progress: Vec<AtomicU64>,
+    /// Each ranged chunk's CRC-64/NVME and length, as written.
+    crcs: Mutex<Vec<Option<(Crc64, u64)>>>,
     chunk: u64,
     done: AtomicBool,
     error: Mutex<Option<String>>,
@@ -70,6 +81,7 @@ impl Download {
             progress: (0..size.div_ceil(chunk).max(1))
                 .map(|_| AtomicU64::new(arrived))
                 .collect(),
+            crcs: Mutex::new(vec![None; size.div_ceil(chunk).max(1) as usize]),
             chunk,
             done: AtomicBool::new(whole),
             error: Mutex::new(None),
@@ -189,7 +201,32 @@ impl Download {
                 done.map_err(|e| FsError::Upload(format!("download task: {e}")))??;
             }
         }
+        if self.progress.len() > 1 {
+            self.check_ranges(&f).await?;
+        }
         Ok(())
+    }
+
+    /// The chunks' CRCs combined against the CRC the region keeps for the
+    /// version (nothing to compare where it keeps none).
+    async fn check_ranges(&self, f: &Fetch) -> Result<(), FsError> {
+        let info = f.store.head(&self.key, f.version.as_deref()).await?;
+        let Some(kept) = info.crc64nvme.as_deref().and_then(Crc64::from_base64) else {
+            return Ok(());
+        };
+        let got = checksum::of_parts(self.crcs.lock().unwrap().iter().copied());
+        match got {
+            Some(got) if got == kept => Ok(()),
+            got => Err(FsError::Store(StoreError::BadDigest {
+                bucket: f.store.describe(),
+                key: self.key.clone(),
+                message: format!(
+                    "the ranges read have CRC-64/NVME {}, the version's is {}",
+                    got.map(Crc64::to_hex).unwrap_or_else(|| "unknown".into()),
+                    kept.to_hex()
+                ),
+            })),
+        }
     }
 
     /// A chunk after the first: transient failures before any of its bytes
@@ -251,16 +288,22 @@ impl Download {
         }
         let mut body = obj.body;
         let mut offset = start;
+        let mut crc = range.map(|_| aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl());
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Unreachable {
-                bucket: store.describe(),
-                message: format!("reading `{}`: {}", self.key, crate::store::error_chain(&e)),
-            })?;
+            let chunk =
+                chunk.map_err(|e| crate::store::body_error(&store.describe(), &self.key, &e))?;
             out.write_all_at(&chunk, offset)?;
             offset += chunk.len() as u64;
             from.count(chunk.len() as u64);
+            if let Some(h) = crc.as_mut() {
+                h.update(&chunk);
+            }
             self.progress[i].store(offset - start, Ordering::SeqCst);
             self.arrived.notify_waiters();
+        }
+        if let Some(h) = crc {
+            self.crcs.lock().unwrap()[i] =
+                Crc64::from_be_bytes(&h.finalize()).map(|c| (c, offset - start));
         }
         Ok(())
     }

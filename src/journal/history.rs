@@ -115,6 +115,7 @@ fn landed_task(key: &str, seq: i64, version: &str, done_at: i64, l: Landed) -> T
         error: None,
         replica_version,
         created_at_ms: done_at,
+        checksum: None,
     }
 }
 
@@ -354,6 +355,7 @@ mod tests {
 
     fn task(dest: &str) -> NewTask {
         NewTask {
+            checksum: None,
             destination: dest.into(),
             rule_id: "r".into(),
             kind: TaskKind::Version,

@@ -5,7 +5,7 @@
 
 use super::*;
 
-pub(super) const TASK_COLUMNS: &str = "id, seq, key, version_id, destination, rule_id, kind, size, storage_class, status, attempts, error, replica_version, created_at";
+pub(super) const TASK_COLUMNS: &str = "id, seq, key, version_id, destination, rule_id, kind, size, storage_class, status, attempts, error, replica_version, created_at, checksum";
 
 pub(super) fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
     let kind: String = r.get(6)?;
@@ -33,6 +33,7 @@ pub(super) fn task_from_row(r: &Row) -> rusqlite::Result<Task> {
         error: r.get(11)?,
         replica_version: r.get(12)?,
         created_at_ms: r.get(13)?,
+        checksum: r.get(14)?,
     })
 }
 
@@ -48,8 +49,8 @@ pub(super) fn insert_task(
 ) -> rusqlite::Result<Task> {
     exec_cached(
         c,
-        "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO tasks (seq, key, version_id, destination, rule_id, kind, size, storage_class, created_at, checksum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             seq,
             key,
@@ -59,7 +60,8 @@ pub(super) fn insert_task(
             if t.kind == TaskKind::Delete { "delete" } else { "version" },
             size as i64,
             t.storage_class,
-            created_at
+            created_at,
+            t.checksum
         ],
     )?;
     query_cached(

@@ -16,6 +16,7 @@ fn put(key: &str, file: &str) -> NewOp {
 
 fn eu_task() -> NewTask {
     NewTask {
+        checksum: None,
         destination: "eu".into(),
         rule_id: "r".into(),
         kind: TaskKind::Version,

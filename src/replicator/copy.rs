@@ -34,9 +34,10 @@ use std::sync::Arc;
 
 use crate::error::StoreError;
 use crate::journal::{PreviousReplica, Replica, Task, TaskKind};
+use crate::store::checksum::{self, Crc64};
 use crate::store::{
     AclBody, CompletedPart, Condition, ConditionSupport, GetRequest, ObjectInfo, ObjectStore,
-    PutBody, PutOptions, PutResult, SOURCE_VERSION_META,
+    PutBody, PutOptions, PutResult, CHECKSUM_META, SOURCE_VERSION_META,
 };
 
 use super::{check_destination, give_way, Destination, FreshReady, Inner, Yield, PARTS_IN_FLIGHT};
@@ -369,6 +370,18 @@ async fn write_replica(
         opts.storage_class = task.storage_class.clone();
         opts.acl = acl;
         opts.condition = condition;
+        let crc = Crc64::of(&f.body).to_base64();
+        if task.checksum.as_ref().is_some_and(|c| *c != crc) {
+            // The bytes in hand are not the version uploaded: never a replica.
+            return Err(bad_digest(
+                dest.as_ref(),
+                task,
+                task.checksum.as_deref(),
+                &crc,
+            ));
+        }
+        opts.metadata.insert(CHECKSUM_META.to_string(), crc.clone());
+        opts.checksum = Some(crc);
         return dest
             .put(&task.key, PutBody::Bytes(f.body.clone()), &opts)
             .await
@@ -401,8 +414,21 @@ async fn write_replica(
         .get_tags(&task.key, Some(&task.version_id))
         .await
         .unwrap_or_default();
+    // The bytes' CRC as the upload sent it (the journal), else as the source
+    // keeps it: the destination checks the replica against it.
+    let checksum = match (&task.checksum, &head.crc64nvme) {
+        (Some(sent), Some(kept)) if sent != kept => {
+            return Err(bad_digest(src.as_ref(), task, Some(sent), kept));
+        }
+        (Some(c), _) | (None, Some(c)) => Some(c.clone()),
+        (None, None) => None,
+    };
     let mut metadata = head.metadata.clone();
     metadata.insert(SOURCE_VERSION_META.to_string(), task.version_id.clone());
+    metadata.remove(CHECKSUM_META);
+    if let Some(c) = &checksum {
+        metadata.insert(CHECKSUM_META.to_string(), c.clone());
+    }
     if metadata.contains_key("mode") && !metadata.contains_key("mtime") {
         // A file uploaded in parts while written has no stored mtime; its
         // mtime is the source's LastModified, which the replica must not
@@ -418,6 +444,7 @@ async fn write_replica(
         storage_class: task.storage_class.clone(),
         acl,
         condition: None,
+        checksum: None,
     };
     let size = head.size;
     let res: PutResult = if size < threshold {
@@ -435,24 +462,47 @@ async fn write_replica(
         dest.put(
             &task.key,
             PutBody::Stream { body, len: size },
-            &PutOptions { condition, ..opts },
+            &PutOptions {
+                condition,
+                checksum,
+                ..opts
+            },
         )
         .await?
     } else {
         // No condition on a multipart write (see "Limits").
-        copy_in_parts(inner, dest.as_ref(), task, size, &opts).await?
+        copy_in_parts(inner, dest.as_ref(), task, size, &opts, checksum.as_deref()).await?
     };
     Ok(Some(res))
 }
 
+/// `BadDigest` for bytes of `task`'s version whose CRC is not the one expected.
+fn bad_digest(store: &dyn ObjectStore, task: &Task, want: Option<&str>, have: &str) -> StoreError {
+    StoreError::BadDigest {
+        bucket: store.describe(),
+        key: task.key.clone(),
+        message: format!(
+            "version {} should have CRC-64/NVME {}, the bytes read have {}",
+            task.version_id,
+            want.map(checksum::hex_of_base64).unwrap_or_default(),
+            checksum::hex_of_base64(have)
+        ),
+    }
+}
+
 /// Large objects: one ranged GET per part, streamed into UploadPart,
 /// [`PARTS_IN_FLIGHT`] parts at a time, each giving way to new writes first.
+/// A ranged GET carries no checksum of the whole, so the parts' CRCs, as the
+/// destination answered them, are combined and compared with `checksum`
+/// before the replica is completed (and the destination checks the combined
+/// value against the parts it holds).
 async fn copy_in_parts(
     inner: &Arc<Inner>,
     dest: &dyn ObjectStore,
     task: &Task,
     size: u64,
     opts: &PutOptions,
+    checksum: Option<&str>,
 ) -> Result<PutResult, StoreError> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
     let part = inner.upload.part_size_for(size);
@@ -487,6 +537,15 @@ async fn copy_in_parts(
         .buffered(PARTS_IN_FLIGHT);
     // The first failure drops the parts still in flight, then aborts.
     let parts: Result<Vec<CompletedPart>, StoreError> = copies.try_collect().await;
+    let parts = parts.and_then(|parts| {
+        let whole = checksum::of_parts(parts.iter().map(|p| p.crc64nvme));
+        match (checksum, whole) {
+            (Some(want), Some(have)) if Crc64::from_base64(want) != Some(have) => {
+                Err(bad_digest(dest, task, Some(want), &have.to_base64()))
+            }
+            _ => Ok(parts),
+        }
+    });
     match parts {
         Ok(parts) => dest.complete_multipart(&task.key, &id, parts).await,
         Err(e) => {
@@ -506,6 +565,7 @@ mod tests {
 
     fn task(seq: i64, kind: TaskKind, key: &str, version: &str) -> Task {
         Task {
+            checksum: None,
             id: 10,
             seq,
             key: key.into(),
@@ -700,6 +760,7 @@ mod tests {
             );
             for i in &order {
                 let t = NewTask {
+                    checksum: None,
                     destination: "eu".into(),
                     rule_id: "all".into(),
                     kind: TaskKind::Version,
@@ -751,6 +812,7 @@ mod tests {
             vec![],
         );
         let t = NewTask {
+            checksum: None,
             destination: "eu".into(),
             rule_id: "all".into(),
             kind: TaskKind::Version,
@@ -764,5 +826,51 @@ mod tests {
         assert_eq!(rep.drain(Duration::from_secs(10), |_| {}).await, 0);
         assert!(journal.failed_tasks().await.unwrap().is_empty());
         assert!(dst.history("k").is_empty(), "nothing written");
+    }
+
+    /// The source holds other bytes than the upload sent (its CRC, carried
+    /// in the task): no replica is written, the task stays pending and says
+    /// why, for every size (one PUT, or parts combined before completing).
+    #[tokio::test]
+    async fn bytes_that_do_not_match_the_uploaded_checksum_never_become_a_replica() {
+        for size in [5usize, 12 << 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = crate::config::two_region_test_config(
+                "[[rule]]\nid = \"all\"\ndestination = \"eu\"\n",
+            );
+            let journal = Journal::open(&dir.path().join("j.db")).unwrap();
+            let src = Arc::new(MemoryStore::new("src"));
+            let dst = Arc::new(MemoryStore::new("dst"));
+            let held = vec![1u8; size];
+            let put = src
+                .put("k", PutBody::Bytes(held.into()), &PutOptions::default())
+                .await
+                .unwrap();
+            let rep = super::super::Replicator::start_with(
+                &config,
+                src.clone(),
+                HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
+                journal.clone(),
+                vec![],
+            );
+            let sent = Crc64::of(&vec![2u8; size]).to_base64();
+            let t = NewTask {
+                checksum: Some(sent),
+                destination: "eu".into(),
+                rule_id: "all".into(),
+                kind: TaskKind::Version,
+                storage_class: None,
+            };
+            let tasks = journal
+                .add_resync_tasks(vec![("k".into(), put.version_id.unwrap(), size as u64, t)])
+                .await
+                .unwrap();
+            rep.enqueue(tasks);
+            assert_eq!(rep.drain(Duration::from_millis(1500), |_| {}).await, 1);
+            assert!(dst.history("k").is_empty(), "{size} bytes: no replica");
+            let open = journal.open_tasks().await.unwrap();
+            let why = open[0].error.clone().unwrap_or_default();
+            assert!(why.contains("CRC-64/NVME"), "{size} bytes: {why}");
+        }
     }
 }

@@ -555,6 +555,7 @@ impl Discovery {
             .into_iter()
             .filter(|t| self.destinations.contains(&t.destination))
             .map(|t| NewTask {
+                checksum: None,
                 destination: t.destination,
                 rule_id: t.rule_id,
                 kind,

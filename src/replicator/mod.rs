@@ -414,6 +414,7 @@ impl Replicator {
             .into_iter()
             .filter(|t| self.inner.destinations.contains_key(&t.destination))
             .map(|t| NewTask {
+                checksum: None,
                 destination: t.destination,
                 rule_id: t.rule_id,
                 kind,

@@ -6,7 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::error::StoreError;
 use crate::journal::{NewTask, TaskKind};
-use crate::store::{Acl, AclSupport, Grantee, ObjectInfo, ObjectStore, SOURCE_VERSION_META};
+use crate::store::checksum;
+use crate::store::{
+    Acl, AclSupport, Grantee, ObjectInfo, ObjectStore, CHECKSUM_META, SOURCE_VERSION_META,
+};
 
 use super::rules::{Change, Rules};
 
@@ -37,11 +40,17 @@ pub enum Difference {
     AclDiffers { source: String, replica: String },
     /// Same version, other tags (changed on the source since it was copied).
     TagsDiffer { source: String, replica: String },
-    /// Same version, size and metadata, other bytes (read whole: `--deep`).
+    /// Same version and size, other bytes: the CRC-64/NVME the stores keep
+    /// (or, with `--deep`, of both copies read whole) differs.
     BytesDiffer {
         source_crc64nvme: String,
         replica_crc64nvme: String,
     },
+    /// The replica was written with a CRC-64/NVME that its store no longer
+    /// has, while it keeps another checksum: another client rewrote it.
+    Rewritten { written_crc64nvme: String },
+    /// Same version and bytes, other user metadata.
+    MetadataDiffers { source: String, replica: String },
 }
 
 impl std::fmt::Display for Difference {
@@ -78,6 +87,13 @@ impl std::fmt::Display for Difference {
                 f,
                 "bytes differ at the same size: source CRC-64/NVME {source_crc64nvme}, replica {replica_crc64nvme}"
             ),
+            Difference::Rewritten { written_crc64nvme } => write!(
+                f,
+                "rewritten by another client: the replica was written with CRC-64/NVME {written_crc64nvme}, its store now keeps another checksum"
+            ),
+            Difference::MetadataDiffers { source, replica } => {
+                write!(f, "user metadata differs: source {source}; replica {replica}")
+            }
         }
     }
 }
@@ -152,6 +168,7 @@ pub async fn candidates(
                 .targets(&key, &tags, &head.metadata, Change::Version)
                 .into_iter()
                 .map(|t| NewTask {
+                    checksum: None,
                     destination: t.destination,
                     rule_id: t.rule_id,
                     kind: TaskKind::Version,
@@ -198,13 +215,60 @@ pub fn compare(
             replica_size: r.size,
             source_etag: source.etag.clone(),
             replica_etag: r.etag.clone(),
-        }),
+        })
+        .or_else(|| checksum_difference(source, r))
+        .or_else(|| metadata_difference(source, r)),
         // A copy made by another tool counts when its bytes match.
         None if r.size == source.size && r.etag == source.etag => None,
         other => Some(Difference::Stale {
             replica_of: other.cloned(),
         }),
     }
+}
+
+/// The bytes of a replica of the right version, by the CRC-64/NVME the
+/// stores keep (no byte is read): what the source keeps, else what the
+/// replica was written with (the destination checked that value then),
+/// against what the replica's store keeps now. Where a store keeps no
+/// checksums, nothing is said here (sizes and ETags were compared; `--deep`
+/// reads the bytes).
+fn checksum_difference(source: &ObjectInfo, r: &ObjectInfo) -> Option<Difference> {
+    let written = r.metadata.get(CHECKSUM_META);
+    let want = source.crc64nvme.as_ref().or(written)?;
+    match &r.crc64nvme {
+        Some(have) if have != want => Some(Difference::BytesDiffer {
+            source_crc64nvme: checksum::hex_of_base64(want),
+            replica_crc64nvme: checksum::hex_of_base64(have),
+        }),
+        Some(_) => None,
+        None => match written {
+            Some(w) if r.other_checksum => Some(Difference::Rewritten {
+                written_crc64nvme: checksum::hex_of_base64(w),
+            }),
+            _ => None,
+        },
+    }
+}
+
+/// User metadata as a replica must carry it: regionfs's own keys left out,
+/// and the `mtime` a replica gains when its source has none (see `copy`).
+fn metadata_difference(source: &ObjectInfo, r: &ObjectInfo) -> Option<Difference> {
+    let user = |m: &BTreeMap<String, String>, drop_mtime: bool| -> BTreeMap<String, String> {
+        m.iter()
+            .filter(|(k, _)| {
+                let ours = k.starts_with("regionfs-");
+                let supplied = drop_mtime && *k == "mtime";
+                !ours && !supplied
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let no_mtime = !source.metadata.contains_key("mtime");
+    let (want, have) = (user(&source.metadata, false), user(&r.metadata, no_mtime));
+    (want != have).then(|| Difference::MetadataDiffers {
+        source: describe_tags(&want),
+        replica: describe_tags(&have),
+    })
 }
 
 /// `a=1, b=2` (`none` for no tags), for messages.
@@ -494,6 +558,67 @@ mod tests {
             compare(&src, "v2", Some(&info(10, "e1", None))),
             None,
             "an identical foreign copy"
+        );
+    }
+
+    #[test]
+    fn a_replica_is_compared_by_the_checksums_the_stores_keep_in_any_part_layout() {
+        use crate::store::checksum::Crc64;
+        let (a, b) = (Crc64::of(b"same bytes"), Crc64::of(b"same bytez"));
+        let with = |mut i: ObjectInfo, kept: Option<Crc64>, written: Option<Crc64>| {
+            i.crc64nvme = kept.map(Crc64::to_base64);
+            if let Some(w) = written {
+                i.metadata.insert(CHECKSUM_META.into(), w.to_base64());
+            }
+            i
+        };
+        // Multipart on both sides, other part counts: ETags say nothing.
+        let src = with(info(10, "m-2", None), Some(a), None);
+        let same = with(info(10, "r-3", Some("v2")), Some(a), Some(a));
+        assert_eq!(compare(&src, "v2", Some(&same)), None);
+        let flipped = with(info(10, "r-3", Some("v2")), Some(b), Some(a));
+        assert_eq!(
+            compare(&src, "v2", Some(&flipped)),
+            Some(Difference::BytesDiffer {
+                source_crc64nvme: a.to_hex(),
+                replica_crc64nvme: b.to_hex(),
+            })
+        );
+        // A source store that keeps none: the value the replica was written with.
+        let bare = info(10, "m-2", None);
+        assert_eq!(
+            compare(&bare, "v2", Some(&flipped)),
+            compare(&src, "v2", Some(&flipped))
+        );
+        // Rewritten by a client that sent CRC32: ours is gone, another kept.
+        let mut rewritten = with(info(10, "r-1", Some("v2")), None, Some(a));
+        rewritten.other_checksum = true;
+        assert_eq!(
+            compare(&src, "v2", Some(&rewritten)),
+            Some(Difference::Rewritten {
+                written_crc64nvme: a.to_hex()
+            })
+        );
+        // A store that keeps no checksum at all: nothing to say without --deep.
+        let unkept = with(info(10, "r-1", Some("v2")), None, Some(a));
+        assert_eq!(compare(&src, "v2", Some(&unkept)), None);
+    }
+
+    #[test]
+    fn user_metadata_must_match_except_regionfs_keys_and_a_supplied_mtime() {
+        let mut src = info(10, "e1", None);
+        src.metadata.insert("mode".into(), "33188".into());
+        let mut r = info(10, "e1", Some("v2"));
+        r.metadata.insert("mode".into(), "33188".into());
+        r.metadata.insert("mtime".into(), "1700000000".into());
+        assert_eq!(compare(&src, "v2", Some(&r)), None);
+        r.metadata.insert("owner".into(), "someone".into());
+        assert_eq!(
+            compare(&src, "v2", Some(&r)),
+            Some(Difference::MetadataDiffers {
+                source: "mode=33188".into(),
+                replica: "mode=33188, owner=someone".into(),
+            })
         );
     }
 

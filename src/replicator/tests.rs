@@ -4,6 +4,7 @@ use super::*;
 #[test]
 fn the_oldest_open_task_counts_the_ones_in_the_journal_only() {
     let task = |id: i64, created_at_ms: i64| Task {
+        checksum: None,
         id,
         seq: id,
         key: format!("k{id}"),

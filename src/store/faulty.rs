@@ -31,6 +31,8 @@ pub struct FaultyStore {
     before_write: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// GET bodies end with an error after half their bytes.
     cut: AtomicBool,
+    /// Ranged GET bodies arrive with their first byte changed.
+    flip: AtomicBool,
 }
 
 /// Half a body, then the error of a connection that dropped.
@@ -72,7 +74,14 @@ impl FaultyStore {
             got: std::sync::Mutex::new(Vec::new()),
             before_write: std::sync::Mutex::new(None),
             cut: AtomicBool::new(false),
+            flip: AtomicBool::new(false),
         }
+    }
+
+    /// Every ranged GET body arrives with its first byte inverted (a proxy
+    /// that garbles bytes), until off.
+    pub fn flip_ranges(&self, on: bool) {
+        self.flip.store(on, Ordering::SeqCst);
     }
 
     /// Every GET body ends with an error after half its bytes, until off.
@@ -142,7 +151,20 @@ impl ObjectStore for FaultyStore {
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.got.lock().unwrap().push(key.to_string());
+        let ranged = req.range.is_some();
         let mut obj = self.inner.get(key, req).await?;
+        if ranged && self.flip.load(Ordering::SeqCst) {
+            let mut all = obj
+                .body
+                .collect()
+                .await
+                .map(|d| d.into_bytes().to_vec())
+                .unwrap_or_default();
+            if let Some(b) = all.first_mut() {
+                *b = !*b;
+            }
+            obj.body = aws_sdk_s3::primitives::ByteStream::from(all);
+        }
         if self.cut.load(Ordering::SeqCst) {
             let all = obj
                 .body

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
+use super::checksum::Crc64;
 use super::{
     Acl, AclBody, AclSupport, CompletedPart, DeleteResult, GetObject, GetRequest, Grantee,
     ListEntry, ListPage, ObjectInfo, ObjectStore, PartDigest, PutBody, PutOptions, PutResult,
@@ -214,6 +215,27 @@ impl MemoryStore {
             content_type: v.opts.content_type.clone(),
             metadata: v.opts.metadata.clone(),
             storage_class: v.opts.storage_class.clone(),
+            // Like S3 since 2025: every version has a full-object CRC-64/NVME.
+            crc64nvme: v.data.as_ref().map(|d| Crc64::of(d).to_base64()),
+            other_checksum: false,
+        }
+    }
+
+    /// Refuses bytes that do not match the checksum they were sent with.
+    fn check_digest(
+        &self,
+        key: &str,
+        data: &[u8],
+        opts: &PutOptions,
+    ) -> Result<String, StoreError> {
+        let have = Crc64::of(data).to_base64();
+        match &opts.checksum {
+            Some(want) if *want != have => Err(StoreError::BadDigest {
+                bucket: self.describe(),
+                key: key.to_string(),
+                message: format!("the CRC-64/NVME sent was {want}, the bytes' is {have}"),
+            }),
+            _ => Ok(have),
         }
     }
 
@@ -316,11 +338,13 @@ impl ObjectStore for MemoryStore {
     ) -> Result<PutResult, StoreError> {
         self.check_acl(opts.acl.as_deref())?;
         let data = self.read_body(body).await?;
+        let crc = self.check_digest(key, &data, opts)?;
         self.check_condition(key, opts.condition.as_ref())?;
         let (id, etag) = self.add_version(key, Some(data), opts.clone());
         Ok(PutResult {
             version_id: Some(id),
             etag,
+            crc64nvme: Some(crc),
         })
     }
 
@@ -347,10 +371,12 @@ impl ObjectStore for MemoryStore {
             .uploads
             .get_mut(upload_id)
             .ok_or_else(|| self.not_found(key))?;
+        let crc = (Crc64::of(&data), data.len() as u64);
         up.2.insert(number, data);
         Ok(CompletedPart {
             number,
             etag: format!("part-{number}"),
+            crc64nvme: Some(crc),
         })
     }
 
@@ -371,10 +397,12 @@ impl ObjectStore for MemoryStore {
         for p in parts {
             all.extend_from_slice(stored.get(&p.number).ok_or_else(|| self.not_found(key))?);
         }
+        let crc = Crc64::of(&all).to_base64();
         let (id, etag) = self.add_version(key, Some(Bytes::from(all)), opts);
         Ok(PutResult {
             version_id: Some(id),
             etag,
+            crc64nvme: Some(crc),
         })
     }
 
@@ -392,10 +420,12 @@ impl ObjectStore for MemoryStore {
     ) -> Result<PutResult, StoreError> {
         self.check_acl(opts.acl.as_deref())?;
         let v = self.find(src_key, src_version)?;
+        let crc = v.data.as_ref().map(|d| Crc64::of(d).to_base64());
         let (id, etag) = self.add_version(dst_key, v.data, opts.clone());
         Ok(PutResult {
             version_id: Some(id),
             etag,
+            crc64nvme: crc,
         })
     }
 

@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 
+pub mod checksum;
 pub mod memory;
 pub mod probe;
 pub mod s3;
@@ -28,6 +29,12 @@ pub use s3::S3Store;
 
 /// User metadata key that marks a replica and names the source version it copies.
 pub const SOURCE_VERSION_META: &str = "regionfs-source-version";
+
+/// User metadata key on a replica: the CRC-64/NVME (base64) of the source
+/// version's bytes, which the destination checked the replica's bytes
+/// against when it was written (see `checksum`). Where a store keeps no
+/// checksums, this is the only record of it.
+pub const CHECKSUM_META: &str = "regionfs-crc64nvme";
 
 /// Bucket versioning as S3 reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +57,12 @@ pub struct ObjectInfo {
     /// User metadata (`x-amz-meta-*`), keys lower-case without the prefix.
     pub metadata: BTreeMap<String, String>,
     pub storage_class: Option<String>,
+    /// The store's own full-object CRC-64/NVME of this version (base64), where
+    /// it keeps one: what it checked the bytes against when they arrived.
+    pub crc64nvme: Option<String>,
+    /// The store keeps a checksum of another algorithm (and none of ours):
+    /// the version was written by a client that did not send CRC-64/NVME.
+    pub other_checksum: bool,
 }
 
 /// Options written with a new version (PUT, multipart, copy with REPLACE).
@@ -64,6 +77,11 @@ pub struct PutOptions {
     /// Write only if the key's current object is still the one expected
     /// (single-request PUTs only; refused with `PreconditionFailed`).
     pub condition: Option<Condition>,
+    /// The CRC-64/NVME (base64) the bytes must have: sent as
+    /// `x-amz-checksum-crc64nvme`, so the store refuses other bytes
+    /// (BadDigest) and keeps it. Without it the SDK computes one as the bytes
+    /// go (where the bucket sends checksums).
+    pub checksum: Option<String>,
 }
 
 /// A conditional write (S3's `If-Match` / `If-None-Match: *` on PutObject).
@@ -258,6 +276,9 @@ pub struct PutResult {
     /// `None` only on buckets without versioning.
     pub version_id: Option<String>,
     pub etag: String,
+    /// The CRC-64/NVME (base64) of the bytes written, as the store answered
+    /// it; `None` where it keeps none.
+    pub crc64nvme: Option<String>,
 }
 
 /// A part of a multipart upload, as complete_multipart needs it.
@@ -265,6 +286,9 @@ pub struct PutResult {
 pub struct CompletedPart {
     pub number: i32,
     pub etag: String,
+    /// The part's CRC-64/NVME as the store answered it, and its length: the
+    /// parts combine into the object's full checksum.
+    pub crc64nvme: Option<(checksum::Crc64, u64)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -295,6 +319,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// An error while a body is read: bytes that did not match the checksum the
+/// store kept are [`StoreError::BadDigest`], anything else (a cut body)
+/// [`StoreError::Malformed`]; both are retried.
+pub fn body_error(bucket: &str, key: &str, e: &dyn std::error::Error) -> StoreError {
+    let message = format!("reading the body of `{key}`: {}", error_chain(e));
+    if message.contains("checksum mismatch") {
+        StoreError::BadDigest {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            message,
+        }
+    } else {
+        StoreError::Malformed {
+            bucket: bucket.to_string(),
+            message,
+        }
+    }
+}
+
 /// The CRC-64/NVME of an object version's bytes (hex), read whole: what
 /// `verify --deep` compares, since ETags of multipart uploads and of other
 /// vendors do not name the bytes.
@@ -315,10 +358,7 @@ pub async fn content_crc64(
     let mut h = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
     let mut body = obj.body;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| StoreError::Malformed {
-            bucket: store.describe(),
-            message: format!("reading the body of `{key}`: {}", error_chain(&e)),
-        })?;
+        let chunk = chunk.map_err(|e| body_error(&store.describe(), key, &e))?;
         h.update(&chunk);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
@@ -331,10 +371,7 @@ impl GetObject {
             .collect()
             .await
             .map(|d| d.into_bytes())
-            .map_err(|e| StoreError::Malformed {
-                bucket: String::new(),
-                message: format!("reading the body of `{key}`: {}", error_chain(&e)),
-            })
+            .map_err(|e| body_error("", &key, &e))
     }
 }
 

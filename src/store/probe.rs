@@ -15,6 +15,8 @@ pub struct ProbeReport {
     pub acls: Option<String>,
     /// With `sse` set: whether a write under it was taken (see [`encryption`]).
     pub encryption: Option<Result<String, String>>,
+    /// Whether the store checks and keeps CRC-64/NVME (see [`checksums`]).
+    pub checksums: Option<String>,
 }
 
 impl std::fmt::Display for ProbeReport {
@@ -29,6 +31,10 @@ impl std::fmt::Display for ProbeReport {
         }?;
         match &self.acls {
             Some(a) => write!(f, "; object ACLs: {a}"),
+            None => Ok(()),
+        }?;
+        match &self.checksums {
+            Some(c) => write!(f, "; checksums: {c}"),
             None => Ok(()),
         }?;
         match &self.encryption {
@@ -94,12 +100,17 @@ pub async fn probe_bucket(cfg: &BucketConfig) -> ProbeReport {
         (Ok(()), Some(_)) => Some(encryption(&store, cfg).await),
         _ => None,
     };
+    let checksums = match &outcome {
+        Ok(()) => Some(checksums(&store).await),
+        Err(_) => None,
+    };
     ProbeReport {
         name: cfg.name.clone(),
         bucket: cfg.describe(),
         outcome,
         acls,
         encryption,
+        checksums,
     }
 }
 
@@ -107,6 +118,51 @@ impl ProbeReport {
     /// Whether everything probed was fine.
     pub fn ok(&self) -> bool {
         self.outcome.is_ok() && !matches!(self.encryption, Some(Err(_)))
+    }
+}
+
+/// Writes and removes one probe object sent with its CRC-64/NVME and a
+/// wrong one: a store that refuses the wrong one and keeps the right one
+/// checks every byte regionfs writes and keeps the checksum `verify` compares.
+async fn checksums(store: &S3Store) -> String {
+    use super::checksum::Crc64;
+    let key = format!("{PROBE_MARKER}checksum");
+    let body = bytes::Bytes::from_static(b"regionfs checksum probe");
+    let put = |crc: Crc64| {
+        let (key, body) = (key.clone(), body.clone());
+        async move {
+            let opts = super::PutOptions {
+                checksum: Some(crc.to_base64()),
+                ..Default::default()
+            };
+            store.put(&key, super::PutBody::Bytes(body), &opts).await
+        }
+    };
+    let wrong = put(Crc64::of(b"other bytes")).await;
+    if let Ok(p) = &wrong {
+        if let Some(v) = &p.version_id {
+            let _ = store.delete_version(&key, v).await;
+        }
+    }
+    let right = match put(Crc64::of(&body)).await {
+        Ok(p) => p,
+        Err(e) => return format!("unknown (a write with its CRC-64/NVME failed: {e})"),
+    };
+    let kept = match &right.version_id {
+        Some(v) => store
+            .head(&key, Some(v))
+            .await
+            .ok()
+            .and_then(|i| i.crc64nvme),
+        None => None,
+    };
+    if let Some(v) = &right.version_id {
+        let _ = store.delete_version(&key, v).await;
+    }
+    match (wrong.is_err(), kept == Some(Crc64::of(&body).to_base64())) {
+        (true, true) => "CRC-64/NVME checked and kept".into(),
+        (true, false) => "CRC-64/NVME checked, not kept (replicas carry it as metadata; verify compares these replicas by size and ETag, --deep by bytes)".into(),
+        (false, _) => "CRC-64/NVME neither checked nor kept (bytes are checked by the CRC regionfs computes; verify compares these replicas by size and ETag, --deep by bytes)".into(),
     }
 }
 

@@ -9,6 +9,10 @@
 //! - ACL grants: SeaweedFS keeps only an AccessControlPolicy body and ignores a
 //!   canned `x-amz-acl` on PutObject; moto keeps only `x-amz-grant-*` headers.
 //!   Which form a store keeps is learned at the first PutObjectAcl.
+//! - Checksums: every write asks for CRC-64/NVME (a full-object checksum
+//!   for multipart uploads, see `checksum`); SeaweedFS 4.48 checks and keeps
+//!   it, moto 5.1 takes the headers and keeps nothing, so a store's answer
+//!   (not the request) says whether a version has one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -23,13 +27,14 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
 use aws_sdk_s3::types::{
-    AccessControlPolicy, BucketVersioningStatus, CompletedMultipartUpload, Grant,
-    Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl, ObjectOwnership, Owner, Permission,
-    ServerSideEncryption, StorageClass, Tag, Tagging, TaggingDirective, Type as GranteeType,
-    VersioningConfiguration,
+    AccessControlPolicy, BucketVersioningStatus, ChecksumAlgorithm, ChecksumType,
+    CompletedMultipartUpload, Grant, Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl,
+    ObjectOwnership, Owner, Permission, ServerSideEncryption, StorageClass, Tag, Tagging,
+    TaggingDirective, Type as GranteeType, VersioningConfiguration,
 };
 use aws_sdk_s3::Client;
 
+use super::checksum::{self, Crc64};
 use super::unsigned::UnsignedBodies;
 use super::{
     encode_tags, url_encode_path, Acl, AclBody, AclSupport, CompletedPart, Condition, DeleteResult,
@@ -54,6 +59,9 @@ pub struct S3Store {
     describe: String,
     /// How this store takes ACL grants (learned at the first PutObjectAcl).
     grant_form: Arc<AtomicU8>,
+    /// Whether this store takes a multipart upload declared CRC-64/NVME
+    /// full-object (learned at the first CreateMultipartUpload).
+    full_object: Arc<AtomicU8>,
     /// Server-side encryption of what this store writes, and its KMS key.
     sse: Option<ServerSideEncryption>,
     kms_key_id: Option<String>,
@@ -61,6 +69,11 @@ pub struct S3Store {
     /// body travels with it and the store checks that (see `unsigned`).
     unsigned_payloads: bool,
 }
+
+/// What [`S3Store::full_object`] knows.
+const FULL_OBJECT_UNKNOWN: u8 = 0;
+const FULL_OBJECT_TAKEN: u8 = 1;
+const FULL_OBJECT_IGNORED: u8 = 2;
 
 /// Bytes read from a cache file at a time for an upload: each read is a hop
 /// to a blocking thread and back, which at the SDK's 64 KiB cost more CPU
@@ -108,6 +121,7 @@ impl S3Store {
             region: cfg.region.clone(),
             describe: cfg.describe(),
             grant_form: Arc::new(AtomicU8::new(GRANTS_UNKNOWN)),
+            full_object: Arc::new(AtomicU8::new(FULL_OBJECT_UNKNOWN)),
             sse: cfg.sse.map(|s| ServerSideEncryption::from(s.as_str())),
             kms_key_id: cfg.kms_key_id.clone(),
             unsigned_payloads: cfg.checksums == ChecksumMode::WhenSupported,
@@ -232,11 +246,66 @@ fn meta_map(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
     .unwrap_or_default()
 }
 
+/// A store's CRC-64/NVME answer, kept only when it is one (8 bytes of
+/// base64: a composite `…-N` of parts is not the object's).
+fn full_crc64(c: Option<&str>) -> Option<String> {
+    c.and_then(Crc64::from_base64).map(Crc64::to_base64)
+}
+
 fn etag(e: Option<&str>) -> String {
     e.unwrap_or_default().trim_matches('"').to_string()
 }
 
 impl S3Store {
+    /// CRC-64/NVME computed by the SDK as the body goes (a trailer), where
+    /// the bucket sends checksums and `wanted`.
+    fn crc64_trailer(&self, wanted: bool) -> Option<ChecksumAlgorithm> {
+        (wanted && self.unsigned_payloads).then_some(ChecksumAlgorithm::Crc64Nvme)
+    }
+
+    /// Parts carry their CRC where uploads are declared full-object.
+    fn part_crc64(&self) -> Option<ChecksumAlgorithm> {
+        self.crc64_trailer(self.full_object.load(Ordering::Relaxed) == FULL_OBJECT_TAKEN)
+    }
+
+    /// CreateMultipartUpload, `declared` CRC-64/NVME full-object or not;
+    /// returns the upload id and whether the store echoed the declaration.
+    async fn create_multipart_as(
+        &self,
+        key: &str,
+        opts: &PutOptions,
+        declared: bool,
+    ) -> Result<(String, bool), StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(opts.content_type.clone())
+            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
+            .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
+            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
+            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.kms_key_id.clone())
+            .set_checksum_algorithm(declared.then_some(ChecksumAlgorithm::Crc64Nvme))
+            .set_checksum_type(declared.then_some(ChecksumType::FullObject))
+            .send()
+            .await
+            .map_err(|e| self.err(Some(key), e))?;
+        let taken = out.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme);
+        let id = out
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Rejected {
+                bucket: self.describe.clone(),
+                status: 200,
+                code: "NoUploadId".into(),
+                message: "CreateMultipartUpload answered without an upload id".into(),
+            })?;
+        Ok((id, taken))
+    }
+
     fn open_local(&self, path: &std::path::Path) -> Result<std::fs::File, StoreError> {
         std::fs::File::open(path).map_err(|e| StoreError::LocalIo {
             bucket: self.describe.clone(),
@@ -315,6 +384,7 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .set_version_id(version_id.map(str::to_string))
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
@@ -327,6 +397,15 @@ impl ObjectStore for S3Store {
             content_type: out.content_type().map(str::to_string),
             metadata: meta_map(out.metadata()),
             storage_class: out.storage_class().map(|s| s.as_str().to_string()),
+            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
+            other_checksum: [
+                out.checksum_crc32(),
+                out.checksum_crc32_c(),
+                out.checksum_sha1(),
+                out.checksum_sha256(),
+            ]
+            .iter()
+            .any(Option::is_some),
         })
     }
 
@@ -358,6 +437,15 @@ impl ObjectStore for S3Store {
             content_type: out.content_type().map(str::to_string),
             metadata: meta_map(out.metadata()),
             storage_class: out.storage_class().map(|s| s.as_str().to_string()),
+            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
+            other_checksum: [
+                out.checksum_crc32(),
+                out.checksum_crc32_c(),
+                out.checksum_sha1(),
+                out.checksum_sha256(),
+            ]
+            .iter()
+            .any(Option::is_some),
         };
         Ok(GetObject {
             info,
@@ -393,6 +481,8 @@ impl ObjectStore for S3Store {
             .set_if_none_match(
                 matches!(opts.condition, Some(Condition::IfNoneMatch)).then(|| "*".to_string()),
             )
+            .set_checksum_crc64_nvme(opts.checksum.clone())
+            .set_checksum_algorithm(self.crc64_trailer(opts.checksum.is_none()))
             .customize()
             .interceptor(UnsignedBodies(self.unsigned_payloads))
             .send()
@@ -401,33 +491,29 @@ impl ObjectStore for S3Store {
         Ok(PutResult {
             version_id: out.version_id().map(str::to_string),
             etag: etag(out.e_tag()),
+            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
         })
     }
 
     async fn create_multipart(&self, key: &str, opts: &PutOptions) -> Result<String, StoreError> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_content_type(opts.content_type.clone())
-            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
-            .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
-            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
-            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.kms_key_id.clone())
-            .send()
-            .await
-            .map_err(|e| self.err(Some(key), e))?;
-        out.upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Rejected {
-                bucket: self.describe.clone(),
-                status: 200,
-                code: "NoUploadId".into(),
-                message: "CreateMultipartUpload answered without an upload id".into(),
-            })
+        // Declared CRC-64/NVME full-object, the store checks the whole at
+        // completion and keeps one checksum whatever the parts. A store that
+        // does not echo the declaration does not take it (moto 5.1 then
+        // answers GETs with a checksum no body matches): that upload is
+        // dropped and every later one goes undeclared.
+        let state = self.full_object.load(Ordering::Relaxed);
+        if self.unsigned_payloads && state != FULL_OBJECT_IGNORED {
+            let (id, taken) = self.create_multipart_as(key, opts, true).await?;
+            if taken {
+                self.full_object.store(FULL_OBJECT_TAKEN, Ordering::Relaxed);
+                return Ok(id);
+            }
+            self.full_object
+                .store(FULL_OBJECT_IGNORED, Ordering::Relaxed);
+            tracing::info!(bucket = %self.describe, "the store does not take full-object CRC-64/NVME on multipart uploads: their checksums are kept in regionfs's journal and on replicas only");
+            self.abort_multipart(key, &id).await?;
+        }
+        Ok(self.create_multipart_as(key, opts, false).await?.0)
     }
 
     async fn upload_part(
@@ -447,6 +533,7 @@ impl ObjectStore for S3Store {
             .part_number(number)
             .body(body)
             .content_length(len)
+            .set_checksum_algorithm(self.part_crc64())
             .customize()
             .interceptor(UnsignedBodies(self.unsigned_payloads))
             .send()
@@ -455,6 +542,10 @@ impl ObjectStore for S3Store {
         Ok(CompletedPart {
             number,
             etag: out.e_tag().unwrap_or_default().to_string(),
+            crc64nvme: out
+                .checksum_crc64_nvme()
+                .and_then(Crc64::from_base64)
+                .map(|c| (c, len.max(0) as u64)),
         })
     }
 
@@ -464,12 +555,16 @@ impl ObjectStore for S3Store {
         upload_id: &str,
         parts: Vec<CompletedPart>,
     ) -> Result<PutResult, StoreError> {
+        // Where the store answered every part's CRC, the whole object's is
+        // sent for it to check against the parts it holds and keep.
+        let whole = checksum::of_parts(parts.iter().map(|p| p.crc64nvme));
         let parts = parts
             .into_iter()
             .map(|p| {
                 aws_sdk_s3::types::CompletedPart::builder()
                     .part_number(p.number)
                     .e_tag(p.etag)
+                    .set_checksum_crc64_nvme(p.crc64nvme.map(|(c, _)| c.to_base64()))
                     .build()
             })
             .collect();
@@ -484,12 +579,15 @@ impl ObjectStore for S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .set_checksum_crc64_nvme(whole.map(Crc64::to_base64))
+            .set_checksum_type(whole.map(|_| ChecksumType::FullObject))
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
         Ok(PutResult {
             version_id: out.version_id().map(str::to_string),
             etag: etag(out.e_tag()),
+            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
         })
     }
 
@@ -547,6 +645,10 @@ impl ObjectStore for S3Store {
         Ok(PutResult {
             version_id: out.version_id().map(str::to_string),
             etag: etag(out.copy_object_result().and_then(|r| r.e_tag())),
+            crc64nvme: full_crc64(
+                out.copy_object_result()
+                    .and_then(|r| r.checksum_crc64_nvme()),
+            ),
         })
     }
 

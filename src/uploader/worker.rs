@@ -7,6 +7,7 @@
 //! minute) for a permanent one.
 
 use super::*;
+use crate::store::checksum::Crc64;
 
 /// The scheduler: starts heads (see "Scheduling") whose write-back delay,
 /// deferral and retry backoff have passed, oldest first, up to `concurrency`
@@ -161,11 +162,19 @@ pub(super) async fn execute(inner: &Arc<Inner>, op: Op) {
     match result {
         Ok(res) => {
             // The version and its replication tasks are recorded together.
-            let plan = inner
+            // The version's CRC goes with its tasks: as the store answered it
+            // (or of the bytes sent from memory, where it keeps none).
+            let checksum = res.crc64nvme.clone();
+            let mut plan = inner
                 .replicator
                 .as_ref()
                 .map(|r| r.plan(&op))
                 .unwrap_or_default();
+            for t in &mut plan {
+                if t.kind == crate::journal::TaskKind::Version {
+                    t.checksum = checksum.clone();
+                }
+            }
             let recorded = inner
                 .journal
                 .complete_with_tasks(op.seq, res.version_id.clone(), plan, redoable(&op))
@@ -530,6 +539,7 @@ pub(super) async fn perform(
             Ok(PutResult {
                 version_id: d.version_id,
                 etag: String::new(),
+                crc64nvme: None,
             })
         }
         OpKind::Copy => {
@@ -565,9 +575,14 @@ pub(super) async fn perform(
                 }
             }
             if let Some(b) = small.filter(|b| b.len() as u64 == size) {
+                // The CRC of the bytes sent, where the store keeps none.
                 return store
                     .put(&op.key, PutBody::Bytes(b.clone()), &put_options(op, acl))
-                    .await;
+                    .await
+                    .map(|mut r| {
+                        r.crc64nvme.get_or_insert_with(|| Crc64::of(b).to_base64());
+                        r
+                    });
             }
             if size < inner.cfg.multipart_threshold.0 {
                 let check_path = path.clone();

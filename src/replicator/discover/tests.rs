@@ -276,6 +276,7 @@ async fn own_uploads_and_queued_versions_are_not_queued_twice() {
         .unwrap();
     d.journal.complete(seq, Some(version("a/0"))).await.unwrap();
     let task = NewTask {
+        checksum: None,
         destination: "eu".into(),
         rule_id: "all".into(),
         kind: TaskKind::Version,

@@ -83,6 +83,13 @@ where
             },
             message,
         },
+        ("BadDigest" | "XAmzContentChecksumMismatch" | "InvalidDigest", _) => {
+            StoreError::BadDigest {
+                bucket,
+                key,
+                message,
+            }
+        }
         ("PreconditionFailed", _) | (_, 412) => StoreError::PreconditionFailed { bucket, key },
         ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
         | (_, 429) => StoreError::Throttled { bucket, code },

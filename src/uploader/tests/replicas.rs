@@ -392,7 +392,13 @@ async fn a_small_file_is_replicated_from_its_uploaded_bytes_without_reading_the_
             crate::store::SOURCE_VERSION_META.into(),
             src.version_id.clone().unwrap(),
         );
+        // ... and the CRC the destination checked the bytes against.
+        want.insert(
+            crate::store::CHECKSUM_META.into(),
+            crate::store::checksum::Crc64::of(&body).to_base64(),
+        );
         assert_eq!(got.metadata, want, "{key}: the source's metadata");
+        assert_eq!(got.crc64nvme, src.crc64nvme, "{key}: the same checksum");
         assert_eq!(got.content_type, src.content_type, "{key}");
         assert_eq!(
             dest.get_tags(key, None).await.unwrap(),
