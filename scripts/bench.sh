@@ -423,7 +423,7 @@ fi
 
 if phase cpu; then
   own_bin=$bin
-  for rep in $(seq 1 $reps); do
+  for rep in $(seq 1 "$asked_reps"); do
     for sys in regionfs ${REGIONFS_BENCH_BASELINE:+baseline}; do
       bin=$own_bin; [ "$sys" = baseline ] && bin=$REGIONFS_BENCH_BASELINE
       $py mkbuckets $A "cpu$sys$rep"; $py mkbuckets $B "cpu$sys$rep"

@@ -424,6 +424,28 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[cfg(test)]
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Columns journals made by earlier versions lack, with what adds each:
+/// inline staging, replicas written conditionally (their ETag), uploads
+/// that know what they were written over, versions' CRC-64/NVME.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("ops", "inline", "ALTER TABLE ops ADD COLUMN inline BLOB"),
+    (
+        "tasks",
+        "replica_etag",
+        "ALTER TABLE tasks ADD COLUMN replica_etag TEXT",
+    ),
+    (
+        "ops",
+        "base_etag",
+        "ALTER TABLE ops ADD COLUMN base_etag TEXT; ALTER TABLE ops ADD COLUMN base_version TEXT",
+    ),
+    (
+        "tasks",
+        "checksum",
+        "ALTER TABLE tasks ADD COLUMN checksum TEXT",
+    ),
+];
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ops (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -587,43 +609,16 @@ impl Journal {
             .map_err(sq)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(sq)?;
-        // Journals made before inline staging lack the column.
-        let has_inline = conn
-            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'inline'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(sq)?;
-        if !has_inline {
-            conn.execute_batch("ALTER TABLE ops ADD COLUMN inline BLOB")
+        for (table, column, add) in ADDED_COLUMNS {
+            let has = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                ))
+                .and_then(|mut st| st.exists([]))
                 .map_err(sq)?;
-        }
-        // ... and before replicas were written conditionally, their ETag.
-        let has_replica_etag = conn
-            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'replica_etag'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(sq)?;
-        if !has_replica_etag {
-            conn.execute_batch("ALTER TABLE tasks ADD COLUMN replica_etag TEXT")
-                .map_err(sq)?;
-        }
-        // ... and before versions carried their CRC-64/NVME.
-        let has_checksum = conn
-            .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'checksum'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(sq)?;
-        if !has_checksum {
-            conn.execute_batch("ALTER TABLE tasks ADD COLUMN checksum TEXT")
-                .map_err(sq)?;
-        }
-        // ... and before uploads knew what they were written over.
-        let has_base = conn
-            .prepare("SELECT 1 FROM pragma_table_info('ops') WHERE name = 'base_etag'")
-            .and_then(|mut st| st.exists([]))
-            .map_err(sq)?;
-        if !has_base {
-            conn.execute_batch(
-                "ALTER TABLE ops ADD COLUMN base_etag TEXT; ALTER TABLE ops ADD COLUMN base_version TEXT",
-            )
-            .map_err(sq)?;
+            if !has {
+                conn.execute_batch(add).map_err(sq)?;
+            }
         }
         let folded = history::fold_finished(&conn).map_err(sq)?;
         if folded > 0 {

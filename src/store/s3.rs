@@ -25,12 +25,11 @@ use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, DateTime, Length};
+use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{
-    AccessControlPolicy, BucketVersioningStatus, ChecksumAlgorithm, ChecksumType,
-    CompletedMultipartUpload, Grant, Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl,
-    ObjectOwnership, Owner, Permission, ServerSideEncryption, StorageClass, Tag, Tagging,
-    TaggingDirective, Type as GranteeType, VersioningConfiguration,
+    AccessControlPolicy, BucketVersioningStatus, ChecksumType, CompletedMultipartUpload, Grant,
+    Grantee as SdkGrantee, MetadataDirective, ObjectCannedAcl, ObjectOwnership, Owner, Permission,
+    ServerSideEncryption, StorageClass, Tag, Tagging, TaggingDirective, Type as GranteeType,
 };
 use aws_sdk_s3::Client;
 
@@ -45,10 +44,13 @@ use crate::config::{BucketConfig, ChecksumMode};
 use crate::error::StoreError;
 
 mod acl;
+mod admin;
 mod errors;
+mod send;
 
 use acl::{GRANTS_AS_BODY, GRANTS_AS_HEADERS, GRANTS_UNKNOWN};
 use errors::classify;
+use send::{FULL_OBJECT_IGNORED, FULL_OBJECT_TAKEN, FULL_OBJECT_UNKNOWN};
 
 /// One bucket at one endpoint, through aws-sdk-s3.
 #[derive(Clone)]
@@ -69,16 +71,6 @@ pub struct S3Store {
     /// body travels with it and the store checks that (see `unsigned`).
     unsigned_payloads: bool,
 }
-
-/// What [`S3Store::full_object`] knows.
-const FULL_OBJECT_UNKNOWN: u8 = 0;
-const FULL_OBJECT_TAKEN: u8 = 1;
-const FULL_OBJECT_IGNORED: u8 = 2;
-
-/// Bytes read from a cache file at a time for an upload: each read is a hop
-/// to a blocking thread and back, which at the SDK's 64 KiB cost more CPU
-/// than the copy.
-const FILE_READ: usize = 256 << 10;
 
 impl S3Store {
     /// Builds a client from the bucket's settings and the aws-config default
@@ -157,80 +149,6 @@ impl S3Store {
         }
         Ok(())
     }
-
-    /// Creates the bucket if missing and enables versioning: for quick starts and
-    /// tests, never called by the mount.
-    pub async fn create_versioned_bucket(&self) -> Result<(), StoreError> {
-        // Outside us-east-1, S3 wants the region named in the request body.
-        let location = (self.region != "us-east-1").then(|| {
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
-                    self.region.as_str(),
-                ))
-                .build()
-        });
-        match self
-            .client
-            .create_bucket()
-            .bucket(&self.bucket)
-            .set_create_bucket_configuration(location)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
-                ) => {}
-            Err(e) => return Err(self.err(None, e)),
-        }
-        self.set_versioning(true).await
-    }
-
-    /// Turns versioning on (Enabled) or off (Suspended).
-    pub async fn set_versioning(&self, enabled: bool) -> Result<(), StoreError> {
-        let status = if enabled {
-            BucketVersioningStatus::Enabled
-        } else {
-            BucketVersioningStatus::Suspended
-        };
-        self.client
-            .put_bucket_versioning()
-            .bucket(&self.bucket)
-            .versioning_configuration(VersioningConfiguration::builder().status(status).build())
-            .send()
-            .await
-            .map_err(|e| self.err(None, e))?;
-        Ok(())
-    }
-
-    /// Sets the bucket's Object Ownership (`ObjectWriter`, `BucketOwnerPreferred`
-    /// or `BucketOwnerEnforced`, which turns ACLs off). For setup and tests.
-    pub async fn set_object_ownership(&self, ownership: &str) -> Result<(), StoreError> {
-        let invalid = |e: aws_sdk_s3::error::BuildError| StoreError::Rejected {
-            bucket: self.describe.clone(),
-            status: 0,
-            code: "InvalidOwnership".into(),
-            message: e.to_string(),
-        };
-        let rule = aws_sdk_s3::types::OwnershipControlsRule::builder()
-            .object_ownership(ObjectOwnership::from(ownership))
-            .build()
-            .map_err(invalid)?;
-        let controls = aws_sdk_s3::types::OwnershipControls::builder()
-            .rules(rule)
-            .build()
-            .map_err(invalid)?;
-        self.client
-            .put_bucket_ownership_controls()
-            .bucket(&self.bucket)
-            .ownership_controls(controls)
-            .send()
-            .await
-            .map_err(|e| self.err(None, e))?;
-        Ok(())
-    }
 }
 
 fn time(t: Option<&DateTime>) -> Option<SystemTime> {
@@ -254,106 +172,6 @@ fn full_crc64(c: Option<&str>) -> Option<String> {
 
 fn etag(e: Option<&str>) -> String {
     e.unwrap_or_default().trim_matches('"').to_string()
-}
-
-impl S3Store {
-    /// CRC-64/NVME computed by the SDK as the body goes (a trailer), where
-    /// the bucket sends checksums and `wanted`.
-    fn crc64_trailer(&self, wanted: bool) -> Option<ChecksumAlgorithm> {
-        (wanted && self.unsigned_payloads).then_some(ChecksumAlgorithm::Crc64Nvme)
-    }
-
-    /// Parts carry their CRC where uploads are declared full-object.
-    fn part_crc64(&self) -> Option<ChecksumAlgorithm> {
-        self.crc64_trailer(self.full_object.load(Ordering::Relaxed) == FULL_OBJECT_TAKEN)
-    }
-
-    /// CreateMultipartUpload, `declared` CRC-64/NVME full-object or not;
-    /// returns the upload id and whether the store echoed the declaration.
-    async fn create_multipart_as(
-        &self,
-        key: &str,
-        opts: &PutOptions,
-        declared: bool,
-    ) -> Result<(String, bool), StoreError> {
-        let out = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_content_type(opts.content_type.clone())
-            .set_metadata(Some(opts.metadata.clone().into_iter().collect()))
-            .set_tagging((!opts.tags.is_empty()).then(|| encode_tags(&opts.tags)))
-            .set_storage_class(opts.storage_class.as_deref().map(StorageClass::from))
-            .set_acl(opts.acl.as_deref().map(ObjectCannedAcl::from))
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.kms_key_id.clone())
-            .set_checksum_algorithm(declared.then_some(ChecksumAlgorithm::Crc64Nvme))
-            .set_checksum_type(declared.then_some(ChecksumType::FullObject))
-            .send()
-            .await
-            .map_err(|e| self.err(Some(key), e))?;
-        let taken = out.checksum_algorithm() == Some(&ChecksumAlgorithm::Crc64Nvme);
-        let id = out
-            .upload_id()
-            .map(str::to_string)
-            .ok_or_else(|| StoreError::Rejected {
-                bucket: self.describe.clone(),
-                status: 200,
-                code: "NoUploadId".into(),
-                message: "CreateMultipartUpload answered without an upload id".into(),
-            })?;
-        Ok((id, taken))
-    }
-
-    fn open_local(&self, path: &std::path::Path) -> Result<std::fs::File, StoreError> {
-        std::fs::File::open(path).map_err(|e| StoreError::LocalIo {
-            bucket: self.describe.clone(),
-            source: std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-        })
-    }
-
-    async fn body(&self, body: PutBody) -> Result<(ByteStream, i64), StoreError> {
-        match body {
-            PutBody::Bytes(b) => {
-                let n = b.len() as i64;
-                Ok((ByteStream::from(b), n))
-            }
-            PutBody::File { path, offset, len } => {
-                let s = ByteStream::read_from()
-                    .path(&path)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .buffer_size(FILE_READ)
-                    .build()
-                    .await
-                    .map_err(|e| StoreError::LocalIo {
-                        bucket: self.describe.clone(),
-                        source: std::io::Error::other(format!("{}: {e}", path.display())),
-                    })?;
-                Ok((s, len as i64))
-            }
-            PutBody::StableFile {
-                path,
-                len,
-                unchanged,
-            } => {
-                let file = self.open_local(&path)?;
-                Ok((super::stable::body(file, path, len, unchanged), len as i64))
-            }
-            PutBody::HashedFile {
-                path,
-                offset,
-                len,
-                digest,
-            } => {
-                let file = self.open_local(&path)?;
-                let body = super::stable::hashed_body(file, path, offset, len, digest);
-                Ok((body, len as i64))
-            }
-            PutBody::Stream { body, len } => Ok((body, len as i64)),
-        }
-    }
 }
 
 #[async_trait]
