@@ -149,22 +149,6 @@ impl Node {
             && self.content_key.is_none()
             && self.kernel.is_none()
     }
-
-    /// A directory with no local state: what it holds is in the bucket or in
-    /// queued operations, from which a lookup makes it again.
-    fn idle_dir(&self) -> bool {
-        self.ino != ROOT
-            && self.is_dir()
-            && self.open == 0
-            && self.working.is_none()
-            && !self.dirty
-            && !self.shared
-            && !self.local_only
-            && !self.unlinked
-            && self.early.is_none()
-            && self.content_key.is_none()
-            && self.kernel.is_none()
-    }
 }
 
 pub struct Inodes {
@@ -395,10 +379,8 @@ impl Inodes {
     /// more, least recently used first. Those the kernel does not hold are
     /// dropped here; the others are returned as (parent inode, name) for the
     /// kernel to drop its entry, after which its FORGET drops the node.
-    /// A directory goes too once no node below it is left in the table (its
-    /// children's entries pin it in the kernel until then): a tree of many
-    /// small directories, 10,000 of them for a 100,000-file `tar -x`, would
-    /// otherwise stay in memory whole. Everything with local state is kept.
+    /// Directories are kept (their children's entries pin them in the kernel
+    /// anyway), and so is everything with local state.
     ///
     /// A file whose bytes are a staged put still queued (`queued` says
     /// which cache files queued operations read) goes too: its working file
@@ -414,11 +396,6 @@ impl Inodes {
             return Vec::new();
         }
         let now = self.now_s();
-        let parents: HashSet<&str> = self
-            .nodes
-            .values()
-            .map(|n| crate::names::parent_of(&n.path))
-            .collect();
         let mut idle: Vec<(u32, u64)> = self
             .nodes
             .values()
@@ -426,11 +403,9 @@ impl Inodes {
             .filter(|n| {
                 n.idle_clean()
                     || (n.idle_staged() && n.working.as_ref().is_some_and(|w| queued(&w.name)))
-                    || (n.idle_dir() && !parents.contains(n.path.as_str()))
             })
             .map(|n| (n.used, n.ino))
             .collect();
-        drop(parents);
         idle.sort_unstable();
         let excess = self.nodes.len() - (limit - limit / 4);
         let mut asks = Vec::new();
@@ -505,52 +480,6 @@ mod tests {
         }
         assert_eq!(t.nodes.len(), 12);
         assert!(t.get(a).is_some() && t.get(b).is_some() && t.get(ROOT).is_some());
-    }
-
-    #[test]
-    fn trim_lets_go_of_directories_once_nothing_below_them_is_left() {
-        let dir = ObjectMeta::new(S_IFDIR | 0o755, 0, 0);
-        let file = ObjectMeta::new(0o100644, 0, 0);
-        let mut t = Inodes::new(dir.clone());
-        // 30 directories of one file each, all held by the kernel.
-        for i in 0..30 {
-            for (path, meta) in [(format!("d{i}"), &dir), (format!("d{i}/f"), &file)] {
-                let ino = t.upsert(&path, meta.clone());
-                t.get_mut(ino).unwrap().lookups = 1;
-            }
-        }
-        let ino = |t: &Inodes, p: &str| t.lookup_path(p).unwrap();
-        let busy = ino(&t, "d0/f");
-        t.get_mut(busy).unwrap().open = 1;
-        let fresh = ino(&t, "d1");
-        t.get_mut(fresh).unwrap().local_only = true;
-        t.get_mut(ino(&t, "d1/f")).unwrap().lookups = 0;
-        // A round asks for idle files first (the least recently used).
-        let mut rounds = 0;
-        while t.nodes.len() > 12 && rounds < 10 {
-            rounds += 1;
-            for (p, name) in t.trim(16, 0, |_| false) {
-                let parent = t.get(p).unwrap().path.clone();
-                let path = if parent.is_empty() {
-                    name
-                } else {
-                    format!("{parent}/{name}")
-                };
-                let i = ino(&t, &path);
-                t.forget(i, 1, |_| false);
-            }
-        }
-        assert!(t.nodes.len() <= 16, "directories go too: {}", t.nodes.len());
-        let dirs = t.nodes.values().filter(|n| n.is_dir()).count();
-        assert!(dirs < 16, "{dirs} directories left");
-        assert!(t.get(busy).is_some(), "an open file is kept");
-        assert!(t.lookup_path("d0").is_some(), "and so is its directory");
-        assert!(t.get(fresh).is_some(), "a directory only here is kept");
-        // A directory goes only after everything below it.
-        for n in t.nodes.values() {
-            let parent = crate::names::parent_of(&n.path);
-            assert!(t.by_path.contains_key(parent), "{} lost its parent", n.path);
-        }
     }
 
     #[test]
