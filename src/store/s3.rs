@@ -164,6 +164,32 @@ fn meta_map(m: Option<&HashMap<String, String>>) -> BTreeMap<String, String> {
     .unwrap_or_default()
 }
 
+/// What a HEAD or GET answer says of the version (their outputs are two
+/// types with the same accessors).
+macro_rules! info_of {
+    ($key:expr, $out:expr) => {
+        ObjectInfo {
+            key: $key.to_string(),
+            size: $out.content_length().unwrap_or(0).max(0) as u64,
+            etag: etag($out.e_tag()),
+            version_id: $out.version_id().map(str::to_string),
+            last_modified: time($out.last_modified()),
+            content_type: $out.content_type().map(str::to_string),
+            metadata: meta_map($out.metadata()),
+            storage_class: $out.storage_class().map(|s| s.as_str().to_string()),
+            crc64nvme: full_crc64($out.checksum_crc64_nvme()),
+            other_checksum: [
+                $out.checksum_crc32(),
+                $out.checksum_crc32_c(),
+                $out.checksum_sha1(),
+                $out.checksum_sha256(),
+            ]
+            .iter()
+            .any(Option::is_some),
+        }
+    };
+}
+
 /// A store's CRC-64/NVME answer, kept only when it is one (8 bytes of
 /// base64: a composite `…-N` of parts is not the object's).
 fn full_crc64(c: Option<&str>) -> Option<String> {
@@ -206,25 +232,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
-        Ok(ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: etag(out.e_tag()),
-            version_id: out.version_id().map(str::to_string),
-            last_modified: time(out.last_modified()),
-            content_type: out.content_type().map(str::to_string),
-            metadata: meta_map(out.metadata()),
-            storage_class: out.storage_class().map(|s| s.as_str().to_string()),
-            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
-            other_checksum: [
-                out.checksum_crc32(),
-                out.checksum_crc32_c(),
-                out.checksum_sha1(),
-                out.checksum_sha256(),
-            ]
-            .iter()
-            .any(Option::is_some),
-        })
+        Ok(info_of!(key, out))
     }
 
     async fn get(&self, key: &str, req: GetRequest) -> Result<GetObject, StoreError> {
@@ -246,25 +254,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| self.err(Some(key), e))?;
-        let info = ObjectInfo {
-            key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
-            etag: etag(out.e_tag()),
-            version_id: out.version_id().map(str::to_string),
-            last_modified: time(out.last_modified()),
-            content_type: out.content_type().map(str::to_string),
-            metadata: meta_map(out.metadata()),
-            storage_class: out.storage_class().map(|s| s.as_str().to_string()),
-            crc64nvme: full_crc64(out.checksum_crc64_nvme()),
-            other_checksum: [
-                out.checksum_crc32(),
-                out.checksum_crc32_c(),
-                out.checksum_sha1(),
-                out.checksum_sha256(),
-            ]
-            .iter()
-            .any(Option::is_some),
-        };
+        let info = info_of!(key, out);
         Ok(GetObject {
             info,
             body: out.body,
