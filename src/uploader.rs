@@ -104,6 +104,7 @@ use crate::store::{
 
 mod early;
 mod guard;
+mod parts;
 mod queue;
 mod replan;
 mod schedule;
