@@ -206,13 +206,7 @@ dir = "{}"
         Some(&regionfs::store::checksum::Crc64::of(b"%PDF-1.7 ...").to_base64()),
         "{replica:?}"
     );
-    let probe = std::process::Command::new(common::regionfs_bin())
-        .args(["check-config", "--probe"])
-        .arg(&m.config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    let out = probe(&m.config);
     assert!(
         out.contains("checksums: CRC-64/NVME neither checked nor kept"),
         "{out}"
@@ -260,13 +254,7 @@ async fn a_destination_without_acls_gets_bytes_metadata_and_tags_with_one_warnin
         .count();
     assert_eq!(warnings, 1, "one warning per bucket:\n{}", m.log_text());
 
-    let probe = std::process::Command::new(common::regionfs_bin())
-        .args(["check-config", "--probe"])
-        .arg(&m.config)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&probe.stdout).into_owned();
+    let out = probe(&m.config);
     assert!(
         out.contains("ok    us-east:") && out.contains("object ACLs: supported"),
         "{out}"
@@ -275,4 +263,15 @@ async fn a_destination_without_acls_gets_bytes_metadata_and_tags_with_one_warnin
         out.contains("ok    eu:") && out.contains("object ACLs: not supported"),
         "{out}"
     );
+}
+
+/// What `check-config --probe` prints for `config`.
+fn probe(config: &std::path::Path) -> String {
+    let o = std::process::Command::new(common::regionfs_bin())
+        .args(["check-config", "--probe"])
+        .arg(config)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -746,7 +746,7 @@ async fn tags_changed_on_the_source_after_the_copy_are_reported_by_verify_and_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_rewritten_replica_by_the_checksums_the_stores_keep() {
     use regionfs::store::checksum::Crc64;
-    use regionfs::store::{PutBody, PutOptions, CHECKSUM_META};
+    use regionfs::store::CHECKSUM_META;
     let r = Regions::start().await;
     let c = tempfile::tempdir().unwrap();
     let m = Mount::start(&r.config(c.path(), ""));
@@ -769,21 +769,7 @@ async fn verify_finds_a_rewritten_replica_by_the_checksums_the_stores_keep() {
     let (code, out) = common::verify(&m.config);
     assert_eq!(code, Some(0), "{out}");
 
-    let replica = r.dst.head("big.bin", None).await.unwrap();
-    let mut flipped = body.clone();
-    flipped[12_345_678] ^= 0xff;
-    r.dst
-        .put(
-            "big.bin",
-            PutBody::Bytes(flipped.into()),
-            &PutOptions {
-                content_type: replica.content_type.clone(),
-                metadata: replica.metadata.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    rewrite_flipping_one_byte(&r.dst, "big.bin", &body).await;
     let json = common::regionfs_cli(&["verify", "--json"], &m.config);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["checked"], 2, "{v}");
@@ -797,9 +783,30 @@ async fn verify_finds_a_rewritten_replica_by_the_checksums_the_stores_keep() {
     );
     assert_eq!(v["differences"].as_array().unwrap().len(), 1, "{v}");
 }
+
+/// What another client does behind regionfs's back: the replica of `key`
+/// written again with its size, content type and metadata (the source
+/// version it claims included), one byte flipped.
+async fn rewrite_flipping_one_byte(dst: &S3Store, key: &str, body: &[u8]) {
+    use regionfs::store::{PutBody, PutOptions};
+    let replica = dst.head(key, None).await.unwrap();
+    let mut flipped = body.to_vec();
+    flipped[body.len() / 2] ^= 0xff;
+    dst.put(
+        key,
+        PutBody::Bytes(flipped.into()),
+        &PutOptions {
+            content_type: replica.content_type.clone(),
+            metadata: replica.metadata.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_deep_finds_a_replica_whose_bytes_changed_at_the_same_size_and_metadata() {
-    use regionfs::store::{PutBody, PutOptions};
     let r = Regions::start().await;
     let c = tempfile::tempdir().unwrap();
     let m = Mount::start(&r.config(c.path(), ""));
@@ -811,23 +818,7 @@ async fn verify_deep_finds_a_replica_whose_bytes_changed_at_the_same_size_and_me
     let (code, out) = common::verify(&m.config);
     assert_eq!(code, Some(0), "{out}");
 
-    // Another client rewrites the replica: same size, same metadata (the
-    // source version it claims included), one byte flipped.
-    let replica = r.dst.head("big.bin", None).await.unwrap();
-    let mut flipped = body.clone();
-    flipped[12_345_678] ^= 0xff;
-    r.dst
-        .put(
-            "big.bin",
-            PutBody::Bytes(flipped.into()),
-            &PutOptions {
-                content_type: replica.content_type.clone(),
-                metadata: replica.metadata.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    rewrite_flipping_one_byte(&r.dst, "big.bin", &body).await;
 
     let deep = common::regionfs_cli(&["verify", "--deep"], &m.config);
     let text = String::from_utf8_lossy(&deep.stdout);
