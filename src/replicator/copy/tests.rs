@@ -6,6 +6,34 @@ use crate::store::MemoryStore;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// A replicator from `src` to `dst` (destination `eu`) over `journal`.
+fn replicator(
+    config: &crate::config::Config,
+    src: &Arc<MemoryStore>,
+    dst: &Arc<MemoryStore>,
+    journal: &Journal,
+) -> super::super::Replicator {
+    super::super::Replicator::start_with(
+        config,
+        src.clone(),
+        HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
+        journal.clone(),
+        vec![],
+    )
+}
+
+/// A copy of a version to `eu` under rule `all`, with the CRC its upload
+/// recorded.
+fn to_eu(checksum: Option<String>) -> NewTask {
+    NewTask {
+        checksum,
+        destination: "eu".into(),
+        rule_id: "all".into(),
+        kind: TaskKind::Version,
+        storage_class: None,
+    }
+}
+
 fn task(seq: i64, kind: TaskKind, key: &str, version: &str) -> Task {
     Task {
         checksum: None,
@@ -194,21 +222,9 @@ async fn in_any_order(conditions: bool) {
                 .unwrap();
             versions.push(r.version_id.unwrap());
         }
-        let rep = super::super::Replicator::start_with(
-            &config,
-            src.clone(),
-            HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
-            journal.clone(),
-            vec![],
-        );
+        let rep = replicator(&config, &src, &dst, &journal);
         for i in &order {
-            let t = NewTask {
-                checksum: None,
-                destination: "eu".into(),
-                rule_id: "all".into(),
-                kind: TaskKind::Version,
-                storage_class: None,
-            };
+            let t = to_eu(None);
             let tasks = journal
                 .add_resync_tasks(vec![("k".into(), versions[*i].clone(), 6, t)])
                 .await
@@ -247,20 +263,8 @@ async fn a_version_deleted_for_good_before_its_copy_completes_without_a_replica(
         .unwrap();
     let version = put.version_id.unwrap();
     src.delete_version("k", &version).await.unwrap();
-    let rep = super::super::Replicator::start_with(
-        &config,
-        src.clone(),
-        HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
-        journal.clone(),
-        vec![],
-    );
-    let t = NewTask {
-        checksum: None,
-        destination: "eu".into(),
-        rule_id: "all".into(),
-        kind: TaskKind::Version,
-        storage_class: None,
-    };
+    let rep = replicator(&config, &src, &dst, &journal);
+    let t = to_eu(None);
     let tasks = journal
         .add_resync_tasks(vec![("k".into(), version, 5, t)])
         .await
@@ -288,21 +292,9 @@ async fn bytes_that_do_not_match_the_uploaded_checksum_never_become_a_replica() 
             .put("k", PutBody::Bytes(held.into()), &PutOptions::default())
             .await
             .unwrap();
-        let rep = super::super::Replicator::start_with(
-            &config,
-            src.clone(),
-            HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
-            journal.clone(),
-            vec![],
-        );
+        let rep = replicator(&config, &src, &dst, &journal);
         let sent = Crc64::of(&vec![2u8; size]).to_base64();
-        let t = NewTask {
-            checksum: Some(sent),
-            destination: "eu".into(),
-            rule_id: "all".into(),
-            kind: TaskKind::Version,
-            storage_class: None,
-        };
+        let t = to_eu(Some(sent));
         let tasks = journal
             .add_resync_tasks(vec![("k".into(), put.version_id.unwrap(), size as u64, t)])
             .await
