@@ -308,6 +308,19 @@ fsync = "local"
     .unwrap()
 }
 
+/// `key` written with `body` through a first host (no replication there),
+/// everything uploaded; the host then stops.
+fn written_by_another_host(store: &Arc<FaultyStore>, key: &str, body: &[u8]) {
+    let first = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let svc = start_with_store(&config(first.path()), store.clone(), WHO)
+            .await
+            .unwrap();
+        write_file(&svc, key, body).await.unwrap();
+        assert_eq!(svc.drain(Duration::from_secs(60), &|_| {}).await, 0);
+    });
+}
+
 #[test]
 fn bodies_cut_short_never_become_a_cached_file_or_a_replica() {
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
@@ -317,18 +330,8 @@ fn bodies_cut_short_never_become_a_cached_file_or_a_replica() {
     let dests = || {
         std::collections::HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)])
     };
-    // Written by a first host (no replication there), then every GET body
-    // from the source is cut short.
-    let first = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    rt.block_on(async {
-        let svc = start_with_store(&config(first.path()), faulty.clone(), WHO)
-            .await
-            .unwrap();
-        write_file(&svc, "f", &body).await.unwrap();
-        assert_eq!(svc.drain(Duration::from_secs(20), &|_| {}).await, 0);
-    });
-    drop(rt);
+    // Written by a first host, then every GET body from the source is cut short.
+    written_by_another_host(&faulty, "f", &body);
     faulty.cut_bodies(true);
     // A second host reads it (nothing cached) and replicates it.
     let second = tempfile::tempdir().unwrap();
@@ -409,16 +412,7 @@ fn ranges_that_do_not_combine_to_the_version_checksum_are_never_kept() {
     let body: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 239) as u8).collect();
     let mem = Arc::new(MemoryStore::new("b"));
     let faulty = Arc::new(FaultyStore::new(mem.clone()));
-    let first = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    rt.block_on(async {
-        let svc = start_with_store(&config(first.path()), faulty.clone(), WHO)
-            .await
-            .unwrap();
-        write_file(&svc, "big", &body).await.unwrap();
-        assert_eq!(svc.drain(Duration::from_secs(60), &|_| {}).await, 0);
-    });
-    drop(rt);
+    written_by_another_host(&faulty, "big", &body);
     faulty.flip_ranges(true);
     let second = tempfile::tempdir().unwrap();
     let rt = runtime();
