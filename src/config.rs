@@ -89,7 +89,7 @@ pub struct BucketConfig {
         serialize_with = "redact"
     )]
     pub secret_access_key: Option<String>,
-    /// `when_supported` (default, the SDK's CRC32 on every upload) or
+    /// `when_supported` (default, a CRC-64/NVME trailer on every upload) or
     /// `when_required` for stores that reject aws-chunked trailing checksums.
     #[serde(default)]
     pub checksums: ChecksumMode,
