@@ -152,23 +152,6 @@ struct MotoIam {
     role_arn: String,
 }
 
-fn moto_iam(args: &[&str]) -> Vec<u8> {
-    let venv = std::env::var_os("REGIONFS_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| common::repo_root().join(".venv"));
-    let o = Command::new(venv.join("bin/python"))
-        .arg(common::repo_root().join("tests/moto_iam.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "moto_iam.py {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
-}
-
 /// moto answering the five IAM calls of `moto_iam.py setup` unchecked, then
 /// checking every request: the user may only assume the role, the role may use
 /// S3. `buckets` are created and versioned through the role.
@@ -176,7 +159,7 @@ fn moto_with_a_role(buckets: &[&str]) -> (Region, MotoIam) {
     let a = Region::moto_enforcing_auth("us-east-1", 5);
     let mut args = vec!["setup", a.endpoint.as_str()];
     args.extend_from_slice(buckets);
-    let iam: serde_json::Value = serde_json::from_slice(&moto_iam(&args)).unwrap();
+    let iam: serde_json::Value = serde_json::from_str(&common::moto_iam(&args)).unwrap();
     let iam = MotoIam {
         access_key: iam["access_key"].as_str().unwrap().into(),
         secret_key: iam["secret_key"].as_str().unwrap().into(),
@@ -294,14 +277,13 @@ fn container_endpoint(token: &'static str, body: String) -> (String, Arc<AtomicU
 async fn container_credentials_from_a_local_endpoint_sign_requests() {
     let (sa, sb) = (bucket_name("src"), bucket_name("dst"));
     let (a, iam) = moto_with_a_role(&[&sa, &sb]);
-    let role_session = String::from_utf8(moto_iam(&[
+    let role_session = common::moto_iam(&[
         "assume",
         &a.endpoint,
         &iam.access_key,
         &iam.secret_key,
         &iam.role_arn,
-    ]))
-    .unwrap();
+    ]);
     let (url, asked) = container_endpoint("pod-token", role_session);
     let dir = tempfile::tempdir().unwrap();
     let text = config(

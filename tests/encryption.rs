@@ -11,27 +11,10 @@ use std::time::Duration;
 
 use common::{wait_for, Mount, Region, Regions};
 
-fn moto_helper(args: &[&str]) -> String {
-    let venv = std::env::var_os("REGIONFS_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| common::repo_root().join(".venv"));
-    let o = Command::new(venv.join("bin/python"))
-        .arg(common::repo_root().join("tests/moto_iam.py"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "moto_iam.py {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
 /// `sse` and `kms_key_id` of `key`'s current object, as the store says.
 fn encryption_of(region: &Region, bucket: &str, key: &str) -> (String, String) {
     let v: serde_json::Value =
-        serde_json::from_str(&moto_helper(&["head", &region.endpoint, bucket, key])).unwrap();
+        serde_json::from_str(&common::moto_iam(&["head", &region.endpoint, bucket, key])).unwrap();
     (
         v["sse"].as_str().unwrap_or("none").to_string(),
         v["kms_key_id"].as_str().unwrap_or("none").to_string(),
@@ -42,8 +25,8 @@ fn encryption_of(region: &Region, bucket: &str, key: &str) -> (String, String) {
 async fn each_bucket_encrypts_with_its_own_kms_key_and_everything_still_works() {
     let r = Regions::with(Region::moto("us-east-1"), Region::moto("eu-west-1")).await;
     let (key_a, key_b) = (
-        moto_helper(&["kms-key", &r.a.endpoint]),
-        moto_helper(&["kms-key", &r.b.endpoint]),
+        common::moto_iam(&["kms-key", &r.a.endpoint]),
+        common::moto_iam(&["kms-key", &r.b.endpoint]),
     );
     let cache = tempfile::tempdir().unwrap();
     let config = r

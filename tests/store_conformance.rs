@@ -483,7 +483,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[tokio::test]
-async fn bodies_go_unsigned_with_a_crc32_and_the_request_signed() {
+async fn bodies_go_unsigned_with_their_crc_and_the_request_signed() {
     use regionfs::config::ChecksumMode;
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(&vec![7u8; MIB as usize]).unwrap();
@@ -539,4 +539,22 @@ async fn bodies_go_unsigned_with_a_crc32_and_the_request_signed() {
     assert_eq!(sha.len(), 64, "{signed}");
     assert!(header(&signed, "x-amz-checksum-crc32").is_none());
     assert!(header(&signed, "x-amz-checksum-crc64nvme").is_none());
+    // ... but a CRC regionfs knows (a replica's) still goes, as a header.
+    let known = regionfs::store::checksum::Crc64::of(b"small").to_base64();
+    let sent = known.clone();
+    let replica = first_request_head(ChecksumMode::WhenRequired, |s| async move {
+        let body = PutBody::Bytes(Bytes::from_static(b"small"));
+        let opts = PutOptions {
+            checksum: Some(sent),
+            ..Default::default()
+        };
+        s.put("k", body, &opts).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        header(&replica, "x-amz-checksum-crc64nvme"),
+        // The head is kept lower-cased.
+        Some(known.to_ascii_lowercase().as_str()),
+        "{replica}"
+    );
 }

@@ -288,7 +288,7 @@ impl Download {
         }
         let mut body = obj.body;
         let mut offset = start;
-        let mut crc = range.map(|_| aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl());
+        let mut crc = range.map(|_| checksum::hasher());
         while let Some(chunk) = body.next().await {
             let chunk =
                 chunk.map_err(|e| crate::store::body_error(&store.describe(), &self.key, &e))?;

@@ -13,6 +13,12 @@
 
 use base64::Engine;
 
+/// A running CRC-64/NVME of bytes as they go by (`finalize` gives its 8
+/// bytes, [`Crc64::from_be_bytes`] the value).
+pub fn hasher() -> Box<dyn aws_smithy_checksums::http::HttpChecksum> {
+    aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl()
+}
+
 /// The polynomial, bit-reflected (CRC-64/NVME: init and xorout all ones).
 const POLY: u64 = 0x9A6C_9329_AC4B_C9B5;
 
@@ -23,7 +29,7 @@ pub struct Crc64(pub u64);
 impl Crc64 {
     /// The CRC of `data`.
     pub fn of(data: &[u8]) -> Crc64 {
-        let mut h = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
+        let mut h = hasher();
         h.update(data);
         Crc64::from_be_bytes(&h.finalize()).expect("a CRC-64 is 8 bytes")
     }

@@ -355,7 +355,7 @@ pub async fn content_crc64(
             },
         )
         .await?;
-    let mut h = aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl();
+    let mut h = checksum::hasher();
     let mut body = obj.body;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| body_error(&store.describe(), key, &e))?;

@@ -18,20 +18,17 @@ use std::task::{Context, Poll};
 
 use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_smithy_checksums::http::HttpChecksum;
-use aws_smithy_checksums::ChecksumAlgorithm;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+
+// A 64-bit CRC: a changed part goes unnoticed with odds of 2^-64.
+use super::checksum::hasher;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Read from the page cache a chunk at a time, on the uploading task: a
 /// chunk takes tens of microseconds, the same size the SDK's file body uses.
 const CHUNK: u64 = 256 << 10;
-
-/// A 64-bit CRC: a changed part goes unnoticed with odds of 2^-64.
-fn hasher() -> Box<dyn HttpChecksum> {
-    ChecksumAlgorithm::Crc64Nvme.into_impl()
-}
 
 /// The digest of the bytes a [`PutBody::HashedFile`](super::PutBody::HashedFile)
 /// body sent: set when its last byte is read, by each attempt the SDK makes,

@@ -1104,3 +1104,22 @@ async fn delayed_pipe(
     };
     tokio::join!(reader, writer);
 }
+
+/// What `tests/moto_iam.py ARGS` prints (IAM, STS and KMS set up on a moto
+/// server), trimmed; panics with its error output when it fails.
+pub fn moto_iam(args: &[&str]) -> String {
+    let venv = std::env::var_os("REGIONFS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let o = std::process::Command::new(venv.join("bin/python"))
+        .arg(repo_root().join("tests/moto_iam.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "moto_iam.py {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}

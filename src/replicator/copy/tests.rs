@@ -9,13 +9,13 @@ use std::time::Duration;
 /// A replicator from `src` to `dst` (destination `eu`) over `journal`.
 fn replicator(
     config: &crate::config::Config,
-    src: &Arc<MemoryStore>,
+    src: Arc<dyn ObjectStore>,
     dst: &Arc<MemoryStore>,
     journal: &Journal,
 ) -> super::super::Replicator {
     super::super::Replicator::start_with(
         config,
-        src.clone(),
+        src,
         HashMap::from([("eu".to_string(), dst.clone() as Arc<dyn ObjectStore>)]),
         journal.clone(),
         vec![],
@@ -222,7 +222,7 @@ async fn in_any_order(conditions: bool) {
                 .unwrap();
             versions.push(r.version_id.unwrap());
         }
-        let rep = replicator(&config, &src, &dst, &journal);
+        let rep = replicator(&config, src.clone(), &dst, &journal);
         for i in &order {
             let t = to_eu(None);
             let tasks = journal
@@ -263,7 +263,7 @@ async fn a_version_deleted_for_good_before_its_copy_completes_without_a_replica(
         .unwrap();
     let version = put.version_id.unwrap();
     src.delete_version("k", &version).await.unwrap();
-    let rep = replicator(&config, &src, &dst, &journal);
+    let rep = replicator(&config, src.clone(), &dst, &journal);
     let t = to_eu(None);
     let tasks = journal
         .add_resync_tasks(vec![("k".into(), version, 5, t)])
@@ -275,25 +275,33 @@ async fn a_version_deleted_for_good_before_its_copy_completes_without_a_replica(
     assert!(dst.history("k").is_empty(), "nothing written");
 }
 
-/// The source holds other bytes than the upload sent (its CRC, carried
-/// in the task): no replica is written, the task stays pending and says
-/// why, for every size (one PUT, or parts combined before completing).
+/// Bytes that are not the version's never become a replica, the task stays
+/// pending and says why: a source holding other bytes than the upload sent
+/// (its CRC, carried in the task; one PUT), and ranges garbled on the way
+/// from an honest source (a copy in parts: the parts' CRCs, combined, are
+/// compared before the upload is completed).
 #[tokio::test]
 async fn bytes_that_do_not_match_the_uploaded_checksum_never_become_a_replica() {
-    for size in [5usize, 12 << 20] {
+    for (size, garbled) in [(5usize, false), (20 << 20, true)] {
         let dir = tempfile::tempdir().unwrap();
         let config =
             crate::config::two_region_test_config("[[rule]]\nid = \"all\"\ndestination = \"eu\"\n");
         let journal = Journal::open(&dir.path().join("j.db")).unwrap();
         let src = Arc::new(MemoryStore::new("src"));
         let dst = Arc::new(MemoryStore::new("dst"));
-        let held = vec![1u8; size];
         let put = src
-            .put("k", PutBody::Bytes(held.into()), &PutOptions::default())
+            .put(
+                "k",
+                PutBody::Bytes(vec![1u8; size].into()),
+                &PutOptions::default(),
+            )
             .await
             .unwrap();
-        let rep = replicator(&config, &src, &dst, &journal);
-        let sent = Crc64::of(&vec![2u8; size]).to_base64();
+        let faulty = Arc::new(crate::store::FaultyStore::new(src.clone()));
+        faulty.flip_ranges(garbled);
+        let rep = replicator(&config, faulty, &dst, &journal);
+        let uploaded = if garbled { 1u8 } else { 2u8 };
+        let sent = Crc64::of(&vec![uploaded; size]).to_base64();
         let t = to_eu(Some(sent));
         let tasks = journal
             .add_resync_tasks(vec![("k".into(), put.version_id.unwrap(), size as u64, t)])
