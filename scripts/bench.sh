@@ -39,6 +39,11 @@
 #          held (write_back_delay 1h), kill -9 of the daemon, and the time a
 #          remount takes until `stat` of the root answers with all N pending
 #          (tar-N-remount-pending)
+#   baseline
+#          with REGIONFS_BENCH_BASELINE=PATH (a regionfs binary built from an
+#          earlier commit), the peers phase runs that binary too, right after
+#          this build, as system `baseline`, and prints its ratios and this
+#          build's against it; REGIONFS_BENCH_BIN=PATH replaces this build
 #   cpu-1g (phase cpu) daemon CPU seconds to take the big file from its write
 #          (dd conv=fsync) to durable and replicated, on a fresh mount; with
 #          REGIONFS_BENCH_BASELINE=PATH (a regionfs binary built from an earlier
@@ -73,7 +78,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 bash scripts/test.sh --setup-only
 cargo build --release --locked -q
-bin=$repo/target/release/regionfs
+bin=${REGIONFS_BENCH_BIN:-$repo/target/release/regionfs}
 export REGIONFS_VENV=${REGIONFS_VENV:-$repo/.venv}
 py="$REGIONFS_VENV/bin/python $repo/scripts/bench_helper.py"
 
@@ -220,11 +225,37 @@ settle() {
   fi
 }
 
+# One regionfs build through the peers workloads: system name, bucket (in
+# both regions); $bin is the binary.
+peers_regionfs() { # system bucket
+  local sys=$1 bkt=$2
+  mnt=$work/mnt-rfs; cache=$work/cache-$bkt
+  mount_regionfs "$bkt" "$bkt" "$mnt" "$cache"
+  t0=$(now)
+  settle; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close "$sys" "$(since $t)"
+  $py wait $A "$bkt" big 1 $((big_mib << 20)); record big-durable "$sys" "$(since $t)"
+  mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close "$sys" "$s"
+  t=$(now); $py wait $A "$bkt" small/ $total_small $((total_small * 4096)); record small-durable "$sys" "$(add "$(since $t)" "$s")"
+  writes_done=$(now)
+  settled
+  record repl "$sys" "$(since $writes_done)"
+  record repl-total "$sys" "$(since $t0)"
+  record rss "$sys" "$(peak_rss $rfs_pid)"
+  cpu=$(cpu_s $rfs_pid)
+  unmount "$mnt"; wait "$rfs_pid" || true
+  # reads through a fresh mount (its clean cache is emptied at start)
+  mount_regionfs "$bkt" "$bkt" "$mnt" "$cache"
+  read_phase "$sys" "$mnt"
+  record cpu "$sys" "$(add "$cpu" "$(cpu_s $rfs_pid)")"
+  unmount "$mnt"; wait "$rfs_pid" || true
+  rm -rf "$cache"
+}
+
 asked_reps=$reps; phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
   echo "== repetition $rep of $reps"
-  $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep"
-  $py mkbuckets $B "rfs$rep" "sync$rep"
+  $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep" ${REGIONFS_BENCH_BASELINE:+"base$rep"}
+  $py mkbuckets $B "rfs$rep" "sync$rep" ${REGIONFS_BENCH_BASELINE:+"base$rep"}
 
   # local disk
   settle; t=$(now); dd if="$work/big.src" of="$work/local.big" bs=1M conv=fsync status=none; s=$(since $t)
@@ -248,26 +279,12 @@ for rep in $(seq 1 "$reps"); do
     rclone sync "a:raw$rep" "b:sync$rep" --transfers 16 > "$work/rclone-sync.log" 2>&1
   record repl rclone-sync "$(since $t)"
 
-  # regionfs
-  mnt=$work/mnt-rfs; cache=$work/cache-rfs$rep
-  mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
-  t0=$(now)
-  settle; t=$(now); dd if="$work/big.src" of="$mnt/big" bs=1M conv=fsync status=none; record big-close regionfs "$(since $t)"
-  $py wait $A "rfs$rep" big 1 $((big_mib << 20)); record big-durable regionfs "$(since $t)"
-  mkdir -p "$mnt/small"; s=$($py write-small "$mnt/small" 20 $per_dir 4096); record small-close regionfs "$s"
-  t=$(now); $py wait $A "rfs$rep" small/ $total_small $((total_small * 4096)); record small-durable regionfs "$(add "$(since $t)" "$s")"
-  writes_done=$(now)
-  settled
-  record repl regionfs "$(since $writes_done)"
-  record repl-total regionfs "$(since $t0)"
-  record rss regionfs "$(peak_rss $rfs_pid)"
-  cpu=$(cpu_s $rfs_pid)
-  unmount "$mnt"; wait "$rfs_pid" || true
-  # reads through a fresh mount (its clean cache is emptied at start)
-  mount_regionfs "rfs$rep" "rfs$rep" "$mnt" "$cache"
-  read_phase regionfs "$mnt"
-  record cpu regionfs "$(add "$cpu" "$(cpu_s $rfs_pid)")"
-  unmount "$mnt"; wait "$rfs_pid" || true
+  peers_regionfs regionfs "rfs$rep"
+  if [ -n "${REGIONFS_BENCH_BASELINE:-}" ]; then
+    own_bin=$bin bin=$REGIONFS_BENCH_BASELINE
+    peers_regionfs baseline "base$rep"
+    bin=$own_bin
+  fi
 
   # rclone mount
   mnt=$work/mnt-rc
@@ -298,7 +315,7 @@ for rep in $(seq 1 "$reps"); do
   read_phase s3fs "$mnt"
   record cpu s3fs "$(add "$cpu" "$(cpu_s $s3_pid)")"
   unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
-  rm -rf "$work/small.src" "$work/rclone-cache" "$cache" "$work/local.big"
+  rm -rf "$work/small.src" "$work/rclone-cache" "$work/local.big"
 done
 
 
@@ -463,18 +480,26 @@ def ratio(label, num, den, target):  # num, den: (workload, system) rows
         print(f"{label:<16} {num[1]}/{den[0] if num[1] == den[1] else den[1]:<12} {med[num] / med[den]:6.2f}   [{target}]")
 def r(w, a, b, target):
     ratio(w, (w, a), (w, b), target)
-r("big-close", "regionfs", "local", "<= 1.25")
-r("big-durable", "regionfs", "raw", "<= 1.15")
-r("small-close", "regionfs", "rclone", "<= 0.2")
-r("small-durable", "regionfs", "raw", "<= 1.3")
-r("repl", "regionfs", "rclone-sync", "<= 0.7")
-ratio("repl-total", ("repl-total", "regionfs"), ("repl", "rclone-sync"), "regionfs: first write to last replica")
-r("ls-cold", "regionfs", "s3fs", "<= 0.5")
-r("read-cold", "regionfs", "raw", "<= 1.11 (throughput >= 0.9 x raw)")
-r("read-warm", "regionfs", "local-read", "<= 1.25 (throughput >= 0.8 x local)")
-r("ls-warm", "regionfs", "s3fs", "")
-r("rename-dir", "regionfs", "s3fs", "")
-r("rss", "regionfs", "rclone", "")
+def peers(sys):
+    r("big-close", sys, "local", "<= 1.25")
+    r("big-durable", sys, "raw", "<= 1.15")
+    r("small-close", sys, "rclone", "<= 0.2")
+    r("small-durable", sys, "raw", "<= 1.3")
+    r("repl", sys, "rclone-sync", "<= 0.7")
+    ratio("repl-total", ("repl-total", sys), ("repl", "rclone-sync"), "first write to last replica")
+    r("ls-cold", sys, "s3fs", "<= 0.5")
+    r("read-cold", sys, "raw", "<= 1.11 (throughput >= 0.9 x raw)")
+    r("read-warm", sys, "local-read", "<= 1.25 (throughput >= 0.8 x local)")
+    r("ls-warm", sys, "s3fs", "")
+    r("rename-dir", sys, "s3fs", "")
+    r("rss", sys, "rclone", "")
+peers("regionfs")
+if ("big-close", "baseline") in med:
+    print("# the same for REGIONFS_BENCH_BASELINE, then this build against it")
+    peers("baseline")
+    for w in ("big-close", "big-durable", "small-close", "small-durable", "repl", "read-cold",
+              "read-warm", "ls-cold", "ls-warm", "rename-dir", "rss", "cpu"):
+        r(w, "regionfs", "baseline", "same within noise")
 for w in ("rss-10x", "rss-10x-ls"):
     ratio(w, (w, "regionfs"), ("rss-1x", "regionfs"), "flat: ~1")
 ratio("idle-10x", ("idle-10x", "regionfs"), ("idle-1x", "regionfs"), "")

@@ -429,6 +429,12 @@ pub struct ReadConfig {
     /// to be further behind than this (needs access to the source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_staleness: Option<HumanDuration>,
+    /// Readers of a file being downloaded take each range as it arrives,
+    /// before the copy's checksum is checked (the first byte sooner; bytes
+    /// that turn out wrong cannot be taken back). Off: a read waits for the
+    /// whole copy and its check.
+    #[serde(default)]
+    pub stream_unverified: bool,
 }
 
 impl Default for ReadConfig {
@@ -437,6 +443,7 @@ impl Default for ReadConfig {
             prefer: default_prefer(),
             from: None,
             max_staleness: None,
+            stream_unverified: false,
         }
     }
 }

@@ -440,8 +440,9 @@ fn ranges_that_do_not_combine_to_the_version_checksum_are_never_kept() {
         };
         let garbled = read_all().await;
         assert!(
-            !matches!(&garbled, Ok(g) if *g == body),
-            "the garbled ranges were read as they came"
+            garbled.is_err(),
+            "no byte of a copy that fails its check is read: {:?}",
+            garbled.map(|g| g.len())
         );
         // The download ends with the check; its copy is dropped.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

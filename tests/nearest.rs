@@ -389,6 +389,69 @@ async fn with_the_source_hanging_a_replicated_file_is_read_from_the_replica_in_s
     assert!(m.unmount().success());
 }
 
+/// Bytes that fail their checksum are read again from another region: the
+/// source, read first, garbles what it serves on the way (every `GOOD` in a
+/// body arrives as `EVIL`, lengths intact). A 2 KiB file (one GET, checked by
+/// the SDK against the CRC the store keeps) and a 20 MiB one (ranged GETs,
+/// their CRCs combined and compared) both read back exact, from the replica,
+/// and the log says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_that_fail_their_checksum_are_read_again_from_another_region() {
+    let r = Regions::start().await;
+    let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
+    let c = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut m = Mount::start(&far_source_config(
+        &r,
+        &proxy,
+        c.path(),
+        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    let small = b"GOOD bytes only\n".repeat(128);
+    let big: Vec<u8> = b"GOOD bytes, numbered: "
+        .iter()
+        .copied()
+        .cycle()
+        .take(20 << 20)
+        .enumerate()
+        .map(|(i, b)| if i % 4099 == 0 { (i / 4099) as u8 } else { b })
+        .collect();
+    std::fs::write(m.path("small.txt"), &small).unwrap();
+    std::fs::write(m.path("big.bin"), &big).unwrap();
+    wait_replicated(&m);
+    assert!(m.unmount().success());
+    std::fs::remove_dir_all(c.path().join("cache/clean")).ok();
+    m.remount();
+    proxy.set_rewrite(b"GOOD", b"EVIL");
+
+    wait_first(&m, "us-east");
+    assert!(std::fs::read(m.path("small.txt")).unwrap() == small);
+    assert_eq!(read_bytes(port, "eu"), small.len() as f64);
+    // The source is ranked last after the mismatch, until a probe answers.
+    wait_for(
+        "a probe of the source to answer again",
+        Duration::from_secs(30),
+        || {
+            m.log_text()
+                .contains("region reachable again")
+                .then_some(())
+        },
+    );
+    assert!(std::fs::read(m.path("big.bin")).unwrap() == big);
+    assert_eq!(read_bytes(port, "eu"), (small.len() + big.len()) as f64);
+    assert!(
+        read_bytes(port, "us-east") > 0.0,
+        "the source was read first"
+    );
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("do not match the version's checksum").count(),
+        2,
+        "{log}"
+    );
+    assert!(m.unmount().success());
+}
+
 /// An unmount while the source hangs (connections open, nothing answered)
 /// ends: the daemon waits `durability.drain_on_unmount` (4 s, past the 2 s
 /// `write_back_delay`, so the upload's request is out and hanging), says

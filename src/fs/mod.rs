@@ -163,6 +163,9 @@ pub struct Core {
     default_file: ObjectMeta,
     default_dir: ObjectMeta,
     read_only: bool,
+    /// `read.stream_unverified`: readers of a download take bytes before
+    /// its checksum is checked.
+    stream_unverified: bool,
     /// Directory attributes go to a `.regionfs-dir` object too, because the
     /// store drops metadata on `dir/` markers.
     dir_sidecar: bool,
@@ -277,6 +280,7 @@ impl Core {
             default_file,
             default_dir,
             read_only: config.read_only(),
+            stream_unverified: config.read.stream_unverified,
             dir_sidecar,
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),

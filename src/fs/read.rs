@@ -1,7 +1,9 @@
 //! Clean copies downloaded on first read: one download per object version,
-//! shared by every reader; a read waits only until its range has arrived, so
-//! sequential reads stream while the download runs. A read whose range has
-//! already arrived is answered on the FUSE thread that received it
+//! shared by every reader. A read of a copy still downloading waits until the
+//! whole copy has arrived and matched its checksum; with
+//! `read.stream_unverified` it waits only until its own range has arrived, so
+//! sequential reads stream while the download runs. A read whose bytes may be
+//! served is answered on the FUSE thread that received it
 //! ([`Download::read_now`]); only one that must wait goes to the runtime.
 //!
 //! Objects of [`PARALLEL_FROM`] bytes or more are fetched as ranged GETs of
@@ -12,10 +14,13 @@
 //! Integrity: a single GET is checked by the SDK against the CRC-64/NVME the
 //! store keeps. Ranged GETs carry no checksum of the whole, so each chunk's
 //! CRC is taken as it is written, and once all have arrived they are combined
-//! and compared with the CRC the region keeps for the version (one HEAD):
-//! a copy that does not match is never kept in the cache (later reads fetch
-//! again) and reads still waiting get EIO. Bytes already read cannot be taken
-//! back: readers stream while the download runs.
+//! and compared with the CRC the region keeps for the version (one HEAD).
+//! Bytes that do not match are a [`StoreError::BadDigest`] from that region:
+//! it is ranked last (as after any failed read) and the copy is fetched again
+//! from the next region that holds the version; when none is left the copy
+//! is never kept (later reads fetch again) and waiting reads get EIO. No
+//! reader sees a byte before the check, except with `read.stream_unverified`,
+//! whose readers take bytes as they come and cannot have them taken back.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -53,6 +58,8 @@ pub struct Download {
     /// Each ranged chunk's CRC-64/NVME and length, as written.
     crcs: Mutex<Vec<Option<(Crc64, u64)>>>,
     chunk: u64,
+    /// Readers may take a range as soon as it has arrived, before the check.
+    stream: bool,
     done: AtomicBool,
     error: Mutex<Option<String>>,
     arrived: Notify,
@@ -83,6 +90,7 @@ impl Download {
                 .collect(),
             crcs: Mutex::new(vec![None; size.div_ceil(chunk).max(1) as usize]),
             chunk,
+            stream: true,
             done: AtomicBool::new(whole),
             error: Mutex::new(None),
             arrived: Notify::new(),
@@ -110,13 +118,15 @@ impl Download {
     }
 
     /// Starts streaming `key` into a new clean copy from the first of `from`
-    /// (best region first) that answers.
+    /// (best region first) that answers; `stream`: readers take ranges as
+    /// they arrive instead of after the check.
     pub fn start(
         from: Vec<Fetch>,
         cache: Arc<Cache>,
         key: &str,
         tag: &str,
         size: u64,
+        stream: bool,
     ) -> Result<Arc<Download>, FsError> {
         let (path, writer) = cache.begin_clean(key, tag, size)?;
         let chunk = if size >= PARALLEL_FROM {
@@ -124,7 +134,9 @@ impl Download {
         } else {
             size.max(1)
         };
-        let d = Arc::new(Download::new(cache, key, tag, path, size, chunk, false)?);
+        let mut d = Download::new(cache, key, tag, path, size, chunk, false)?;
+        d.stream = stream;
+        let d = Arc::new(d);
         let dl = d.clone();
         tokio::spawn(async move {
             let writer = Arc::new(writer);
@@ -147,38 +159,52 @@ impl Download {
     /// turn), then the other chunks from that region, [`PARALLEL`] at a time.
     /// A region that hangs is given up as [`Fetch::patiently`] says; when the
     /// source is given up, the replicas holding the version are tried next.
-    /// A failure after bytes arrived ends the download (the next open starts
-    /// afresh).
+    /// Bytes that fail their checksum start the copy again from the next
+    /// region; any other failure after bytes arrived ends the download (the
+    /// next open starts afresh).
     async fn fetch_all(self: Arc<Self>, from: &[Fetch], out: Arc<File>) -> Result<(), FsError> {
-        let mut last = None;
-        let mut chosen = None;
         let mut from = from.to_vec();
-        let mut i = 0;
-        while i < from.len() {
-            let f = from[i].clone();
-            i += 1;
+        let mut next = 0;
+        loop {
+            let f = self.first_chunk(&mut from, &mut next, &out).await?;
+            let rest = self.clone().other_chunks(&f, &out).await;
+            match rest {
+                Err(e) if is_bad_digest(&e) => {
+                    self.give_up_on(&f, &mut from, next, &e).await;
+                    if next == from.len() {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Chunk 0 from `from[*next..]`, the first region that serves it; that
+    /// region.
+    async fn first_chunk(
+        &self,
+        from: &mut Vec<Fetch>,
+        next: &mut usize,
+        out: &File,
+    ) -> Result<Fetch, FsError> {
+        let mut last = None;
+        while *next < from.len() {
+            let f = from[*next].clone();
+            *next += 1;
             match f
                 .patiently(
                     &format!("a read of `{}`", self.key),
                     || self.progress[0].load(Ordering::SeqCst),
-                    self.fetch_chunk(&f, 0, &out),
+                    self.fetch_chunk(&f, 0, out),
                 )
                 .await
             {
-                Ok(()) => {
-                    chosen = Some(f);
-                    break;
-                }
-                Err(e) if self.progress[0].load(Ordering::SeqCst) == 0 => {
+                Ok(()) => return Ok(f),
+                Err(e) if self.progress[0].load(Ordering::SeqCst) == 0 || is_bad_digest(&e) => {
                     let transient = matches!(&e, FsError::Store(s) if !s.is_permanent());
                     if transient {
-                        f.failed(&e.to_string());
-                        if i == from.len() {
-                            let tried: Vec<String> =
-                                from.iter().map(|f| f.region.clone()).collect();
-                            let more = f.after_source_failed(&self.key).await;
-                            from.extend(more.into_iter().filter(|m| !tried.contains(&m.region)));
-                        }
+                        self.give_up_on(&f, from, *next, &e).await;
                     }
                     tracing::debug!(key = %self.key, region = %f.region, error = %e, "read from this region failed; trying the next");
                     last = Some(e);
@@ -186,9 +212,31 @@ impl Download {
                 Err(e) => return Err(e),
             }
         }
-        let Some(f) = chosen else {
-            return Err(last.unwrap_or(FsError::NotFound));
-        };
+        Err(last.unwrap_or(FsError::NotFound))
+    }
+
+    /// After a transient failure or bytes that failed their checksum from
+    /// `f`: ranks its region last, forgets what arrived, and when `f` was the
+    /// last to try (`next` is past it), adds the replicas holding the
+    /// version that were not tried yet.
+    async fn give_up_on(&self, f: &Fetch, from: &mut Vec<Fetch>, next: usize, e: &FsError) {
+        f.failed(&e.to_string());
+        if is_bad_digest(e) {
+            tracing::warn!(key = %self.key, region = %f.region, error = %e, "bytes read do not match the version's checksum; reading them from another region");
+        }
+        for p in &self.progress {
+            p.store(0, Ordering::SeqCst);
+        }
+        self.crcs.lock().unwrap().fill(None);
+        if next == from.len() {
+            let tried: Vec<String> = from.iter().map(|f| f.region.clone()).collect();
+            let more = f.after_source_failed(&self.key).await;
+            from.extend(more.into_iter().filter(|m| !tried.contains(&m.region)));
+        }
+    }
+
+    /// Chunks 1.. from `f`, then the check of the whole.
+    async fn other_chunks(self: Arc<Self>, f: &Fetch, out: &Arc<File>) -> Result<(), FsError> {
         let mut set = tokio::task::JoinSet::new();
         let mut next = 1;
         while next < self.progress.len() || !set.is_empty() {
@@ -202,7 +250,7 @@ impl Download {
             }
         }
         if self.progress.len() > 1 {
-            self.check_ranges(&f).await?;
+            self.check_ranges(f).await?;
         }
         Ok(())
     }
@@ -342,7 +390,7 @@ impl Download {
                     self.key
                 )));
             }
-            if done || self.covered(offset, want) {
+            if done || (self.stream && self.covered(offset, want)) {
                 return self.read_arrived(offset, want);
             }
             notified.await;
@@ -356,7 +404,7 @@ impl Download {
     pub fn read_now(&self, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
         let want = (offset + size as u64).min(self.size.load(Ordering::SeqCst));
         let done = self.done.load(Ordering::SeqCst);
-        if self.failed() || !(done || self.covered(offset, want)) {
+        if self.failed() || !(done || (self.stream && self.covered(offset, want))) {
             return None;
         }
         Some(self.read_arrived(offset, want))
@@ -366,6 +414,10 @@ impl Download {
         let len = want.saturating_sub(offset) as usize;
         Ok(crate::cache::read_at_most(&self.file, offset, len)?)
     }
+}
+
+fn is_bad_digest(e: &FsError) -> bool {
+    matches!(e, FsError::Store(StoreError::BadDigest { .. }))
 }
 
 impl Drop for Download {
@@ -415,6 +467,19 @@ mod tests {
     }
 
     #[test]
+    fn without_streaming_no_range_is_read_before_the_whole_copy_is_checked() {
+        let body: Vec<u8> = (0..40u32).map(|i| i as u8).collect();
+        let (_dir, mut d) = in_progress(&body, 16);
+        d.stream = false;
+        for p in &d.progress {
+            p.store(16, Ordering::SeqCst);
+        }
+        assert!(d.read_now(0, 8).is_none(), "arrived, not yet checked");
+        d.done.store(true, Ordering::SeqCst);
+        assert_eq!(d.read_now(0, 8).unwrap().unwrap(), &body[..8]);
+    }
+
+    #[test]
     fn read_now_leaves_a_failed_download_to_the_async_read_which_reports_it() {
         let body = vec![7u8; 32];
         let (_dir, d) = in_progress(&body, 32);
@@ -447,7 +512,7 @@ mod tests {
             .await
             .unwrap();
         let from = vec![Fetch::direct(store.clone(), put.version_id.clone())];
-        let d = Download::start(from, cache, "big", &put.etag, size as u64).unwrap();
+        let d = Download::start(from, cache, "big", &put.etag, size as u64, true).unwrap();
         // Reads in the order a kernel's readahead sends them, each taking
         // the synchronous path once its range is there.
         let step = 256 << 10;

@@ -106,7 +106,14 @@ impl Core {
                             Some((path, len)) => {
                                 Download::complete(self.cache.clone(), key, etag, path, len)?
                             }
-                            None => Download::start(from, self.cache.clone(), key, etag, size)?,
+                            None => Download::start(
+                                from,
+                                self.cache.clone(),
+                                key,
+                                etag,
+                                size,
+                                self.stream_unverified,
+                            )?,
                         };
                         if map.len() >= 1024 {
                             // A finished download's entry would keep its

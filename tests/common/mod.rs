@@ -937,6 +937,7 @@ pub struct LatencyProxy {
     stall: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// What clients sent while the link was stalled (held, not yet passed on).
     held: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    rewrite: Rewrite,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -953,6 +954,8 @@ impl LatencyProxy {
         let stall2 = stall.clone();
         let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let held2 = held.clone();
+        let rewrite = Rewrite::default();
+        let rewrite2 = rewrite.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -971,6 +974,7 @@ impl LatencyProxy {
                         let cut = cut2.subscribe();
                         let (up, down) = (stall2.subscribe(), stall2.subscribe());
                         let held = held2.clone();
+                        let rewrite = rewrite2.clone();
                         tokio::spawn(async move {
                             let Ok(server) =
                                 tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -982,7 +986,7 @@ impl LatencyProxy {
                             let (cr, cw) = client.into_split();
                             let (sr, sw) = server.into_split();
                             tokio::select! {
-                                _ = async { tokio::join!(delayed_pipe(cr, sw, delay, up, Some(held)), delayed_pipe(sr, cw, delay, down, None)) } => {}
+                                _ = async { tokio::join!(delayed_pipe(cr, sw, delay, up, Some(held), None), delayed_pipe(sr, cw, delay, down, None, Some(rewrite))) } => {}
                                 _ = wait_cut(cut) => {}
                             }
                         });
@@ -1000,6 +1004,7 @@ impl LatencyProxy {
             cut,
             stall,
             held,
+            rewrite,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -1023,6 +1028,14 @@ impl LatencyProxy {
             self.held.lock().unwrap().clear();
         }
         self.stall.send_replace(stalled);
+    }
+
+    /// From now on every `from` in what the server sends back (within one
+    /// read of the socket) reaches the client as `to`, of the same length: a
+    /// region whose bodies are garbled on the way, lengths intact.
+    pub fn set_rewrite(&self, from: &[u8], to: &[u8]) {
+        assert_eq!(from.len(), to.len());
+        *self.rewrite.lock().unwrap() = Some((from.to_vec(), to.to_vec()));
     }
 
     /// Whether `needle` is among the bytes clients sent since the link was
@@ -1058,15 +1071,20 @@ async fn wait_cut(mut rx: tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// Bytes a [`LatencyProxy`] replaces in what servers send back.
+type Rewrite = std::sync::Arc<std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>>;
+
 /// Copies `from` to `to`, each chunk delivered `delay` after it was read,
 /// without limiting throughput (chunks in flight overlap), and none while
-/// `stalled` says so (what is read meanwhile is also copied to `held`).
+/// `stalled` says so (what is read meanwhile is also copied to `held`);
+/// with `rewrite`, as [`LatencyProxy::set_rewrite`] says.
 async fn delayed_pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     delay: Duration,
     mut stalled: tokio::sync::watch::Receiver<bool>,
     held: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>,
+    rewrite: Option<Rewrite>,
 ) {
     let is_stalled = stalled.clone();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1079,6 +1097,17 @@ async fn delayed_pipe(
                 Ok(n) => {
                     if let Some(h) = held.as_ref().filter(|_| *is_stalled.borrow()) {
                         h.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    if let Some((a, b)) = rewrite.as_ref().and_then(|r| r.lock().unwrap().clone()) {
+                        let mut i = 0;
+                        while i + a.len() <= n {
+                            if buf[i..i + a.len()] == a[..] {
+                                buf[i..i + a.len()].copy_from_slice(&b);
+                                i += a.len();
+                            } else {
+                                i += 1;
+                            }
+                        }
                     }
                     if tx
                         .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
