@@ -77,7 +77,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 bash scripts/test.sh --setup-only
-cargo build --release --locked -q
+[ -n "${REGIONFS_BENCH_BIN:-}" ] || cargo build --release --locked -q
 bin=${REGIONFS_BENCH_BIN:-$repo/target/release/regionfs}
 export REGIONFS_VENV=${REGIONFS_VENV:-$repo/.venv}
 py="$REGIONFS_VENV/bin/python $repo/scripts/bench_helper.py"
@@ -461,7 +461,7 @@ fi
 
 cp "$work/results" "$out.raw"
 {
-  echo "# scripts/bench.sh --reps $asked_reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD))"
+  echo "# scripts/bench.sh --reps $asked_reps --big-mib $big_mib --files $files --phases \"$phases\" --scale \"$scale\"  ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(git rev-parse --short HEAD)${REGIONFS_BENCH_BIN:+; regionfs: $REGIONFS_BENCH_BIN}${REGIONFS_BENCH_BASELINE:+; baseline: $REGIONFS_BENCH_BASELINE})"
   cat "$work/versions"
 } > "$out"
 $REGIONFS_VENV/bin/python - "$work/results" >> "$out" <<'PY'
