@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -48,6 +49,12 @@ const MAX_LISTED: usize = 10_000;
 /// Versions learned and not yet indexed, over all directories: beyond, new
 /// ones are not remembered (memory stays bounded; those files cost HEADs).
 const MAX_FACTS: usize = 8192;
+/// Directories indexed at once: a tar writes a directory's files in a burst
+/// and moves on, and one at a time (a version listing, a GET and a PUT each)
+/// fell behind a 100,000-file extraction, so the versions waiting piled up to
+/// [`MAX_FACTS`]. Each directory has its own index object, so the ones of a
+/// batch never write the same object.
+const AT_ONCE: usize = 4;
 
 /// The index object of directory `dir` ("" is the root).
 pub fn index_key(prefix: &str, dir: &str) -> String {
@@ -202,9 +209,9 @@ pub struct Indexer {
     state: Mutex<(HashMap<String, Pending>, usize)>,
     /// Directories too large to index, not tried again for a while.
     too_large: Mutex<HashMap<String, Instant>>,
-    /// One directory indexed at a time: the background pass and the flush at
-    /// unmount would otherwise rewrite the same index from the same old one,
-    /// each dropping the other's entries.
+    /// One pass of indexing at a time (its directories distinct): the
+    /// background pass and the flush at unmount would otherwise rewrite the
+    /// same index from the same old one, each dropping the other's entries.
     writing: tokio::sync::Mutex<()>,
     /// Removals of indexes of removed directories, awaited by the flush.
     forgetting: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -291,9 +298,7 @@ impl Indexer {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            for dir in self.due(Instant::now(), false) {
-                self.index_dir(&dir).await;
-            }
+            self.index_dirs(self.due(Instant::now(), false)).await;
             self.too_large
                 .lock()
                 .unwrap()
@@ -309,9 +314,7 @@ impl Indexer {
             let _ = tokio::time::timeout_at(deadline, h).await;
         }
         loop {
-            for dir in self.due(Instant::now(), true) {
-                self.index_dir(&dir).await;
-            }
+            self.index_dirs(self.due(Instant::now(), true)).await;
             if self.state.lock().unwrap().0.is_empty()
                 || tokio::time::Instant::now() + Duration::from_millis(250) > deadline
             {
@@ -354,8 +357,19 @@ impl Indexer {
         facts
     }
 
-    async fn index_dir(&self, dir: &str) {
+    /// Indexes `dirs` (distinct), [`AT_ONCE`] at a time.
+    async fn index_dirs(&self, dirs: Vec<String>) {
+        if dirs.is_empty() {
+            return;
+        }
         let _one = self.writing.lock().await;
+        futures_util::stream::iter(dirs)
+            .for_each_concurrent(AT_ONCE, |dir| async move { self.index_dir(&dir).await })
+            .await;
+    }
+
+    /// Indexes `dir`; the caller holds `writing`.
+    async fn index_dir(&self, dir: &str) {
         let facts = self.take(dir);
         match self.write_index(dir, facts).await {
             Ok(later) => {
