@@ -1,8 +1,11 @@
 //! Directory listings: the entries of a directory are the merge of its nodes
 //! created here and not yet staged, the newest queued operation on each key,
 //! and the bucket's LIST (`queued_across` keeps a queued operation that
-//! finished while the LIST ran). A listing also primes attributes, from the
+//! finished while the LIST ran; the merge of the last two is the pure
+//! [`merge::merge`]). A listing also primes attributes, from the
 //! directory's attribute index or by HEADs [`PREFETCH`] at a time.
+
+use std::collections::BTreeSet;
 
 use super::*;
 
@@ -26,8 +29,8 @@ impl Core {
     pub(super) async fn list_dir(&self, dir: String) -> Result<Vec<DirEntry>, FsError> {
         let started = Instant::now();
         let dkey = self.dkey(&dir);
-        let mut files: BTreeMap<String, (u64, String, Option<SystemTime>)> = BTreeMap::new();
-        let mut dirs: HashSet<String> = HashSet::new();
+        let mut files: BTreeMap<String, merge::Listed> = BTreeMap::new();
+        let mut dirs: BTreeSet<String> = BTreeSet::new();
         // What is local or queued before the LIST is sent: an upload or delete
         // finishing while it runs may be missing from both the listing and
         // the queue afterwards. Local first: a file leaves the local set only
@@ -71,48 +74,18 @@ impl Core {
         }
         // Queued operations are newer than the listing.
         let queued = queued_across(queued_before, self.uploader.pending_under(&dkey));
-        // What the queued puts and copies will make: the attributes of
-        // names not known here yet (a symlink is listed as one).
-        let mut queued_meta: HashMap<String, ObjectMeta> = HashMap::new();
-        for op in &queued {
-            let Some((name, is_dir)) = listed_entry(&dkey, &op.key) else {
-                continue;
-            };
-            let deeper = op.key.len() > dkey.len() + name.len() + 1;
-            match (op.kind, is_dir) {
-                (OpKind::Delete, false) => {
-                    files.remove(name);
-                }
-                (OpKind::Delete, true) if !deeper => {
-                    dirs.remove(name);
-                }
-                (OpKind::Delete, true) => {}
-                (_, false) => {
-                    files.insert(name.to_string(), (op.size, String::new(), None));
-                    if let Some(meta) = ObjectMeta::from_json(&op.meta) {
-                        queued_meta.insert(name.to_string(), meta);
-                    }
-                }
-                (_, true) => {
-                    dirs.insert(name.to_string());
-                }
-            }
-        }
+        let merge::Merged {
+            mut files,
+            mut dirs,
+            mut queued_meta,
+            maybe_gone,
+        } = merge::merge(&dkey, files, dirs, &queued);
         // A directory listed only because of keys whose deletes are still queued
         // is already gone (rm -rf right after writes must find it empty).
-        let mut gone = Vec::new();
-        for name in &dirs {
-            let sub = child_path(&dir, name);
-            let below = self.dkey(&sub);
-            let deleting = queued
-                .iter()
-                .any(|o| o.kind == OpKind::Delete && o.key.starts_with(&below));
-            if deleting && !self.dir_exists(&sub).await? {
-                gone.push(name.clone());
+        for name in maybe_gone {
+            if !self.dir_exists(&child_path(&dir, &name)).await? {
+                dirs.remove(&name);
             }
-        }
-        for name in gone {
-            dirs.remove(&name);
         }
         let index = match &self.index {
             Some(ix) if self.needs_attributes(&dir, &files) => ix.read(&dir).await.map(|(i, _)| i),

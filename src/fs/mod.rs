@@ -40,6 +40,7 @@ pub mod inode;
 mod known;
 mod listing;
 mod lookup;
+mod merge;
 #[cfg(test)]
 mod model_test;
 mod namespace;
