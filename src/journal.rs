@@ -245,6 +245,31 @@ pub struct Op {
     pub base: Option<Base>,
 }
 
+#[cfg(test)]
+impl Op {
+    /// A pending operation on `key` with nothing else set (tests).
+    pub(crate) fn pending(seq: i64, key: &str, kind: OpKind) -> Op {
+        Op {
+            seq,
+            key: key.to_string(),
+            kind,
+            file: None,
+            size: 0,
+            meta: String::new(),
+            src_key: None,
+            src_version: None,
+            state: OpState::Pending,
+            attempts: 0,
+            error: None,
+            multipart_id: None,
+            version_id: None,
+            staged_at_ms: 0,
+            inline: false,
+            base: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpState {
     Pending,

@@ -34,6 +34,22 @@ fn far_source_config(
     )
 }
 
+/// A mount that reads from the source first, reached through `proxy`,
+/// with its metrics on `port`.
+fn source_first_mount(
+    r: &Regions,
+    proxy: &LatencyProxy,
+    cache: &std::path::Path,
+    port: u16,
+) -> Mount {
+    Mount::start(&far_source_config(
+        r,
+        proxy,
+        cache,
+        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ))
+}
+
 fn read_bytes(port: u16, region: &str) -> f64 {
     metric(
         &scrape(port),
@@ -363,12 +379,7 @@ async fn with_the_source_hanging_a_replicated_file_is_read_from_the_replica_in_s
     let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
     let c = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut m = Mount::start(&far_source_config(
-        &r,
-        &proxy,
-        c.path(),
-        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    ));
+    let mut m = source_first_mount(&r, &proxy, c.path(), port);
     let body = b"replicated before the source hung".to_vec();
     std::fs::write(m.path("kept.txt"), &body).unwrap();
     wait_replicated(&m);
@@ -401,12 +412,7 @@ async fn bytes_that_fail_their_checksum_are_read_again_from_another_region() {
     let proxy = LatencyProxy::start(r.a.port, Duration::ZERO);
     let c = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut m = Mount::start(&far_source_config(
-        &r,
-        &proxy,
-        c.path(),
-        &format!("[read]\nprefer = \"source\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
-    ));
+    let mut m = source_first_mount(&r, &proxy, c.path(), port);
     let small = b"GOOD bytes only\n".repeat(128);
     let big: Vec<u8> = b"GOOD bytes, numbered: "
         .iter()

@@ -84,26 +84,11 @@ pub(super) fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::OpState;
 
     fn op(seq: i64, key: &str, kind: OpKind, size: u64) -> Op {
         Op {
-            seq,
-            key: key.to_string(),
-            kind,
-            file: None,
             size,
-            meta: String::new(),
-            src_key: None,
-            src_version: None,
-            state: OpState::Pending,
-            attempts: 0,
-            error: None,
-            multipart_id: None,
-            version_id: None,
-            staged_at_ms: 0,
-            inline: false,
-            base: None,
+            ..Op::pending(seq, key, kind)
         }
     }
 

@@ -56,26 +56,15 @@ pub(crate) fn replan(gone: &Op, later: &[Op]) -> Replan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::OpState;
 
     fn op(seq: i64, kind: OpKind, src: Option<(&str, Option<&str>)>) -> Op {
         Op {
-            seq,
-            key: "k".into(),
-            kind,
             file: (kind == OpKind::Put).then(|| format!("f{seq}")),
             size: 1,
             meta: "{}".into(),
             src_key: src.map(|(k, _)| k.to_string()),
             src_version: src.and_then(|(_, v)| v.map(str::to_string)),
-            state: OpState::Pending,
-            attempts: 0,
-            error: None,
-            multipart_id: None,
-            version_id: None,
-            staged_at_ms: 0,
-            inline: false,
-            base: None,
+            ..Op::pending(seq, "k", kind)
         }
     }
 

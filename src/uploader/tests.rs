@@ -666,26 +666,17 @@ fn a_queued_op_costs_under_a_kilobyte() {
     for i in 0..n {
         // As `tar -xf` of a source tree queues them: a put per file, keys
         // of about 30 bytes, ten files a directory.
+        let key = format!("tree/d{:04}/d{}/file{:04}.c", i / 100, i % 10, i);
         q.insert(Op {
-            seq: i,
-            key: format!("tree/d{:04}/d{}/file{:04}.c", i / 100, i % 10, i),
-            kind: OpKind::Put,
             file: Some(format!("c5eed-{i}")),
             size: 1000,
             meta: meta.clone(),
-            src_key: None,
-            src_version: None,
-            state: OpState::Pending,
-            attempts: 0,
-            error: None,
-            multipart_id: None,
-            version_id: None,
-            staged_at_ms: 0,
             inline: true,
             base: Some(crate::journal::Base {
                 etag: String::new(),
                 version: None,
             }),
+            ..Op::pending(i, &key, OpKind::Put)
         });
     }
     let per_op = (used() - before) / n as usize;
