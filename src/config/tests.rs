@@ -30,6 +30,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.replication.time_target.0, Duration::from_secs(900));
     assert!(c.source.path_style());
     assert_eq!(c.read.prefer, "nearest");
+    assert!(!c.read.stream_unverified, "reads wait for the checksum");
+    let streaming =
+        Config::parse(&format!("{MINIMAL}\n[read]\nstream_unverified = true\n")).unwrap();
+    assert!(streaming.read.stream_unverified);
 }
 
 #[test]

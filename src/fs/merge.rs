@@ -18,7 +18,7 @@ use crate::names::listed_entry;
 pub(super) type Listed = (u64, String, Option<SystemTime>);
 
 /// One directory's entries after the queue.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub(super) struct Merged {
     pub files: BTreeMap<String, Listed>,
     pub dirs: BTreeSet<String>,
