@@ -33,7 +33,8 @@
 //! 2. `fsync(data/<file>)`, `fsync(data/)`, then `stage()` commits a `pending` put:
 //!    only now does close()/fsync() return. After a crash the row is re-queued.
 //!    A file of at most [`INLINE_MAX`] bytes is instead committed with its bytes
-//!    in the row (`inline`), without those fsyncs: one commit makes it durable.
+//!    (in `op_bodies`, beside its row), without those fsyncs: one commit makes
+//!    it durable.
 //!    Recovery rewrites its cache file from the row before anything reads it (a
 //!    staged file is never written again, so the row and the file agree).
 //! 3. Upload (PUT, or multipart with its upload id recorded first): a crash leaves
@@ -76,7 +77,7 @@ mod tasks;
 pub use conflicts::{Conflict, Conflicts};
 pub use discovery::{DiscoveryStats, Seen};
 use ops::{op_from_row, OP_COLUMNS};
-use schema::{ADDED_COLUMNS, SCHEMA};
+use schema::{ADDED_COLUMNS, BODIES, SCHEMA};
 pub use spill::SpillReader;
 use tasks::{insert_task, task_from_row, TASK_COLUMNS};
 
@@ -480,6 +481,25 @@ fn owner_only(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Settings every connection to the journal gets.
+///
+/// The query planner stability guarantee: a statement's plan never depends
+/// on the values bound to it. Without it SQLite marks a parameter compared
+/// with `=` as one that may change the plan, and `sqlite3_clear_bindings`,
+/// which rusqlite calls whenever a cached statement goes back to its cache,
+/// then expires the statement: every later use parsed and planned it again
+/// (about three times per file created, and more once lookups reach the
+/// spilled operations). Our statements are written for their indexes, so the
+/// value-specific plans this gives up are never needed.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 /// A read-only connection to the journal at `path`, and the path as text.
 fn read_only_connection(path: &Path) -> Result<(Connection, String), JournalError> {
     let p = path.display().to_string();
@@ -489,7 +509,7 @@ fn read_only_connection(path: &Path) -> Result<(Connection, String), JournalErro
     };
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sq)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+    configure(&conn).map_err(sq)?;
     Ok((conn, p))
 }
 
@@ -506,7 +526,7 @@ impl Journal {
             source,
         })?;
         let conn = Connection::open(path).map_err(sq)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+        configure(&conn).map_err(sq)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -524,6 +544,7 @@ impl Journal {
                 conn.execute_batch(add).map_err(sq)?;
             }
         }
+        conn.execute_batch(BODIES).map_err(sq)?;
         let folded = history::fold_finished(&conn).map_err(sq)?;
         if folded > 0 {
             tracing::info!(journal = %p, folded, "finished operations folded into one row per key");

@@ -49,7 +49,8 @@ impl Journal {
         let path = self.path.clone();
         self.run(move |c| {
             let mut st = c.prepare(
-                "SELECT file, inline FROM ops WHERE state != 'done' AND inline IS NOT NULL AND file IS NOT NULL ORDER BY seq",
+                "SELECT o.file, COALESCE(b.bytes, o.inline) FROM ops o LEFT JOIN op_bodies b ON b.seq = o.seq \
+                 WHERE o.state != 'done' AND o.inline IS NOT NULL AND o.file IS NOT NULL ORDER BY o.seq",
             )?;
             let mut rows = st.query([])?;
             let mut n = 0;
@@ -78,11 +79,19 @@ impl Journal {
         self.send(Durability::Synced, move |c| {
             exec_cached(
                 c,
-                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline, base_etag, base_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline,
+                "INSERT INTO ops (key, kind, file, size, meta, src_key, src_version, staged_at, inline, base_etag, base_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?9 THEN X'' END, ?10, ?11)",
+                params![op.key, op.kind.as_str(), op.file, op.size as i64, op.meta, op.src_key, op.src_version, now_ms(), op.inline.is_some(),
                     op.base.as_ref().map(|b| &b.etag), op.base.as_ref().and_then(|b| b.version.as_ref())],
             )?;
-            Ok(c.last_insert_rowid())
+            let seq = c.last_insert_rowid();
+            if let Some(bytes) = &op.inline {
+                exec_cached(
+                    c,
+                    "INSERT INTO op_bodies (seq, bytes) VALUES (?1, ?2)",
+                    params![seq, bytes],
+                )?;
+            }
+            Ok(seq)
         })
     }
 

@@ -125,3 +125,23 @@ CREATE TABLE IF NOT EXISTS replication_stats (
     missed_target INTEGER NOT NULL DEFAULT 0
 );
 ";
+
+/// The bytes of small files staged inline, one row per op, beside `ops`
+/// rather than in it. A lookup reads the op columns stored after a blob by
+/// walking the blob's overflow pages, so bytes kept in the op row made every
+/// lookup of a small file read the whole file (up to 64 KiB) again. The op
+/// row keeps an empty `inline` as the mark that its bytes are here (rows of
+/// older journals keep the bytes themselves, which recovery also reads).
+/// Clearing `inline` or deleting the op deletes its bytes.
+/// Run after [`ADDED_COLUMNS`]: the triggers name `ops.inline`.
+pub(super) const BODIES: &str = "
+CREATE TABLE IF NOT EXISTS op_bodies (
+    seq INTEGER PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS op_bodies_forgotten AFTER UPDATE OF inline ON ops
+    WHEN NEW.inline IS NULL
+    BEGIN DELETE FROM op_bodies WHERE seq = NEW.seq; END;
+CREATE TRIGGER IF NOT EXISTS op_bodies_deleted AFTER DELETE ON ops
+    BEGIN DELETE FROM op_bodies WHERE seq = OLD.seq; END;
+";

@@ -270,3 +270,108 @@ async fn the_journal_and_its_wal_are_readable_by_their_owner_only() {
     let _j = Journal::open(&path).unwrap();
     assert_eq!(mode(""), Some(0o600));
 }
+
+#[tokio::test]
+async fn cached_statements_are_not_planned_again_for_each_new_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let j = Journal::open(&path).unwrap();
+    for i in 0..4 {
+        j.stage(put(&format!("d/{i}"), &format!("f{i}")))
+            .await
+            .unwrap();
+    }
+    // The shape of the spill's lookups: `=` on a parameter, ordered.
+    let sql = "SELECT seq FROM ops WHERE key = ?1 AND seq > ?2 AND state != 'done' ORDER BY seq";
+    let reprepared = |conn: &Connection| {
+        for i in 0..4i64 {
+            let mut st = conn.prepare_cached(sql).unwrap();
+            let n = st
+                .query_map(params![format!("d/{i}"), 0], |r| r.get::<_, i64>(0))
+                .unwrap()
+                .count();
+            assert_eq!(n, 1);
+        }
+        let st = conn.prepare_cached(sql).unwrap();
+        st.get_status(rusqlite::StatementStatus::RePrepare)
+    };
+    let bare = Connection::open(&path).unwrap();
+    assert!(
+        reprepared(&bare) > 0,
+        "without the setting SQLite plans such a statement again on each use \
+         (if this no longer holds, `configure` may no longer be needed)"
+    );
+    let (conn, _) = read_only_connection(&path).unwrap();
+    assert_eq!(reprepared(&conn), 0);
+}
+
+#[tokio::test]
+async fn inline_bytes_live_beside_their_row_and_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let j = Journal::open(&path).unwrap();
+    let small = |key: &str, file: &str, bytes: &[u8]| NewOp {
+        inline: Some(bytes.to_vec()),
+        size: bytes.len() as u64,
+        ..put(key, file)
+    };
+    let a = j.stage(small("d/a", "fa", &[7u8; 5000])).await.unwrap();
+    let b = j.stage(small("d/b", "fb", b"")).await.unwrap();
+    let c = j.stage(small("d/c", "fc", b"c")).await.unwrap();
+    // A row of a journal from before `op_bodies`: its bytes in the row.
+    j.run(move |conn| {
+        conn.execute("DELETE FROM op_bodies WHERE seq = ?1", params![c])?;
+        conn.execute(
+            "UPDATE ops SET inline = X'6f6c64' WHERE seq = ?1",
+            params![c],
+        )
+    })
+    .await
+    .unwrap();
+    async fn bodies(j: &Journal) -> Result<i64, JournalError> {
+        j.run(|conn| conn.query_row("SELECT COUNT(*) FROM op_bodies", [], |r| r.get(0)))
+            .await
+    }
+    assert_eq!(bodies(&j).await.unwrap(), 2);
+    let op_row_bytes: i64 = j
+        .run(|conn| conn.query_row("SELECT SUM(LENGTH(inline)) FROM ops", [], |r| r.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(op_row_bytes, 3, "only the old row holds bytes itself");
+    drop(j);
+
+    let j = Journal::open(&path).unwrap();
+    let restored = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = restored.clone();
+    let n = j
+        .restore_inline(move |file, bytes| {
+            r.lock().unwrap().push((file.to_string(), bytes.to_vec()));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(
+        *restored.lock().unwrap(),
+        vec![
+            ("fa".to_string(), vec![7u8; 5000]),
+            ("fb".to_string(), vec![]),
+            ("fc".to_string(), b"old".to_vec()),
+        ]
+    );
+    let ops = j.open_ops_after(0, 10).await.unwrap();
+    assert!(ops.iter().all(|o| o.inline), "each still says it is inline");
+
+    j.complete(a, Some("v1".into())).await.unwrap();
+    j.forget_inline(vec![b]).await.unwrap();
+    assert_eq!(
+        bodies(&j).await.unwrap(),
+        0,
+        "completed and forgotten bytes are gone"
+    );
+    let after = j.open_ops_after(0, 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|o| (o.seq, o.inline)).collect::<Vec<_>>(),
+        vec![(b, false), (c, true)]
+    );
+}
