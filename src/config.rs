@@ -25,7 +25,7 @@ use crate::error::ConfigError;
 mod units;
 mod validate;
 
-pub use units::{ByteSize, HumanDuration, Mode};
+pub use units::{parse_instant, ByteSize, HumanDuration, Mode};
 
 /// S3 limits that shape multipart uploads.
 pub const MIN_PART_SIZE: u64 = 5 * MIB;

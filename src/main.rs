@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, Subcommand};
 use regionfs::config::Config;
-use regionfs::fs::fuse::FuseFs;
 use regionfs::fs::Caller;
 use regionfs::journal::{Journal, OpState};
 use regionfs::replicator::discover::Shard;
@@ -325,56 +324,7 @@ fn caller() -> Caller {
     }
 }
 
-/// `2026-11-24T10:00:00Z` (fractional seconds and `+HH:MM` offsets allowed)
-/// or `@<unix seconds>`.
+/// `--as-of`'s instant (see [`regionfs::config::parse_instant`]).
 fn parse_instant(text: &str) -> anyhow::Result<std::time::SystemTime> {
-    use std::time::{Duration, UNIX_EPOCH};
-    let bad =
-        || anyhow::anyhow!("--as-of `{text}`: expected e.g. 2026-11-24T10:00:00Z or @1764000000");
-    if let Some(secs) = text.strip_prefix('@') {
-        let s: u64 = secs.parse().map_err(|_| bad())?;
-        return Ok(UNIX_EPOCH + Duration::from_secs(s));
-    }
-    let (date, time) = text.split_once(['T', ' ']).ok_or_else(bad)?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = match (d.next(), d.next(), d.next(), d.next()) {
-        (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) => (y, m, day),
-        _ => return Err(bad()),
-    };
-    let (clock, offset_s) = if let Some(c) = time.strip_suffix('Z') {
-        (c, 0i64)
-    } else if let Some(i) = time.rfind(['+', '-']) {
-        let (c, off) = time.split_at(i);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (h, mi) = off[1..].split_once(':').ok_or_else(bad)?;
-        let h: i64 = h.parse().map_err(|_| bad())?;
-        let mi: i64 = mi.parse().map_err(|_| bad())?;
-        (c, sign * (h * 3600 + mi * 60))
-    } else {
-        return Err(bad());
-    };
-    let mut t = clock.split(':');
-    let (h, mi, sec) = match (t.next(), t.next(), t.next(), t.next()) {
-        (Some(h), Some(mi), Some(sec), None) => (h, mi, sec),
-        _ => return Err(bad()),
-    };
-    let h: i64 = h.parse().map_err(|_| bad())?;
-    let mi: i64 = mi.parse().map_err(|_| bad())?;
-    let sec: f64 = sec.parse().map_err(|_| bad())?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec >= 61.0 {
-        return Err(bad());
-    }
-    // Days since the epoch from a civil date (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let whole = days * 86400 + h * 3600 + mi * 60 - offset_s;
-    if whole < 0 {
-        return Err(bad());
-    }
-    Ok(UNIX_EPOCH + Duration::from_secs(whole as u64) + Duration::from_secs_f64(sec))
+    regionfs::config::parse_instant(text).map_err(|e| anyhow::anyhow!("--as-of {e}"))
 }

@@ -57,8 +57,57 @@ fn sizes_and_durations_parse() {
         Duration::from_millis(500)
     );
     assert_eq!("0s".parse::<HumanDuration>().unwrap().0, Duration::ZERO);
-    assert!("5 minutes".parse::<HumanDuration>().is_err());
+    assert_eq!(
+        "2d 12h".parse::<HumanDuration>().unwrap().0,
+        Duration::from_secs(216_000)
+    );
+    assert_eq!(
+        "5 minutes".parse::<HumanDuration>().unwrap().0,
+        Duration::from_secs(300)
+    );
+    assert!("5 parsecs".parse::<HumanDuration>().is_err());
     assert!("".parse::<HumanDuration>().is_err());
+    assert!("-5s".parse::<HumanDuration>().is_err());
+    assert_eq!("4k".parse::<ByteSize>().unwrap().0, 4000);
+    assert_eq!(" 4 KiB ".parse::<ByteSize>().unwrap().0, 4096);
+    assert_eq!("1.5GiB".parse::<ByteSize>().unwrap().0, 3 * GIB / 2);
+    assert!("-1".parse::<ByteSize>().is_err());
+    assert!("".parse::<ByteSize>().is_err());
+    let e = "10 parsecs".parse::<ByteSize>().unwrap_err();
+    assert!(e.contains("10GiB"), "says what to write: {e}");
+}
+
+#[test]
+fn instants_parse_as_rfc3339_or_unix_seconds() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let at = |s: &str| parse_instant(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap());
+    assert_eq!(
+        at("2026-11-24T10:00:00Z"),
+        Ok(Duration::from_secs(1_795_514_400))
+    );
+    assert_eq!(
+        at("2026-11-24 10:00:00Z"),
+        Ok(Duration::from_secs(1_795_514_400))
+    );
+    assert_eq!(
+        at("2026-11-24T11:30:00+01:30"),
+        Ok(Duration::from_secs(1_795_514_400))
+    );
+    assert_eq!(
+        at("2026-11-24T10:00:00.25Z"),
+        Ok(Duration::from_millis(1_795_514_400_250))
+    );
+    assert_eq!(at("@1764000000"), Ok(Duration::from_secs(1_764_000_000)));
+    for bad in [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "2026-11-24",
+        "@soon",
+        "1969-12-31T23:59:59Z",
+    ] {
+        let e = parse_instant(bad).unwrap_err();
+        assert!(e.contains(bad) && e.contains("@1764000000"), "{e}");
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! The human units a config is written in: byte counts (`10GiB`, `4k`),
-//! durations (`500ms`, `1h30m`) and octal modes (`"0644"`). Each parses with an
-//! error that says what it expected; the field is named by the caller.
+//! The human units a config and the command line are written in: byte counts
+//! (`10GiB`, `4k`), durations (`500ms`, `1h30m`), octal modes (`"0644"`) and
+//! instants (`2026-11-24T10:00:00Z`). Sizes, durations and instants are read
+//! by maintained crates; each parse fails with an error that says what it
+//! expected, and the caller names the field.
 
 use super::*;
 
@@ -10,34 +12,15 @@ pub struct ByteSize(pub u64);
 
 impl FromStr for ByteSize {
     type Err = String;
+    /// Units as the `bytesize` crate reads them: `k`/`kB` 1000, `Ki`/`KiB`
+    /// 1024, up to exa; any case; a space or a fraction allowed.
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let bad = || format!("invalid size {s:?}: write e.g. \"10GiB\", \"512MiB\" or \"4096\"");
-        if num.is_empty() {
-            return Err(bad());
-        }
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" | "ki" => KIB,
-            "m" | "mb" => 1000 * 1000,
-            "mib" | "mi" => MIB,
-            "g" | "gb" => 1000 * 1000 * 1000,
-            "gib" | "gi" => GIB,
-            "t" | "tb" => 1000u64.pow(4),
-            "tib" | "ti" => 1024 * GIB,
-            _ => return Err(bad()),
-        };
-        let value: f64 = num.parse().map_err(|_| bad())?;
-        let bytes = value * mult as f64;
-        if !bytes.is_finite() || bytes > u64::MAX as f64 {
-            return Err(bad());
-        }
-        Ok(ByteSize(bytes.round() as u64))
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|_| {
+                format!("invalid size {s:?}: write e.g. \"10GiB\", \"512MiB\" or \"4096\"")
+            })
     }
 }
 
@@ -91,37 +74,14 @@ pub struct HumanDuration(pub Duration);
 
 impl FromStr for HumanDuration {
     type Err = String;
+    /// As the `humantime` crate reads durations: spans such as `500ms`,
+    /// `5m`, `1h30m` or `2d 12h` added up.
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("invalid duration {s:?}: write e.g. \"0s\", \"500ms\", \"5m\" or \"1h30m\"");
-        let mut rest = s.trim();
-        if rest.is_empty() {
-            return Err(bad());
-        }
-        let mut total = Duration::ZERO;
-        while !rest.is_empty() {
-            let n_end = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-            if n_end == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..n_end].parse().map_err(|_| bad())?;
-            rest = &rest[n_end..];
-            let u_end = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let unit = &rest[..u_end];
-            rest = &rest[u_end..];
-            let part = match unit {
-                "ms" => Duration::from_millis(n),
-                "s" => Duration::from_secs(n),
-                "m" => Duration::from_secs(n * 60),
-                "h" => Duration::from_secs(n * 3600),
-                "d" => Duration::from_secs(n * 86400),
-                _ => return Err(bad()),
-            };
-            total += part;
-        }
-        Ok(HumanDuration(total))
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                format!("invalid duration {s:?}: write e.g. \"0s\", \"500ms\", \"5m\" or \"1h30m\"")
+            })
     }
 }
 
@@ -178,4 +138,25 @@ impl Serialize for Mode {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{:04o}", self.0))
     }
+}
+
+/// An instant written in RFC 3339 (`2026-11-24T10:00:00Z`, fractional
+/// seconds and `+HH:MM` offsets allowed; a space may stand for the `T`) or
+/// as `@<unix seconds>`.
+pub fn parse_instant(text: &str) -> Result<std::time::SystemTime, String> {
+    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+    let bad = || format!("`{text}`: expected e.g. 2026-11-24T10:00:00Z or @1764000000");
+    if let Some(secs) = text.strip_prefix('@') {
+        let s: u64 = secs.parse().map_err(|_| bad())?;
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs(s));
+    }
+    let mut t = text.trim().to_string();
+    if t.get(10..11) == Some(" ") {
+        t.replace_range(10..11, "T");
+    }
+    let at = DateTime::from_str(&t, DateTimeFormat::DateTimeWithOffset).map_err(|_| bad())?;
+    std::time::SystemTime::try_from(at)
+        .ok()
+        .filter(|at| *at >= std::time::UNIX_EPOCH)
+        .ok_or_else(bad)
 }
