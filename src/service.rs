@@ -21,6 +21,8 @@ use crate::store::probe::versioning_problem;
 use crate::store::{ObjectStore, S3Store};
 use crate::uploader::{Event, Uploader};
 
+pub mod mount;
+
 /// Why the service cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -94,11 +96,7 @@ pub async fn start(config: &Config, owner: Caller) -> Result<Service, ServiceErr
             destinations.insert(d.name.clone(), Arc::new(S3Store::connect(d).await));
         }
     }
-    let svc = start_with_stores(config, store, destinations, owner).await?;
-    if let Some(b) = bounded {
-        svc.regions.set_staleness(b);
-    }
-    Ok(svc)
+    start_wired(config, store, destinations, bounded, owner).await
 }
 
 /// As [`start`], with a given source store (tests wrap it with fault injection)
@@ -116,6 +114,18 @@ pub async fn start_with_stores(
     config: &Config,
     store: Arc<dyn ObjectStore>,
     destinations: HashMap<String, Arc<dyn ObjectStore>>,
+    owner: Caller,
+) -> Result<Service, ServiceError> {
+    start_wired(config, store, destinations, None, owner).await
+}
+
+/// Everything after the stores: cache, journal, recovery, then each part
+/// built after what it needs.
+async fn start_wired(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    destinations: HashMap<String, Arc<dyn ObjectStore>>,
+    staleness: Option<Arc<crate::regions::bounded::BoundedStaleness>>,
     owner: Caller,
 ) -> Result<Service, ServiceError> {
     let cache = Cache::open(
@@ -206,10 +216,17 @@ pub async fn start_with_stores(
             Prefer::parse(&config.read.prefer)
         },
         Some(journal.clone()),
+        staleness,
     );
     regions.start_probes();
-    let replicator =
-        Replicator::start(config, store.clone(), destinations, journal.clone()).await?;
+    let replicator = Replicator::start(
+        config,
+        store.clone(),
+        destinations,
+        journal.clone(),
+        cache.clone(),
+    )
+    .await?;
     let (uploader, mut done) = Uploader::start(
         store.clone(),
         journal.clone(),
@@ -217,15 +234,16 @@ pub async fn start_with_stores(
         config.upload.clone(),
         config.cache.write_back_delay.0,
         crate::uploader::Recovered { held: ops, spilled },
-        Some(replicator.clone()),
+        crate::uploader::EachVersion {
+            acl: config.source.acl.map(|a| crate::uploader::SourceAcl {
+                bucket: config.source.name.clone(),
+                canned: a.as_str().to_string(),
+            }),
+            replicator: Some(replicator.clone()),
+        },
     );
     replicator.give_way_to(uploader.busy_signal(), crate::replicator::GIVE_WAY_AT_MOST);
-    replicator.read_fresh_from(cache.clone());
     uploader.abort_stale_early().await;
-    uploader.set_acl(
-        &config.source.name,
-        config.source.acl.map(|a| a.as_str().to_string()),
-    );
     // Probing writes a marker: a read-only mount reads sidecars if present.
     let dir_sidecar = config.read_only()
         || dir_attrs_need_sidecar(&cache, store.as_ref(), &config.source.prefix).await;

@@ -176,7 +176,7 @@ struct Inner {
     parts: Arc<Semaphore>,
     replicator: Option<crate::replicator::Replicator>,
     /// `[source] acl`, and whether the bucket takes ACLs.
-    acl: Mutex<Option<(String, Arc<crate::replicator::AclState>)>>,
+    acl: Option<(String, Arc<crate::store::AclState>)>,
     /// Whether the source takes conditional PUTs (see `guard`).
     conditions: ConditionSupport,
     /// Held while the spill's boundary may move under a change of spilled
@@ -193,6 +193,23 @@ pub struct Uploader {
     inner: Arc<Inner>,
 }
 
+/// What each version written gets besides its bytes.
+#[derive(Clone, Default)]
+pub struct EachVersion {
+    /// The canned ACL (`[source] acl`), unless the bucket turns out not to
+    /// take ACLs (then one warning).
+    pub acl: Option<SourceAcl>,
+    /// Where it goes to be replicated.
+    pub replicator: Option<crate::replicator::Replicator>,
+}
+
+/// `[source] acl`, and the source's config name (for status).
+#[derive(Clone)]
+pub struct SourceAcl {
+    pub bucket: String,
+    pub canned: String,
+}
+
 impl Uploader {
     /// Starts the worker with the operations recovered from the journal.
     /// Every finished operation is also sent on the returned channel (see
@@ -204,13 +221,15 @@ impl Uploader {
         cfg: UploadConfig,
         delay: Duration,
         recovered: Recovered,
-        replicator: Option<crate::replicator::Replicator>,
+        each: EachVersion,
     ) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
+        let EachVersion { acl, replicator } = each;
         let Recovered {
             held: recovered,
             spilled,
         } = recovered;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let journal_for_acl = journal.clone();
         let n = recovered.len() + spilled.len();
         let held = cfg.held_in_memory.max(1);
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -229,7 +248,10 @@ impl Uploader {
             done_tx,
             parts,
             replicator,
-            acl: Mutex::new(None),
+            acl: acl.map(|a| {
+                let state = crate::store::AclState::new(&a.bucket, journal_for_acl.acl_noter());
+                (a.canned, Arc::new(state))
+            }),
         });
         {
             let mut q = inner.queue.lock().unwrap();
@@ -248,17 +270,6 @@ impl Uploader {
         }
         crate::background::spawn(run(inner.clone()));
         (Uploader { inner }, done_rx)
-    }
-
-    /// Every version written from now on gets this canned ACL (`[source] acl`),
-    /// unless the bucket turns out not to take ACLs (then one warning).
-    /// `bucket` is the source's config name (for status).
-    pub fn set_acl(&self, bucket: &str, acl: Option<String>) {
-        let state = Arc::new(crate::replicator::AclState::new(
-            bucket,
-            self.inner.journal.clone(),
-        ));
-        *self.inner.acl.lock().unwrap() = acl.map(|a| (a, state));
     }
 
     /// Aborts the early uploads (see [`EarlyUpload`]) a previous process left
@@ -285,7 +296,7 @@ impl Uploader {
         meta: &ObjectMeta,
         blind: bool,
     ) -> Option<Arc<EarlyUpload>> {
-        if !self.inner.cfg.early_parts || self.inner.acl.lock().unwrap().is_some() {
+        if !self.inner.cfg.early_parts || self.inner.acl.is_some() {
             return None;
         }
         Some(Arc::new(EarlyUpload::new(

@@ -1,5 +1,6 @@
-//! `regionfs mount`: in the foreground, or as a daemon that returns once the
-//! mount is ready; the metrics endpoint beside it.
+//! `regionfs mount`: in the foreground (the mount's life is
+//! `service::mount`; this prints its progress and tells systemd), or as a
+//! daemon that returns once the mount is ready; the metrics endpoint beside it.
 
 use crate::*;
 use cmd::notify::notify;
@@ -33,110 +34,43 @@ fn owner_only_files() {
 }
 
 pub(crate) fn mount(config: Config, mountpoint: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use service::mount::Progress;
     owner_only_files();
     let rt = runtime()?;
-    let owner = caller();
-    service::clear_stale_mount(mountpoint)?;
     regionfs::background::install().context("starting the background runtime")?;
     regionfs::heap::start();
-    let svc = rt.block_on(service::start(&config, owner))?;
-    {
-        let _in_runtime = rt.enter();
-        serve_metrics(&config, &svc);
-    }
-    if config.replication.watch && !config.read_only() {
-        rt.block_on(svc.watch(&config, Shard::ALL));
-    }
-    let mountpoint = std::fs::canonicalize(mountpoint)?;
-    let _ = std::fs::write(
-        config.cache.dir.join("mountpoint"),
-        mountpoint.as_os_str().as_encoded_bytes(),
-    );
-    let mut opts = fuser::Config::default();
-    opts.mount_options = vec![
-        fuser::MountOption::FSName("regionfs".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    // The mount's type is `fuse.regionfs` (`findmnt -t fuse.regionfs`, `df
-    // -t`). fuser hands `Subtype` only to fusermount3; a mount(2) of its
-    // own (as root) needs it among the kernel's options.
-    // SAFETY: geteuid cannot fail and touches no memory.
-    opts.mount_options.push(if unsafe { libc::geteuid() } == 0 {
-        fuser::MountOption::CUSTOM("subtype=regionfs".into())
-    } else {
-        fuser::MountOption::Subtype("regionfs".into())
-    });
-    if config.read_only() {
-        opts.mount_options.push(fuser::MountOption::RO);
-    }
-    if config.mount.allow_other {
-        opts.acl = fuser::SessionACL::All;
-    }
-    opts.n_threads = Some(2);
-    // Before the mount exists: a SIGTERM or SIGINT that arrives once it does
-    // must unmount and drain, never take the default action and leave a dead
-    // mount (the handlers were once installed after it, and a test's SIGTERM
-    // right after "mounted" killed the daemon with the mount still there).
-    let stop = {
-        use tokio::signal::unix::{signal, SignalKind};
-        let _rt = rt.enter();
-        (
-            signal(SignalKind::terminate()).context("handling SIGTERM")?,
-            signal(SignalKind::interrupt()).context("handling SIGINT")?,
-        )
-    };
-    let session = fuser::spawn_mount(
-        FuseFs::new(svc.core.clone(), rt.handle().clone()),
-        &mountpoint,
-        &opts,
-    )
-    .with_context(|| format!("mounting at {}", mountpoint.display()))?;
-    regionfs::fs::fuse::spawn_trimmer(svc.core.clone(), session.notifier());
-    eprintln!(
-        "regionfs: mounted {} at {} (cache {})",
-        config.source.describe(),
-        mountpoint.display(),
-        config.cache.dir.display()
-    );
-    notify(&format!(
-        "READY=1\nSTATUS=mounted {} at {}",
-        config.source.describe(),
-        mountpoint.display()
-    ));
-    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
-    let joined = tx.clone();
-    let joiner = std::thread::spawn(move || {
-        let r = session.join();
-        let _ = joined.send("unmounted");
-        r
-    });
-    rt.spawn(async move {
-        let (mut term, mut int) = stop;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    let progress = |p: Progress| match p {
+        Progress::Mounted { mountpoint } => {
+            eprintln!(
+                "regionfs: mounted {} at {} (cache {})",
+                config.source.describe(),
+                mountpoint.display(),
+                config.cache.dir.display()
+            );
+            notify(&format!(
+                "READY=1\nSTATUS=mounted {} at {}",
+                config.source.describe(),
+                mountpoint.display()
+            ));
         }
-        let _ = tx.send("signal");
-    });
-    if rx.recv() == Ok("signal") {
-        eprintln!("regionfs: unmounting {}", mountpoint.display());
-        service::detach(&mountpoint);
-    }
-    notify("STOPPING=1\nSTATUS=unmounted; draining");
-    let _ = joiner.join();
-    let report = |line: &str| {
-        eprintln!("regionfs: {line}");
-        notify(&format!("STATUS={line}"));
+        Progress::Unmounting { mountpoint } => {
+            eprintln!("regionfs: unmounting {}", mountpoint.display());
+        }
+        Progress::Draining => notify("STOPPING=1\nSTATUS=unmounted; draining"),
+        Progress::Waiting(line) => {
+            eprintln!("regionfs: {line}");
+            notify(&format!("STATUS={line}"));
+        }
+        Progress::Drained => eprintln!("regionfs: unmounted; everything is uploaded"),
     };
-    let left = rt.block_on(svc.drain(config.durability.drain_on_unmount.0, &report));
-    if left == 0 {
-        eprintln!("regionfs: unmounted; everything is uploaded");
-    }
-    if let Err(e) = rt.block_on(svc.journal.compact()) {
-        // Only space: the journal is as consistent as before.
-        tracing::warn!(error = %e, "cannot compact the journal");
-    }
-    drop(svc);
+    service::mount::run(
+        &rt,
+        &config,
+        caller(),
+        mountpoint,
+        |svc| serve_metrics(&config, svc),
+        &progress,
+    )?;
     // What is left is in the journal: a task stuck in a request must not keep
     // the process from exiting (dropping a runtime waits for its tasks).
     rt.shutdown_timeout(std::time::Duration::from_secs(10));

@@ -119,15 +119,17 @@ fn a_files_journal_store_and_scheduler_work_does_not_grow_with_the_files_seen() 
         3100 + 310,
         "every file is one queued upload (its metadata changes go with it), every directory its marker"
     );
-    // The journal and the store: exactly the same work. The scheduler may
-    // wake once more or less (its timers run beside the writer).
+    // The journal and the store: exactly the same work. The scheduler wakes
+    // on each submit and on its timers, which run beside the writer: a slower
+    // batch (a loaded machine) sees a few more timer wakes. A pass that
+    // scanned the queue would examine thousands of heads per batch here.
     assert_eq!(
         (early.journal, early.store),
         (late.journal, late.store),
         "journal jobs and store calls for 100 files after 200 ({early:?}) and after 3,000 ({late:?})"
     );
     assert!(
-        late.scheduler <= early.scheduler + early.scheduler / 10 + 2,
+        late.scheduler <= 2 * early.scheduler + 10,
         "scheduler steps for 100 files after 200 ({early:?}) and after 3,000 ({late:?})"
     );
     let _enter = rt.enter();

@@ -79,6 +79,18 @@ pub(super) fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummar
 }
 
 impl Journal {
+    /// Where an [`AclState`](crate::store::AclState) notes what it found:
+    /// here, in the background (status reads it; nothing waits on it).
+    pub fn acl_noter(&self) -> crate::store::acl::NoteAcl {
+        let journal = self.clone();
+        Arc::new(move |bucket, support| {
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                let _ = journal.note_acl_support(bucket, support).await;
+            });
+        })
+    }
+
     /// Records whether a bucket (by its config name) takes object ACLs, for status.
     pub async fn note_acl_support(
         &self,

@@ -176,7 +176,7 @@ pub struct Regions {
     journal: Option<Journal>,
     /// Smoothing of the probe RTT (weight of the newest sample).
     alpha: f64,
-    staleness: Mutex<Option<Arc<crate::regions::bounded::BoundedStaleness>>>,
+    staleness: Option<Arc<crate::regions::bounded::BoundedStaleness>>,
 }
 
 /// How often every region is probed.
@@ -191,12 +191,14 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 
 impl Regions {
     /// `source` first, then the destinations by name. `journal` tells which
-    /// replicas this host's replicator completed.
+    /// replicas this host's replicator completed; `staleness` is a replica
+    /// mount's bound (`read.max_staleness`), which status reports.
     pub fn new(
         source: (String, Arc<dyn ObjectStore>),
         destinations: Vec<(String, Arc<dyn ObjectStore>)>,
         prefer: Prefer,
         journal: Option<Journal>,
+        staleness: Option<Arc<crate::regions::bounded::BoundedStaleness>>,
     ) -> Arc<Regions> {
         let region = |name: String, store, is_source| Region {
             name,
@@ -215,13 +217,8 @@ impl Regions {
             prefer,
             journal,
             alpha: 0.3,
-            staleness: Mutex::new(None),
+            staleness,
         })
-    }
-
-    /// A replica mount's staleness bound, for status.
-    pub fn set_staleness(&self, b: Arc<crate::regions::bounded::BoundedStaleness>) {
-        *self.staleness.lock().unwrap() = Some(b);
     }
 
     fn find(&self, name: &str) -> Option<&Region> {
@@ -238,7 +235,7 @@ impl Regions {
             loop {
                 me.probe_all().await;
                 let mut up: Vec<bool> = me.regions.iter().map(Self::reachable).collect();
-                if let Some(b) = me.staleness.lock().unwrap().as_ref() {
+                if let Some(b) = &me.staleness {
                     up.push(b.state().0);
                 }
                 let due = match &noted {
@@ -248,8 +245,6 @@ impl Regions {
                 if let (true, Some(j)) = (due, &me.journal) {
                     let (stale, lag) = me
                         .staleness
-                        .lock()
-                        .unwrap()
                         .as_ref()
                         .map(|b| b.state())
                         .unwrap_or((false, None));
@@ -545,6 +540,7 @@ mod tests {
             ],
             prefer,
             None,
+            None,
         )
     }
 
@@ -663,6 +659,7 @@ mod tests {
             ("us".into(), src.clone()),
             vec![("eu".into(), eu.clone())],
             Prefer::Nearest,
+            None,
             None,
         );
         set(&r, "us", 80.0);

@@ -64,14 +64,13 @@
 //! without an ACL, hence private, qualify). At most [`FRESH_BUDGET`] bytes are
 //! held in memory; the tasks beyond it keep only the ETag and options and
 //! read the bytes from the file's clean copy in the cache when they run
-//! ([`Replicator::read_fresh_from`]), taking the ordinary path when that copy
+//! (the `clean` cache given to [`Replicator::start`]), taking the ordinary path when that copy
 //! is gone, incomplete or of another version. Either way they are exactly the
 //! uploaded bytes: the uploader PUT this very buffer, and a clean copy is a
 //! whole copy of the version whose ETag it carries, pinned while read (see
 //! `cache`). Fresh state lives in memory only; after a failure or a restart
 //! the task takes the ordinary path.
 
-mod acl;
 mod copy;
 pub mod discover;
 pub mod heartbeat;
@@ -81,7 +80,6 @@ pub mod resync;
 pub mod rules;
 mod worker;
 
-pub use acl::AclState;
 use queue::{Queue, Spill, HELD_TASKS};
 use worker::{check_destination, give_way, run, Yield, RECOVERY_GRACE};
 
@@ -96,7 +94,7 @@ use crate::error::StoreError;
 use crate::journal::{Journal, NewTask, Op, OpKind, Task, TaskKind, TaskStatus};
 use crate::meta::ObjectMeta;
 use crate::store::probe::versioning_problem;
-use crate::store::{AclSupport, ObjectStore, PutOptions};
+use crate::store::{AclState, ObjectStore, PutOptions};
 use rules::{Change, Rules};
 
 struct Destination {
@@ -210,7 +208,7 @@ struct Inner {
     queue: Mutex<Queue>,
     fresh: Mutex<FreshBodies>,
     /// Where fresh tasks beyond the budget read their bytes.
-    clean: std::sync::OnceLock<Arc<crate::cache::Cache>>,
+    clean: Option<Arc<crate::cache::Cache>>,
     wake: Notify,
     /// Signalled whenever a task finishes (fsync all-regions waits on it).
     finished: Notify,
@@ -234,13 +232,24 @@ pub struct Replicator {
 
 impl Replicator {
     /// Starts the workers with the open tasks from the journal.
+    /// `clean`: the cache whose clean copies fresh tasks beyond
+    /// [`FRESH_BUDGET`] read their bytes from (see "Fresh small versions").
     pub async fn start(
         config: &Config,
         source: Arc<dyn ObjectStore>,
         destinations: HashMap<String, Arc<dyn ObjectStore>>,
         journal: Journal,
+        clean: Arc<crate::cache::Cache>,
     ) -> Result<Replicator, crate::journal::JournalError> {
-        let r = Self::start_from_journal(config, source, destinations, journal, HELD_TASKS).await?;
+        let r = Self::start_from_journal(
+            config,
+            source,
+            destinations,
+            journal,
+            HELD_TASKS,
+            Some(clean),
+        )
+        .await?;
         // Only the replicator that owns all open tasks may say how far
         // replication has got (resync runs a partial one).
         tokio::spawn(heartbeat::run(
@@ -252,12 +261,14 @@ impl Replicator {
 
     /// Starts the workers with the oldest `held` open tasks of each
     /// destination from the journal; the rest are read as those finish.
+    /// Without `clean`, fresh tasks beyond the budget read the source.
     pub async fn start_from_journal(
         config: &Config,
         source: Arc<dyn ObjectStore>,
         destinations: HashMap<String, Arc<dyn ObjectStore>>,
         journal: Journal,
         held: usize,
+        clean: Option<Arc<crate::cache::Cache>>,
     ) -> Result<Replicator, crate::journal::JournalError> {
         let mut open = Vec::new();
         let mut spilled = HashMap::new();
@@ -283,6 +294,7 @@ impl Replicator {
             journal,
             open,
             Some((held.max(1), spilled)),
+            clean,
         ))
     }
 
@@ -295,7 +307,7 @@ impl Replicator {
         journal: Journal,
         open: Vec<Task>,
     ) -> Replicator {
-        Self::start_inner(config, source, destinations, journal, open, None)
+        Self::start_inner(config, source, destinations, journal, open, None, None)
     }
 
     fn start_inner(
@@ -305,12 +317,13 @@ impl Replicator {
         journal: Journal,
         open: Vec<Task>,
         window: Option<(usize, HashMap<String, Spill>)>,
+        clean: Option<Arc<crate::cache::Cache>>,
     ) -> Replicator {
         let destinations = destinations
             .into_iter()
             .filter_map(|(name, store)| {
                 let config = config.destination(&name)?.clone();
-                let acls = AclState::new(&name, journal.clone());
+                let acls = AclState::new(&name, journal.acl_noter());
                 Some((
                     name,
                     Destination {
@@ -347,7 +360,7 @@ impl Replicator {
             queue.insert(t);
         }
         let n = queue.pending();
-        let source_acls = AclState::new(&config.source.name, journal.clone());
+        let source_acls = AclState::new(&config.source.name, journal.acl_noter());
         let inner = Arc::new(Inner {
             source,
             destinations,
@@ -358,7 +371,7 @@ impl Replicator {
             target_ms: config.replication.time_target.0.as_millis() as i64,
             queue: Mutex::new(queue),
             fresh: Mutex::new(FreshBodies::default()),
-            clean: std::sync::OnceLock::new(),
+            clean,
             wake: Notify::new(),
             finished: Notify::new(),
             pending: watch::channel(n).0,
@@ -383,13 +396,6 @@ impl Replicator {
     /// Only the first call counts.
     pub fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
         let _ = self.inner.give_way.set(GiveWay { busy, at_most });
-    }
-
-    /// Fresh tasks beyond [`FRESH_BUDGET`] read their bytes from the clean
-    /// copies in `cache` from now on (see "Fresh small versions"); without
-    /// it they read the source. Only the first call counts.
-    pub fn read_fresh_from(&self, cache: Arc<crate::cache::Cache>) {
-        let _ = self.inner.clean.set(cache);
     }
 
     /// What this replicator measured so far (the metrics endpoint serves it).
@@ -462,7 +468,7 @@ impl Replicator {
                 let f = if f.body.is_some() && held.bytes + len <= FRESH_BUDGET {
                     held.bytes += len;
                     f.clone()
-                } else if self.inner.clean.get().is_some() {
+                } else if self.inner.clean.is_some() {
                     lean.get_or_insert_with(|| {
                         Arc::new(Fresh {
                             body: None,

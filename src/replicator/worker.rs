@@ -327,7 +327,7 @@ pub(super) fn fresh_bytes(inner: &Inner, task: &Task, fresh: Arc<Fresh>) -> Opti
         Some(b) => b.clone(),
         None => inner
             .clean
-            .get()?
+            .as_ref()?
             .read_clean(&task.key, &fresh.etag, task.size)
             .map(bytes::Bytes::from)?,
     };

@@ -1,40 +1,44 @@
 //! Whether a bucket takes object ACLs: asked once (its Object Ownership), and
 //! switched off for good by the first refusal, with one warning either way.
-//! What is found is noted in the journal under the bucket's config name, for
-//! `regionfs status`. The uploader keeps one for the source.
+//! What is found goes to a [`NoteAcl`] under the bucket's config name (the
+//! journal keeps it for `regionfs status`). The uploader keeps one for the
+//! source, the replicator one per destination.
 
-use super::*;
+use std::sync::{Arc, Mutex};
 
-/// Whether a bucket takes object ACLs: asked once (its Object Ownership), and
-/// switched off for good by the first refusal, with one warning either way.
-/// What is found is noted in the journal under the bucket's config name, for
-/// `regionfs status`.
+use super::{AclSupport, ObjectStore};
+
+/// Told what a bucket was found to do, by the bucket's config name:
+/// `enabled`, or `not supported: <why>`.
+pub type NoteAcl = Arc<dyn Fn(String, String) + Send + Sync>;
+
+/// Whether one bucket takes object ACLs, as far as is known.
 pub struct AclState {
-    pub(super) found: Mutex<Option<AclSupport>>,
-    pub(super) name: String,
-    pub(super) journal: Journal,
+    found: Mutex<Option<AclSupport>>,
+    name: String,
+    note: NoteAcl,
 }
 
 impl AclState {
-    pub fn new(name: &str, journal: Journal) -> AclState {
+    /// `name`: the bucket's config name, which `note` is given.
+    pub fn new(name: &str, note: NoteAcl) -> AclState {
         AclState {
             found: Mutex::new(None),
             name: name.to_string(),
-            journal,
+            note,
         }
     }
 
-    pub(super) fn note(&self, s: &AclSupport) {
+    fn note(&self, s: &AclSupport) {
         let text = match s {
             AclSupport::Enabled => "enabled".to_string(),
             AclSupport::Disabled(why) => format!("not supported: {why}"),
         };
-        let (journal, name) = (self.journal.clone(), self.name.clone());
-        tokio::spawn(async move {
-            let _ = journal.note_acl_support(name, text).await;
-        });
+        (self.note)(self.name.clone(), text);
     }
 
+    /// Whether ACLs go with writes to `store`: asked once, unless the answer
+    /// was unknown (then asked again next time, without ACLs meanwhile).
     pub async fn enabled(&self, store: &dyn ObjectStore) -> bool {
         if let Some(s) = self.found.lock().unwrap().clone() {
             return s == AclSupport::Enabled;
@@ -57,6 +61,7 @@ impl AclState {
         }
     }
 
+    /// `store` refused an ACL: none go there from now on (one warning).
     pub fn refused(&self, store: &dyn ObjectStore, why: &str) {
         let mut s = self.found.lock().unwrap();
         if !matches!(*s, Some(AclSupport::Disabled(_))) {

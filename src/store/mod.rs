@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 
+pub mod acl;
 pub mod checksum;
 pub mod memory;
 pub mod probe;
@@ -24,6 +25,7 @@ mod stable;
 pub use stable::{digest_of, PartDigest};
 mod unsigned;
 
+pub use acl::AclState;
 pub use memory::MemoryStore;
 pub use s3::S3Store;
 

@@ -42,7 +42,7 @@ fn start_with(r: &Rig, cfg: UploadConfig, quiet: Duration, recovered: Vec<Op>) -
         cfg,
         Duration::ZERO,
         recovered.into(),
-        None,
+        EachVersion::default(),
     );
     up.set_quiet(quiet);
     up
@@ -125,7 +125,7 @@ fn start_delayed_owned(r: &Rig) -> (Uploader, mpsc::UnboundedReceiver<Landed>) {
         UploadConfig::default(),
         Duration::from_millis(300),
         Recovered::default(),
-        None,
+        EachVersion::default(),
     )
 }
 

@@ -412,7 +412,7 @@ pub(super) async fn perform_with_acl(
     small: Option<&Bytes>,
 ) -> Result<PutResult, StoreError> {
     let store = inner.store.as_ref();
-    let configured = inner.acl.lock().unwrap().clone();
+    let configured = inner.acl.clone();
     let Some((canned, state)) = configured.filter(|_| op.kind != OpKind::Delete) else {
         return perform_guarded(inner, op, &None, small).await;
     };
@@ -447,7 +447,7 @@ pub(super) fn small_body(inner: &Inner, op: &Op) -> Result<Option<Bytes>, StoreE
     else {
         return Ok(None);
     };
-    if inner.acl.lock().unwrap().is_some() {
+    if inner.acl.is_some() {
         // Its replicas copy the source version's ACL, read from the source.
         return Ok(None);
     }

@@ -175,9 +175,23 @@ async fn a_blind_upload_whose_sent_bytes_changed_is_aborted_and_the_file_uploade
 async fn early_parts_are_off_when_configured_off_or_an_acl_is_set() {
     let (r, up) = early_rig();
     assert!(up.early("k", "f", &meta(), false).is_some());
-    up.set_acl("src", Some("private".into()));
+    let (with_acl, _) = Uploader::start(
+        r.faulty.clone(),
+        r.journal.clone(),
+        r.cache.clone(),
+        UploadConfig::default(),
+        Duration::ZERO,
+        Recovered::default(),
+        EachVersion {
+            acl: Some(SourceAcl {
+                bucket: "src".into(),
+                canned: "private".into(),
+            }),
+            ..Default::default()
+        },
+    );
     assert!(
-        up.early("k", "f", &meta(), false).is_none(),
+        with_acl.early("k", "f", &meta(), false).is_none(),
         "the ACL is decided per upload"
     );
     let off = start_with(

@@ -29,6 +29,7 @@ async fn replicating_held(
         HashMap::from([("eu".to_string(), dest)]),
         r.journal.clone(),
         held,
+        None,
     )
     .await
     .unwrap();
@@ -47,7 +48,10 @@ fn replicating_uploader(r: &Rig, rep: &crate::replicator::Replicator) -> Uploade
         cfg,
         Duration::ZERO,
         Recovered::default(),
-        Some(rep.clone()),
+        EachVersion {
+            replicator: Some(rep.clone()),
+            ..Default::default()
+        },
     )
     .0
 }
@@ -414,8 +418,18 @@ async fn a_small_file_is_replicated_from_its_uploaded_bytes_without_reading_the_
 #[tokio::test]
 async fn small_replicas_beyond_the_memory_budget_are_written_from_their_clean_copies() {
     let r = rig();
-    let (up, rep, dest) = replicating(&r);
-    rep.read_fresh_from(r.cache.clone());
+    let dest = Arc::new(MemoryStore::new("dst"));
+    let rep = crate::replicator::Replicator::start_from_journal(
+        &replicating_config(),
+        r.faulty.clone(),
+        HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]),
+        r.journal.clone(),
+        10_000,
+        Some(r.cache.clone()),
+    )
+    .await
+    .unwrap();
+    let up = replicating_uploader(&r, &rep);
     let hold = hold_replicas(&rep);
     let size = 60 * 1024;
     let n = crate::replicator::FRESH_BUDGET / size + 4;

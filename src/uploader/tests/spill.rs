@@ -22,7 +22,7 @@ fn start_window(r: &Rig, held: usize, delay: Duration, recovered: Recovered) -> 
         cfg,
         delay,
         recovered,
-        None,
+        EachVersion::default(),
     )
     .0
 }
