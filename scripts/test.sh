@@ -69,9 +69,9 @@ else
   echo "test.sh: rustfmt is not installed and rustup cannot add it; format not checked" >&2
 fi
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --locked --all-targets -- -D warnings
+  cargo clippy --locked --all-targets --features test-doubles -- -D warnings
 else
   echo "test.sh: clippy is not installed and rustup cannot add it; lints not checked" >&2
 fi
-cargo build --locked --all-targets
-cargo nextest run --locked --no-fail-fast "${args[@]}"
+cargo build --locked --all-targets --features test-doubles
+cargo nextest run --locked --no-fail-fast --features test-doubles "${args[@]}"

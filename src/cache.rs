@@ -49,7 +49,7 @@ pub mod boot;
 pub mod direct;
 pub mod failure;
 mod spares;
-pub mod stamp;
+pub(crate) mod stamp;
 
 use spares::{Spares, RECYCLE_MAX};
 
@@ -94,7 +94,7 @@ struct CleanEntry {
 /// into a buffer that is not zeroed first: for a read's reply the zeroing
 /// was 2-4 % of the daemon's CPU in a cold 1 GiB read (perf, 2026-12-03),
 /// and every byte is overwritten before anything sees it.
-pub fn read_at_most(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_at_most(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut buf: Vec<u8> = Vec::with_capacity(len);
     while buf.len() < len {
@@ -289,7 +289,7 @@ impl Cache {
 
     /// Writes `data` at `offset` of data file `name` (open as `file`) through
     /// `direct`; a failure of the disk trips the [`failure::Fence`].
-    pub fn write_data(
+    pub(crate) fn write_data(
         &self,
         name: &str,
         direct: &direct::Direct,
@@ -304,22 +304,23 @@ impl Cache {
     }
 
     /// At most `n` clean copies are kept (oldest evicted first).
-    pub fn limit_clean_files(&self, n: usize) {
+    pub(crate) fn limit_clean_files(&self, n: usize) {
         self.max_clean_files.store(n, Ordering::Relaxed);
         let mut s = self.space.lock().unwrap();
         self.evict_clean(&mut s, 0);
     }
 
+    #[cfg(test)]
     /// Clean copies held.
-    pub fn clean_files(&self) -> usize {
+    pub(crate) fn clean_files(&self) -> usize {
         self.space.lock().unwrap().clean.len()
     }
 
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.root.join("journal.db")
     }
 
-    pub fn data_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn data_path(&self, name: &str) -> PathBuf {
         self.root.join("data").join(name)
     }
 
@@ -336,7 +337,7 @@ impl Cache {
     }
 
     /// Creates an empty working file in `data/` (a spare one when ready).
-    pub fn create_data_file(&self) -> Result<String, CacheError> {
+    pub(crate) fn create_data_file(&self) -> Result<String, CacheError> {
         if let Some(name) = self.spares.take() {
             if std::fs::rename(self.spares.dir.join(&name), self.data_path(&name)).is_ok() {
                 self.space.lock().unwrap().data.insert(name.clone(), 0);
@@ -357,7 +358,7 @@ impl Cache {
 
     /// Copies a data file (one that a staged put references) into a new working
     /// file, so the staged content stays exactly as acknowledged.
-    pub fn copy_data_file(&self, from: &str) -> Result<String, CacheError> {
+    pub(crate) fn copy_data_file(&self, from: &str) -> Result<String, CacheError> {
         let name = self.new_name();
         let src = self.data_path(from);
         let dst = self.data_path(&name);
@@ -370,7 +371,7 @@ impl Cache {
 
     /// Moves a clean copy into `data/` as a working file (opening a clean file
     /// for write).
-    pub fn adopt_clean(&self, key: &str, tag: &str) -> Result<Option<String>, CacheError> {
+    pub(crate) fn adopt_clean(&self, key: &str, tag: &str) -> Result<Option<String>, CacheError> {
         let entry = {
             let mut s = self.space.lock().unwrap();
             if tag.is_empty() || s.clean.peek(key).is_some_and(|e| e.tag != tag) {
@@ -405,7 +406,7 @@ impl Cache {
     /// moved; `Ok(None)` when it no longer is (replaced or dropped, maybe
     /// unlinked): the caller links `file` into `data/` itself
     /// ([`Cache::link_data_file`]) and refills it.
-    pub fn adopt_clean_in_place(
+    pub(crate) fn adopt_clean_in_place(
         &self,
         key: &str,
         tag: &str,
@@ -430,7 +431,7 @@ impl Cache {
 
     /// Gives the open `file` (a backing file whose name is gone or not its
     /// own) a new name in `data/`, as a working file of `size` bytes.
-    pub fn link_data_file(&self, file: &File, size: u64) -> Result<String, CacheError> {
+    pub(crate) fn link_data_file(&self, file: &File, size: u64) -> Result<String, CacheError> {
         use std::os::fd::AsRawFd;
         let name = self.new_name();
         let dst = self.data_path(&name);
@@ -461,7 +462,7 @@ impl Cache {
 
     /// Whether a writer regionfs cannot make wait (passthrough) may start:
     /// data not yet uploaded fills less than three quarters of `max_size`.
-    pub fn room_for_unmetered_writer(&self) -> bool {
+    pub(crate) fn room_for_unmetered_writer(&self) -> bool {
         self.space.lock().unwrap().data_total < self.max_size / 4 * 3
     }
 
@@ -469,7 +470,7 @@ impl Cache {
     /// (passthrough): the bytes are on the disk already, so this never
     /// waits or refuses; it only evicts clean copies to stay within
     /// `max_size` where it can.
-    pub fn account_data(&self, name: &str, size: u64) {
+    pub(crate) fn account_data(&self, name: &str, size: u64) {
         let mut s = self.space.lock().unwrap();
         let old = s.data.get(name).copied().unwrap_or(0);
         self.evict_clean(&mut s, size.saturating_sub(old));
@@ -480,7 +481,7 @@ impl Cache {
     /// Records the new size of a data file, waiting for space first when it grows
     /// past `max_size` (back-pressure), and failing with NoSpace after
     /// `space_wait` without upload progress.
-    pub async fn resize_data(&self, name: &str, new_size: u64) -> Result<(), CacheError> {
+    pub(crate) async fn resize_data(&self, name: &str, new_size: u64) -> Result<(), CacheError> {
         loop {
             let notified = self.freed.notified();
             {
@@ -503,7 +504,7 @@ impl Cache {
 
     /// [`Cache::resize_data`] when it need not wait: false (and nothing
     /// recorded) when the growth does not fit.
-    pub fn try_resize_data(&self, name: &str, new_size: u64) -> bool {
+    pub(crate) fn try_resize_data(&self, name: &str, new_size: u64) -> bool {
         let mut s = self.space.lock().unwrap();
         self.resize_if_room(&mut s, name, new_size)
     }
@@ -551,7 +552,7 @@ impl Cache {
     }
 
     /// A data file is no longer needed (uploaded and superseded, or unlinked).
-    pub fn remove_data(&self, name: &str) {
+    pub(crate) fn remove_data(&self, name: &str) {
         let mut s = self.space.lock().unwrap();
         s.entry_synced.remove(name);
         // Unknown size: not recycled.
@@ -567,13 +568,13 @@ impl Cache {
     }
 
     /// An upload made progress: writers waiting for space keep waiting.
-    pub fn note_progress(&self) {
+    pub(crate) fn note_progress(&self) {
         self.space.lock().unwrap().last_progress = Instant::now();
         self.freed.notify_waiters();
     }
 
     /// Turns an uploaded data file into the clean copy of `key` at `tag`.
-    pub fn make_clean(&self, name: &str, key: &str, tag: &str) {
+    pub(crate) fn make_clean(&self, name: &str, key: &str, tag: &str) {
         let name_clean = self.new_name();
         let ok = std::fs::rename(self.data_path(name), self.clean_path(&name_clean)).is_ok();
         let mut s = self.space.lock().unwrap();
@@ -620,14 +621,14 @@ impl Cache {
     }
 
     /// Whether a whole clean copy of `key` at version `tag` is here (not pinned).
-    pub fn has_clean(&self, key: &str, tag: &str) -> bool {
+    pub(crate) fn has_clean(&self, key: &str, tag: &str) -> bool {
         let s = self.space.lock().unwrap();
         s.clean.peek(key).is_some_and(|e| e.holds(tag))
     }
 
     /// Opens the clean copy of `key` if it holds all of version `tag`; pins
     /// it while open (until [`Cache::close_clean`] with the same path).
-    pub fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
+    pub(crate) fn open_clean(&self, key: &str, tag: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.space.lock().unwrap();
         let e = s.clean.peek_mut(key).filter(|e| e.holds(tag))?;
         e.open += 1;
@@ -639,7 +640,7 @@ impl Cache {
     /// Unpins the clean copy of `key` at `path`. Only that copy: once a newer
     /// one took its place (the old file was unlinked then, being open), the
     /// newer one's pins are its own readers'.
-    pub fn close_clean(&self, key: &str, path: &Path) {
+    pub(crate) fn close_clean(&self, key: &str, path: &Path) {
         let mut s = self.space.lock().unwrap();
         if let Some(e) = s.clean.peek_mut(key).filter(|e| is_copy(e, path)) {
             e.open = e.open.saturating_sub(1);
@@ -647,7 +648,7 @@ impl Cache {
     }
 
     /// The download into the clean copy of `key` at `path` has every byte.
-    pub fn clean_complete(&self, key: &str, path: &Path) {
+    pub(crate) fn clean_complete(&self, key: &str, path: &Path) {
         let mut s = self.space.lock().unwrap();
         if let Some(e) = s.clean.peek_mut(key).filter(|e| is_copy(e, path)) {
             e.complete = true;
@@ -658,7 +659,7 @@ impl Cache {
     /// and has `size` bytes; `None` otherwise (evicted, replaced by another
     /// version, still downloading, or unreadable). Pinned while read, so it
     /// is neither evicted nor recycled (emptied) under the read.
-    pub fn read_clean(&self, key: &str, tag: &str, size: u64) -> Option<Vec<u8>> {
+    pub(crate) fn read_clean(&self, key: &str, tag: &str, size: u64) -> Option<Vec<u8>> {
         if tag.is_empty() {
             // Names no version.
             return None;
@@ -679,13 +680,13 @@ impl Cache {
     }
 
     /// Drops the clean copy of `key` (the object changed or was deleted).
-    pub fn forget_clean(&self, key: &str) {
+    pub(crate) fn forget_clean(&self, key: &str) {
         self.forget_clean_if(key, |_| true);
     }
 
     /// Drops the clean copy of `key` at `path` (its download failed), not a
     /// newer one that took its place.
-    pub fn forget_clean_copy(&self, key: &str, path: &Path) {
+    pub(crate) fn forget_clean_copy(&self, key: &str, path: &Path) {
         self.forget_clean_if(key, |e| is_copy(e, path));
     }
 
@@ -704,7 +705,7 @@ impl Cache {
 
     /// A new file in `clean/` to download `key` into; registered (and pinned
     /// once, for the downloader) right away so readers can share it.
-    pub fn begin_clean(
+    pub(crate) fn begin_clean(
         &self,
         key: &str,
         tag: &str,
@@ -742,7 +743,7 @@ impl Cache {
     /// Only a head start for the fdatasync at staging, which alone makes the
     /// bytes durable: a large file's close then waits for its last few
     /// megabytes instead of all of it. A failure only loses the head start.
-    pub fn start_writeback(file: &File, from: u64, to: u64) {
+    pub(crate) fn start_writeback(file: &File, from: u64, to: u64) {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on an open descriptor; no memory is shared.
         unsafe {
@@ -780,7 +781,7 @@ impl Cache {
 
     /// Recovery: registers the data files the journal still needs, and moves
     /// every other `data/` file to `quarantine/` with a warning.
-    pub fn recover(&self, needed: &HashSet<String>) -> Result<Vec<String>, CacheError> {
+    pub(crate) fn recover(&self, needed: &HashSet<String>) -> Result<Vec<String>, CacheError> {
         let dir = self.root.join("data");
         let mut quarantined = Vec::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| CacheError::io(&dir, e))?;

@@ -25,16 +25,17 @@ use crate::error::ConfigError;
 mod units;
 mod validate;
 
-pub use units::{parse_instant, ByteSize, HumanDuration, Mode};
+pub use units::{parse_instant, HumanDuration};
+pub(crate) use units::{ByteSize, Mode};
 
 /// S3 limits that shape multipart uploads.
-pub const MIN_PART_SIZE: u64 = 5 * MIB;
-pub const MAX_PART_SIZE: u64 = 5 * GIB;
-pub const MAX_PARTS: u64 = 10_000;
+pub(crate) const MIN_PART_SIZE: u64 = 5 * MIB;
+pub(crate) const MAX_PART_SIZE: u64 = 5 * GIB;
+pub(crate) const MAX_PARTS: u64 = 10_000;
 /// Largest object S3 accepts (5 TiB).
-pub const MAX_OBJECT_SIZE: u64 = 5 * 1024 * GIB;
+pub(crate) const MAX_OBJECT_SIZE: u64 = 5 * 1024 * GIB;
 
-pub const KIB: u64 = 1024;
+pub(crate) const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
 pub const GIB: u64 = 1024 * MIB;
 
@@ -230,10 +231,10 @@ pub struct CacheConfig {
     pub write_back_delay: HumanDuration,
     /// How long a writer waits for space (with no upload progress) before ENOSPC.
     #[serde(default = "default_space_wait")]
-    pub space_wait: HumanDuration,
+    pub(crate) space_wait: HumanDuration,
     /// Clean copies kept at most (each costs memory besides its bytes).
     #[serde(default = "default_max_clean_files")]
-    pub max_clean_files: usize,
+    pub(crate) max_clean_files: usize,
 }
 
 impl Default for CacheConfig {
@@ -267,30 +268,30 @@ fn default_space_wait() -> HumanDuration {
 pub struct UploadConfig {
     /// Files at least this large are uploaded in parts.
     #[serde(default = "default_multipart_threshold")]
-    pub multipart_threshold: ByteSize,
+    pub(crate) multipart_threshold: ByteSize,
     /// Smallest part; grown per file so that no upload needs more than 10,000 parts.
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
     /// Files uploaded at once, and parts in flight per file.
     #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// While files keep being closed, uploads wait for a pause in the writes,
     /// each at most this long after its close (default `0s`: upload at once).
     /// Off by default: under a steady load it adds up to this much to the
     /// replication lag, which counts from the close.
     #[serde(default = "default_defer_while_writing")]
-    pub defer_while_writing: HumanDuration,
+    pub(crate) defer_while_writing: HumanDuration,
     /// Upload a file written sequentially from empty part by part while it is
     /// written, instead of whole after its close. Such objects store no
     /// `mtime` (it is fixed before the last write): their mtime is the
     /// object's LastModified.
     #[serde(default = "default_early_parts")]
-    pub early_parts: bool,
+    pub(crate) early_parts: bool,
     /// Uploads held in memory; a longer queue waits in the journal only and
     /// is read back, oldest first, as the held ones finish (about 750 bytes
     /// each in memory).
     #[serde(default = "default_held_uploads")]
-    pub held_in_memory: usize,
+    pub(crate) held_in_memory: usize,
 }
 
 impl Default for UploadConfig {
@@ -307,7 +308,7 @@ impl Default for UploadConfig {
 }
 
 /// Fewest uploads held in memory `upload.held_in_memory` takes.
-pub const MIN_HELD_UPLOADS: usize = 2;
+pub(crate) const MIN_HELD_UPLOADS: usize = 2;
 
 fn default_held_uploads() -> usize {
     1024
@@ -334,7 +335,7 @@ fn default_concurrency() -> usize {
 impl UploadConfig {
     /// The part size for an object of `size` bytes: the configured part size, grown
     /// to the next MiB when the object would otherwise need more than 10,000 parts.
-    pub fn part_size_for(&self, size: u64) -> u64 {
+    pub(crate) fn part_size_for(&self, size: u64) -> u64 {
         plan_part_size(self.part_size.0, size)
     }
 }
@@ -434,7 +435,7 @@ pub struct ReadConfig {
     /// that turn out wrong cannot be taken back). Off: a read waits for the
     /// whole copy and its check.
     #[serde(default)]
-    pub stream_unverified: bool,
+    pub(crate) stream_unverified: bool,
 }
 
 impl Default for ReadConfig {
@@ -459,16 +460,16 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Mode for objects and directories that carry no `mode` metadata.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_file_mode: Option<Mode>,
+    pub(crate) default_file_mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_dir_mode: Option<Mode>,
+    pub(crate) default_dir_mode: Option<Mode>,
     /// Seconds the kernel may cache attributes and names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attr_ttl: Option<HumanDuration>,
     /// How long a directory listing taken (or a directory created) by this
     /// mount answers "no such name" without asking the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dir_ttl: Option<HumanDuration>,
+    pub(crate) dir_ttl: Option<HumanDuration>,
     /// Refuse every change (EROFS); with `read.from`, mount a replica.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
@@ -478,7 +479,7 @@ pub struct MountConfig {
     /// The kernel's writeback cache: writes gather in the page cache and
     /// reach regionfs in large requests at close/fsync. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writeback_cache: Option<bool>,
+    pub(crate) writeback_cache: Option<bool>,
     /// FUSE passthrough: the kernel reads and writes cache files directly
     /// (see `fs::passthrough`). Default on, used where the kernel, the
     /// privileges and the cache's filesystem allow; it replaces the
@@ -493,42 +494,42 @@ pub struct MountConfig {
     /// `<prefix>.regionfs-index/`): a listing then gives every file's mode,
     /// owner and times without a HEAD per file. Default on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attribute_index: Option<bool>,
+    pub(crate) attribute_index: Option<bool>,
 }
 
 impl MountConfig {
-    pub fn writeback_cache(&self) -> bool {
+    pub(crate) fn writeback_cache(&self) -> bool {
         self.writeback_cache.unwrap_or(true)
     }
     pub fn passthrough(&self) -> bool {
         self.passthrough.unwrap_or(true)
     }
-    pub fn file_mode(&self) -> u32 {
+    pub(crate) fn file_mode(&self) -> u32 {
         self.default_file_mode.map(|m| m.0).unwrap_or(0o644)
     }
-    pub fn dir_mode(&self) -> u32 {
+    pub(crate) fn dir_mode(&self) -> u32 {
         self.default_dir_mode.map(|m| m.0).unwrap_or(0o755)
     }
     pub fn attr_ttl(&self) -> Duration {
         self.attr_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(1))
     }
-    pub fn dir_ttl(&self) -> Duration {
+    pub(crate) fn dir_ttl(&self) -> Duration {
         self.dir_ttl.map(|d| d.0).unwrap_or(Duration::from_secs(10))
     }
     pub fn max_inodes(&self) -> usize {
         self.max_inodes.unwrap_or(DEFAULT_MAX_INODES)
     }
-    pub fn attribute_index(&self) -> bool {
+    pub(crate) fn attribute_index(&self) -> bool {
         self.attribute_index.unwrap_or(true)
     }
 }
 
 /// About 1 KiB of memory each (path, metadata, ETag, version and the kernel's
 /// page-cache tag), so at most ~8 MiB for inodes.
-pub const DEFAULT_MAX_INODES: usize = 8192;
+pub(crate) const DEFAULT_MAX_INODES: usize = 8192;
 
 /// Fewer than this would let go of files between two steps of one `ls -l`.
-pub const MIN_MAX_INODES: usize = 256;
+pub(crate) const MIN_MAX_INODES: usize = 256;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -547,7 +548,7 @@ fn default_metrics_listen() -> String {
 /// both mean the keys under `team-b/` (a prefix without the slash would
 /// put the mount's files beside it, as `team-bfile.txt`, and show another
 /// team's `team-bob/`). Empty: the whole bucket.
-pub fn source_prefix(p: &str) -> Result<String, String> {
+pub(crate) fn source_prefix(p: &str) -> Result<String, String> {
     if p.is_empty() {
         return Ok(String::new());
     }

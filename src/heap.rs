@@ -20,15 +20,15 @@
 use std::time::Duration;
 
 /// How often the free heap is looked at.
-pub const EVERY: Duration = Duration::from_secs(5);
+pub(crate) const EVERY: Duration = Duration::from_secs(5);
 
 /// Free heap below this is left alone: a trim would give back little, and
 /// the next requests would fault it in again.
-pub const WORTH_TRIMMING: usize = 4 << 20;
+pub(crate) const WORTH_TRIMMING: usize = 4 << 20;
 
 /// Bytes free inside the allocator's arenas (mmapped chunks excluded, they
 /// go back to the system when freed); `None` where that cannot be asked.
-pub fn free_bytes() -> Option<usize> {
+pub(crate) fn free_bytes() -> Option<usize> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 only reads the allocator's statistics.
@@ -43,7 +43,7 @@ pub fn free_bytes() -> Option<usize> {
 
 /// Releases the heap's free pages if at least `threshold` bytes lie free;
 /// returns whether it trimmed.
-pub fn trim_if_worthwhile(threshold: usize) -> bool {
+pub(crate) fn trim_if_worthwhile(threshold: usize) -> bool {
     match free_bytes() {
         Some(free) if free >= threshold => {
             #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -74,11 +74,12 @@ mod spill;
 mod summary;
 mod tasks;
 
-pub use conflicts::{Conflict, Conflicts};
-pub use discovery::{DiscoveryStats, Seen};
+pub(crate) use conflicts::Conflicts;
+pub(crate) use discovery::DiscoveryStats;
+pub use discovery::Seen;
 use ops::{op_from_row, OP_COLUMNS};
 use schema::{ADDED_COLUMNS, BODIES, SCHEMA};
-pub use spill::SpillReader;
+pub(crate) use spill::SpillReader;
 use tasks::{insert_task, task_from_row, TASK_COLUMNS};
 
 /// Why the journal could not do what was asked. Any of these on a write means
@@ -105,7 +106,7 @@ impl JournalError {
     /// Whether the journal's disk failed under it (an I/O error, a read-only
     /// or corrupt file, an injected failure), as opposed to a full disk or a
     /// closed journal: see `cache::failure`.
-    pub fn is_disk_failure(&self) -> bool {
+    pub(crate) fn is_disk_failure(&self) -> bool {
         use rusqlite::ErrorCode::*;
         match self {
             JournalError::Injected(_) => true,
@@ -221,7 +222,7 @@ impl NewOp {
 }
 
 /// Files up to this size are staged inline in the journal.
-pub const INLINE_MAX: u64 = 64 * 1024;
+pub(crate) const INLINE_MAX: u64 = 64 * 1024;
 
 /// A staged operation as the journal holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,9 +238,9 @@ pub struct Op {
     pub state: OpState,
     pub attempts: u32,
     pub error: Option<String>,
-    pub multipart_id: Option<String>,
+    pub(crate) multipart_id: Option<String>,
     pub version_id: Option<String>,
-    pub staged_at_ms: i64,
+    pub(crate) staged_at_ms: i64,
     /// Its bytes are in the row (a small put): a power loss after its upload
     /// can be redone from the row alone.
     pub inline: bool,
@@ -359,7 +360,7 @@ pub struct Task {
 
 /// What a completed task left at its destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Replica {
+pub(crate) struct Replica {
     /// The replica's (or delete marker's) version id; `None` when nothing
     /// was written (already there, superseded, or unversioned).
     pub version: Option<String>,
@@ -369,10 +370,10 @@ pub struct Replica {
 
 /// A key's last completed task at a destination ([`Journal::previous_replica`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreviousReplica {
+pub(crate) struct PreviousReplica {
     pub version_id: String,
     /// The replica's ETag, when that task wrote one.
-    pub replica_etag: Option<String>,
+    pub(crate) replica_etag: Option<String>,
     /// Made from this journal's own upload (not resync or discovery): such
     /// versions of one key were uploaded one after another, in task order.
     pub own: bool,
@@ -381,12 +382,12 @@ pub struct PreviousReplica {
 /// The oldest open tasks of a destination and a summary of all of them
 /// ([`Journal::open_tasks_window`]).
 #[derive(Debug, Clone, Default)]
-pub struct TaskWindow {
+pub(crate) struct TaskWindow {
     pub tasks: Vec<Task>,
     /// Open tasks of the destination, those in `tasks` included.
     pub open: u64,
     /// The earliest `created_at_ms` among them.
-    pub earliest_ms: Option<i64>,
+    pub(crate) earliest_ms: Option<i64>,
 }
 
 /// Per-destination totals for `status` and metrics (exact: from the journal).
@@ -427,7 +428,7 @@ type Job = (
 
 /// Whether a change must be on disk before its caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
+pub(crate) enum Durability {
     /// Synced before the answer: everything that acknowledges a write, and
     /// everything whose loss could not be redone (see the module docs).
     Synced,
@@ -578,7 +579,7 @@ impl Journal {
     /// write-ahead log is checkpointed and truncated, and the file is
     /// rewritten packed (the rows of completed uploads and replications are
     /// deleted as work goes on; their space stays in the file until then).
-    pub async fn compact(&self) -> Result<(), JournalError> {
+    pub(crate) async fn compact(&self) -> Result<(), JournalError> {
         self.send(Durability::Alone, |c| {
             let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -594,14 +595,15 @@ impl Journal {
         .await
     }
 
+    #[cfg(test)]
     /// How many jobs (statements or transactions) were sent to the journal.
-    pub fn jobs_sent(&self) -> u64 {
+    pub(crate) fn jobs_sent(&self) -> u64 {
         self.jobs.load(Ordering::Relaxed)
     }
 
     /// SQLite's `quick_check` of the whole file: `Err` naming what it found
     /// unless the journal is intact.
-    pub async fn quick_check(&self) -> Result<(), JournalError> {
+    pub(crate) async fn quick_check(&self) -> Result<(), JournalError> {
         let found: String = self
             .run(|conn| conn.query_row("PRAGMA quick_check", [], |r| r.get(0)))
             .await?;

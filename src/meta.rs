@@ -13,22 +13,22 @@ use crate::store::{ObjectInfo, PutOptions};
 
 pub const S_IFMT: u32 = libc::S_IFMT;
 pub const S_IFREG: u32 = libc::S_IFREG;
-pub const S_IFDIR: u32 = libc::S_IFDIR;
+pub(crate) const S_IFDIR: u32 = libc::S_IFDIR;
 pub const S_IFLNK: u32 = libc::S_IFLNK;
-pub const S_IFIFO: u32 = libc::S_IFIFO;
-pub const S_IFCHR: u32 = libc::S_IFCHR;
-pub const S_IFBLK: u32 = libc::S_IFBLK;
-pub const S_IFSOCK: u32 = libc::S_IFSOCK;
+pub(crate) const S_IFIFO: u32 = libc::S_IFIFO;
+pub(crate) const S_IFCHR: u32 = libc::S_IFCHR;
+pub(crate) const S_IFBLK: u32 = libc::S_IFBLK;
+pub(crate) const S_IFSOCK: u32 = libc::S_IFSOCK;
 
 /// `mode` has a set-user-ID or set-group-ID bit (which a write may clear).
-pub fn has_set_id_bits(mode: u32) -> bool {
+pub(crate) fn has_set_id_bits(mode: u32) -> bool {
     mode & (libc::S_ISUID | libc::S_ISGID) != 0
 }
 
 /// `mode` without the privileges a write or chown takes away: the
 /// set-user-ID bit, and the set-group-ID bit where it means set-group-ID
 /// (group-executable; without it the bit marks mandatory locking).
-pub fn without_privs(mode: u32) -> u32 {
+pub(crate) fn without_privs(mode: u32) -> u32 {
     let mut m = mode & !libc::S_ISUID;
     if m & libc::S_IXGRP != 0 {
         m &= !libc::S_ISGID;
@@ -37,7 +37,7 @@ pub fn without_privs(mode: u32) -> u32 {
 }
 
 /// Extended attributes with this prefix are also the object's S3 tags.
-pub const TAG_XATTR_PREFIX: &str = "user.tag.";
+pub(crate) const TAG_XATTR_PREFIX: &str = "user.tag.";
 
 /// The attributes regionfs keeps with every object version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,18 +46,18 @@ pub struct ObjectMeta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub mtime_s: i64,
-    pub mtime_ns: u32,
+    pub(crate) mtime_s: i64,
+    pub(crate) mtime_ns: u32,
     /// Access time, when set explicitly (utimensat); else the mtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub atime: Option<(i64, u32)>,
     /// Device number of character and block special files.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub rdev: u32,
+    pub(crate) rdev: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xattrs: BTreeMap<String, Vec<u8>>,
+    pub(crate) xattrs: BTreeMap<String, Vec<u8>>,
 }
 
 /// The time `s` seconds and `ns` nanoseconds after the epoch (`s` may be negative).
@@ -70,7 +70,7 @@ pub(crate) fn to_time(s: i64, ns: u32) -> SystemTime {
 }
 
 /// Whole seconds since the epoch (floored, also before it).
-pub fn unix_secs(t: SystemTime) -> i64 {
+pub(crate) fn unix_secs(t: SystemTime) -> i64 {
     from_time(t).0
 }
 
@@ -117,7 +117,7 @@ impl ObjectMeta {
         to_time(self.mtime_s, self.mtime_ns)
     }
 
-    pub fn set_mtime(&mut self, t: SystemTime) {
+    pub(crate) fn set_mtime(&mut self, t: SystemTime) {
         (self.mtime_s, self.mtime_ns) = from_time(t);
     }
 
@@ -127,7 +127,7 @@ impl ObjectMeta {
             .unwrap_or_else(|| self.mtime())
     }
 
-    pub fn set_atime(&mut self, t: SystemTime) {
+    pub(crate) fn set_atime(&mut self, t: SystemTime) {
         self.atime = Some(from_time(t));
     }
 
@@ -142,17 +142,17 @@ impl ObjectMeta {
             .collect()
     }
 
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
 
-    pub fn from_json(s: &str) -> Option<ObjectMeta> {
+    pub(crate) fn from_json(s: &str) -> Option<ObjectMeta> {
         serde_json::from_str(s).ok()
     }
 
     /// What to send with a new version of `key`: a regular file whose type
     /// nobody set gets one from its name ([`content_type_for`], as s3fs does).
-    pub fn to_put_options_for(&self, key: &str) -> PutOptions {
+    pub(crate) fn to_put_options_for(&self, key: &str) -> PutOptions {
         let mut o = self.to_put_options();
         if o.content_type.is_none() && self.mode & S_IFMT == S_IFREG {
             o.content_type = content_type_for(key).map(str::to_string);
@@ -161,7 +161,7 @@ impl ObjectMeta {
     }
 
     /// What to send with a new version.
-    pub fn to_put_options(&self) -> PutOptions {
+    pub(crate) fn to_put_options(&self) -> PutOptions {
         let mut md = BTreeMap::new();
         md.insert("mode".to_string(), self.mode.to_string());
         md.insert("uid".to_string(), self.uid.to_string());
@@ -199,7 +199,7 @@ impl ObjectMeta {
     /// Reads the attributes of an object written by regionfs, s3fs or rclone;
     /// whatever is missing comes from `default` (the mount's defaults) and the
     /// object's Last-Modified.
-    pub fn from_object(info: &ObjectInfo, default: &ObjectMeta) -> ObjectMeta {
+    pub(crate) fn from_object(info: &ObjectInfo, default: &ObjectMeta) -> ObjectMeta {
         let md = &info.metadata;
         let num = |k: &str| md.get(k).and_then(|v| v.trim().parse::<u32>().ok());
         let mut m = default.clone();
@@ -282,7 +282,7 @@ fn percent_decode(s: &str) -> String {
 /// The Content-Type a new file is uploaded with, from its name's extension
 /// (as s3fs does with mime.types); `None` leaves the store's default. The
 /// table holds the common types only, so it is the same on every host.
-pub fn content_type_for(key: &str) -> Option<&'static str> {
+pub(crate) fn content_type_for(key: &str) -> Option<&'static str> {
     let name = key.rsplit('/').next().unwrap_or(key);
     let (stem, ext) = name.rsplit_once('.')?;
     if stem.is_empty() {

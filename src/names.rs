@@ -6,23 +6,23 @@
 //! over 255 bytes — are left out of listings.
 
 /// Longest file name (one path segment), as on Linux.
-pub const NAME_MAX: usize = 255;
+pub(crate) const NAME_MAX: usize = 255;
 /// Longest S3 key.
-pub const KEY_MAX: usize = 1024;
+pub(crate) const KEY_MAX: usize = 1024;
 
 /// The hidden object that carries a directory's attributes on stores that drop
 /// metadata on `dir/` marker objects (SeaweedFS). Reserved: never listed, never
 /// creatable.
-pub const DIR_ATTRS: &str = ".regionfs-dir";
+pub(crate) const DIR_ATTRS: &str = ".regionfs-dir";
 
 /// The object in each destination (at the source prefix) where the replicator
 /// says how far replication has got (see `replicator::heartbeat`). Reserved
 /// like [`DIR_ATTRS`].
-pub const HEARTBEAT: &str = ".regionfs-replicated";
+pub(crate) const HEARTBEAT: &str = ".regionfs-replicated";
 
 /// The folder, at the source prefix, of the per-directory attribute indexes
 /// (see `fs::index`). Reserved like [`DIR_ATTRS`], also as a directory name.
-pub const INDEX_DIR: &str = ".regionfs-index";
+pub(crate) const INDEX_DIR: &str = ".regionfs-index";
 
 fn reserved(name: &str) -> bool {
     name == DIR_ATTRS || name == HEARTBEAT || name == INDEX_DIR
@@ -30,19 +30,19 @@ fn reserved(name: &str) -> bool {
 
 /// Whether a key is one of regionfs's own attribute indexes (never a file,
 /// never replicated).
-pub fn is_index_key(key: &str) -> bool {
+pub(crate) fn is_index_key(key: &str) -> bool {
     key.split('/').any(|s| s == INDEX_DIR)
 }
 
 /// Why a name cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameError {
+pub(crate) enum NameError {
     TooLong,
     Invalid,
 }
 
 /// Checks one path segment given by the kernel.
-pub fn check_name(name: &[u8]) -> Result<&str, NameError> {
+pub(crate) fn check_name(name: &[u8]) -> Result<&str, NameError> {
     if name.len() > NAME_MAX {
         return Err(NameError::TooLong);
     }
@@ -54,7 +54,7 @@ pub fn check_name(name: &[u8]) -> Result<&str, NameError> {
 }
 
 /// The path of `name` inside directory `parent` ("" is the root).
-pub fn child_path(parent: &str, name: &str) -> String {
+pub(crate) fn child_path(parent: &str, name: &str) -> String {
     if parent.is_empty() {
         name.to_string()
     } else {
@@ -63,22 +63,22 @@ pub fn child_path(parent: &str, name: &str) -> String {
 }
 
 /// The parent directory of a path ("" for top-level entries).
-pub fn parent_of(path: &str) -> &str {
+pub(crate) fn parent_of(path: &str) -> &str {
     path.rfind('/').map(|i| &path[..i]).unwrap_or("")
 }
 
 /// The last segment of a path.
-pub fn name_of(path: &str) -> &str {
+pub(crate) fn name_of(path: &str) -> &str {
     path.rfind('/').map(|i| &path[i + 1..]).unwrap_or(path)
 }
 
 /// The key of a file at `path`.
-pub fn file_key(prefix: &str, path: &str) -> String {
+pub(crate) fn file_key(prefix: &str, path: &str) -> String {
     format!("{prefix}{path}")
 }
 
 /// The listing prefix (and marker key) of a directory at `path`.
-pub fn dir_key(prefix: &str, path: &str) -> String {
+pub(crate) fn dir_key(prefix: &str, path: &str) -> String {
     if path.is_empty() {
         prefix.to_string()
     } else {
@@ -87,7 +87,7 @@ pub fn dir_key(prefix: &str, path: &str) -> String {
 }
 
 /// Whether a key fits in S3.
-pub fn check_key(key: &str) -> Result<(), NameError> {
+pub(crate) fn check_key(key: &str) -> Result<(), NameError> {
     if key.len() > KEY_MAX {
         Err(NameError::TooLong)
     } else {
@@ -98,7 +98,7 @@ pub fn check_key(key: &str) -> Result<(), NameError> {
 /// The entry a listed key (or common prefix) stands for inside the directory
 /// listed as `dir_prefix`: `Some((name, is_dir))`, or `None` for the directory's
 /// own marker and for keys that cannot be paths.
-pub fn listed_entry<'a>(dir_prefix: &str, key: &'a str) -> Option<(&'a str, bool)> {
+pub(crate) fn listed_entry<'a>(dir_prefix: &str, key: &'a str) -> Option<(&'a str, bool)> {
     let rest = key.strip_prefix(dir_prefix)?;
     if rest.is_empty() {
         return None;
@@ -115,8 +115,9 @@ fn valid_segment(s: &str) -> bool {
     !s.is_empty() && s != "." && s != ".." && s.len() <= NAME_MAX
 }
 
+#[cfg(test)]
 /// Whether every segment of a key below `prefix` can be a path segment.
-pub fn key_is_path(prefix: &str, key: &str) -> bool {
+pub(crate) fn key_is_path(prefix: &str, key: &str) -> bool {
     match key.strip_prefix(prefix) {
         Some(rest) => {
             let rest = rest.strip_suffix('/').unwrap_or(rest);

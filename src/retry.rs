@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Exponential backoff from 250 ms, capped at 30 s, with "equal jitter".
-pub fn jittered_backoff(attempts: u32) -> Duration {
+pub(crate) fn jittered_backoff(attempts: u32) -> Duration {
     let base = 250u64.saturating_mul(1u64 << attempts.min(7)).min(30_000);
     let jitter = rand::random::<u64>() % (base / 2 + 1);
     Duration::from_millis(base / 2 + jitter)
@@ -15,7 +15,7 @@ pub fn jittered_backoff(attempts: u32) -> Duration {
 
 /// Waits until a watched count reaches zero or `timeout` passes; returns the
 /// count left, calling `progress` with every value seen.
-pub async fn wait_for_zero(
+pub(crate) async fn wait_for_zero(
     mut rx: watch::Receiver<usize>,
     timeout: Duration,
     mut progress: impl FnMut(usize),

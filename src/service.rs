@@ -409,7 +409,7 @@ impl Service {
 /// A mountpoint left by a crashed daemon answers ENOTCONN: detach it. (Its
 /// attributes may still be cached, so ask for something only a live daemon
 /// answers: the directory's entries.)
-pub fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
+pub(crate) fn clear_stale_mount(path: &Path) -> Result<(), ServiceError> {
     let err = |message: String| ServiceError::Mountpoint {
         path: path.to_path_buf(),
         message,

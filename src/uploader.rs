@@ -110,14 +110,14 @@ mod replan;
 mod schedule;
 mod worker;
 
-pub use early::EarlyUpload;
+pub(crate) use early::EarlyUpload;
 use queue::Queue;
-pub use schedule::QUIET;
+pub(crate) use schedule::QUIET;
 use worker::{backoff, run};
 
 /// An operation that reached the bucket.
 #[derive(Debug, Clone)]
-pub struct Completion {
+pub(crate) struct Completion {
     pub op: Op,
     pub result: PutResult,
 }
@@ -128,11 +128,11 @@ pub struct Completion {
 /// caller that finds nothing queued for a key also finds the key's last
 /// version applied (a copy naming it, say).
 pub struct Landed {
-    pub event: Event,
+    pub(crate) event: Event,
     _applied: oneshot::Sender<()>,
 }
 
-pub enum Event {
+pub(crate) enum Event {
     /// The operation reached the bucket.
     Uploaded(Completion),
     /// The operation's input is gone and nothing queued after it sets its
@@ -148,7 +148,7 @@ pub struct Recovered {
     pub held: Vec<Op>,
     /// The seqs of the open ones after them, left in the journal (see
     /// "Spill").
-    pub spilled: Vec<i64>,
+    pub(crate) spilled: Vec<i64>,
 }
 
 impl From<Vec<Op>> for Recovered {
@@ -161,7 +161,7 @@ impl From<Vec<Op>> for Recovered {
 }
 
 /// What waiting for an operation ended with.
-pub type WaitResult = Result<(), String>;
+pub(crate) type WaitResult = Result<(), String>;
 
 struct Inner {
     store: Arc<dyn ObjectStore>,
@@ -274,7 +274,7 @@ impl Uploader {
 
     /// Aborts the early uploads (see [`EarlyUpload`]) a previous process left
     /// behind. Call before the mount starts new ones.
-    pub async fn abort_stale_early(&self) {
+    pub(crate) async fn abort_stale_early(&self) {
         let Ok(stale) = self.inner.journal.early_uploads().await else {
             return;
         };
@@ -319,12 +319,12 @@ impl Uploader {
     }
 
     /// Returns once committed: the caller may acknowledge the write.
-    pub async fn submit(&self, op: NewOp) -> Result<i64, JournalError> {
+    pub(crate) async fn submit(&self, op: NewOp) -> Result<i64, JournalError> {
         self.submit_with(op, None).await
     }
 
     /// [`Uploader::submit`] of a put whose first parts may already be uploaded.
-    pub async fn submit_with(
+    pub(crate) async fn submit_with(
         &self,
         op: NewOp,
         early: Option<Arc<EarlyUpload>>,
@@ -389,7 +389,11 @@ impl Uploader {
     /// queues the copy. The queued op changes first, so an attempt starting
     /// from now on sends `meta`; then its journal row, before the caller
     /// answers.
-    pub async fn amend_meta(&self, key: &str, meta: String) -> Result<Option<i64>, JournalError> {
+    pub(crate) async fn amend_meta(
+        &self,
+        key: &str,
+        meta: String,
+    ) -> Result<Option<i64>, JournalError> {
         if self.inner.queue.lock().unwrap().spill.is_none() {
             return self.amend_held(key, meta).await;
         }
@@ -531,7 +535,12 @@ impl Uploader {
     /// the same bytes, in the journal and then in the queue: from then on
     /// `from` may be written. An attempt already reading `from` is checked
     /// like any (see "Files written after staging"); its retry reads `to`.
-    pub async fn repoint(&self, seqs: &[i64], from: &str, to: &str) -> Result<(), JournalError> {
+    pub(crate) async fn repoint(
+        &self,
+        seqs: &[i64],
+        from: &str,
+        to: &str,
+    ) -> Result<(), JournalError> {
         // A spilled op repointed in the journal is read back repointed.
         let _boundary = self.inner.spill_lock.lock().await;
         for seq in seqs {
@@ -563,7 +572,7 @@ impl Uploader {
     }
 
     /// The operations still queued for `key`, oldest first.
-    pub fn pending_for(&self, key: &str) -> Vec<Op> {
+    pub(crate) fn pending_for(&self, key: &str) -> Vec<Op> {
         let (mut ops, after): (Vec<Op>, _) = {
             let q = self.inner.queue.lock().unwrap();
             let held = q.by_key.get(key).map(|v| v.iter().cloned().collect());
@@ -579,7 +588,7 @@ impl Uploader {
     }
 
     /// The newest queued operation of every key under `prefix`.
-    pub fn pending_under(&self, prefix: &str) -> Vec<Op> {
+    pub(crate) fn pending_under(&self, prefix: &str) -> Vec<Op> {
         let (held, after): (Vec<Op>, _) = {
             let q = self.inner.queue.lock().unwrap();
             let held = q
@@ -614,7 +623,7 @@ impl Uploader {
 
     /// Whether a queued operation (or a [`FileClaim`]) still needs the cache
     /// file `name`.
-    pub fn references(&self, name: &str) -> bool {
+    pub(crate) fn references(&self, name: &str) -> bool {
         let (held, after) = {
             let q = self.inner.queue.lock().unwrap();
             (q.uses(name) > 0, q.spilled_after())
@@ -627,7 +636,7 @@ impl Uploader {
 
     /// [`Uploader::references`] by anything but the operation `landed`
     /// (whose completion is being applied, see [`Landed`]).
-    pub fn references_besides(&self, name: &str, landed: &Op) -> bool {
+    pub(crate) fn references_besides(&self, name: &str, landed: &Op) -> bool {
         let q = self.inner.queue.lock().unwrap();
         // `landed` counts under the file it is queued with now: a writer
         // that changes its file in place while it runs repoints it to a
@@ -654,7 +663,7 @@ impl Uploader {
     /// takes the claim when it reads the node, and drops it once the operation
     /// is queued: an upload finishing in between sees the file referenced and
     /// does not retire it (make it a clean copy, or delete it).
-    pub fn claim(&self, name: &str) -> FileClaim {
+    pub(crate) fn claim(&self, name: &str) -> FileClaim {
         self.inner.queue.lock().unwrap().use_file(name, None);
         FileClaim {
             inner: self.inner.clone(),
@@ -664,7 +673,7 @@ impl Uploader {
 
     /// Whether an operation on `key` is being submitted right now (or one
     /// is announced, see [`Uploader::announce`]).
-    pub fn submitting(&self, key: &str) -> bool {
+    pub(crate) fn submitting(&self, key: &str) -> bool {
         self.inner.queue.lock().unwrap().tickets.contains_key(key)
     }
 
@@ -672,7 +681,7 @@ impl Uploader {
     /// guard drops: a caller that changes local state for an operation it
     /// is about to submit (a rename moves its node first) keeps the
     /// completions of `key`'s earlier operations from being taken for it.
-    pub fn announce(&self, key: &str) -> Announced {
+    pub(crate) fn announce(&self, key: &str) -> Announced {
         let mut q = self.inner.queue.lock().unwrap();
         let ticket = q.next_ticket;
         q.next_ticket += 1;
@@ -760,7 +769,7 @@ impl Uploader {
 
     /// The load replicas give way to (`Replicator::give_way_to`): operations
     /// queued, and whether one was submitted less than [`QUIET`] ago.
-    pub fn busy_signal(&self) -> crate::replicator::SourceBusy {
+    pub(crate) fn busy_signal(&self) -> crate::replicator::SourceBusy {
         let inner = Arc::downgrade(&self.inner);
         Arc::new(move || {
             inner.upgrade().map_or_else(Default::default, |i| {
@@ -783,7 +792,7 @@ impl Uploader {
 }
 
 /// See [`Uploader::announce`].
-pub struct Announced {
+pub(crate) struct Announced {
     inner: Arc<Inner>,
     key: String,
     ticket: u64,
@@ -802,7 +811,7 @@ impl Drop for Announced {
 }
 
 /// See [`Uploader::claim`].
-pub struct FileClaim {
+pub(crate) struct FileClaim {
     inner: Arc<Inner>,
     name: String,
 }

@@ -32,7 +32,7 @@ fn current() -> Option<String> {
 }
 
 /// True when the last mount of the cache dir at `root` ran in this boot.
-pub fn unchanged(root: &Path) -> bool {
+pub(crate) fn unchanged(root: &Path) -> bool {
     match (current(), std::fs::read_to_string(record(root))) {
         (Some(now), Ok(then)) => then.trim() == now,
         _ => false,

@@ -34,7 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 /// Writes shorter than this (after alignment) stay buffered: a direct write
 /// waits for the device, which many small writes would feel.
-pub const DIRECT_MIN: usize = 256 << 10;
+pub(crate) const DIRECT_MIN: usize = 256 << 10;
 
 /// The most bytes one direct write sends: FUSE's largest request (1 MiB
 /// `max_write`); longer writes go in pieces of this size.
@@ -47,7 +47,7 @@ const KEEP_BUFFERS: usize = 2;
 /// `O_DIRECT` at its first large write, or nothing where the filesystem has
 /// no direct I/O.
 #[derive(Default)]
-pub struct Direct {
+pub(crate) struct Direct {
     fd: OnceLock<Option<DirectFd>>,
     /// Set once a direct write was refused: the rest go buffered.
     off: AtomicBool,

@@ -31,11 +31,11 @@ use std::sync::OnceLock;
 use super::CacheError;
 
 /// The file in the cache directory that keeps a failure's cause.
-pub const MARKER: &str = "local-disk-failed";
+pub(crate) const MARKER: &str = "local-disk-failed";
 
 /// Whether an error of a write or fsync of local data means the disk can no
 /// longer be trusted (ENOSPC, EDQUOT: full, not failing).
-pub fn is_fatal(e: &io::Error) -> bool {
+pub(crate) fn is_fatal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EROFS))
 }
 
@@ -57,7 +57,7 @@ impl Fence {
     }
 
     /// Records the failure (the first cause is kept) and says it loudly.
-    pub fn trip(&self, cause: String) {
+    pub(crate) fn trip(&self, cause: String) {
         if self.cause.set(cause.clone()).is_ok() {
             tracing::error!(
                 %cause,
@@ -127,7 +127,7 @@ pub fn recorded(root: &Path) -> Option<String> {
 /// At start, after a failure was recorded: a file written, fsynced and read
 /// back in `data/` proves the disk takes writes again, and the marker is
 /// removed. `Ok(None)`: nothing was recorded; `Ok(Some(cause))`: re-checked.
-pub fn recheck(root: &Path) -> Result<Option<String>, CacheError> {
+pub(crate) fn recheck(root: &Path) -> Result<Option<String>, CacheError> {
     let Some(cause) = recorded(root) else {
         return Ok(None);
     };

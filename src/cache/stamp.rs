@@ -22,7 +22,7 @@ use std::path::Path;
 
 /// What a file's content is known by: its change time and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
+pub(crate) struct Stamp {
     ctime_s: i64,
     ctime_ns: i64,
     pub size: u64,
@@ -45,7 +45,7 @@ pub fn of(file: &File) -> io::Result<Stamp> {
 }
 
 /// The stamp of the file at `path`.
-pub fn of_path(path: &Path) -> io::Result<Stamp> {
+pub(crate) fn of_path(path: &Path) -> io::Result<Stamp> {
     Ok(from_metadata(&std::fs::metadata(path)?))
 }
 
@@ -63,7 +63,7 @@ fn from_metadata(m: &std::fs::Metadata) -> Stamp {
 /// time: 64 rounds of stat, one-byte write, stat, each of which must see a
 /// change. A coarse clock (one tick per jiffy, several milliseconds) fails
 /// at once, as nothing here waits between the calls.
-pub fn fine_grained(dir: &Path) -> bool {
+pub(crate) fn fine_grained(dir: &Path) -> bool {
     let probe = || -> io::Result<bool> {
         let f = tempfile_in(dir)?;
         let file = &f.1;

@@ -117,7 +117,7 @@ impl Serialize for HumanDuration {
 
 /// A permission mode written as an octal string, `"0644"` or `"755"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mode(pub u32);
+pub(crate) struct Mode(pub u32);
 
 impl<'de> Deserialize<'de> for Mode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -185,7 +185,7 @@ impl Core {
 
     /// An extended attribute answered from memory (the node's metadata is
     /// known); `None` for regionfs's own attributes and unknown metadata.
-    pub fn getxattr_cached(&self, ino: u64, name: &str) -> Option<Result<Vec<u8>, FsError>> {
+    pub(crate) fn getxattr_cached(&self, ino: u64, name: &str) -> Option<Result<Vec<u8>, FsError>> {
         if name == "user.regionfs.version" || name == "user.regionfs.replication" {
             return None;
         }
@@ -194,7 +194,7 @@ impl Core {
         Some(n.meta.xattrs.get(name).cloned().ok_or(FsError::NoAttribute))
     }
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+    pub(crate) async fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
         if name == "user.regionfs.version" {
             return self.version_of(ino).await.map(|v| v.into_bytes());
         }
@@ -264,14 +264,14 @@ impl Core {
         Ok(serde_json::Value::Object(map).to_string())
     }
 
-    pub async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
+    pub(crate) async fn listxattr(&self, ino: u64) -> Result<Vec<String>, FsError> {
         self.ensure_meta(ino).await?;
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
         Ok(n.meta.xattrs.keys().cloned().collect())
     }
 
-    pub async fn setxattr(
+    pub(crate) async fn setxattr(
         &self,
         ino: u64,
         name: &str,

@@ -51,7 +51,7 @@ pub enum FsError {
 impl FsError {
     /// Whether this error says the local disk (cache files or journal) failed:
     /// see `cache::failure`.
-    pub fn is_disk_failure(&self) -> bool {
+    pub(crate) fn is_disk_failure(&self) -> bool {
         match self {
             FsError::Journal(e) => e.is_disk_failure(),
             FsError::Cache(crate::cache::CacheError::Io { source, .. }) | FsError::Io(source) => {

@@ -23,7 +23,7 @@ use super::{Attr, Caller, Core, DirEntry, Opened, SetAttr};
 use crate::fs::FsError;
 use crate::meta::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFSOCK};
 
-pub struct FuseFs {
+pub(crate) struct FuseFs {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
 }
@@ -46,7 +46,7 @@ impl FuseFs {
 /// FORGET then frees the nodes). Its own thread: an invalidation waits for
 /// the kernel's lock on the parent directory, which a request being answered
 /// by the FUSE threads may hold.
-pub fn spawn_trimmer(core: Arc<Core>, notifier: fuser::Notifier) {
+pub(crate) fn spawn_trimmer(core: Arc<Core>, notifier: fuser::Notifier) {
     let core = Arc::downgrade(&core);
     let _ = std::thread::Builder::new()
         .name("regionfs-trim".into())

@@ -37,7 +37,7 @@ use super::names::{child_path, dir_key, listed_entry, name_of, parent_of, INDEX_
 
 /// How far this host's clock may run ahead of the bucket's (see the module
 /// comment and [`super::inode::Node::listed_as`]).
-pub const CLOCK_SKEW_S: i64 = 2;
+pub(crate) const CLOCK_SKEW_S: i64 = 2;
 
 /// A directory is indexed once nothing new was learned about it for this long,
 /// or at the latest [`MAX_DELAY`] after the first thing learned.
@@ -57,7 +57,7 @@ const MAX_FACTS: usize = 8192;
 const AT_ONCE: usize = 4;
 
 /// The index object of directory `dir` ("" is the root).
-pub fn index_key(prefix: &str, dir: &str) -> String {
+pub(crate) fn index_key(prefix: &str, dir: &str) -> String {
     if dir.is_empty() {
         format!("{prefix}{INDEX_DIR}/index.json")
     } else {
@@ -67,14 +67,14 @@ pub fn index_key(prefix: &str, dir: &str) -> String {
 
 /// One directory's index: file name → entry.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Index {
+pub(crate) struct Index {
     #[serde(default)]
     pub files: BTreeMap<String, Entry>,
 }
 
 /// What a HEAD of one version says, and which version that is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub etag: String,
     pub size: u64,
     /// Last-Modified, whole seconds since the epoch.
@@ -89,7 +89,7 @@ pub struct Entry {
 
 impl Entry {
     /// Whether a listed object is the version this entry describes.
-    pub fn describes(&self, size: u64, etag: &str, modified: Option<SystemTime>) -> bool {
+    pub(crate) fn describes(&self, size: u64, etag: &str, modified: Option<SystemTime>) -> bool {
         !etag.is_empty()
             && self.etag == etag
             && self.size == size
@@ -119,7 +119,7 @@ impl Entry {
 /// Kept compact (one string for the metadata, ~250 bytes in all): a burst of
 /// writes holds thousands until their directories are indexed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fact {
+pub(crate) struct Fact {
     version: Box<str>,
     content_type: Option<Box<str>>,
     metadata: Box<str>,
@@ -146,7 +146,7 @@ impl Fact {
 /// listed at `asked_s`, and what this mount learned. Also returns the facts
 /// that cannot be used yet (their version is too recent to be named by its
 /// Last-Modified second), to try again later.
-pub fn rebuild(
+pub(crate) fn rebuild(
     old: &Index,
     current: &[(String, VersionEntry)],
     mut facts: HashMap<String, Fact>,
@@ -201,7 +201,7 @@ struct Pending {
 }
 
 /// Learns versions, and writes each directory's index once it is quiet.
-pub struct Indexer {
+pub(crate) struct Indexer {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     /// Read-only and point-in-time mounts read indexes but never write them.
@@ -231,7 +231,7 @@ impl Indexer {
     }
 
     /// Remembers what a HEAD of `path`'s version `fact.version` says.
-    pub fn learn(&self, path: &str, fact: Fact) {
+    pub(crate) fn learn(&self, path: &str, fact: Fact) {
         if !self.writes {
             return;
         }
@@ -327,7 +327,7 @@ impl Indexer {
     /// A directory removed (or renamed away): its index goes too, so the
     /// bucket keeps none for directories that are gone. Best effort, in the
     /// background; a new directory of that name writes its own.
-    pub fn forget_dir(self: &Arc<Self>, dir: &str) {
+    pub(crate) fn forget_dir(self: &Arc<Self>, dir: &str) {
         if !self.writes {
             return;
         }

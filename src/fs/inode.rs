@@ -23,7 +23,7 @@ pub const ROOT: u64 = 1;
 
 /// Stands for an ETag where only equality matters (64 bits: a chance
 /// collision between two versions of one file is not a concern).
-pub fn content_tag(etag: &str) -> u64 {
+pub(crate) fn content_tag(etag: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     etag.hash(&mut h);
@@ -32,7 +32,7 @@ pub fn content_tag(etag: &str) -> u64 {
 
 /// A local file holding the node's current content.
 #[derive(Clone)]
-pub struct Working {
+pub(crate) struct Working {
     /// Name under the cache's `data/`.
     pub name: String,
     pub file: Arc<File>,
@@ -40,50 +40,50 @@ pub struct Working {
     pub direct: Arc<crate::cache::direct::Direct>,
 }
 
-pub struct Node {
+pub(crate) struct Node {
     pub ino: u64,
     pub path: String,
     pub meta: ObjectMeta,
     pub size: u64,
-    pub ctime: SystemTime,
+    pub(crate) ctime: SystemTime,
     /// ETag of the object this node's content came from (clean copies key on it).
     pub etag: String,
     /// Version id in the source bucket of the last finished upload, if known.
     pub version: Option<String>,
     /// Where the bytes live while a rename's copy is queued: the old key (at
     /// `version`). `None`: the node's own key.
-    pub content_key: Option<String>,
+    pub(crate) content_key: Option<String>,
     /// Set only through [`Inodes::set_working`].
     pub working: Option<Working>,
     /// The working file differs from every staged/uploaded state.
-    pub dirty: bool,
+    pub(crate) dirty: bool,
     /// Data was written (or ftruncated) since the last stage: the next close
     /// of a writer stages it. Creating or O_TRUNC alone does not count.
     pub written: bool,
     /// The working file is referenced by a staged put: copy before writing.
     pub shared: bool,
     /// The last operation staged for this node (fsync waits on it).
-    pub last_seq: Option<i64>,
+    pub(crate) last_seq: Option<i64>,
     /// Exists only here: created, not yet staged.
-    pub local_only: bool,
+    pub(crate) local_only: bool,
     pub open: u32,
-    pub open_writers: u32,
+    pub(crate) open_writers: u32,
     /// When the attributes were last read from the bucket.
     pub fetched: Option<Instant>,
     /// The LastModified second of the version the attributes were read from,
     /// kept only when the read came in a later second: a listing then showing
     /// this ETag and second shows that same version (any later version, even a
     /// metadata-only copy with the same ETag, carries a later second).
-    pub listed_as: Option<i64>,
+    pub(crate) listed_as: Option<i64>,
     /// The bucket's metadata for this node is known (HEAD done, or written here).
-    pub meta_known: bool,
-    pub unlinked: bool,
+    pub(crate) meta_known: bool,
+    pub(crate) unlinked: bool,
     /// Entries the kernel holds for this inode (lookups minus forgets).
-    pub lookups: u64,
+    pub(crate) lookups: u64,
     /// The content (a [`content_tag`] of the ETag) the kernel's page cache
     /// holds for this inode, as of the last open: while it is still the
     /// node's, an open keeps the cache.
-    pub kernel_tag: Option<u64>,
+    pub(crate) kernel_tag: Option<u64>,
     /// Parts of the working file already on their way to the bucket (a file
     /// written from empty); handed to the put at staging.
     pub early: Option<Arc<crate::uploader::EarlyUpload>>,
@@ -93,16 +93,16 @@ pub struct Node {
     /// Made at first use: most nodes are only ever listed or stat'ed.
     io: Option<Arc<tokio::sync::Mutex<()>>>,
     /// When the node was last used (seconds since the table was made).
-    pub used: u32,
+    pub(crate) used: u32,
     /// The kernel was asked to drop its entry (see [`Inodes::trim`]).
-    pub release_asked: bool,
+    pub(crate) release_asked: bool,
 }
 
 impl Node {
     pub fn is_dir(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFDIR
     }
-    pub fn is_symlink(&self) -> bool {
+    pub(crate) fn is_symlink(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFLNK
     }
 
@@ -151,13 +151,13 @@ impl Node {
     }
 }
 
-pub struct Inodes {
+pub(crate) struct Inodes {
     /// Boxed: the table keeps spare slots as it grows, and a slot is then a
     /// pointer rather than a whole node.
     pub nodes: HashMap<u64, Box<Node>>,
-    pub by_path: HashMap<String, u64>,
+    pub(crate) by_path: HashMap<String, u64>,
     /// Nodes that exist only locally (created and not yet staged).
-    pub local_only: HashSet<u64>,
+    pub(crate) local_only: HashSet<u64>,
     /// The node holding each working file (see [`Inodes::set_working`]).
     holders: HashMap<String, u64>,
     next: u64,
@@ -231,17 +231,17 @@ impl Inodes {
         self.nodes.get(&ino).map(|n| &**n)
     }
 
-    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+    pub(crate) fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
         self.nodes.get_mut(&ino).map(|n| &mut **n)
     }
 
-    pub fn lookup_path(&self, path: &str) -> Option<u64> {
+    pub(crate) fn lookup_path(&self, path: &str) -> Option<u64> {
         self.by_path.get(path).copied()
     }
 
     /// The node at `path`, created with `meta` if there is none; an existing node
     /// of another file type is replaced (the bucket changed under us).
-    pub fn upsert(&mut self, path: &str, meta: ObjectMeta) -> u64 {
+    pub(crate) fn upsert(&mut self, path: &str, meta: ObjectMeta) -> u64 {
         if let Some(ino) = self.lookup_path(path) {
             let n = self.nodes.get_mut(&ino).expect("by_path points at a node");
             if n.meta.mode & S_IFMT == meta.mode & S_IFMT {
@@ -277,7 +277,7 @@ impl Inodes {
     /// holding a file is always known: an upload of that file finishing
     /// must not remove it while a node (at any path, or unlinked and open)
     /// still reads and writes it.
-    pub fn set_working(&mut self, ino: u64, w: Option<Working>) -> Option<Working> {
+    pub(crate) fn set_working(&mut self, ino: u64, w: Option<Working>) -> Option<Working> {
         let n = self.nodes.get_mut(&ino)?;
         let old = std::mem::replace(&mut n.working, w);
         if let Some(o) = &old {
@@ -292,7 +292,7 @@ impl Inodes {
     }
 
     /// The node whose working file is `file`.
-    pub fn holder_of(&self, file: &str) -> Option<u64> {
+    pub(crate) fn holder_of(&self, file: &str) -> Option<u64> {
         let ino = *self.holders.get(file)?;
         let holds = self
             .nodes
@@ -333,7 +333,7 @@ impl Inodes {
     }
 
     /// Nodes under directory `dir` that exist only locally.
-    pub fn local_children(&self, dir: &str) -> Vec<u64> {
+    pub(crate) fn local_children(&self, dir: &str) -> Vec<u64> {
         self.local_only
             .iter()
             .filter(|i| {
@@ -348,7 +348,7 @@ impl Inodes {
     /// Drops a node the kernel forgot, unless something still needs it.
     /// `queued` says which cache files queued operations read (see
     /// [`Inodes::trim`]).
-    pub fn forget(&mut self, ino: u64, count: u64, queued: impl Fn(&str) -> bool) {
+    pub(crate) fn forget(&mut self, ino: u64, count: u64, queued: impl Fn(&str) -> bool) {
         if ino == ROOT {
             return;
         }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Known directories beyond which every new one sweeps the expired.
 const SWEEP_AT: usize = 64;
 
-pub struct KnownDirs {
+pub(crate) struct KnownDirs {
     ttl: Duration,
     dirs: HashMap<String, (Instant, HashSet<String>)>,
     swept: Instant,
@@ -58,7 +58,7 @@ impl KnownDirs {
     }
 
     /// Whether `name` is known not to exist in `dir`.
-    pub fn absent(&self, dir: &str, name: &str) -> bool {
+    pub(crate) fn absent(&self, dir: &str, name: &str) -> bool {
         matches!(self.dirs.get(dir), Some((at, names)) if at.elapsed() < self.ttl && !names.contains(name))
     }
 
@@ -68,12 +68,12 @@ impl KnownDirs {
     }
 
     /// Forgets `dir` (removed).
-    pub fn forget(&mut self, dir: &str) {
+    pub(crate) fn forget(&mut self, dir: &str) {
         self.dirs.remove(dir);
     }
 
     /// Forgets `dir` and every directory below it (renamed).
-    pub fn forget_tree(&mut self, dir: &str) {
+    pub(crate) fn forget_tree(&mut self, dir: &str) {
         let below = format!("{dir}/");
         self.dirs.retain(|d, _| d != dir && !d.starts_with(&below));
     }

@@ -14,7 +14,7 @@ impl Core {
     /// local-only nodes. Every entry gets a node (and the kernel a reference,
     /// by the caller, for readdirplus). A bucket that hangs is given up (see
     /// [`Core::ask`]): the listing fails, as it does when the bucket refuses.
-    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+    pub(crate) async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let dir = self.dir_path(ino)?;
         self.ask(
             &format!("a listing of `{dir}/`"),
@@ -213,21 +213,21 @@ impl Core {
     }
 
     /// The attribute indexer, to run in the background (None: disabled).
-    pub fn indexer(&self) -> Option<Arc<Indexer>> {
+    pub(crate) fn indexer(&self) -> Option<Arc<Indexer>> {
         self.index.clone()
     }
 
-    pub fn opendir(&self, _ino: u64) -> u64 {
+    pub(crate) fn opendir(&self, _ino: u64) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub(crate) fn releasedir(&self, fh: u64) {
         self.dir_handles.lock().unwrap().remove(&fh);
     }
 
     /// The listing for a directory handle: taken afresh at offset 0, reused for
     /// the following pages so a large directory is listed once per pass.
-    pub async fn readdir_at(
+    pub(crate) async fn readdir_at(
         self: &Arc<Self>,
         ino: u64,
         fh: u64,

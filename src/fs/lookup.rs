@@ -22,7 +22,7 @@ impl Core {
     /// A lookup answered from memory: what [`Core::lookup`] would answer
     /// without a request (the node is local, or its attributes are fresh).
     /// `None`: the lookup has to ask the bucket (or fail).
-    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Attr> {
+    pub(crate) fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Attr> {
         let (_, path) = self.child(parent, name).ok()?;
         if self.known_absent(&path) {
             return None;

@@ -23,9 +23,9 @@ pub(super) struct Merged {
     pub files: BTreeMap<String, Listed>,
     pub dirs: BTreeSet<String>,
     /// The attributes queued puts and copies give names they make.
-    pub queued_meta: HashMap<String, ObjectMeta>,
+    pub(crate) queued_meta: HashMap<String, ObjectMeta>,
     /// Directories still listed below which a delete is queued.
-    pub maybe_gone: Vec<String>,
+    pub(crate) maybe_gone: Vec<String>,
 }
 
 /// Applies `queued` (the newest operation per key) to what the LIST of the

@@ -81,7 +81,7 @@ use inode::{Inodes, Node, Working, ROOT};
 use names::{check_key, check_name, child_path, dir_key, file_key, listed_entry, DIR_ATTRS};
 use passthrough::{Backing, Mode, On, Want};
 
-pub use read::Download;
+pub(crate) use read::Download;
 
 /// Attributes as the adapter needs them.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,15 +93,15 @@ pub struct Attr {
     pub gid: u32,
     pub atime: SystemTime,
     pub mtime: SystemTime,
-    pub ctime: SystemTime,
-    pub rdev: u32,
+    pub(crate) ctime: SystemTime,
+    pub(crate) rdev: u32,
     /// 0 once unlinked (an open file lives on without a name).
-    pub nlink: u32,
+    pub(crate) nlink: u32,
 }
 
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DirEntry {
+pub(crate) struct DirEntry {
     pub ino: u64,
     pub name: String,
     pub mode: u32,
@@ -136,7 +136,7 @@ pub struct Caller {
 pub struct Opened {
     pub fh: u64,
     /// The kernel may keep the pages it caches for the inode.
-    pub keep_cache: bool,
+    pub(crate) keep_cache: bool,
     /// Serve the open from this backing file (see [`passthrough`]); the
     /// adapter registers it with [`Core::backing_token`].
     pub backing: Option<Arc<std::fs::File>>,
@@ -177,7 +177,7 @@ pub struct Core {
     next_fh: AtomicU64,
     downloads: Mutex<HashMap<String, std::sync::Weak<Download>>>,
     hidden_keys: Mutex<HashSet<String>>,
-    pub hidden_count: AtomicU64,
+    pub(crate) hidden_count: AtomicU64,
     /// Directories whose complete contents this mount knows (listed, or
     /// created here), for `mount.dir_ttl`.
     known_dirs: Mutex<known::KnownDirs>,
@@ -314,7 +314,7 @@ impl Core {
 
     /// Whether to ask the kernel for its writeback cache (when passthrough
     /// is not on).
-    pub fn writeback_cache(&self) -> bool {
+    pub(crate) fn writeback_cache(&self) -> bool {
         self.writeback_wanted
     }
 
@@ -324,17 +324,17 @@ impl Core {
 
     /// Lets the adapter ask the kernel for passthrough (the service checked
     /// the configuration, the privileges and the cache's filesystem).
-    pub fn allow_passthrough(&self, allowed: bool) {
+    pub(crate) fn allow_passthrough(&self, allowed: bool) {
         self.passthrough_allowed.store(allowed, Ordering::Relaxed);
     }
 
-    pub fn passthrough_allowed(&self) -> bool {
+    pub(crate) fn passthrough_allowed(&self) -> bool {
         self.passthrough_allowed.load(Ordering::Relaxed)
     }
 
     /// What the kernel agreed to at init: passthrough (which excludes the
     /// writeback cache), else the writeback cache if configured.
-    pub fn set_kernel_caching(&self, passthrough: bool, writeback: bool) {
+    pub(crate) fn set_kernel_caching(&self, passthrough: bool, writeback: bool) {
         self.passthrough.store(passthrough, Ordering::Relaxed);
         self.writeback
             .store(writeback && !passthrough, Ordering::Relaxed);
@@ -344,7 +344,7 @@ impl Core {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
@@ -447,7 +447,7 @@ impl Core {
     }
 
     /// Counts a new kernel reference to the node and returns its attributes.
-    pub fn remember(&self, ino: u64) -> Result<Attr, FsError> {
+    pub(crate) fn remember(&self, ino: u64) -> Result<Attr, FsError> {
         let mut t = self.inodes.lock().unwrap();
         t.touch(ino);
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
@@ -467,13 +467,13 @@ impl Core {
         asks
     }
 
-    pub fn forget(&self, ino: u64, count: u64) {
+    pub(crate) fn forget(&self, ino: u64, count: u64) {
         let queued = |f: &str| self.uploader.reads(f);
         self.inodes.lock().unwrap().forget(ino, count, queued);
     }
 
     /// Attributes come from memory: lookups refresh them from the bucket.
-    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+    pub(crate) fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         self.node_attr(ino)
     }
 
@@ -517,7 +517,7 @@ impl Core {
             .ok_or(FsError::BadHandle)
     }
 
-    pub fn statfs(&self) -> (u64, u64) {
+    pub(crate) fn statfs(&self) -> (u64, u64) {
         self.cache.usage()
     }
 }

@@ -149,7 +149,7 @@ impl Core {
 
     /// mknod: any file type becomes a zero-byte object carrying its mode (and,
     /// for devices, `rdev`). The mount is `nodev`, so device nodes stay inert.
-    pub async fn mknod(
+    pub(crate) async fn mknod(
         &self,
         parent: u64,
         name: &[u8],
@@ -217,7 +217,7 @@ impl Core {
         self.node_attr(ino)
     }
 
-    pub async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+    pub(crate) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let (working, key, size) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
@@ -242,7 +242,7 @@ impl Core {
         Ok(self.ask(&what, obj.bytes()).await?.to_vec())
     }
 
-    pub async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
+    pub(crate) async fn unlink(&self, parent: u64, name: &[u8]) -> Result<(), FsError> {
         self.check_writable()?;
         let (_, path) = self.child(parent, name)?;
         let ino = self.resolve(&path).await?;

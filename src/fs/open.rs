@@ -112,7 +112,7 @@ impl Core {
     }
 
     /// The node's mode has a set-user-ID or set-group-ID bit.
-    pub fn has_set_id_bits(&self, ino: u64) -> bool {
+    pub(crate) fn has_set_id_bits(&self, ino: u64) -> bool {
         let t = self.inodes.lock().unwrap();
         t.get(ino)
             .is_some_and(|n| crate::meta::has_set_id_bits(n.meta.mode))
@@ -200,7 +200,7 @@ impl Core {
     /// The kernel's id of `ino`'s backing file, made by `make` (the
     /// adapter's registration with the kernel) for the first open; every
     /// open of the inode must name the same one.
-    pub fn backing_token<T: std::any::Any + Send + Sync>(
+    pub(crate) fn backing_token<T: std::any::Any + Send + Sync>(
         &self,
         ino: u64,
         make: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
@@ -222,7 +222,7 @@ impl Core {
     /// The kernel would not take a backing file (`FUSE_DEV_IOC_BACKING_OPEN`
     /// failed: no CAP_SYS_ADMIN, a stacked filesystem): handle `fh` becomes
     /// a cached open, and so does every later one.
-    pub fn passthrough_refused(&self, fh: u64, e: &std::io::Error) {
+    pub(crate) fn passthrough_refused(&self, fh: u64, e: &std::io::Error) {
         if self.passthrough.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %e, "the kernel refused a passthrough backing file; files are served through regionfs from now on");
         }

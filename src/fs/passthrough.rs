@@ -57,7 +57,7 @@ use crate::cache::stamp::Stamp;
 
 /// What an open asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+pub(crate) enum Want {
     Read,
     WriteOnly,
     ReadWrite,
@@ -78,7 +78,7 @@ impl Want {
 
 /// How the kernel is to serve an open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Through regionfs's READ and WRITE requests.
     Cached,
     /// From a backing file.
@@ -87,19 +87,19 @@ pub enum Mode {
 
 /// What the cache is like for a new open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Here {
+pub(crate) struct Here {
     /// The file's bytes are all here: its own working file, or a whole
     /// clean copy.
     pub local: bool,
     /// The cache has room for a writer that regionfs does not meter.
-    pub room: bool,
+    pub(crate) room: bool,
     /// The file has a set-user-ID or set-group-ID bit, which a write clears.
-    pub privileged: bool,
+    pub(crate) privileged: bool,
 }
 
 /// The mode for a new open: `enabled` (the connection has passthrough),
 /// the inode's current opens, what is asked, and the cache's state.
-pub fn decide(enabled: bool, kernel: Option<&KernelState>, want: Want, here: Here) -> Mode {
+pub(crate) fn decide(enabled: bool, kernel: Option<&KernelState>, want: Want, here: Here) -> Mode {
     if !enabled {
         return Mode::Cached;
     }
@@ -131,7 +131,7 @@ pub enum On {
 }
 
 /// The kernel's backing file for one inode.
-pub struct Backing {
+pub(crate) struct Backing {
     /// Opened read-write, whatever the first open asked: a writer may join.
     pub file: Arc<File>,
     pub on: On,
@@ -144,17 +144,17 @@ pub struct Backing {
 
 /// Per-node state of a mount with passthrough; absent while all is zero.
 #[derive(Default)]
-pub struct KernelState {
+pub(crate) struct KernelState {
     /// Opens served through regionfs.
     pub cached: u32,
     pub backing: Option<Backing>,
     /// The working file's stamp when its content was last known.
-    pub stamp: Option<Stamp>,
+    pub(crate) stamp: Option<Stamp>,
 }
 
 impl KernelState {
     /// Nothing left to keep.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.cached == 0 && self.backing.is_none()
     }
 

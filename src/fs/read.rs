@@ -38,13 +38,13 @@ use crate::store::checksum::{self, Crc64};
 use crate::store::GetRequest;
 
 /// Objects this large or larger are fetched in parallel ranges.
-pub const PARALLEL_FROM: u64 = 16 << 20;
+pub(crate) const PARALLEL_FROM: u64 = 16 << 20;
 /// The size of one ranged GET.
-pub const CHUNK: u64 = 8 << 20;
+pub(crate) const CHUNK: u64 = 8 << 20;
 /// Ranged GETs in flight per download.
-pub const PARALLEL: usize = 4;
+pub(crate) const PARALLEL: usize = 4;
 
-pub struct Download {
+pub(crate) struct Download {
     pub key: String,
     /// The ETag of the version being copied.
     pub tag: String,
@@ -401,7 +401,7 @@ impl Download {
     /// the read would wait or the download failed (the async [`Self::read`]
     /// says why), so a FUSE thread can answer it without a hop to the
     /// runtime.
-    pub fn read_now(&self, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
+    pub(crate) fn read_now(&self, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
         let want = (offset + size as u64).min(self.size.load(Ordering::SeqCst));
         let done = self.done.load(Ordering::SeqCst);
         if self.failed() || !(done || (self.stream && self.covered(offset, want))) {

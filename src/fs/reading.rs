@@ -15,7 +15,12 @@ impl Core {
     /// A read answered on the calling FUSE thread: only one the handle's
     /// download already holds (the common case of a sequential read behind
     /// a running or finished download). `None`: take [`Self::read`].
-    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>, FsError>> {
+    pub(crate) fn read_now(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Option<Result<Vec<u8>, FsError>> {
         let (ino, dl) = {
             let handles = self.handles.lock().unwrap();
             let h = handles.get(&fh)?;

@@ -12,7 +12,7 @@ impl Core {
     /// becomes the clean copy of that version, or is removed when superseded.
     /// Called while the operation is still queued (see
     /// [`crate::uploader::Landed`]): it does not count as queued here.
-    pub fn on_uploaded(&self, c: &Completion) {
+    pub(crate) fn on_uploaded(&self, c: &Completion) {
         let key = &c.op.key;
         let rel = key.strip_prefix(&self.prefix).unwrap_or(key);
         let mut t = self.inodes.lock().unwrap();
@@ -130,7 +130,7 @@ impl Core {
     /// the node is busy (its I/O lock held: a rename or flush may be waiting
     /// for the lost operation itself), when it is let go at once and the
     /// new operation follows in the background.
-    pub fn requeue_lost(self: &Arc<Self>, landed: crate::uploader::Landed) {
+    pub(crate) fn requeue_lost(self: &Arc<Self>, landed: crate::uploader::Landed) {
         let crate::uploader::Event::Lost { op, error } = &landed.event else {
             return;
         };

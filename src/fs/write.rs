@@ -77,7 +77,12 @@ impl Core {
     /// open and its own, and the cache has room for the growth. `None`: take
     /// the async path, which waits for each of those. Call it within the
     /// runtime's context: the first write may start an early upload.
-    pub fn write_now(&self, fh: u64, offset: u64, data: &[u8]) -> Option<Result<u32, FsError>> {
+    pub(crate) fn write_now(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<u32, FsError>> {
         let ino = self.handle_ino(fh).ok()?;
         if let Err(e) = self.check_writable() {
             return Some(Err(e));

@@ -12,7 +12,7 @@ use super::{exec_cached, Journal, JournalError};
 use crate::clock::now_ms;
 
 /// Rows kept; older ones go as new ones come (the count shown is of these).
-pub const KEPT: i64 = 10_000;
+pub(crate) const KEPT: i64 = 10_000;
 
 /// One upload that replaced another writer's version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,7 +34,7 @@ pub struct Conflicts {
 
 impl Journal {
     /// Notes that operation `seq` on `key` is replacing `replaced_version`.
-    pub async fn note_conflict(
+    pub(crate) async fn note_conflict(
         &self,
         seq: i64,
         key: String,
@@ -57,7 +57,7 @@ impl Journal {
     }
 
     /// How many are kept, and the newest `recent` of them.
-    pub async fn conflicts(&self, recent: usize) -> Result<Conflicts, JournalError> {
+    pub(crate) async fn conflicts(&self, recent: usize) -> Result<Conflicts, JournalError> {
         self.run(move |c| {
             let count: i64 = c.query_row("SELECT count(*) FROM conflicts", [], |r| r.get(0))?;
             let mut st = c.prepare_cached(

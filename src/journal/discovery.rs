@@ -18,7 +18,7 @@ pub struct Seen {
     pub version_id: String,
     /// Empty for a delete marker.
     pub etag: String,
-    pub modified_ms: Option<i64>,
+    pub(crate) modified_ms: Option<i64>,
     /// The newest is a delete marker (the key is not listed).
     pub deleted: bool,
     /// Old enough that a newer version would show in the listing as another
@@ -47,7 +47,7 @@ pub struct DiscoveryStats {
 impl Journal {
     /// What discovery has seen of the keys under `prefix` after `after` and
     /// up to `upto` (both bounds optional), in key order.
-    pub async fn seen_range(
+    pub(crate) async fn seen_range(
         &self,
         prefix: String,
         after: Option<String>,
@@ -81,7 +81,7 @@ impl Journal {
     /// the new versions (seq 0; skipped for a version this journal uploaded
     /// or queued for that destination already) and the keys' new `seen`
     /// rows. A crash before the commit leaves both to the next pass.
-    pub async fn record_discovered(
+    pub(crate) async fn record_discovered(
         &self,
         seen: Vec<Seen>,
         items: Vec<(String, String, u64, NewTask)>,
@@ -116,7 +116,7 @@ impl Journal {
     }
 
     /// Counts one finished discovery pass.
-    pub async fn note_discovery(&self, d: DiscoveryStats) -> Result<(), JournalError> {
+    pub(crate) async fn note_discovery(&self, d: DiscoveryStats) -> Result<(), JournalError> {
         self.run_lazy(move |c| {
             exec_cached(
                 c,
@@ -133,7 +133,7 @@ impl Journal {
     }
 
     /// Every shard's discovery counts (empty when nothing discovers).
-    pub async fn discovery_stats(&self) -> Result<Vec<DiscoveryStats>, JournalError> {
+    pub(crate) async fn discovery_stats(&self) -> Result<Vec<DiscoveryStats>, JournalError> {
         self.run(|c| {
             let mut st = c.prepare(
                 "SELECT shard, passes, last_pass_ms, last_took_ms, keys, changed, queued, requests, total_queued FROM discovery ORDER BY shard",

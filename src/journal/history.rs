@@ -245,7 +245,10 @@ impl Journal {
 
     /// The version this journal last made at `key` (an upload, copy or
     /// delete that reached the bucket; superseded operations made none).
-    pub async fn own_last_version(&self, key: String) -> Result<Option<String>, JournalError> {
+    pub(crate) async fn own_last_version(
+        &self,
+        key: String,
+    ) -> Result<Option<String>, JournalError> {
         self.run(move |c| {
             let row: Option<(i64, String)> = c
                 .prepare_cached(
@@ -297,7 +300,7 @@ impl Journal {
 
     /// The last completed task of `key` at `destination` before task
     /// `before`: what this journal last put there, if it is still known.
-    pub async fn previous_replica(
+    pub(crate) async fn previous_replica(
         &self,
         key: String,
         destination: String,

@@ -42,7 +42,7 @@ impl Journal {
     /// time, oldest first (their cache files may be torn or missing after a
     /// crash, since only the journal was synced; where several name one file,
     /// the newest is what it holds). Returns how many.
-    pub async fn restore_inline(
+    pub(crate) async fn restore_inline(
         &self,
         mut restore: impl FnMut(&str, &[u8]) -> std::io::Result<()> + Send + 'static,
     ) -> Result<usize, JournalError> {
@@ -72,7 +72,7 @@ impl Journal {
 
     /// Stages an operation, queued for commit before this returns, so operations
     /// staged one after the other get increasing sequence numbers.
-    pub fn stage_in_order(
+    pub(crate) fn stage_in_order(
         &self,
         op: NewOp,
     ) -> impl std::future::Future<Output = Result<i64, JournalError>> + Send + 'static {
@@ -114,7 +114,7 @@ impl Journal {
     /// op that can be uploaded again after a power loss: its bytes are in its
     /// row, or it has no cache file (the caller may drop the cache file once
     /// this returns).
-    pub async fn complete_with_tasks(
+    pub(crate) async fn complete_with_tasks(
         &self,
         seq: i64,
         version_id: Option<String>,
@@ -154,7 +154,7 @@ impl Journal {
 
     /// Records a failed attempt. `permanent` marks the row failed (visible in
     /// status) until a later attempt succeeds.
-    pub async fn record_failure(
+    pub(crate) async fn record_failure(
         &self,
         seq: i64,
         error: String,
@@ -175,7 +175,7 @@ impl Journal {
     /// that passthrough writers went on writing): they read the file, which
     /// the caller synced, from now on, and recovery does not rewrite it with
     /// their older bytes. Synced.
-    pub async fn forget_inline(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
+    pub(crate) async fn forget_inline(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
         self.run(move |c| {
             for seq in seqs {
                 exec_cached(
@@ -192,7 +192,7 @@ impl Journal {
     /// Points operation `seq` at another cache file holding the same bytes
     /// (a copy made so its file can be written in place). Synced: the old
     /// file may change once this returns.
-    pub async fn repoint(&self, seq: i64, file: String) -> Result<(), JournalError> {
+    pub(crate) async fn repoint(&self, seq: i64, file: String) -> Result<(), JournalError> {
         self.exec(
             "UPDATE ops SET file = ?2 WHERE seq = ?1",
             vec![seq.into(), file.into()],
@@ -202,7 +202,7 @@ impl Journal {
 
     /// A queued operation's metadata, changed before it ran (see
     /// `Uploader::amend_meta`).
-    pub async fn amend_meta(&self, seq: i64, meta: String) -> Result<(), JournalError> {
+    pub(crate) async fn amend_meta(&self, seq: i64, meta: String) -> Result<(), JournalError> {
         self.exec(
             "UPDATE ops SET meta = ?2 WHERE seq = ?1",
             vec![seq.into(), meta.into()],
@@ -212,7 +212,7 @@ impl Journal {
 
     /// Remembers (or forgets, with None) the multipart upload of an operation so
     /// that recovery can abort it.
-    pub async fn set_multipart(
+    pub(crate) async fn set_multipart(
         &self,
         seq: i64,
         upload_id: Option<String>,
@@ -225,7 +225,11 @@ impl Journal {
     }
 
     /// Records a multipart upload started before its file was staged.
-    pub async fn note_early(&self, key: String, upload_id: String) -> Result<(), JournalError> {
+    pub(crate) async fn note_early(
+        &self,
+        key: String,
+        upload_id: String,
+    ) -> Result<(), JournalError> {
         self.exec(
             "INSERT OR REPLACE INTO early_uploads (upload_id, key) VALUES (?1, ?2)",
             vec![upload_id.into(), key.into()],
@@ -234,7 +238,7 @@ impl Journal {
     }
 
     /// Forgets an early upload (completed, aborted, or handed to its op row).
-    pub async fn forget_early(&self, upload_id: String) -> Result<(), JournalError> {
+    pub(crate) async fn forget_early(&self, upload_id: String) -> Result<(), JournalError> {
         self.exec(
             "DELETE FROM early_uploads WHERE upload_id = ?1",
             vec![upload_id.into()],
@@ -252,8 +256,9 @@ impl Journal {
         .await
     }
 
+    #[cfg(test)]
     /// Every operation not yet done, in sequence order.
-    pub async fn open_ops(&self) -> Result<Vec<Op>, JournalError> {
+    pub(crate) async fn open_ops(&self) -> Result<Vec<Op>, JournalError> {
         self.run(|c| {
             let mut st = c.prepare(&format!(
                 "SELECT {OP_COLUMNS} FROM ops WHERE state != 'done' AND state != 'lost' ORDER BY seq"

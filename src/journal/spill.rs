@@ -17,7 +17,7 @@ use super::*;
 const OPEN: &str = "state != 'done' AND state != 'lost'";
 
 /// Synchronous lookups of open operations past a seq.
-pub struct SpillReader {
+pub(crate) struct SpillReader {
     conn: Mutex<Connection>,
     path: String,
 }
@@ -50,7 +50,7 @@ impl SpillReader {
     }
 
     /// The open operations of `key` after seq `after`, oldest first.
-    pub fn of_key(&self, key: &str, after: i64) -> Result<Vec<Op>, JournalError> {
+    pub(crate) fn of_key(&self, key: &str, after: i64) -> Result<Vec<Op>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {OP_COLUMNS} FROM ops WHERE key = ?1 AND seq > ?2 AND {OPEN} ORDER BY seq"
@@ -101,7 +101,7 @@ impl SpillReader {
     }
 
     /// Whether operation `seq` is still to run.
-    pub fn is_open(&self, seq: i64) -> Result<bool, JournalError> {
+    pub(crate) fn is_open(&self, seq: i64) -> Result<bool, JournalError> {
         self.with(|c| {
             c.prepare_cached(&format!("SELECT 1 FROM ops WHERE seq = ?1 AND {OPEN}"))?
                 .exists(params![seq])
@@ -111,7 +111,11 @@ impl SpillReader {
 
 impl Journal {
     /// At most `limit` open operations after seq `after`, oldest first.
-    pub async fn open_ops_after(&self, after: i64, limit: usize) -> Result<Vec<Op>, JournalError> {
+    pub(crate) async fn open_ops_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Op>, JournalError> {
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {OP_COLUMNS} FROM ops WHERE seq > ?1 AND {OPEN} ORDER BY seq LIMIT ?2"
@@ -123,7 +127,7 @@ impl Journal {
     }
 
     /// The seqs of every open operation after `after`, ascending.
-    pub async fn open_seqs_after(&self, after: i64) -> Result<Vec<i64>, JournalError> {
+    pub(crate) async fn open_seqs_after(&self, after: i64) -> Result<Vec<i64>, JournalError> {
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT seq FROM ops WHERE seq > ?1 AND {OPEN} ORDER BY seq"
@@ -135,7 +139,7 @@ impl Journal {
     }
 
     /// The cache files open operations read (each once).
-    pub async fn open_files(&self) -> Result<Vec<String>, JournalError> {
+    pub(crate) async fn open_files(&self) -> Result<Vec<String>, JournalError> {
         self.run(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT DISTINCT file FROM ops WHERE file IS NOT NULL AND {OPEN}"
@@ -146,8 +150,9 @@ impl Journal {
         .await
     }
 
+    #[cfg(test)]
     /// How many operations are open.
-    pub async fn open_count(&self) -> Result<usize, JournalError> {
+    pub(crate) async fn open_count(&self) -> Result<usize, JournalError> {
         self.run(move |c| {
             c.query_row(&format!("SELECT COUNT(*) FROM ops WHERE {OPEN}"), [], |r| {
                 r.get::<_, i64>(0)

@@ -81,7 +81,7 @@ pub(super) fn upload_summary_in(c: &Connection) -> rusqlite::Result<UploadSummar
 impl Journal {
     /// Where an [`AclState`](crate::store::AclState) notes what it found:
     /// here, in the background (status reads it; nothing waits on it).
-    pub fn acl_noter(&self) -> crate::store::acl::NoteAcl {
+    pub(crate) fn acl_noter(&self) -> crate::store::acl::NoteAcl {
         let journal = self.clone();
         Arc::new(move |bucket, support| {
             let journal = journal.clone();
@@ -92,7 +92,7 @@ impl Journal {
     }
 
     /// Records whether a bucket (by its config name) takes object ACLs, for status.
-    pub async fn note_acl_support(
+    pub(crate) async fn note_acl_support(
         &self,
         bucket: String,
         support: String,
@@ -106,7 +106,7 @@ impl Journal {
     }
 
     /// The mount's latest view of its regions (JSON), for status.
-    pub async fn note_regions(&self, state: String) -> Result<(), JournalError> {
+    pub(crate) async fn note_regions(&self, state: String) -> Result<(), JournalError> {
         self.exec_lazy(
             "INSERT INTO regions (id, state, updated_at) VALUES (1, ?1, ?2)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",

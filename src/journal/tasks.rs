@@ -101,7 +101,7 @@ impl Journal {
     /// Marks a task completed; counts it (and whether it missed the time
     /// target) in the destination's totals; prunes older completed tasks of the
     /// same key and destination.
-    pub async fn task_completed(
+    pub(crate) async fn task_completed(
         &self,
         id: i64,
         replica: Replica,
@@ -138,7 +138,7 @@ impl Journal {
     }
 
     /// Records a failed attempt: PENDING (transient) or FAILED (permanent).
-    pub async fn task_failed(
+    pub(crate) async fn task_failed(
         &self,
         id: i64,
         error: String,
@@ -190,7 +190,7 @@ impl Journal {
     /// order their versions were recorded), with how many are open there in
     /// all and the earliest staging time among them: what the replicator
     /// holds in memory of a long backlog, and what it knows of the rest.
-    pub async fn open_tasks_window(
+    pub(crate) async fn open_tasks_window(
         &self,
         destination: String,
         limit: usize,
@@ -217,7 +217,7 @@ impl Journal {
     }
 
     /// The destinations that have open tasks.
-    pub async fn open_task_destinations(&self) -> Result<Vec<String>, JournalError> {
+    pub(crate) async fn open_task_destinations(&self) -> Result<Vec<String>, JournalError> {
         self.run_lazy(|c| {
             let mut st = c.prepare(
                 "SELECT DISTINCT destination FROM tasks WHERE status != 'COMPLETED' ORDER BY destination",
@@ -229,7 +229,7 @@ impl Journal {
     }
 
     /// Open tasks of the version produced by operation `seq`.
-    pub async fn open_tasks_of(&self, seq: i64) -> Result<Vec<Task>, JournalError> {
+    pub(crate) async fn open_tasks_of(&self, seq: i64) -> Result<Vec<Task>, JournalError> {
         self.run(move |c| {
             let mut st = c.prepare(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE seq = ?1 AND status != 'COMPLETED'"

@@ -18,7 +18,7 @@ use crate::store::{
     Versioning,
 };
 
-pub struct AsOfStore {
+pub(crate) struct AsOfStore {
     inner: Arc<dyn ObjectStore>,
     at: SystemTime,
 }

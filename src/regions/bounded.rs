@@ -52,7 +52,7 @@ impl BoundedStaleness {
     }
 
     /// Reads the heartbeat every [`crate::replicator::heartbeat::INTERVAL`].
-    pub fn start_watch(self: &Arc<Self>) {
+    pub(crate) fn start_watch(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             loop {

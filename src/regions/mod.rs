@@ -18,7 +18,7 @@
 //! heartbeat is recent enough) and [`asof`] (`--as-of`: the bucket as it was
 //! at an instant).
 
-pub mod asof;
+pub(crate) mod asof;
 pub mod bounded;
 
 use std::collections::BTreeMap;
@@ -96,7 +96,7 @@ struct Region {
 
 /// One place to fetch a version's bytes from.
 #[derive(Clone)]
-pub struct Fetch {
+pub(crate) struct Fetch {
     pub region: String,
     pub store: Arc<dyn ObjectStore>,
     /// The version id at that store (the replica's own id for a replica).
@@ -128,7 +128,7 @@ impl Fetch {
     /// `request` to this fetch's region, bounded as
     /// [`Regions::patiently_watching`]; a mount without region choice waits
     /// as long as the S3 client does.
-    pub async fn patiently<T, E: From<StoreError>>(
+    pub(crate) async fn patiently<T, E: From<StoreError>>(
         &self,
         what: &str,
         progress: impl Fn() -> u64,
@@ -148,7 +148,7 @@ impl Fetch {
     /// ([`Regions::sources_for`] stops at a reachable source); made afresh,
     /// it names the replicas that hold this version. Empty for a replica or
     /// a mount without region choice.
-    pub async fn after_source_failed(&self, key: &str) -> Vec<Fetch> {
+    pub(crate) async fn after_source_failed(&self, key: &str) -> Vec<Fetch> {
         match (&self.counter, self.is_source) {
             (Some(c), true) => c
                 .sources_for(key, self.version.as_deref())
@@ -180,14 +180,14 @@ pub struct Regions {
 }
 
 /// How often every region is probed.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a request the file system waits on (a lookup, a listing, a
 /// read's bytes) waits for a region before it may give up on one the probes
 /// find unreachable (see [`Regions::patiently`]). Long enough that a probe
 /// timing out on a busy machine does not fail a request a slow region still
 /// answers.
-pub const PATIENCE: Duration = Duration::from_secs(5);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
 impl Regions {
     /// `source` first, then the destinations by name. `journal` tells which
@@ -228,7 +228,7 @@ impl Regions {
     /// Probes every region every [`PROBE_INTERVAL`] until the process ends,
     /// noting the view in the journal for `status` (when reachability changes,
     /// else every 10 s).
-    pub fn start_probes(self: &Arc<Self>) {
+    pub(crate) fn start_probes(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut noted: Option<(Instant, Vec<bool>)> = None;
@@ -274,7 +274,7 @@ impl Regions {
     }
 
     /// One round of probes (concurrently), recording RTTs and reachability.
-    pub async fn probe_all(self: &Arc<Self>) {
+    pub(crate) async fn probe_all(self: &Arc<Self>) {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.regions.len() {
             let me = self.clone();
@@ -338,7 +338,7 @@ impl Regions {
     /// Resolves once region `name` is found unreachable, by a probe or a
     /// failed read; at once if it already is; never for a name it does not
     /// know.
-    pub async fn until_unreachable(&self, name: &str) {
+    pub(crate) async fn until_unreachable(&self, name: &str) {
         let Some(r) = self.find(name) else {
             return std::future::pending().await;
         };
@@ -358,7 +358,7 @@ impl Regions {
     /// for the S3 client's timeouts (60 s read timeout, 3 attempts); given
     /// up, it fails as a refused connection does: `Unreachable`, transient.
     /// A slow region that still answers its probes is waited for.
-    pub async fn patiently<T, E: From<StoreError>>(
+    pub(crate) async fn patiently<T, E: From<StoreError>>(
         &self,
         name: &str,
         what: &str,
@@ -371,7 +371,7 @@ impl Regions {
     /// `progress` (its bytes so far) has stood still for [`PATIENCE`] and
     /// the region is found unreachable, so a long transfer that keeps
     /// moving survives a probe that failed meanwhile.
-    pub async fn patiently_watching<T, E: From<StoreError>>(
+    pub(crate) async fn patiently_watching<T, E: From<StoreError>>(
         &self,
         name: &str,
         what: &str,
@@ -433,7 +433,11 @@ impl Regions {
     /// source is always in the list (it holds every version); a replica only
     /// when it holds this one. Without a known version only the source can be
     /// trusted.
-    pub async fn sources_for(self: &Arc<Self>, key: &str, version: Option<&str>) -> Vec<Fetch> {
+    pub(crate) async fn sources_for(
+        self: &Arc<Self>,
+        key: &str,
+        version: Option<&str>,
+    ) -> Vec<Fetch> {
         let mut out = Vec::new();
         for name in self.order() {
             let Some(r) = self.find(&name) else { continue };
@@ -501,7 +505,7 @@ impl Regions {
     }
 
     /// Every region's state, by name.
-    pub fn snapshot(&self) -> BTreeMap<String, RegionState> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, RegionState> {
         self.regions
             .iter()
             .map(|r| {

@@ -54,16 +54,16 @@ use super::Replicator;
 /// A key written this recently (by the source's clock, against ours) is
 /// looked at again in the next pass: LastModified has whole seconds, so a
 /// second version with the same bytes in the same second would look the same.
-pub const SETTLE: Duration = Duration::from_secs(3);
+pub(crate) const SETTLE: Duration = Duration::from_secs(3);
 
 /// A page with more changed keys than this lists the versions of its whole
 /// key range in one go instead of one listing per key.
-pub const RANGE_AT: usize = 16;
+pub(crate) const RANGE_AT: usize = 16;
 
 /// Every this many passes one is a sweep, which lists every version: it
 /// finds the keys written and deleted between two passes, which the listing
 /// of current objects never shows.
-pub const SWEEP_EVERY: u64 = 6;
+pub(crate) const SWEEP_EVERY: u64 = 6;
 
 /// One process's share of the key space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
+    pub(crate) const ALL: Shard = Shard { index: 0, count: 1 };
 
     /// `I/N` with 1 ≤ I ≤ N.
     pub fn parse(s: &str) -> Result<Shard, String> {
@@ -94,7 +94,7 @@ impl Shard {
         })
     }
 
-    pub fn owns(&self, key: &str) -> bool {
+    pub(crate) fn owns(&self, key: &str) -> bool {
         self.count <= 1 || fnv1a(key.as_bytes()) % self.count as u64 == self.index as u64
     }
 
@@ -120,7 +120,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The prefixes to list (pure): each rule's prefix within the source prefix,
 /// without those another one covers.
-pub fn listing_prefixes(rules: &[RuleConfig], source_prefix: &str) -> Vec<String> {
+pub(crate) fn listing_prefixes(rules: &[RuleConfig], source_prefix: &str) -> Vec<String> {
     let mut p: Vec<String> = rules
         .iter()
         .filter_map(|r| {
@@ -153,7 +153,7 @@ fn ms(t: Option<std::time::SystemTime>) -> Option<i64> {
 /// are the page's current objects, `seen` the journal's rows for the same
 /// key range: a seen key missing from the listing was deleted (or is now a
 /// delete marker) unless it is known so.
-pub fn changed_keys(listed: &[ListEntry], seen: &[Seen]) -> Vec<String> {
+pub(crate) fn changed_keys(listed: &[ListEntry], seen: &[Seen]) -> Vec<String> {
     let by_key: HashMap<&str, &Seen> = seen.iter().map(|s| (s.key.as_str(), s)).collect();
     let mut out: Vec<String> = Vec::new();
     let mut present = HashSet::new();
@@ -178,7 +178,7 @@ pub fn changed_keys(listed: &[ListEntry], seen: &[Seen]) -> Vec<String> {
 /// The versions of one key newer than the one seen, oldest first (pure).
 /// `versions` are the key's, newest first. When the one seen is no longer
 /// listed (removed by lifecycle), those modified after it count as new.
-pub fn new_versions<'a>(
+pub(crate) fn new_versions<'a>(
     versions: &'a [VersionEntry],
     seen: Option<&Seen>,
 ) -> Vec<&'a VersionEntry> {
@@ -199,7 +199,7 @@ pub fn new_versions<'a>(
 
 /// What to remember of a key whose versions are `versions` (newest first),
 /// listed at `now_ms` (pure).
-pub fn seen_after(key: &str, versions: &[VersionEntry], now_ms: i64) -> Option<Seen> {
+pub(crate) fn seen_after(key: &str, versions: &[VersionEntry], now_ms: i64) -> Option<Seen> {
     let newest = versions.first()?;
     let modified_ms = ms(newest.last_modified);
     Some(Seen {
@@ -214,7 +214,7 @@ pub fn seen_after(key: &str, versions: &[VersionEntry], now_ms: i64) -> Option<S
 
 /// Why a pass stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DiscoverError {
+pub(crate) enum DiscoverError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -223,7 +223,7 @@ pub enum DiscoverError {
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pass {
+pub(crate) struct Pass {
     pub keys: usize,
     pub changed: usize,
     pub queued: usize,
@@ -231,7 +231,7 @@ pub struct Pass {
 }
 
 /// Finds new source versions and queues them on a replicator.
-pub struct Discovery {
+pub(crate) struct Discovery {
     source: Arc<dyn ObjectStore>,
     rules: Rules,
     /// Rules with tag filters: their keys need each version's tags.

@@ -16,15 +16,15 @@ use serde::{Deserialize, Serialize};
 use super::Inner;
 use crate::store::{ObjectStore, PutBody, PutOptions};
 
-pub const INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Every version uploaded to the source before this instant (ms since the
     /// epoch) has its replica here.
-    pub until_ms: i64,
+    pub(crate) until_ms: i64,
     /// When the heartbeat was written.
-    pub written_ms: i64,
+    pub(crate) written_ms: i64,
     pub source: String,
 }
 

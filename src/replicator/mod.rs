@@ -108,7 +108,7 @@ struct Destination {
 
 /// The bytes and metadata of a version this process has just uploaded,
 /// without an ACL (so it is private).
-pub struct Fresh {
+pub(crate) struct Fresh {
     /// `None` for tasks beyond [`FRESH_BUDGET`]: read from the clean copy.
     pub body: Option<bytes::Bytes>,
     /// The uploaded version's ETag (its clean copy carries it).
@@ -124,25 +124,25 @@ struct FreshReady {
 }
 
 /// Parts of one large replica copied at once.
-pub const PARTS_IN_FLIGHT: usize = 4;
+pub(crate) const PARTS_IN_FLIGHT: usize = 4;
 
 /// The longest one part of a large replica waits for the source to go idle.
-pub const GIVE_WAY_AT_MOST: Duration = Duration::from_secs(1);
+pub(crate) const GIVE_WAY_AT_MOST: Duration = Duration::from_secs(1);
 
 /// How often a waiting part looks again.
 const GIVE_WAY_POLL: Duration = Duration::from_millis(20);
 
 /// What the uploader is doing now (see "Giving way").
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SourceLoad {
+pub(crate) struct SourceLoad {
     /// Operations queued for the source (running ones included).
     pub queued: usize,
     /// One was submitted a moment ago: a writer between two closes.
-    pub submitting: bool,
+    pub(crate) submitting: bool,
 }
 
 /// Reads the uploader's [`SourceLoad`].
-pub type SourceBusy = Arc<dyn Fn() -> SourceLoad + Send + Sync>;
+pub(crate) type SourceBusy = Arc<dyn Fn() -> SourceLoad + Send + Sync>;
 
 struct GiveWay {
     busy: SourceBusy,
@@ -153,7 +153,7 @@ struct GiveWay {
 /// replicas; beyond it a task reads its clean copy (see "Fresh small versions").
 /// Enough for a steady stream, whose replicas run at once; a burst, whose
 /// replicas wait, is what reads its clean copies.
-pub const FRESH_BUDGET: usize = 1 << 20;
+pub(crate) const FRESH_BUDGET: usize = 1 << 20;
 
 #[derive(Default)]
 struct FreshBodies {
@@ -262,7 +262,7 @@ impl Replicator {
     /// Starts the workers with the oldest `held` open tasks of each
     /// destination from the journal; the rest are read as those finish.
     /// Without `clean`, fresh tasks beyond the budget read the source.
-    pub async fn start_from_journal(
+    pub(crate) async fn start_from_journal(
         config: &Config,
         source: Arc<dyn ObjectStore>,
         destinations: HashMap<String, Arc<dyn ObjectStore>>,
@@ -394,7 +394,7 @@ impl Replicator {
     /// From now on replicas give way to the uploads `busy` reports, each at
     /// most `at_most` at a time (see "Giving way").
     /// Only the first call counts.
-    pub fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
+    pub(crate) fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
         let _ = self.inner.give_way.set(GiveWay { busy, at_most });
     }
 
@@ -404,7 +404,7 @@ impl Replicator {
     }
 
     /// The tasks a finished operation creates (pure: rules only).
-    pub fn plan(&self, op: &Op) -> Vec<NewTask> {
+    pub(crate) fn plan(&self, op: &Op) -> Vec<NewTask> {
         let meta = ObjectMeta::from_json(&op.meta);
         let (change, kind) = match op.kind {
             OpKind::Delete => (Change::DeleteMarker, TaskKind::Delete),
@@ -436,7 +436,7 @@ impl Replicator {
 
     /// Queues tasks just committed to the journal, with the bytes of their
     /// version when the uploader still holds them (see [`Fresh`]).
-    pub fn enqueue_fresh(&self, tasks: Vec<Task>, fresh: Option<Fresh>) {
+    pub(crate) fn enqueue_fresh(&self, tasks: Vec<Task>, fresh: Option<Fresh>) {
         if tasks.is_empty() {
             return;
         }
@@ -510,7 +510,7 @@ impl Replicator {
 
     /// Open tasks held in memory now.
     #[cfg(test)]
-    pub fn held_count(&self) -> usize {
+    pub(crate) fn held_count(&self) -> usize {
         self.inner.queue.lock().unwrap().open.len()
     }
 
@@ -548,8 +548,9 @@ impl Replicator {
         crate::retry::wait_for_zero(self.inner.pending.subscribe(), timeout, progress).await
     }
 
+    #[cfg(test)]
     /// Retries FAILED tasks now (`resync --failed`, or a fixed destination).
-    pub fn retry_failed(&self) {
+    pub(crate) fn retry_failed(&self) {
         self.inner.queue.lock().unwrap().retry_at.clear();
         self.inner.wake.notify_one();
     }

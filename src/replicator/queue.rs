@@ -6,7 +6,7 @@
 use super::*;
 
 /// Open tasks held in memory per destination, at most (see "Bounded memory").
-pub const HELD_TASKS: usize = 2048;
+pub(crate) const HELD_TASKS: usize = 2048;
 
 pub(super) struct Queue {
     /// By id: source order per key. A map, so that finishing one task of a

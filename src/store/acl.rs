@@ -10,10 +10,10 @@ use super::{AclSupport, ObjectStore};
 
 /// Told what a bucket was found to do, by the bucket's config name:
 /// `enabled`, or `not supported: <why>`.
-pub type NoteAcl = Arc<dyn Fn(String, String) + Send + Sync>;
+pub(crate) type NoteAcl = Arc<dyn Fn(String, String) + Send + Sync>;
 
 /// Whether one bucket takes object ACLs, as far as is known.
-pub struct AclState {
+pub(crate) struct AclState {
     found: Mutex<Option<AclSupport>>,
     name: String,
     note: NoteAcl,

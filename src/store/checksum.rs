@@ -15,7 +15,7 @@ use base64::Engine;
 
 /// A running CRC-64/NVME of bytes as they go by (`finalize` gives its 8
 /// bytes, [`Crc64::from_be_bytes`] the value).
-pub fn hasher() -> Box<dyn aws_smithy_checksums::http::HttpChecksum> {
+pub(crate) fn hasher() -> Box<dyn aws_smithy_checksums::http::HttpChecksum> {
     aws_smithy_checksums::ChecksumAlgorithm::Crc64Nvme.into_impl()
 }
 
@@ -35,12 +35,12 @@ impl Crc64 {
     }
 
     /// From the 8 bytes a checksum body or the SDK gives.
-    pub fn from_be_bytes(b: &[u8]) -> Option<Crc64> {
+    pub(crate) fn from_be_bytes(b: &[u8]) -> Option<Crc64> {
         Some(Crc64(u64::from_be_bytes(b.try_into().ok()?)))
     }
 
     /// From S3's header form; `None` for anything that is not 8 bytes of base64.
-    pub fn from_base64(s: &str) -> Option<Crc64> {
+    pub(crate) fn from_base64(s: &str) -> Option<Crc64> {
         let b = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .ok()?;
@@ -59,7 +59,7 @@ impl Crc64 {
 }
 
 /// `base64` (S3's form) as hex, for messages; unchanged when it is not a CRC-64.
-pub fn hex_of_base64(base64: &str) -> String {
+pub(crate) fn hex_of_base64(base64: &str) -> String {
     Crc64::from_base64(base64)
         .map(Crc64::to_hex)
         .unwrap_or_else(|| base64.to_string())
@@ -90,7 +90,7 @@ fn square(mat: &[u64; 64]) -> [u64; 64] {
 /// `a`'s CRC is advanced over `len_b` zero bytes (the operator for one zero
 /// bit, squared for 2, 4, 8 … bits, as zlib's `crc32_combine`), then
 /// xored with `b`'s. The all-ones init and xorout cancel out.
-pub fn combine(a: Crc64, b: Crc64, len_b: u64) -> Crc64 {
+pub(crate) fn combine(a: Crc64, b: Crc64, len_b: u64) -> Crc64 {
     if len_b == 0 {
         return a;
     }
@@ -127,7 +127,7 @@ pub fn combine(a: Crc64, b: Crc64, len_b: u64) -> Crc64 {
 
 /// The whole object's CRC from its parts' (CRC, length), in order; `None`
 /// when a part has none.
-pub fn of_parts(parts: impl IntoIterator<Item = Option<(Crc64, u64)>>) -> Option<Crc64> {
+pub(crate) fn of_parts(parts: impl IntoIterator<Item = Option<(Crc64, u64)>>) -> Option<Crc64> {
     let mut whole: Option<Crc64> = None;
     for p in parts {
         let (crc, len) = p?;

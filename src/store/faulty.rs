@@ -89,8 +89,9 @@ impl FaultyStore {
         self.cut.store(on, Ordering::SeqCst);
     }
 
+    #[cfg(test)]
     /// Runs `f` at the start of the next write.
-    pub fn before_next_write(&self, f: impl FnOnce() + Send + 'static) {
+    pub(crate) fn before_next_write(&self, f: impl FnOnce() + Send + 'static) {
         *self.before_write.lock().unwrap() = Some(Box::new(f));
     }
 
@@ -104,9 +105,10 @@ impl FaultyStore {
         self.permanent.store(on, Ordering::SeqCst);
     }
 
+    #[cfg(test)]
     /// PUTs of keys under `prefix` fail with AccessDenied (a bucket policy
     /// refusing them), until set to `None`.
-    pub fn refuse_prefix(&self, prefix: Option<&str>) {
+    pub(crate) fn refuse_prefix(&self, prefix: Option<&str>) {
         *self.refused_prefix.lock().unwrap() = prefix.map(str::to_string);
     }
 

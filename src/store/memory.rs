@@ -50,7 +50,7 @@ pub struct MemoryStore {
 }
 
 /// The one account every memory bucket belongs to.
-pub const MEMORY_OWNER: &str = "memory-owner";
+pub(crate) const MEMORY_OWNER: &str = "memory-owner";
 
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
@@ -85,15 +85,11 @@ impl MemoryStore {
         }
     }
 
+    #[cfg(test)]
     /// Answers every conditional PUT with NotImplemented, as a store that
     /// does not know `If-Match` / `If-None-Match` does.
-    pub fn refuse_conditions(&self) {
+    pub(crate) fn refuse_conditions(&self) {
         self.conditions.store(false, Ordering::SeqCst);
-    }
-
-    /// Turns object ACLs off, as S3's `BucketOwnerEnforced` does.
-    pub fn disable_acls(&self) {
-        self.acls.store(false, Ordering::SeqCst);
     }
 
     fn check_acl(&self, canned: Option<&str>) -> Result<(), StoreError> {
@@ -118,8 +114,9 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    #[cfg(test)]
     /// Multipart uploads neither completed nor aborted: (key, parts uploaded).
-    pub fn open_uploads(&self) -> Vec<(String, usize)> {
+    pub(crate) fn open_uploads(&self) -> Vec<(String, usize)> {
         let s = self.state.lock().unwrap();
         s.uploads
             .values()

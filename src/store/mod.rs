@@ -18,14 +18,19 @@ use crate::error::StoreError;
 
 pub mod acl;
 pub mod checksum;
+/// Test doubles: an in-memory bucket, and one that injects faults. Only in
+/// the crate's own tests and with the `test-doubles` feature (integration
+/// tests and benchmarks), never in the product.
+#[cfg(any(test, feature = "test-doubles"))]
 pub mod memory;
 pub mod probe;
 pub mod s3;
 mod stable;
-pub use stable::{digest_of, PartDigest};
+pub(crate) use stable::{digest_of, PartDigest};
 mod unsigned;
 
-pub use acl::AclState;
+pub(crate) use acl::AclState;
+#[cfg(any(test, feature = "test-doubles"))]
 pub use memory::MemoryStore;
 pub use s3::S3Store;
 
@@ -64,7 +69,7 @@ pub struct ObjectInfo {
     pub crc64nvme: Option<String>,
     /// The store keeps a checksum of another algorithm (and none of ours):
     /// the version was written by a client that did not send CRC-64/NVME.
-    pub other_checksum: bool,
+    pub(crate) other_checksum: bool,
 }
 
 /// Options written with a new version (PUT, multipart, copy with REPLACE).
@@ -97,7 +102,7 @@ pub enum Condition {
 
 /// Whether a store honours conditional writes: on until it answers
 /// NotImplemented to one (then writers look first, and write without one).
-pub struct ConditionSupport {
+pub(crate) struct ConditionSupport {
     on: AtomicBool,
 }
 
@@ -178,7 +183,7 @@ impl Acl {
 
     /// The same grants for an object owned by `owner`: what the source's owner
     /// had, the replica's owner gets; every other grantee is kept.
-    pub fn for_owner(&self, owner: &str) -> Acl {
+    pub(crate) fn for_owner(&self, owner: &str) -> Acl {
         Acl {
             owner: owner.to_string(),
             grants: self
@@ -259,17 +264,6 @@ impl PutBody {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The whole of a local file.
-    pub fn whole_file(path: impl Into<PathBuf>) -> std::io::Result<PutBody> {
-        let path = path.into();
-        let len = std::fs::metadata(&path)?.len();
-        Ok(PutBody::File {
-            path,
-            offset: 0,
-            len,
-        })
-    }
 }
 
 /// The result of writing a version.
@@ -286,7 +280,7 @@ pub struct PutResult {
 /// A part of a multipart upload, as complete_multipart needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletedPart {
-    pub number: i32,
+    pub(crate) number: i32,
     pub etag: String,
     /// The part's CRC-64/NVME as the store answered it, and its length: the
     /// parts combine into the object's full checksum.
@@ -307,7 +301,7 @@ pub struct GetObject {
 
 /// `e` and its sources, `: `-joined (a body's error says little on its own:
 /// "streaming error", caused by "checksum mismatch").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -324,7 +318,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// An error while a body is read: bytes that did not match the checksum the
 /// store kept are [`StoreError::BadDigest`], anything else (a cut body)
 /// [`StoreError::Malformed`]; both are retried.
-pub fn body_error(bucket: &str, key: &str, e: &dyn std::error::Error) -> StoreError {
+pub(crate) fn body_error(bucket: &str, key: &str, e: &dyn std::error::Error) -> StoreError {
     let message = format!("reading the body of `{key}`: {}", error_chain(e));
     if message.contains("checksum mismatch") {
         StoreError::BadDigest {
@@ -343,7 +337,7 @@ pub fn body_error(bucket: &str, key: &str, e: &dyn std::error::Error) -> StoreEr
 /// The CRC-64/NVME of an object version's bytes (hex), read whole: what
 /// `verify --deep` compares, since ETags of multipart uploads and of other
 /// vendors do not name the bytes.
-pub async fn content_crc64(
+pub(crate) async fn content_crc64(
     store: &dyn ObjectStore,
     key: &str,
     version_id: Option<&str>,
@@ -573,7 +567,7 @@ macro_rules! read_only_store {
 pub(crate) use read_only_store;
 
 /// `k=v&k2=v2`, URL-encoded, as the `x-amz-tagging` header wants it.
-pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
+pub(crate) fn encode_tags(tags: &BTreeMap<String, String>) -> String {
     tags.iter()
         .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
         .collect::<Vec<_>>()
@@ -582,7 +576,7 @@ pub fn encode_tags(tags: &BTreeMap<String, String>) -> String {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (and `/` when
 /// `keep_slash`).
-pub fn url_encode_path(s: &str, keep_slash: bool) -> String {
+pub(crate) fn url_encode_path(s: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -613,5 +607,7 @@ mod tests {
     }
 }
 
+#[cfg(any(test, feature = "test-doubles"))]
 pub mod faulty;
+#[cfg(any(test, feature = "test-doubles"))]
 pub use faulty::FaultyStore;

@@ -10,7 +10,7 @@ use crate::error::StoreError;
 pub struct ProbeReport {
     pub name: String,
     pub bucket: String,
-    pub outcome: Result<(), String>,
+    pub(crate) outcome: Result<(), String>,
     /// Whether the bucket takes object ACLs (informational: never a failure).
     pub acls: Option<String>,
     /// With `sse` set: whether a write under it was taken (see [`encryption`]).
@@ -46,7 +46,7 @@ impl std::fmt::Display for ProbeReport {
 }
 
 /// The command that turns versioning on, for messages.
-pub fn enable_versioning_hint(cfg: &BucketConfig) -> String {
+pub(crate) fn enable_versioning_hint(cfg: &BucketConfig) -> String {
     let endpoint = cfg
         .endpoint
         .as_ref()
@@ -59,7 +59,7 @@ pub fn enable_versioning_hint(cfg: &BucketConfig) -> String {
 }
 
 /// Why a bucket's versioning state makes it unusable, or `None` when Enabled.
-pub fn versioning_problem(cfg: &BucketConfig, v: Versioning) -> Option<String> {
+pub(crate) fn versioning_problem(cfg: &BucketConfig, v: Versioning) -> Option<String> {
     let state = match v {
         Versioning::Enabled => return None,
         Versioning::Suspended => "Suspended",
@@ -195,7 +195,7 @@ async fn encryption(store: &S3Store, cfg: &BucketConfig) -> Result<String, Strin
 const PROBE_MARKER: &str = ".regionfs-probe/";
 
 /// Whether `key` is that probe marker (never user data).
-pub fn is_probe_key(key: &str) -> bool {
+pub(crate) fn is_probe_key(key: &str) -> bool {
     key.strip_suffix(PROBE_MARKER)
         .is_some_and(|p| p.is_empty() || p.ends_with('/'))
 }
@@ -203,7 +203,7 @@ pub fn is_probe_key(key: &str) -> bool {
 /// Whether the store keeps user metadata on `dir/` marker objects (S3 and moto
 /// do; SeaweedFS turns such keys into directories and drops it). Writes and
 /// deletes one probe marker under `prefix`.
-pub async fn markers_keep_metadata(
+pub(crate) async fn markers_keep_metadata(
     store: &dyn ObjectStore,
     prefix: &str,
 ) -> Result<bool, StoreError> {

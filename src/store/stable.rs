@@ -45,8 +45,10 @@ impl PartDigest {
         *self.0.lock().unwrap() = Some(d);
     }
 
-    /// The digest of `data`, as a body sending it would record.
-    pub fn of_bytes(data: &[u8]) -> Bytes {
+    /// The digest of `data`, as a body sending it would record (the test
+    /// doubles' bodies are all in memory).
+    #[cfg(any(test, feature = "test-doubles"))]
+    pub(crate) fn of_bytes(data: &[u8]) -> Bytes {
         let mut h = hasher();
         h.update(data);
         h.finalize()
@@ -54,7 +56,7 @@ impl PartDigest {
 }
 
 /// The digest of bytes `[offset, offset + len)` of `file` as it is now.
-pub fn digest_of(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+pub(crate) fn digest_of(file: &File, offset: u64, len: u64) -> std::io::Result<Bytes> {
     let mut h = hasher();
     let mut buf = vec![0u8; CHUNK.min(len) as usize];
     let mut at = 0;
@@ -143,7 +145,7 @@ pub fn body(file: File, path: PathBuf, len: u64, unchanged: Unchanged) -> ByteSt
 
 /// A rewindable body of bytes `[offset, offset + len)` of `file`, recording
 /// the digest of what each attempt sent in `digest`.
-pub fn hashed_body(
+pub(crate) fn hashed_body(
     file: File,
     path: PathBuf,
     offset: u64,

@@ -23,7 +23,7 @@ use aws_smithy_checksums::ChecksumAlgorithm;
 /// For one PutObject or UploadPart; does nothing when its flag is false
 /// (the bucket sends no checksums).
 #[derive(Debug)]
-pub struct UnsignedBodies(pub bool);
+pub(crate) struct UnsignedBodies(pub bool);
 
 impl Intercept for UnsignedBodies {
     fn name(&self) -> &'static str {

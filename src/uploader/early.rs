@@ -130,7 +130,7 @@ struct State {
 
 /// What [`EarlyUpload::finish`] leaves for the uploader.
 pub(super) struct Finished {
-    pub upload_id: String,
+    pub(crate) upload_id: String,
     pub parts: Vec<CompletedPart>,
     /// `[0, uploaded)` is in `parts`, in parts of `part` bytes.
     pub uploaded: u64,
@@ -204,7 +204,7 @@ impl EarlyUpload {
     }
 
     /// Blind: the file is now `size` bytes long, `[0, size)` taken as written.
-    pub fn grown(self: &Arc<Self>, size: u64) {
+    pub(crate) fn grown(self: &Arc<Self>, size: u64) {
         let mut s = self.state.lock().unwrap();
         if s.invalid.is_some() || !self.blind {
             return;
@@ -226,24 +226,24 @@ impl EarlyUpload {
         s.claimed == 0 && s.in_flight == 0
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         let s = self.state.lock().unwrap();
         s.taken || s.invalid.is_some()
     }
 
     /// Its file was staged: what the upload takes is fixed from here on.
-    pub fn is_flushing(&self) -> bool {
+    pub(crate) fn is_flushing(&self) -> bool {
         self.state.lock().unwrap().flushing
     }
 
-    pub fn is_blind(&self) -> bool {
+    pub(crate) fn is_blind(&self) -> bool {
         self.blind
     }
 
     /// A close or fsync is about to stage the file: every whole part written
     /// so far goes up now, at full concurrency (a later write below them
     /// still makes the upload invalid, as always).
-    pub fn flushing(self: &Arc<Self>) {
+    pub(crate) fn flushing(self: &Arc<Self>) {
         let mut s = self.state.lock().unwrap();
         s.flushing = true;
         self.claim(&mut s);
@@ -275,14 +275,6 @@ impl EarlyUpload {
             let me = self.clone();
             self.runtime
                 .spawn(async move { me.upload_part(offset).await });
-        }
-    }
-
-    /// The file changed in a way that may touch uploaded bytes.
-    pub fn invalidate(&self, why: &str) {
-        let mut s = self.state.lock().unwrap();
-        if s.invalid.is_none() {
-            s.invalid = Some(why.to_string());
         }
     }
 

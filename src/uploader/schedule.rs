@@ -21,33 +21,33 @@
 use std::time::Duration;
 
 /// Closes closer together than this are one burst of writing.
-pub const QUIET: Duration = Duration::from_millis(200);
+pub(crate) const QUIET: Duration = Duration::from_millis(200);
 
 /// A head as the scheduler sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     pub seq: i64,
     /// When its operation was staged (Unix ms).
-    pub staged_at_ms: i64,
+    pub(crate) staged_at_ms: i64,
 }
 
 /// What decides when a head is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// `cache.write_back_delay`, in ms.
-    pub delay_ms: i64,
+    pub(crate) delay_ms: i64,
     /// `upload.defer_while_writing`, in ms (0: off).
-    pub defer_ms: i64,
+    pub(crate) defer_ms: i64,
     /// How long until the current burst of closes is over (0: no burst).
-    pub quiet_left_ms: i64,
+    pub(crate) quiet_left_ms: i64,
     /// Heads up to this seq are waited for.
-    pub urgent_upto: i64,
+    pub(crate) urgent_upto: i64,
     /// Unmounting: nothing is held back.
     pub draining: bool,
 }
 
 /// When `head` may start (Unix ms).
-pub fn due_at(t: &Timing, head: Head, now_ms: i64) -> i64 {
+pub(crate) fn due_at(t: &Timing, head: Head, now_ms: i64) -> i64 {
     if t.draining || head.seq <= t.urgent_upto {
         return head.staged_at_ms;
     }
@@ -61,16 +61,16 @@ pub fn due_at(t: &Timing, head: Head, now_ms: i64) -> i64 {
 
 /// One pass's decision.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The heads to start, oldest first.
     pub start: Vec<i64>,
     /// When the first head not started is due, if one is not due yet.
-    pub next_due_ms: Option<i64>,
+    pub(crate) next_due_ms: Option<i64>,
 }
 
 /// Starts due heads from `heads` (in `seq` order) oldest first, at most
 /// `free` of them; stops at the first head not yet due.
-pub fn decide(
+pub(crate) fn decide(
     heads: impl IntoIterator<Item = Head>,
     free: usize,
     t: &Timing,

@@ -15,7 +15,7 @@ use crate::store::{ObjectStore, PutBody, PutOptions};
 
 /// One actor: its own subtree, its model of it, its open files, its log.
 pub(super) struct Actor {
-    pub model: Model,
+    pub(crate) model: Model,
     /// Open files: (handle, model node).
     slots: [Option<(u64, usize)>; SLOTS],
     /// Prefix of every path and key: "" or "p1/".
@@ -593,9 +593,9 @@ impl At<'_> {
 
 /// Runs sequences of steps; panics at the first difference from the model.
 pub(super) struct Run {
-    pub world: World,
+    pub(crate) world: World,
     up: Option<Up>,
-    pub actors: Vec<Actor>,
+    pub(crate) actors: Vec<Actor>,
     delay: Option<u64>,
 }
 

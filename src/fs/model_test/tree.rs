@@ -16,8 +16,8 @@ pub(super) enum Kind {
 pub(super) struct MNode {
     pub kind: Kind,
     /// Permission bits.
-    pub perm: u32,
-    pub xattr: Option<Vec<u8>>,
+    pub(crate) perm: u32,
+    pub(crate) xattr: Option<Vec<u8>>,
 }
 
 impl MNode {
@@ -35,7 +35,7 @@ impl MNode {
 /// keeps its node when its name goes).
 #[derive(Debug, Clone)]
 pub(super) struct Model {
-    pub paths: BTreeMap<String, usize>,
+    pub(crate) paths: BTreeMap<String, usize>,
     pub nodes: Vec<MNode>,
 }
 
