@@ -21,7 +21,7 @@
 //! 0. [`clock`], [`error`], [`names`], [`retry`], [`background`], [`heap`],
 //!    [`config`] → [`error`]: foundations (wall clock, lowest errors, paths ↔
 //!    keys, backoff, the background runtime, heap trimming, configuration).
-//! 1. [`store`]: one bucket in one region (S3 or memory), with its
+//! 1. [`store`]: one bucket in one region (S3; in memory in tests), with its
 //!    capabilities (ACLs, conditional writes).
 //! 2. [`journal`], [`meta`], [`cache`] → [`meta`]: the crash-safe queue of
 //!    work, object metadata ↔ headers, the local cache of file bytes.
