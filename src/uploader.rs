@@ -229,7 +229,11 @@ impl Uploader {
             spilled,
         } = recovered;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let journal_for_acl = journal.clone();
+        // The canned ACL and whether the source takes ACLs, noted in the journal.
+        let acl = acl.map(|a| {
+            let state = crate::store::AclState::new(&a.bucket, journal.acl_noter());
+            (a.canned, Arc::new(state))
+        });
         let n = recovered.len() + spilled.len();
         let held = cfg.held_in_memory.max(1);
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -248,10 +252,7 @@ impl Uploader {
             done_tx,
             parts,
             replicator,
-            acl: acl.map(|a| {
-                let state = crate::store::AclState::new(&a.bucket, journal_for_acl.acl_noter());
-                (a.canned, Arc::new(state))
-            }),
+            acl,
         });
         {
             let mut q = inner.queue.lock().unwrap();

@@ -65,6 +65,10 @@ fn sizes_and_durations_parse() {
         "5 minutes".parse::<HumanDuration>().unwrap().0,
         Duration::from_secs(300)
     );
+    assert_eq!(
+        "1w".parse::<HumanDuration>().unwrap().0,
+        Duration::from_secs(7 * 86_400)
+    );
     assert!("5 parsecs".parse::<HumanDuration>().is_err());
     assert!("".parse::<HumanDuration>().is_err());
     assert!("-5s".parse::<HumanDuration>().is_err());

@@ -23,13 +23,24 @@ async fn replicating_held(
     dest: Arc<dyn ObjectStore>,
     held: usize,
 ) -> (Uploader, crate::replicator::Replicator) {
+    replicating_from_journal(r, dest, held, None).await
+}
+
+/// [`replicating_held`] whose fresh tasks beyond the memory budget read
+/// their bytes from `clean` (the mount's cache) when given.
+async fn replicating_from_journal(
+    r: &Rig,
+    dest: Arc<dyn ObjectStore>,
+    held: usize,
+    clean: Option<Arc<Cache>>,
+) -> (Uploader, crate::replicator::Replicator) {
     let rep = crate::replicator::Replicator::start_from_journal(
         &replicating_config(),
         r.faulty.clone(),
         HashMap::from([("eu".to_string(), dest)]),
         r.journal.clone(),
         held,
-        None,
+        clean,
     )
     .await
     .unwrap();
@@ -419,17 +430,7 @@ async fn a_small_file_is_replicated_from_its_uploaded_bytes_without_reading_the_
 async fn small_replicas_beyond_the_memory_budget_are_written_from_their_clean_copies() {
     let r = rig();
     let dest = Arc::new(MemoryStore::new("dst"));
-    let rep = crate::replicator::Replicator::start_from_journal(
-        &replicating_config(),
-        r.faulty.clone(),
-        HashMap::from([("eu".to_string(), dest.clone() as Arc<dyn ObjectStore>)]),
-        r.journal.clone(),
-        10_000,
-        Some(r.cache.clone()),
-    )
-    .await
-    .unwrap();
-    let up = replicating_uploader(&r, &rep);
+    let (up, rep) = replicating_from_journal(&r, dest.clone(), 10_000, Some(r.cache.clone())).await;
     let hold = hold_replicas(&rep);
     let size = 60 * 1024;
     let n = crate::replicator::FRESH_BUDGET / size + 4;
