@@ -19,15 +19,14 @@ impl Core {
         // Queued operations on the key are newer than what the HEAD saw.
         let queued = !self.uploader.pending_for(&key).is_empty();
         if let Some(n) = t.get_mut(ino) {
-            if n.working.is_none() && !n.dirty && !queued {
+            if n.only_in_bucket() && !queued {
                 n.content_key = None;
                 n.meta = meta;
                 n.size = info.size;
                 n.etag = info.etag;
                 n.version = info.version_id;
             }
-            n.meta_known = true;
-            n.fetched = Some(Instant::now());
+            n.learned_meta(Instant::now());
         }
         Ok(())
     }
@@ -40,7 +39,7 @@ impl Core {
                 .unwrap()
                 .get(ino)
                 .ok_or(FsError::NotFound)?
-                .meta_known
+                .meta_known()
         };
         if needs_meta {
             let _ = self.refresh_meta(ino).await;
@@ -103,10 +102,10 @@ impl Core {
                 n.ctime = SystemTime::now();
             }
             let open_for_write = n.open_writers > 0;
-            if n.unlinked {
+            if n.unlinked() {
                 // No name left to write a version under.
                 (false, false)
-            } else if n.dirty {
+            } else if n.content.dirty() {
                 // Folded into the upload at close (or now, for truncate(2) of a
                 // file nobody has open for writing).
                 (!open_for_write, false)
@@ -190,7 +189,7 @@ impl Core {
             return None;
         }
         let t = self.inodes.lock().unwrap();
-        let n = t.get(ino).filter(|n| n.meta_known)?;
+        let n = t.get(ino).filter(|n| n.meta_known())?;
         Some(n.meta.xattrs.get(name).cloned().ok_or(FsError::NoAttribute))
     }
 
@@ -214,7 +213,7 @@ impl Core {
             .unwrap()
             .get(ino)
             .ok_or(FsError::NotFound)?
-            .meta_known;
+            .meta_known();
         if !known {
             self.refresh_meta(ino).await?;
         }
@@ -227,7 +226,7 @@ impl Core {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             self.refresh(n);
-            (n.path.clone(), n.dirty, n.shared)
+            (n.path.clone(), n.content.dirty(), n.content.shared())
         };
         if dirty {
             return Ok("local".into());
@@ -313,7 +312,7 @@ impl Core {
                 }
             }
             n.ctime = SystemTime::now();
-            n.dirty
+            n.content.dirty()
         };
         if !dirty {
             self.store_meta_locked(ino).await?;

@@ -53,19 +53,12 @@ pub(crate) struct Node {
     /// Where the bytes live while a rename's copy is queued: the old key (at
     /// `version`). `None`: the node's own key.
     pub(crate) content_key: Option<String>,
-    /// Set only through [`Inodes::set_working`].
-    pub working: Option<Working>,
-    /// The working file differs from every staged/uploaded state.
-    pub(crate) dirty: bool,
-    /// Data was written (or ftruncated) since the last stage: the next close
-    /// of a writer stages it. Creating or O_TRUNC alone does not count.
-    pub written: bool,
-    /// The working file is referenced by a staged put: copy before writing.
-    pub shared: bool,
+    /// Changed only through [`Inodes::set_working`].
+    working: Option<Working>,
+    /// What the bytes are next to the bucket's (see [`Content`]).
+    pub(crate) content: Content,
     /// The last operation staged for this node (fsync waits on it).
     pub(crate) last_seq: Option<i64>,
-    /// Exists only here: created, not yet staged.
-    pub(crate) local_only: bool,
     pub open: u32,
     pub(crate) open_writers: u32,
     /// When the attributes were last read from the bucket.
@@ -75,9 +68,12 @@ pub(crate) struct Node {
     /// this ETag and second shows that same version (any later version, even a
     /// metadata-only copy with the same ETag, carries a later second).
     pub(crate) listed_as: Option<i64>,
-    /// The bucket's metadata for this node is known (HEAD done, or written here).
-    pub(crate) meta_known: bool,
-    pub(crate) unlinked: bool,
+    /// The bucket's metadata for this node is known (HEAD done, or written
+    /// here); set with `fetched` (see [`Node::learned_meta`]).
+    meta_known: bool,
+    /// No name leads here any more (unlinked, or replaced by a rename); set
+    /// only by the table, which removes the name with it.
+    unlinked: bool,
     /// Entries the kernel holds for this inode (lookups minus forgets).
     pub(crate) lookups: u64,
     /// The content (a [`content_tag`] of the ETag) the kernel's page cache
@@ -95,10 +91,147 @@ pub(crate) struct Node {
     /// When the node was last used (seconds since the table was made).
     pub(crate) used: u32,
     /// The kernel was asked to drop its entry (see [`Inodes::trim`]).
-    pub(crate) release_asked: bool,
+    release_asked: bool,
+}
+
+/// What a node's bytes are next to the bucket's. The fields are private:
+/// `fs` changes them only through the transitions below, each named for the
+/// event that makes it, so flags that must move together do. Those that
+/// move `local_only` are the table's (it keeps the set of local-only nodes
+/// in step): [`Inodes::created`], [`Inodes::staged`], [`Inodes::unstaged`],
+/// [`Inodes::discard`].
+///
+/// The states that occur (the working file is [`Node::working`]):
+/// - clean (`Content::default()`): the bytes are the version the node names,
+///   in the bucket or in a working file equal to it;
+/// - created here (`local_only`, `dirty`): exists nowhere else yet;
+/// - staged (`shared`): a queued put reads the working file, so a write
+///   copies it first;
+/// - changed (`dirty`): the working file differs from everything staged;
+///   `written` says data (not only a create or truncate) changed since the
+///   last stage. A changed file may still be read by an older queued put
+///   (`shared` too) until its first write copies it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Content {
+    dirty: bool,
+    written: bool,
+    shared: bool,
+    local_only: bool,
+}
+
+impl Content {
+    /// The working file differs from every staged or uploaded state.
+    pub(crate) fn dirty(self) -> bool {
+        self.dirty
+    }
+    /// Data was written (or ftruncated) since the last stage: the next close
+    /// of a writer stages it. Creating or O_TRUNC alone does not count.
+    pub(crate) fn written(self) -> bool {
+        self.written
+    }
+    /// The working file is referenced by a staged put: copy before writing.
+    pub(crate) fn shared(self) -> bool {
+        self.shared
+    }
+    /// Exists only here: created, not yet staged.
+    pub(crate) fn local_only(self) -> bool {
+        self.local_only
+    }
+
+    /// Data went into the working file: it differs, and the next close of a
+    /// writer stages it.
+    pub(crate) fn wrote(&mut self) {
+        self.dirty = true;
+        self.written = true;
+    }
+    /// The kernel reports data written through a descriptor (a SETATTR of
+    /// the mtime after write-back): the next close of a writer stages.
+    pub(crate) fn note_written(&mut self) {
+        self.written = true;
+    }
+    /// The working file differs without data written (a truncate, a symlink
+    /// made, a lost upload's bytes to queue again): staged at release, or
+    /// by the caller at once.
+    pub(crate) fn changed(&mut self) {
+        self.dirty = true;
+    }
+    /// The working file is the node's own (a fresh copy, or no queued put
+    /// reads it any more): writes may go in place.
+    pub(crate) fn owns_file(&mut self) {
+        self.shared = false;
+    }
+    /// A node made again from a queued put: clean, and its working file (if
+    /// any) is the put's.
+    pub(crate) fn adopted(&mut self, queued_file: bool) {
+        self.shared = queued_file;
+    }
+
+    fn created(&mut self) {
+        *self = Content {
+            dirty: true,
+            written: self.written,
+            shared: false,
+            local_only: true,
+        };
+    }
+    fn staged(&mut self) {
+        *self = Content {
+            dirty: false,
+            written: false,
+            shared: true,
+            local_only: false,
+        };
+    }
+    fn unstaged(&mut self, before: Content, has_bytes: bool) {
+        *self = Content {
+            dirty: before.dirty || has_bytes,
+            written: before.written || has_bytes,
+            shared: self.shared,
+            local_only: before.local_only,
+        };
+    }
+    fn discard(&mut self) {
+        self.dirty = false;
+        self.written = false;
+        self.local_only = false;
+    }
 }
 
 impl Node {
+    /// Nothing here but what the bucket says: no working file, no change.
+    pub(crate) fn only_in_bucket(&self) -> bool {
+        self.working.is_none() && !self.content.dirty
+    }
+    /// The local file holding the node's current content, if any.
+    pub(crate) fn working(&self) -> Option<&Working> {
+        self.working.as_ref()
+    }
+    /// The working file, and the kernel's state, changeable beside it.
+    pub(crate) fn working_and_kernel(
+        &mut self,
+    ) -> (
+        Option<&Working>,
+        Option<&mut crate::fs::passthrough::KernelState>,
+    ) {
+        (self.working.as_ref(), self.kernel.as_deref_mut())
+    }
+    pub(crate) fn unlinked(&self) -> bool {
+        self.unlinked
+    }
+    pub(crate) fn meta_known(&self) -> bool {
+        self.meta_known
+    }
+    /// The node's attributes are the bucket's as of `at` (or written here).
+    pub(crate) fn learned_meta(&mut self, at: Instant) {
+        self.meta_known = true;
+        self.fetched = Some(at);
+    }
+    /// The node's attributes are to be asked for again at the next use.
+    pub(crate) fn forget_meta(&mut self) {
+        self.meta_known = false;
+        self.fetched = None;
+    }
+
     pub fn is_dir(&self) -> bool {
         self.meta.mode & S_IFMT == S_IFDIR
     }
@@ -126,9 +259,9 @@ impl Node {
             && !self.is_dir()
             && self.open == 0
             && self.working.is_some()
-            && self.shared
-            && !self.dirty
-            && !self.local_only
+            && self.content.shared
+            && !self.content.dirty
+            && !self.content.local_only
             && !self.unlinked
             && self.early.is_none()
             && self.content_key.is_none()
@@ -141,9 +274,7 @@ impl Node {
             && !self.is_dir()
             && self.open == 0
             && self.working.is_none()
-            && !self.dirty
-            && !self.shared
-            && !self.local_only
+            && self.content == Content::default()
             && !self.unlinked
             && self.early.is_none()
             && self.content_key.is_none()
@@ -156,8 +287,9 @@ pub(crate) struct Inodes {
     /// pointer rather than a whole node.
     pub nodes: HashMap<u64, Box<Node>>,
     pub(crate) by_path: HashMap<String, u64>,
-    /// Nodes that exist only locally (created and not yet staged).
-    pub(crate) local_only: HashSet<u64>,
+    /// Nodes that exist only locally (created and not yet staged), kept in
+    /// step with their [`Content`] by the transitions that move it.
+    local_only: HashSet<u64>,
     /// The node holding each working file (see [`Inodes::set_working`]).
     holders: HashMap<String, u64>,
     next: u64,
@@ -175,8 +307,7 @@ impl Inodes {
             epoch: Instant::now(),
         };
         let mut root = Self::blank(ROOT, String::new(), root_meta, 0);
-        root.meta_known = true;
-        root.fetched = Some(Instant::now());
+        root.learned_meta(Instant::now());
         t.nodes.insert(ROOT, Box::new(root));
         t.by_path.insert(String::new(), ROOT);
         t
@@ -193,11 +324,8 @@ impl Inodes {
             version: None,
             content_key: None,
             working: None,
-            dirty: false,
-            written: false,
-            shared: false,
+            content: Content::default(),
             last_seq: None,
-            local_only: false,
             open: 0,
             open_writers: 0,
             fetched: None,
@@ -268,8 +396,51 @@ impl Inodes {
                 self.by_path.remove(&n.path);
             }
             n.unlinked = true;
+            // Nothing without a name is uploaded at its close.
+            n.content.local_only = false;
             self.local_only.remove(&ino);
         }
+    }
+
+    /// Node `ino` was made here and exists nowhere else yet (see [`Content`]).
+    pub(crate) fn created(&mut self, ino: u64) {
+        self.with_content(ino, Content::created);
+    }
+
+    /// Node `ino`'s working file is now read by a queued put; returns the
+    /// content before, for [`Inodes::unstaged`] should the queueing fail.
+    pub(crate) fn staged(&mut self, ino: u64) -> Option<Content> {
+        self.with_content(ino, Content::staged)
+    }
+
+    /// Queueing the put that [`Inodes::staged`] announced failed: the node
+    /// is as `before`, and changed if it has bytes of its own (`has_bytes`),
+    /// so the next close stages it again.
+    pub(crate) fn unstaged(&mut self, ino: u64, before: Content, has_bytes: bool) {
+        self.with_content(ino, |c| c.unstaged(before, has_bytes));
+    }
+
+    /// The node's name is gone (unlink): changes not yet staged go with it.
+    pub(crate) fn discard(&mut self, ino: u64) {
+        self.with_content(ino, Content::discard);
+    }
+
+    /// Whether node `ino` exists only here.
+    pub(crate) fn is_local_only(&self, ino: u64) -> bool {
+        self.local_only.contains(&ino)
+    }
+
+    fn with_content(&mut self, ino: u64, change: impl FnOnce(&mut Content)) -> Option<Content> {
+        let n = self.nodes.get_mut(&ino)?;
+        let before = n.content;
+        change(&mut n.content);
+        if n.content.local_only && !n.unlinked {
+            self.local_only.insert(ino);
+        } else {
+            n.content.local_only = false;
+            self.local_only.remove(&ino);
+        }
+        Some(before)
     }
 
     /// Gives node `ino` the working file `w` (or none), returning the one it
@@ -285,7 +456,7 @@ impl Inodes {
                 self.holders.remove(&o.name);
             }
         }
-        if let Some(new) = &n.working {
+        if let Some(new) = n.working() {
             self.holders.insert(new.name.clone(), ino);
         }
         old
@@ -297,7 +468,7 @@ impl Inodes {
         let holds = self
             .nodes
             .get(&ino)
-            .and_then(|n| n.working.as_ref())
+            .and_then(|n| n.working())
             .is_some_and(|w| w.name == file);
         holds.then_some(ino)
     }
@@ -323,7 +494,9 @@ impl Inodes {
                 if old != i {
                     if let Some(n) = self.nodes.get_mut(&old) {
                         n.unlinked = true;
+                        n.content.local_only = false;
                     }
+                    self.local_only.remove(&old);
                 }
             }
             if let Some(n) = self.nodes.get_mut(&i) {
@@ -356,13 +529,13 @@ impl Inodes {
             n.lookups = n.lookups.saturating_sub(count);
         }
         let removable = self.nodes.get(&ino).is_some_and(|n| {
-            let staged = n.idle_staged() && n.working.as_ref().is_some_and(|w| queued(&w.name));
+            let staged = n.idle_staged() && n.working().is_some_and(|w| queued(&w.name));
             n.lookups == 0
                 && n.open == 0
-                && (n.working.is_none() || staged)
-                && !n.local_only
+                && (n.working().is_none() || staged)
+                && !n.content.local_only
                 && n.kernel.is_none()
-                && (n.unlinked || (!n.dirty && !n.shared) || staged)
+                && (n.unlinked || (!n.content.dirty && !n.content.shared) || staged)
         });
         if removable {
             self.set_working(ino, None);
@@ -401,8 +574,7 @@ impl Inodes {
             .values()
             .filter(|n| !n.release_asked && now.saturating_sub(n.used) >= idle_s)
             .filter(|n| {
-                n.idle_clean()
-                    || (n.idle_staged() && n.working.as_ref().is_some_and(|w| queued(&w.name)))
+                n.idle_clean() || (n.idle_staged() && n.working().is_some_and(|w| queued(&w.name)))
             })
             .map(|n| (n.used, n.ino))
             .collect();
@@ -458,7 +630,7 @@ mod tests {
         // Local state of every kind is kept.
         let (a, b, c) = (ino(&t, 0), ino(&t, 1), ino(&t, 2));
         t.get_mut(a).unwrap().open = 1;
-        t.get_mut(b).unwrap().dirty = true;
+        t.get_mut(b).unwrap().content.changed();
         // Listed only, never handed to the kernel.
         t.get_mut(c).unwrap().lookups = 0;
         // 22 nodes (root, d, 20 files), limit 16: down to 12.
@@ -480,6 +652,83 @@ mod tests {
         }
         assert_eq!(t.nodes.len(), 12);
         assert!(t.get(a).is_some() && t.get(b).is_some() && t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn staging_takes_a_created_file_out_of_the_local_set_and_a_failed_queue_puts_it_back() {
+        let mut t = table(2);
+        let a = t.lookup_path("d/f0").unwrap();
+        t.created(a);
+        let c = t.get(a).unwrap().content;
+        assert!(c.local_only() && c.dirty() && !c.shared() && !c.written());
+        assert!(t.is_local_only(a));
+        assert_eq!(t.local_children("d"), vec![a]);
+
+        t.get_mut(a).unwrap().content.wrote();
+        let before = t.staged(a).expect("the node exists");
+        let c = t.get(a).unwrap().content;
+        assert!(c.shared() && !c.dirty() && !c.written() && !c.local_only());
+        assert!(!t.is_local_only(a) && t.local_children("d").is_empty());
+
+        t.unstaged(a, before, true);
+        let c = t.get(a).unwrap().content;
+        assert!(c.local_only() && c.dirty() && c.written(), "{c:?}");
+        assert!(t.is_local_only(a), "the next close stages it as new again");
+
+        // A write after staging copies the file first: it is its own again.
+        t.staged(a);
+        let n = t.get_mut(a).unwrap();
+        n.content.owns_file();
+        n.content.wrote();
+        assert!(n.content.dirty() && !n.content.shared() && !n.content.local_only());
+    }
+
+    #[test]
+    fn a_file_created_and_unlinked_before_its_close_is_let_go_when_the_kernel_forgets_it() {
+        let mut t = table(1);
+        let a = t.lookup_path("d/f0").unwrap();
+        t.created(a);
+        t.get_mut(a).unwrap().content.wrote();
+        t.detach(a);
+        t.discard(a);
+        let n = t.get(a).unwrap();
+        assert!(
+            n.unlinked() && n.content == Content::default(),
+            "{:?}",
+            n.content
+        );
+        assert!(!t.is_local_only(a) && t.local_children("d").is_empty());
+        t.forget(a, 1, |_| false);
+        assert!(t.get(a).is_none(), "nothing keeps a nameless node");
+    }
+
+    #[test]
+    fn a_rename_over_a_file_created_here_leaves_only_the_moved_file_local() {
+        let mut t = table(2);
+        let (a, b) = (
+            t.lookup_path("d/f0").unwrap(),
+            t.lookup_path("d/f1").unwrap(),
+        );
+        t.created(a);
+        t.created(b);
+        t.rename(a, "d/f1");
+        assert!(t.get(b).unwrap().unlinked());
+        assert!(!t.get(b).unwrap().content.local_only() && !t.is_local_only(b));
+        assert_eq!(t.local_children("d"), vec![a]);
+        assert_eq!(t.lookup_path("d/f1"), Some(a));
+    }
+
+    #[test]
+    fn learned_attributes_are_fresh_and_forgotten_ones_are_asked_for_again() {
+        let mut t = table(1);
+        let a = t.lookup_path("d/f0").unwrap();
+        let n = t.get_mut(a).unwrap();
+        assert!(!n.meta_known() && n.fetched.is_none());
+        let at = Instant::now();
+        n.learned_meta(at);
+        assert!(n.meta_known() && n.fetched == Some(at));
+        n.forget_meta();
+        assert!(!n.meta_known() && n.fetched.is_none());
     }
 
     #[test]

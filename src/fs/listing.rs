@@ -141,19 +141,17 @@ impl Core {
             };
             t.touch(ino);
             let n = t.get_mut(ino).unwrap();
-            if n.working.is_none() && !n.dirty && !etag.is_empty() && n.etag != etag {
+            if n.only_in_bucket() && !etag.is_empty() && n.etag != etag {
                 // Changed in the bucket since we looked: sizes from the listing,
                 // attributes again at the next lookup.
                 n.etag = etag.clone();
                 n.size = size;
-                n.meta_known = false;
-                n.fetched = None;
+                n.forget_meta();
                 n.listed_as = None;
-            } else if n.working.is_none()
-                && !n.dirty
+            } else if n.only_in_bucket()
                 && !etag.is_empty()
                 && n.etag == etag
-                && n.meta_known
+                && n.meta_known()
                 && n.listed_as.is_some()
                 && n.listed_as == modified.map(unix_secs)
             {
@@ -163,8 +161,7 @@ impl Core {
             }
             if let Some(e) = index.as_ref().and_then(|i| i.files.get(&name)) {
                 if !self.attributes_fresh(n)
-                    && n.working.is_none()
-                    && !n.dirty
+                    && n.only_in_bucket()
                     && e.describes(size, &etag, modified)
                 {
                     // The index names this very version: its attributes
@@ -174,8 +171,7 @@ impl Core {
                     n.size = size;
                     n.version = e.version.clone();
                     n.content_key = None;
-                    n.meta_known = true;
-                    n.fetched = Some(started);
+                    n.learned_meta(started);
                     n.listed_as = Some(e.modified);
                 }
             }
@@ -209,7 +205,7 @@ impl Core {
 
     /// The node's attributes came from the bucket within `attr_ttl`.
     pub(super) fn attributes_fresh(&self, n: &Node) -> bool {
-        n.meta_known && n.fetched.is_some_and(|f| f.elapsed() < self.ttl)
+        n.meta_known() && n.fetched.is_some_and(|f| f.elapsed() < self.ttl)
     }
 
     /// The attribute indexer, to run in the background (None: disabled).
@@ -256,9 +252,8 @@ impl Core {
                 .iter()
                 .filter_map(|e| t.get(e.ino))
                 .filter(|n| {
-                    !n.local_only
-                        && n.working.is_none()
-                        && !n.dirty
+                    !n.content.local_only()
+                        && n.only_in_bucket()
                         && n.fetched.is_none_or(|f| f.elapsed() >= self.ttl)
                 })
                 .map(|n| n.path.clone())

@@ -33,8 +33,8 @@ impl Core {
         let n = t.get_mut(ino)?;
         self.refresh(n);
         let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
-        let local = n.local_only || n.working.is_some() || n.dirty;
-        (!n.unlinked && (local || fresh)).then(|| Self::attr_of(n))
+        let local = n.content.local_only() || n.working().is_some() || n.content.dirty();
+        (!n.unlinked() && (local || fresh)).then(|| Self::attr_of(n))
     }
 
     /// `request` to the bucket names are looked up in, given up on a bucket
@@ -66,7 +66,7 @@ impl Core {
                 tracing::warn!(path, error = %e, "source unreachable: answering from local state");
                 let t = self.inodes.lock().unwrap();
                 t.lookup_path(path)
-                    .filter(|i| !t.nodes[i].unlinked)
+                    .filter(|i| !t.nodes[i].unlinked())
                     .ok_or(FsError::NotFound)
             }
             other => other,
@@ -131,7 +131,7 @@ impl Core {
         if self.known_absent(path) && self.uploader.pending_for(&self.key(path)).is_empty() {
             let mut t = self.inodes.lock().unwrap();
             match t.lookup_path(path) {
-                Some(ino) if !t.nodes[&ino].unlinked && t.nodes[&ino].local_only => return Ok(ino),
+                Some(ino) if t.is_local_only(ino) => return Ok(ino),
                 Some(ino) => t.detach(ino),
                 None => {}
             }
@@ -142,7 +142,7 @@ impl Core {
             if let Some(ino) = t.lookup_path(path) {
                 let n = &t.nodes[&ino];
                 let fresh = n.fetched.is_some_and(|f| f.elapsed() < self.ttl);
-                if n.local_only || n.working.is_some() || n.dirty || fresh {
+                if n.content.local_only() || n.working().is_some() || n.content.dirty() || fresh {
                     return Ok(ino);
                 }
             }
@@ -184,7 +184,7 @@ impl Core {
                     self.renumber_if_changed(&mut t, path, &info.etag);
                     let ino = t.upsert(path, meta.clone());
                     let n = t.get_mut(ino).unwrap();
-                    if n.working.is_none() && !n.dirty {
+                    if n.only_in_bucket() {
                         n.meta = meta;
                         n.size = info.size;
                         n.listed_as = info
@@ -195,8 +195,7 @@ impl Core {
                         n.version = info.version_id;
                         n.content_key = None;
                     }
-                    n.meta_known = true;
-                    n.fetched = Some(Instant::now());
+                    n.learned_meta(Instant::now());
                     return Ok(ino);
                 }
                 Err(StoreError::NotFound { .. }) => {}
@@ -214,8 +213,7 @@ impl Core {
             if local > n.meta.mtime() {
                 n.meta.set_mtime(local);
             }
-            n.fetched = Some(Instant::now());
-            n.meta_known = true;
+            n.learned_meta(Instant::now());
             return Ok(ino);
         }
         let mut t = self.inodes.lock().unwrap();
@@ -241,9 +239,8 @@ impl Core {
         let stale = !n.etag.is_empty()
             && n.etag != etag
             && !n.is_dir()
-            && n.working.is_none()
-            && !n.dirty
-            && !n.local_only
+            && n.only_in_bucket()
+            && !n.content.local_only()
             && n.open == 0;
         if stale {
             t.detach(ino);
@@ -291,11 +288,11 @@ impl Core {
         let working = staged.and_then(|name| self.open_working(name).ok());
         let ino = t.upsert(path, meta.clone());
         let n = t.get_mut(ino).unwrap();
-        let fresh = n.working.is_none() && !n.dirty;
+        let fresh = n.only_in_bucket();
         if fresh {
             n.meta = meta;
             n.size = size;
-            n.shared = working.is_some();
+            n.content.adopted(working.is_some());
             if let Some((src, version)) = content {
                 n.content_key = (src != op.key).then_some(src);
                 n.version = version;
@@ -306,8 +303,7 @@ impl Core {
             }
         }
         let n = t.get_mut(ino).unwrap();
-        n.meta_known = true;
-        n.fetched = Some(Instant::now());
+        n.learned_meta(Instant::now());
         ino
     }
 

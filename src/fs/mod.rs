@@ -363,7 +363,7 @@ impl Core {
             mtime: n.meta.mtime(),
             ctime: n.ctime,
             rdev: n.meta.rdev,
-            nlink: match (n.unlinked, n.is_dir()) {
+            nlink: match (n.unlinked(), n.is_dir()) {
                 (true, _) => 0,
                 (false, true) => 2,
                 (false, false) => 1,
@@ -383,18 +383,19 @@ impl Core {
     /// writers have its working file open, a stamp that moved since the
     /// content was last known means the kernel wrote it (see [`passthrough`]).
     fn refresh(&self, n: &mut Node) {
-        let Some(w) = &n.working else { return };
-        let Some(k) = n.kernel.as_deref_mut().filter(|k| k.writing()) else {
+        let (Some(w), Some(k)) = n.working_and_kernel() else {
             return;
         };
+        if !k.writing() {
+            return;
+        }
         let Ok(s) = stamp::of(&w.file) else { return };
         if k.stamp == Some(s) {
             return;
         }
         k.stamp = Some(s);
         self.cache.account_data(&w.name, s.size);
-        n.dirty = true;
-        n.written = true;
+        n.content.wrote();
         n.size = s.size;
         n.meta.set_mtime(s.mtime());
         n.ctime = SystemTime::now();
@@ -403,7 +404,7 @@ impl Core {
     /// After regionfs changed a working file itself while passthrough
     /// writers have it open: its new stamp is known content.
     fn restamp(n: &mut Node) {
-        let (Some(w), Some(k)) = (&n.working, n.kernel.as_deref_mut()) else {
+        let (Some(w), Some(k)) = n.working_and_kernel() else {
             return;
         };
         if k.writing() {

@@ -79,9 +79,7 @@ impl Core {
         let ino = t.upsert(&path, meta.clone());
         let n = t.get_mut(ino).unwrap();
         n.meta = meta;
-        n.meta_known = true;
-        n.fetched = Some(Instant::now());
-        n.unlinked = false;
+        n.learned_meta(Instant::now());
         Ok(Self::attr_of(n))
     }
 
@@ -123,17 +121,12 @@ impl Core {
             n.size = 0;
             n.etag.clear();
             n.version = None;
-            n.dirty = true;
-            n.shared = false;
-            n.local_only = true;
-            n.unlinked = false;
-            n.meta_known = true;
-            n.fetched = Some(Instant::now());
+            n.learned_meta(Instant::now());
             n.ctime = SystemTime::now();
             n.kernel_tag = None;
             // A file of another node this one replaces stays that node's.
             t.set_working(ino, Some(working));
-            t.local_only.insert(ino);
+            t.created(ino);
             ino
         };
         self.note_path(&path, true);
@@ -206,10 +199,8 @@ impl Core {
             let n = t.get_mut(ino).unwrap();
             n.meta = meta;
             n.size = target.len() as u64;
-            n.dirty = true;
-            n.unlinked = false;
-            n.meta_known = true;
-            n.fetched = Some(Instant::now());
+            n.content.changed();
+            n.learned_meta(Instant::now());
             t.set_working(ino, Some(working));
             ino
         };
@@ -224,7 +215,7 @@ impl Core {
             if !n.is_symlink() {
                 return Err(FsError::Invalid("not a symlink"));
             }
-            (n.working.clone(), self.content_of(n), n.size)
+            (n.working().cloned(), self.content_of(n), n.size)
         };
         if let Some(w) = working {
             let mut buf = vec![0; size as usize];
@@ -252,7 +243,7 @@ impl Core {
             if n.is_dir() {
                 return Err(FsError::IsDir);
             }
-            (n.local_only, n.io())
+            (n.content.local_only(), n.io())
         };
         let _g = io.lock().await;
         let key = self.key(&path);
@@ -265,12 +256,11 @@ impl Core {
         self.note_path(&path, false);
         let mut t = self.inodes.lock().unwrap();
         t.detach(ino);
+        t.discard(ino);
         let drop_file = match t.get_mut(ino) {
             Some(n) => {
                 n.early = None;
-                n.dirty = false;
-                n.written = false;
-                let unused = n.open == 0 && !n.shared;
+                let unused = n.open == 0 && !n.content.shared();
                 unused.then(|| t.set_working(ino, None)).flatten()
             }
             None => None,

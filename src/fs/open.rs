@@ -28,8 +28,8 @@ impl Core {
     pub(super) fn mode_for(&self, ino: u64, want: Want) -> Result<Mode, FsError> {
         let t = self.inodes.lock().unwrap();
         let n = t.get(ino).ok_or(FsError::NotFound)?;
-        let local = match &n.working {
-            Some(_) => !n.shared,
+        let local = match n.working() {
+            Some(_) => !n.content.shared(),
             None => {
                 let (key, _) = self.content_of(n);
                 !n.etag.is_empty() && self.cache.has_clean(&key, &n.etag)
@@ -72,7 +72,7 @@ impl Core {
             // Joining writers: what the others wrote so far is found now,
             // before this open's writes mix in.
             self.refresh(n);
-            let n_working = n.working.as_ref().map(|w| w.file.clone());
+            let n_working = n.working().map(|w| w.file.clone());
             let k = n.kernel.as_deref_mut().expect("set up by backing_for");
             let b = k.backing.as_mut().expect("set up by backing_for");
             b.opens += 1;
@@ -122,7 +122,7 @@ impl Core {
     /// found by polling its size (`uploader::early`, "Blind uploads"), as
     /// the writes through regionfs drive them for a cached writer.
     pub(super) fn start_blind_early(&self, n: &mut Node) {
-        let Some(w) = n.working.as_ref().filter(|_| n.size == 0 && !n.unlinked) else {
+        let Some(w) = n.working().filter(|_| n.size == 0 && !n.unlinked()) else {
             return;
         };
         if n.early.is_some() {
@@ -168,7 +168,7 @@ impl Core {
         if let Some(b) = n.kernel.as_ref().and_then(|k| k.backing.as_ref()) {
             return Some(b.file.clone());
         }
-        let (file, on) = match &n.working {
+        let (file, on) = match n.working() {
             Some(w) => (w.file.clone(), On::Working(w.name.clone())),
             None => {
                 let (key, _) = self.content_of(n);
@@ -290,8 +290,8 @@ impl Core {
             }
             let (key, version) = self.content_of(n);
             (
-                n.working.clone(),
-                n.shared,
+                n.working().cloned(),
+                n.content.shared(),
                 key,
                 n.etag.clone(),
                 version,
@@ -333,7 +333,7 @@ impl Core {
         self.cache.resize_data(&fresh.name, len).await?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.shared = false;
+        n.content.owns_file();
         n.size = len;
         t.set_working(ino, Some(fresh.clone()));
         Ok(fresh)
@@ -351,7 +351,7 @@ impl Core {
             self.uploader.repoint(&users, &w.name, &copy).await?;
         }
         if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-            n.shared = false;
+            n.content.owns_file();
         }
         Ok(())
     }
@@ -399,7 +399,7 @@ impl Core {
         let mut t = self.inodes.lock().unwrap();
         t.set_working(ino, Some(w.clone()));
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.shared = false;
+        n.content.owns_file();
         n.size = len;
         if let Some(b) = n.kernel.as_mut().and_then(|k| k.backing.as_mut()) {
             // No pin left to undo: the clean copy's entry went with it.

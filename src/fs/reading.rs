@@ -31,7 +31,7 @@ impl Core {
             // download's, is read elsewhere; past the end is the async path's.
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino)?;
-            if n.working.is_some() || n.etag != dl.tag || offset >= n.size {
+            if n.working().is_some() || n.etag != dl.tag || offset >= n.size {
                 return None;
             }
         }
@@ -53,7 +53,7 @@ impl Core {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino).ok_or(FsError::NotFound)?;
             let (key, version) = self.content_of(n);
-            (n.working.clone(), n.size, key, n.etag.clone(), version)
+            (n.working().cloned(), n.size, key, n.etag.clone(), version)
         };
         if let Some(w) = working {
             let len = (size as u64).min(file_size.saturating_sub(offset)) as usize;

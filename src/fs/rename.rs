@@ -79,18 +79,16 @@ impl Core {
     pub(super) async fn rename_file(&self, ino: u64, from: &str, to: &str) -> Result<(), FsError> {
         let io = self.io_lock(ino)?;
         let _g = io.lock().await;
-        let (working, dirty, written, local_only, meta, size, content, _claim, writing) = {
+        let (working, before, meta, size, content, _claim, writing) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-            if n.path != from || n.unlinked {
+            if n.path != from || n.unlinked() {
                 return Err(FsError::NotFound);
             }
             self.refresh(n);
             (
-                n.working.clone(),
-                n.dirty,
-                n.written,
-                n.local_only,
+                n.working().cloned(),
+                n.content,
                 n.meta.clone(),
                 n.size,
                 // Where a clean node's bytes are: one (key, version) pair,
@@ -99,7 +97,7 @@ impl Core {
                 // Read under the lock the finishing upload of the old key
                 // checks it in (`on_uploaded`), so that upload cannot retire
                 // the file before the put below is queued.
-                n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
+                n.working().map(|w| self.uploader.claim(&w.name)),
                 n.kernel.as_ref().is_some_and(|k| k.writing()),
             )
         };
@@ -135,7 +133,7 @@ impl Core {
                     self.cache.sync_data(&w.name, &w.file)?;
                     self.supersede_inline(&w.name).await?;
                     (size, stamped) = (s.size, Some(s));
-                } else if dirty {
+                } else if before.dirty() {
                     self.cache.sync_data(&w.name, &w.file)?;
                 }
                 NewOp::put(to_key.clone(), w.name.clone(), size, meta.to_json(), None)
@@ -156,11 +154,11 @@ impl Core {
         {
             let mut t = self.inodes.lock().unwrap();
             t.rename(ino, to);
+            if working.is_some() {
+                t.staged(ino);
+            }
             if let Some(n) = t.get_mut(ino) {
-                if n.working.is_some() {
-                    n.shared = true;
-                    n.dirty = false;
-                    n.written = false;
+                if n.working().is_some() {
                     if let (Some(k), Some(_)) = (n.kernel.as_deref_mut(), stamped) {
                         k.stamp = stamped;
                     }
@@ -169,13 +167,11 @@ impl Core {
                     n.content_key = Some(src_key);
                     n.version = version;
                 }
-                n.local_only = false;
             }
-            t.local_only.remove(&ino);
         }
         let queued = async {
             let seq = self.uploader.submit(op).await?;
-            if !(local_only && pending_src.is_empty()) {
+            if !(before.local_only() && pending_src.is_empty()) {
                 self.uploader
                     .submit(NewOp::delete(from_key.clone()))
                     .await?;
@@ -184,15 +180,14 @@ impl Core {
         }
         .await;
         let mut t = self.inodes.lock().unwrap();
-        if let Some(n) = t.get_mut(ino) {
-            match &queued {
-                Ok(seq) => n.last_seq = Some(*seq),
-                Err(_) => {
-                    // Not staged: the next close stages it again.
-                    n.dirty = dirty || working.is_some();
-                    n.written = written || working.is_some();
+        match &queued {
+            Ok(seq) => {
+                if let Some(n) = t.get_mut(ino) {
+                    n.last_seq = Some(*seq);
                 }
             }
+            // Not staged: the next close stages it again.
+            Err(_) => t.unstaged(ino, before, working.is_some()),
         }
         queued.map(|_| ())
     }
@@ -252,7 +247,7 @@ impl Core {
                     Err(FsError::NotFound) => return Ok(()),
                     Err(e) => return Err(e),
                 };
-                if !self.inodes.lock().unwrap().nodes[&child].meta_known {
+                if !self.inodes.lock().unwrap().nodes[&child].meta_known() {
                     // Attributes travel with the copy: read them first.
                     let _ = self.refresh_meta(child).await;
                 }

@@ -39,7 +39,7 @@ impl Core {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             self.refresh(n);
-            if !n.dirty {
+            if !n.content.dirty() {
                 return Ok(n.last_seq);
             }
             // What this host last saw at the key: the upload reports
@@ -49,15 +49,15 @@ impl Core {
                 version: n.version.clone(),
             };
             (
-                n.working.clone(),
+                n.working().cloned(),
                 n.path.clone(),
                 n.meta.clone(),
                 n.size,
-                n.unlinked,
+                n.unlinked(),
                 n.early.take(),
                 // As in `rename_file`: no finishing upload retires the file
                 // until the put below is queued.
-                n.working.as_ref().map(|w| self.uploader.claim(&w.name)),
+                n.working().map(|w| self.uploader.claim(&w.name)),
                 n.kernel.as_ref().is_some_and(|k| k.writing()),
                 base,
             )
@@ -96,21 +96,17 @@ impl Core {
         // at once, and its completion must find the node clean (else the
         // node would never learn that version, and a later copy of the
         // node, a chmod say, would name an older one).
-        let was_local = {
+        let before = {
             let mut t = self.inodes.lock().unwrap();
-            let was_local = t.local_only.remove(&ino);
+            let before = t.staged(ino);
             if let Some(n) = t.get_mut(ino) {
-                n.dirty = false;
-                n.written = false;
-                n.shared = true;
-                n.local_only = false;
                 if let Some(k) = n.kernel.as_deref_mut().filter(|_| writing) {
                     // Taken before the bytes were read: a write since shows.
                     k.stamp = stamped;
                     n.size = size;
                 }
             }
-            was_local
+            before
         };
         let queued = self
             .uploader
@@ -129,19 +125,15 @@ impl Core {
             )
             .await;
         let mut t = self.inodes.lock().unwrap();
-        if let Some(n) = t.get_mut(ino) {
-            match &queued {
-                Ok(seq) => n.last_seq = Some(*seq),
-                Err(_) => {
-                    // Not staged: the next close stages it again.
-                    n.dirty = true;
-                    n.written = true;
-                    n.local_only = was_local;
+        match (&queued, before) {
+            (Ok(seq), _) => {
+                if let Some(n) = t.get_mut(ino) {
+                    n.last_seq = Some(*seq);
                 }
             }
-        }
-        if was_local && queued.is_err() {
-            t.local_only.insert(ino);
+            // Not staged: the next close stages it again.
+            (Err(_), Some(before)) => t.unstaged(ino, before, true),
+            (Err(_), None) => {}
         }
         Ok(Some(queued?))
     }
@@ -197,7 +189,7 @@ impl Core {
             let mut t = self.inodes.lock().unwrap();
             t.get_mut(ino).is_some_and(|n| {
                 self.refresh(n);
-                n.written
+                n.content.written()
             })
         };
         if write && written {
@@ -209,7 +201,7 @@ impl Core {
     pub(super) fn mark_written(&self, fh: u64) {
         let Ok(ino) = self.handle_ino(fh) else { return };
         if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-            n.written = true;
+            n.content.note_written();
         }
     }
 
@@ -252,7 +244,7 @@ impl Core {
         let (local_only, dirty_alone) = {
             let t = self.inodes.lock().unwrap();
             t.get(h.ino)
-                .map(|n| (n.local_only, n.dirty && n.open <= 1))
+                .map(|n| (n.content.local_only(), n.content.dirty() && n.open <= 1))
                 .unwrap_or((false, false))
         };
         // Staged now: a file created or truncated but never written, or dirty
@@ -272,10 +264,10 @@ impl Core {
                 if h.write {
                     n.open_writers = n.open_writers.saturating_sub(1);
                 }
-                if n.unlinked && n.open == 0 {
-                    unused = !n.shared;
+                if n.unlinked() && n.open == 0 {
+                    unused = !n.content.shared();
                 } else if (h.write || backing_gone) && n.open_writers == 0 {
-                    maybe_clean = n.working.as_ref().map(|w| w.name.clone());
+                    maybe_clean = n.working().map(|w| w.name.clone());
                 }
                 if n.kernel.as_ref().is_some_and(|k| k.is_idle()) {
                     n.kernel = None;
@@ -308,14 +300,14 @@ impl Core {
             let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
             // While this writer still counts, so its writes are found.
             self.refresh(n);
-            let named = !n.unlinked;
+            let named = !n.unlinked();
             let Some(b) = n.kernel.as_mut().and_then(|k| k.backing.as_mut()) else {
                 return Ok(false);
             };
             if write {
                 b.writers -= 1;
             }
-            (write && b.writers == 0).then_some(named && n.dirty)
+            (write && b.writers == 0).then_some(named && n.content.dirty())
         };
         let staged = match last_writer {
             Some(true) => self.stage_locked(ino).await.map(|_| ()),
@@ -352,13 +344,13 @@ impl Core {
             let mut t = self.inodes.lock().unwrap();
             let Some(n) = t.get_mut(ino) else { return };
             let settled = n.open_writers == 0
-                && !n.dirty
-                && !n.shared
+                && !n.content.dirty()
+                && !n.content.shared()
                 && n.kernel.as_ref().is_none_or(|k| k.backing.is_none())
-                && !n.local_only
-                && !n.unlinked
+                && !n.content.local_only()
+                && !n.unlinked()
                 && !n.etag.is_empty()
-                && n.working.as_ref().is_some_and(|w| w.name == name);
+                && n.working().is_some_and(|w| w.name == name);
             if !settled {
                 return;
             }

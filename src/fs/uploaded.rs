@@ -36,14 +36,14 @@ impl Core {
         let at_key = t.lookup_path(rel.trim_end_matches('/'));
         if let Some(n) = at_key.and_then(|i| t.get_mut(i)) {
             self.refresh(n);
-            if !still_queued && !n.dirty && c.op.kind != OpKind::Delete {
+            if !still_queued && !n.content.dirty() && c.op.kind != OpKind::Delete {
                 self.learn_uploaded(rel, c);
                 // The node is the version it now names: a node made from a
                 // listing while the op was queued held default attributes.
                 if let Some(meta) = ObjectMeta::from_json(&c.op.meta) {
                     if meta.mode & S_IFMT == n.meta.mode & S_IFMT {
                         n.meta = meta;
-                        n.meta_known = true;
+                        n.learned_meta(Instant::now());
                     }
                 }
                 n.content_key = None;
@@ -77,7 +77,7 @@ impl Core {
             None => false,
             Some(h) => {
                 let n = t.get_mut(h).expect("a holder exists");
-                if n.unlinked && n.open == 0 {
+                if n.unlinked() && n.open == 0 {
                     // Its name went and no one has it open: the file goes.
                     t.set_working(h, None);
                     false
@@ -88,19 +88,19 @@ impl Core {
                     let idle = n.io().try_lock_owned().ok();
                     if at_key == Some(h)
                         && !still_queued
-                        && n.shared
+                        && n.content.shared()
                         && n.open_writers == 0
                         && !backed
                         && !c.result.etag.is_empty()
                         && idle.is_some()
                     {
-                        n.shared = false;
+                        n.content.owns_file();
                         t.set_working(h, None);
                         make_clean = true;
                         retiring = idle;
                     } else if at_key != Some(h) || !still_queued {
                         // No queued op reads it: writes may go in place.
-                        n.shared = false;
+                        n.content.owns_file();
                     }
                     true
                 }
@@ -170,12 +170,12 @@ impl Core {
         };
         let content = {
             let mut t = self.inodes.lock().unwrap();
-            let Some(n) = t.get_mut(ino).filter(|n| !n.unlinked && !n.is_dir()) else {
+            let Some(n) = t.get_mut(ino).filter(|n| !n.unlinked() && !n.is_dir()) else {
                 return Ok(false);
             };
-            if n.working.is_some() {
+            if n.working().is_some() {
                 // Staged again as it is now.
-                n.dirty = true;
+                n.content.changed();
                 None
             } else {
                 Some((self.content_of(n), n.meta.clone(), n.size))

@@ -22,7 +22,7 @@ impl Core {
                 let t = self.inodes.lock().unwrap();
                 let n = &t.nodes[&ino];
                 let backed = n.kernel.as_ref().is_some_and(|k| k.backing.is_some());
-                (n.working.clone(), n.shared, backed)
+                (n.working().cloned(), n.content.shared(), backed)
             };
             match working {
                 _ if backed => self.ensure_working(ino).await?,
@@ -39,9 +39,9 @@ impl Core {
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
         // Its parts may hold bytes this cuts or zeroes.
         n.early = None;
-        n.shared = false;
+        n.content.owns_file();
+        n.content.changed();
         n.size = size;
-        n.dirty = true;
         n.meta.set_mtime(SystemTime::now());
         Self::restamp(n);
         Ok(())
@@ -95,8 +95,8 @@ impl Core {
         let (w, size) = {
             let t = self.inodes.lock().unwrap();
             let n = t.get(ino)?;
-            match &n.working {
-                Some(w) if !n.shared => (w.clone(), n.size),
+            match n.working() {
+                Some(w) if !n.content.shared() => (w.clone(), n.size),
                 _ => return None,
             }
         };
@@ -123,8 +123,8 @@ impl Core {
             .write_data(&w.name, &w.direct, &w.file, data, offset)?;
         let mut t = self.inodes.lock().unwrap();
         let n = t.get_mut(ino).ok_or(FsError::NotFound)?;
-        n.written = true;
-        if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked {
+        n.content.wrote();
+        if n.early.is_none() && offset == 0 && size == 0 && !n.unlinked() {
             n.early = self
                 .uploader
                 .early(&self.key(&n.path), &w.name, &n.meta, false);
@@ -133,7 +133,6 @@ impl Core {
             e.written(&w.name, offset, end);
         }
         n.size = n.size.max(end);
-        n.dirty = true;
         if !self.writeback() {
             // With the writeback cache the kernel's mtime (from the write
             // syscall) arrives by SETATTR; a write-back processed after it
