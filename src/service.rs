@@ -242,7 +242,6 @@ async fn start_wired(
             replicator: Some(replicator.clone()),
         },
     );
-    replicator.give_way_to(uploader.busy_signal(), crate::replicator::GIVE_WAY_AT_MOST);
     uploader.abort_stale_early().await;
     // Probing writes a marker: a read-only mount reads sidecars if present.
     let dir_sidecar = config.read_only()

@@ -175,6 +175,9 @@ struct Inner {
     done_tx: mpsc::UnboundedSender<Landed>,
     parts: Arc<Semaphore>,
     replicator: Option<crate::replicator::Replicator>,
+    /// The load replicas give way to: the replicator's gauge when there is
+    /// one (see `replicator`, "Giving way"), kept current here.
+    gauge: Arc<crate::replicator::SourceGauge>,
     /// `[source] acl`, and whether the bucket takes ACLs.
     acl: Option<(String, Arc<crate::store::AclState>)>,
     /// Whether the source takes conditional PUTs (see `guard`).
@@ -185,6 +188,16 @@ struct Inner {
     spill_lock: tokio::sync::Mutex<()>,
     /// Lookups of spilled ops, opened at the first.
     reader: std::sync::OnceLock<Option<SpillReader>>,
+}
+
+impl Inner {
+    /// Tells waiters (drain, status) and the replicas giving way how many
+    /// operations are queued.
+    fn publish_pending(&self, q: &Queue) {
+        let n = q.pending();
+        self.pending.send_replace(n);
+        self.gauge.set_queued(n);
+    }
 }
 
 /// Handle to the write-back worker.
@@ -237,6 +250,10 @@ impl Uploader {
         let n = recovered.len() + spilled.len();
         let held = cfg.held_in_memory.max(1);
         let parts = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+        let gauge = replicator
+            .as_ref()
+            .map_or_else(Default::default, |r| r.source_gauge());
+        gauge.set_queued(n);
         let inner = Arc::new(Inner {
             store,
             journal,
@@ -252,6 +269,7 @@ impl Uploader {
             done_tx,
             parts,
             replicator,
+            gauge,
             acl,
         });
         {
@@ -336,6 +354,7 @@ impl Uploader {
             let ticket = q.next_ticket;
             q.next_ticket += 1;
             q.last_submit = Some(Instant::now());
+            self.inner.gauge.submitted(q.quiet);
             q.tickets.entry(key.clone()).or_default().push_back(ticket);
             (self.inner.journal.stage_in_order(op.clone()), ticket)
         };
@@ -372,7 +391,7 @@ impl Uploader {
             q.arrive(staged);
             // Sent under the lock: sent after it, two updates could arrive
             // in the wrong order and leave a stale count.
-            self.inner.pending.send_replace(q.pending());
+            self.inner.publish_pending(&q);
             drop(q);
         }
         self.inner.wake.notify_one();
@@ -768,19 +787,11 @@ impl Uploader {
         *self.inner.pending.borrow()
     }
 
-    /// The load replicas give way to (`Replicator::give_way_to`): operations
-    /// queued, and whether one was submitted less than [`QUIET`] ago.
-    pub(crate) fn busy_signal(&self) -> crate::replicator::SourceBusy {
-        let inner = Arc::downgrade(&self.inner);
-        Arc::new(move || {
-            inner.upgrade().map_or_else(Default::default, |i| {
-                let q = i.queue.lock().unwrap();
-                crate::replicator::SourceLoad {
-                    queued: q.pending(),
-                    submitting: q.last_submit.is_some_and(|t| t.elapsed() < q.quiet),
-                }
-            })
-        })
+    /// The load replicas give way to: operations queued, and whether one
+    /// was submitted less than [`QUIET`] ago.
+    #[cfg(test)]
+    pub(crate) fn source_load(&self) -> crate::replicator::SourceLoad {
+        self.inner.gauge.load()
     }
 
     /// Waits until no operation is queued, or `timeout` passes; returns how many

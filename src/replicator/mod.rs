@@ -38,7 +38,9 @@
 //! # Giving way to new writes
 //! A new write is durable only once it is in the source; a replica of an
 //! older version can wait. So replicas give way to the uploader (its
-//! [`SourceLoad`]), each at most [`GIVE_WAY_AT_MOST`] at a time, so that a
+//! [`SourceLoad`], read from the [`SourceGauge`] this replicator makes and
+//! the uploader it is handed to keeps current), each at most
+//! [`GIVE_WAY_AT_MOST`] at a time, so that a
 //! source that is never idle slows replication but never stops it:
 //! - each part of a large replica (one copied in parts) waits while any
 //!   upload is queued or one was submitted a moment ago;
@@ -141,13 +143,60 @@ pub(crate) struct SourceLoad {
     pub(crate) submitting: bool,
 }
 
-/// Reads the uploader's [`SourceLoad`].
-pub(crate) type SourceBusy = Arc<dyn Fn() -> SourceLoad + Send + Sync>;
-
-struct GiveWay {
-    busy: SourceBusy,
-    at_most: Duration,
+/// The uploader's load as it changes. The replicator makes it and the
+/// uploader it is handed to keeps it current, so neither needs telling
+/// about the other once both exist. A replicator no uploader feeds (a
+/// resync's, a repair's) reads an idle source and never waits.
+#[derive(Debug, Default)]
+pub(crate) struct SourceGauge {
+    queued: std::sync::atomic::AtomicUsize,
+    submitting_until: Mutex<Option<Instant>>,
 }
+
+impl SourceGauge {
+    /// Operations queued for the source now (running ones included).
+    pub(crate) fn set_queued(&self, n: usize) {
+        self.queued.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// An operation was submitted now: a writer may be between two closes,
+    /// so the source counts as busy for `quiet`.
+    pub(crate) fn submitted(&self, quiet: Duration) {
+        *self.submitting_until.lock().unwrap() = Some(Instant::now() + quiet);
+    }
+
+    pub(crate) fn load(&self) -> SourceLoad {
+        let until = *self.submitting_until.lock().unwrap();
+        SourceLoad {
+            queued: self.queued.load(std::sync::atomic::Ordering::Relaxed),
+            submitting: until.is_some_and(|u| Instant::now() < u),
+        }
+    }
+}
+
+impl Inner {
+    /// What the uploader is doing now.
+    fn source_load(&self) -> SourceLoad {
+        #[cfg(test)]
+        if let Some((busy, _)) = self.pinned_load.get() {
+            return busy();
+        }
+        self.gauge.load()
+    }
+
+    /// The longest one replica (or part) waits for the source.
+    fn give_way_at_most(&self) -> Duration {
+        #[cfg(test)]
+        if let Some((_, at_most)) = self.pinned_load.get() {
+            return *at_most;
+        }
+        GIVE_WAY_AT_MOST
+    }
+}
+
+/// A load tests impose in place of the gauge's, with its own bound.
+#[cfg(test)]
+pub(crate) type SourceBusy = Arc<dyn Fn() -> SourceLoad + Send + Sync>;
 
 /// At most this many bytes of fresh versions are held in memory for their
 /// replicas; beyond it a task reads its clean copy (see "Fresh small versions").
@@ -217,7 +266,10 @@ struct Inner {
     source_acls: AclState,
     /// Rules whose replicas go to the destination's owner.
     owner_override: HashSet<String>,
-    give_way: std::sync::OnceLock<GiveWay>,
+    /// The uploader's load replicas give way to (see "Giving way").
+    gauge: Arc<SourceGauge>,
+    #[cfg(test)]
+    pinned_load: std::sync::OnceLock<(SourceBusy, Duration)>,
     /// Open tasks held per destination; `None`: all of them (a resync's own).
     held_at_most: Option<usize>,
     /// Until then, tasks read from the journal wait (see [`RECOVERY_GRACE`]).
@@ -383,7 +435,9 @@ impl Replicator {
                 .filter(|r| r.owner_override == Some(OwnerOverride::Destination))
                 .map(|r| r.id.clone())
                 .collect(),
-            give_way: std::sync::OnceLock::new(),
+            gauge: Arc::default(),
+            #[cfg(test)]
+            pinned_load: std::sync::OnceLock::new(),
             held_at_most,
             grace_until: grace,
         });
@@ -391,11 +445,17 @@ impl Replicator {
         Replicator { inner }
     }
 
-    /// From now on replicas give way to the uploads `busy` reports, each at
-    /// most `at_most` at a time (see "Giving way").
-    /// Only the first call counts.
+    /// The gauge the uploader this replicator is handed to keeps current.
+    pub(crate) fn source_gauge(&self) -> Arc<SourceGauge> {
+        self.inner.gauge.clone()
+    }
+
+    /// From now on replicas give way to the load `busy` reports instead of
+    /// the gauge's, each at most `at_most` at a time. Only the first call
+    /// counts.
+    #[cfg(test)]
     pub(crate) fn give_way_to(&self, busy: SourceBusy, at_most: Duration) {
-        let _ = self.inner.give_way.set(GiveWay { busy, at_most });
+        let _ = self.inner.pinned_load.set((busy, at_most));
     }
 
     /// What this replicator measured so far (the metrics endpoint serves it).

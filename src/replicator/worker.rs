@@ -345,18 +345,18 @@ pub(super) enum Yield {
 
 /// Waits while the source's load calls for it, at most the configured bound.
 pub(super) async fn give_way(inner: &Inner, when: Yield) {
-    let Some(g) = inner.give_way.get() else {
-        return;
-    };
     let backed_up = 2 * inner.upload.concurrency.max(1);
     let waits = || {
-        let load = (g.busy)();
+        let load = inner.source_load();
         match when {
             Yield::Busy => load.queued > 0 || load.submitting,
             Yield::BackedUp => load.queued > backed_up,
         }
     };
-    let until = Instant::now() + g.at_most;
+    if !waits() {
+        return;
+    }
+    let until = Instant::now() + inner.give_way_at_most();
     while waits() && Instant::now() < until {
         tokio::time::sleep(GIVE_WAY_POLL.min(until - Instant::now())).await;
     }

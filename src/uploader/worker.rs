@@ -122,7 +122,7 @@ async fn refill(inner: Arc<Inner>, after: i64, limit: usize) {
             q.refill_after = Some(Instant::now() + Duration::from_secs(1));
         }
     }
-    inner.pending.send_replace(q.pending());
+    inner.publish_pending(&q);
     drop(q);
     drop(boundary);
     inner.wake.notify_one();
@@ -208,7 +208,7 @@ pub(super) async fn execute(inner: &Arc<Inner>, op: Op) {
                 let mut q = inner.queue.lock().unwrap();
                 let unused = q.remove_front(&op.key, op.seq, op.file.as_deref());
                 q.idle(&op.key, None);
-                inner.pending.send_replace(q.pending());
+                inner.publish_pending(&q);
                 (q.waiters.remove(&op.seq).unwrap_or_default(), unused)
             };
             if let Some(f) = unused {
@@ -337,7 +337,7 @@ pub(super) async fn gone(inner: &Arc<Inner>, op: Op, why: String) {
             None => orphaned,
         };
         q.idle(&op.key, None);
-        inner.pending.send_replace(q.pending());
+        inner.publish_pending(&q);
         failed
     };
     inner.wake.notify_one();

@@ -335,9 +335,8 @@ async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_su
     };
     let quiet = Duration::from_millis(100);
     let up = start_with(&r, cfg, quiet, vec![]);
-    let load = up.busy_signal();
     let busy = || {
-        let l = load();
+        let l = up.source_load();
         l.queued > 0 || l.submitting
     };
     assert!(!busy(), "idle before any write");
@@ -362,6 +361,31 @@ async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_su
         r.mem.head("k", None).await.is_ok(),
         "the write is in the source"
     );
+}
+
+#[tokio::test]
+async fn a_replicator_reads_the_load_of_the_uploader_it_is_handed_to() {
+    let r = rig();
+    let (up, rep, _dest) = replicating(&r);
+    let gauge = rep.source_gauge();
+    let busy = || {
+        let l = gauge.load();
+        l.queued > 0 || l.submitting
+    };
+    assert!(!busy(), "idle before any write");
+    // Refused twice: queued for at least the first two backoffs.
+    r.faulty.fail_next(2);
+    let f = staged_file(&r, b"refused for now");
+    up.submit(put("k", &f, 15)).await.unwrap();
+    assert!(busy(), "the replicator sees the submit at once");
+    assert_eq!(gauge.load().queued, 1, "and the queued upload");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while busy() {
+        assert!(Instant::now() < deadline, "idle once uploaded and quiet");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.pending_count(), 0);
+    assert!(r.mem.head("k", None).await.is_ok());
 }
 
 #[tokio::test]
