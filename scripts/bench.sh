@@ -4,17 +4,20 @@
 # two local SeaweedFS regions, in one run, interleaved per repetition.
 #
 #   scripts/bench.sh [--reps N] [--big-mib M] [--files N] [--rss-files N] [--out FILE]
-#                    [--phases "peers lag rss scale cpu"]   (default: the first four)
-#                    [--scale "1000 10000"]          (tree sizes of the scale phase)
+#                    [--phases "peers apps lag rss scale cpu"]   (default: all but cpu)
+#                    [--scale "1000 10000 100000"]   (tree sizes of the scale phase)
+#                    [--tree-files N]                (files of the apps phase's tar, 10000)
 #
 # Workloads (each system, each repetition):
 #   big    M MiB sequential write (dd bs=1M conv=fsync): time to close, time until
 #          durable in the source bucket
 #   small  N × 4 KiB files in 20 dirs: time to the last close, time until all
-#          are in the bucket
+#          are in the bucket; local-fsync: the same on local disk with an fsync
+#          before each close (the physical floor of a durable close)
 #   repl   regionfs: time until region B holds every version written above
 #          (measured from the end of the writes); peer: `rclone sync` A → B
-#   read   cold sequential read of the big file after a fresh mount (raw: one GET),
+#   read   cold sequential read of the big file after a fresh mount (raw: one GET;
+#          raw-ranged: 16 ranged GETs of 8 MiB at a time; the target is the faster),
 #          then warm: the same file again, 3 times, each right after a read of the
 #          local disk's copy from its page cache (local-read: same moment, same load)
 #   ls     `ls -l` of the small files on that fresh mount (cold), then again (warm)
@@ -39,6 +42,22 @@
 #          held (write_back_delay 1h), kill -9 of the daemon, and the time a
 #          remount takes until `stat` of the root answers with all N pending
 #          (tar-N-remount-pending)
+#   apps   (phase apps) what users run, on local disk, regionfs, rclone mount and
+#          s3fs, each on a fresh mount and its own bucket:
+#          tar-exit, tar-durable, tar-versions: `tar -xf` of a generated source tree
+#            (--tree-files files, log-normal sizes 100 B-1 MiB, 10 per directory,
+#            modes and mtimes set by tar): time to tar's exit, until all objects
+#            are in the bucket (raw: a 16-thread PUT of the same files), and
+#            versions per object (tar's chmod/utime after close make none);
+#            local-fsync extracts with an fsync before each close
+#          git-clone, git-fsck: `git clone` of a local repository of 2,000 files
+#            (two commits), then `git fsck --full` on the mount (a failure is noted)
+#          randwrite-iops: 4 KiB writes at random offsets of a 256 MiB file, one at
+#            a time, then fsync: writes per second
+#          small-busy-close, small-busy-durable: N small files written right after
+#            the big file's dd returns, while its upload and replication run
+#          ls-foreign: cold `ls -l` of N small files a raw client PUT into the
+#            bucket (no attribute index of this mount's making exists for them)
 #   baseline
 #          with REGIONFS_BENCH_BASELINE=PATH (a regionfs binary built from an
 #          earlier commit), the peers phase runs that binary too, right after
@@ -49,12 +68,13 @@
 #          REGIONFS_BENCH_BASELINE=PATH (a regionfs binary built from an earlier
 #          commit) that binary runs the same, alternating, as `baseline`
 # Prints a table of medians (min–max) and ratios; writes raw results to --out
-# (default: bench-results.txt). Installs rclone and s3fs from Debian if missing.
+# (default: bench-results.txt) and charts of them (scripts/bench_charts.py) to
+# the directory named like --out without .txt, plus "-charts". Installs rclone and s3fs from Debian if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
-reps=3 big_mib=1024 files=2000 out=bench-results.txt rss_files= phases="peers lag rss scale" scale="1000 10000"
+reps=3 big_mib=1024 files=2000 out=bench-results.txt rss_files= phases="peers apps lag rss scale" scale="1000 10000 100000" tree_files=10000
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -64,7 +84,8 @@ while [ $# -gt 0 ]; do
     --rss-files) rss_files=$2; shift ;;
     --phases) phases=$2; shift ;;
     --scale) scale=$2; shift ;;
-    *) sed -n '2,40p' "$0"; exit 2 ;;
+    --tree-files) tree_files=$2; shift ;;
+    *) sed -n '2,70p' "$0"; exit 2 ;;
   esac
   shift
 done
@@ -73,6 +94,7 @@ missing=()
 command -v rclone >/dev/null || missing+=(rclone)
 command -v s3fs >/dev/null || missing+=(s3fs)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v git >/dev/null || missing+=(git)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
@@ -81,6 +103,8 @@ bash scripts/test.sh --setup-only
 bin=${REGIONFS_BENCH_BIN:-$repo/target/release/regionfs}
 export REGIONFS_VENV=${REGIONFS_VENV:-$repo/.venv}
 py="$REGIONFS_VENV/bin/python $repo/scripts/bench_helper.py"
+# The charts of docs/BENCHMARKS.md are drawn from the raw results.
+"$REGIONFS_VENV/bin/python" -c 'import matplotlib' 2>/dev/null || "$REGIONFS_VENV/bin/pip" install -q matplotlib
 
 work=$(mktemp -d /tmp/regionfs-bench.XXXXXX)
 export REGIONFS_REGIONS_DIR=$work/regions REGIONFS_PORT_A=${REGIONFS_PORT_A:-19330} REGIONFS_PORT_B=${REGIONFS_PORT_B:-19340}
@@ -127,7 +151,7 @@ read_phase() { # system mountpoint
   t=$(now); mv "$m/small/d0" "$m/small/moved"; ls -l "$m/small/moved" > /dev/null; record rename-dir "$sys" "$(since $t)"
 }
 
-{ phase peers || phase cpu; } && head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
+{ phase peers || phase cpu || phase apps; } && head -c $((big_mib << 20)) /dev/urandom > "$work/big.src"
 per_dir=$((files / 20))
 total_small=$((per_dir * 20))
 echo "rclone 1.60 / s3fs 1.90 / SeaweedFS $("$REGIONFS_VENV/bin/weed" version 2>/dev/null | awk '{print $3}')" > "$work/versions"
@@ -251,7 +275,7 @@ peers_regionfs() { # system bucket
   rm -rf "$cache"
 }
 
-asked_reps=$reps; phase peers || reps=0
+asked_reps=$reps reps_apps=$reps; phase peers || reps=0
 for rep in $(seq 1 "$reps"); do
   echo "== repetition $rep of $reps"
   $py mkbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep" ${REGIONFS_BENCH_BASELINE:+"base$rep"}
@@ -262,6 +286,8 @@ for rep in $(seq 1 "$reps"); do
   record big-close local "$s"; record big-durable local "$s"
   mkdir -p "$work/local.small"; s=$($py write-small "$work/local.small" 20 $per_dir 4096); sync
   record small-close local "$s"; record small-durable local "$s"
+  rm -rf "$work/local.small"; mkdir -p "$work/local.small"
+  s=$($py write-small "$work/local.small" 20 $per_dir 4096 fsync); record small-close local-fsync "$s"
   # local.big stays (in the page cache) as the warm-read baseline of each read phase
   cat "$work/local.big" > /dev/null
   rm -rf "$work/local.small"
@@ -271,6 +297,7 @@ for rep in $(seq 1 "$reps"); do
   mkdir -p "$work/small.src"; $py write-small "$work/small.src" 20 $per_dir 4096 >/dev/null
   t=$(now); $py put-small $A "raw$rep" small/ "$work/small.src"; s=$(since $t); record small-durable raw "$s"
   t=$(now); $py get $A "raw$rep" big "$work/raw.get"; s=$(since $t); record read-cold raw "$s"; rm -f "$work/raw.get"
+  t=$(now); $py get-ranged $A "raw$rep" big "$work/raw.get"; s=$(since $t); record read-cold raw-ranged "$s"; rm -f "$work/raw.get"
   t=$(now)
   RCLONE_CONFIG_A_TYPE=s3 RCLONE_CONFIG_A_PROVIDER=Other RCLONE_CONFIG_A_ENDPOINT=$A \
   RCLONE_CONFIG_A_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID RCLONE_CONFIG_A_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
@@ -319,6 +346,95 @@ for rep in $(seq 1 "$reps"); do
 done
 
 
+# What users run (phase apps): tar, git, random writes, small files while a
+# large one is still uploading and replicating, and `ls` of a directory
+# another client wrote. Each system on a fresh mount of its own bucket.
+if phase apps; then
+  rm -rf "$work/src"; mkdir -p "$work/src"
+  tree_bytes=$($py mksrc "$work/src" "$tree_files")
+  tar -C "$work/src" -cf "$work/src.tar" .
+  # The git source: the first 2,000 files of the tree, in two commits.
+  git init -q "$work/gitsrc"
+  for d in p00 p01; do [ -d "$work/src/$d" ] && cp -r "$work/src/$d" "$work/gitsrc/"; done
+  git -C "$work/gitsrc" add -A
+  git -C "$work/gitsrc" -c user.name=bench -c user.email=bench@localhost commit -qm one
+  find "$work/gitsrc/p01" -name '*.md' -exec sh -c 'echo changed >> "$1"' _ {} \;
+  git -C "$work/gitsrc" -c user.name=bench -c user.email=bench@localhost commit -qam two
+  rm -rf "$work/src"
+  mkdir -p "$work/foreign.src"; $py write-small "$work/foreign.src" 20 $per_dir 4096 > /dev/null
+
+  # system mountpoint bucket (none for local disk) [settled-command]
+  apps_on() {
+    local sys=$1 m=$2 bkt=$3 t s
+    mkdir -p "$m/tar"
+    settle; t=$(now)
+    # A peer that cannot set some attributes (s3fs on directories) keeps its row, with a note.
+    tar -xf "$work/src.tar" -C "$m/tar" 2> "$work/tar.err" || echo "# $sys: tar: $(sort -u "$work/tar.err" | wc -l) errors, e.g. $(head -1 "$work/tar.err")" >> "$work/versions"
+    s=$(since $t); record tar-exit "$sys" "$s"
+    if [ -n "$bkt" ]; then
+      peer_wait "$sys" "$bkt" tar/ "$tree_files" "$tree_bytes" && record tar-durable "$sys" "$(since $t)"
+      record tar-versions "$sys" "$($py versions $A "$bkt" tar/)"
+    else
+      t=$(now); sync; record tar-durable "$sys" "$(add "$s" "$(since $t)")"
+    fi
+    settle; t=$(now); git clone -q --no-hardlinks "$work/gitsrc" "$m/repo"; record git-clone "$sys" "$(since $t)"
+    t=$(now)
+    if git -C "$m/repo" fsck --full > "$work/fsck.log" 2>&1; then
+      record git-fsck "$sys" "$(since $t)"
+    else
+      echo "# $sys: git fsck failed: $(head -c 300 "$work/fsck.log" | tr '\n' ' ')" >> "$work/versions"
+    fi
+    dd if="$work/big.src" of="$m/rand" bs=1M count=256 conv=fsync status=none
+    settle; record randwrite-iops "$sys" "$($py randwrite "$m/rand" 256 20000)"
+    # No settle: the small files follow the big file's dd at once.
+    dd if="$work/big.src" of="$m/busy-big" bs=1M conv=fsync status=none
+    mkdir -p "$m/busy"; s=$($py write-small "$m/busy" 20 $per_dir 4096); record small-busy-close "$sys" "$s"
+    if [ -n "$bkt" ]; then
+      t=$(now); peer_wait "$sys" "$bkt" busy/ $total_small $((total_small * 4096)) && record small-busy-durable "$sys" "$(add "$(since $t)" "$s")"
+    fi
+  }
+
+  for rep in $(seq 1 "$reps_apps"); do
+    echo "== apps, repetition $rep of $reps_apps"
+    $py mkbuckets $A "apprfs$rep" "apprc$rep" "apps3$rep" "appraw$rep" "foreign$rep"
+    $py mkbuckets $B "apprfs$rep" "foreign$rep"
+    rm -rf "$work/local.apps"; mkdir -p "$work/local.apps"
+    apps_on local "$work/local.apps" ""
+    rm -rf "$work/local.fsync"; mkdir -p "$work/local.fsync"
+    settle; record tar-exit local-fsync "$($py untar-fsync "$work/src.tar" "$work/local.fsync")"
+    rm -rf "$work/local.fsync"
+    settle; t=$(now); $py put-tree $A "appraw$rep" tar/ "$work/local.apps/tar"; record tar-durable raw "$(since $t)"
+    rm -rf "$work/local.apps"
+
+    mnt=$work/mnt-apps-rfs; cache=$work/cache-apps$rep
+    mount_regionfs "apprfs$rep" "apprfs$rep" "$mnt" "$cache"
+    apps_on regionfs "$mnt" "apprfs$rep"
+    unmount "$mnt"; wait "$rfs_pid" || true; rm -rf "$cache"
+    mnt=$work/mnt-apps-rc
+    mount_rclone "apprc$rep" "$mnt"
+    apps_on rclone "$mnt" "apprc$rep"
+    unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true; rm -rf "$work/rclone-cache"
+    mnt=$work/mnt-apps-s3
+    mount_s3fs "apps3$rep" "$mnt"
+    apps_on s3fs "$mnt" "apps3$rep"
+    unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
+
+    # A directory another client wrote: cold `ls -l` through a fresh mount.
+    $py put-small $A "foreign$rep" small/ "$work/foreign.src"
+    mnt=$work/mnt-foreign; cache=$work/cache-foreign$rep
+    mount_regionfs "foreign$rep" "foreign$rep" "$mnt" "$cache"
+    settle; t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-foreign regionfs "$(since $t)"
+    unmount "$mnt"; wait "$rfs_pid" || true; rm -rf "$cache"
+    mount_s3fs "foreign$rep" "$mnt"
+    settle; t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-foreign s3fs "$(since $t)"
+    unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
+    mount_rclone "foreign$rep" "$mnt"
+    settle; t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-foreign rclone "$(since $t)"
+    unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
+  done
+  rm -rf "$work/src.tar" "$work/gitsrc" "$work/foreign.src"
+fi
+
 # Replication lag at a steady load: 200 files/s of 4 KiB for 30 s (4 writer threads
 # at 50 files/s each: one writer alone cannot close 200 durable files/s), from close to
 # replica present (the regionfs_replication_lag_seconds histogram).
@@ -330,6 +446,9 @@ mount_regionfs lag lag "$mnt" "$work/cache-lag" "$(printf '[metrics]\nlisten = "
 n=$($py steady "$mnt/steady" 200 30 4096)
 settled
 read -r count p50 p99 <<< "$($py lag "http://127.0.0.1:$port/metrics" b)"
+# The whole histogram, for the chart of its distribution.
+"$REGIONFS_VENV/bin/python" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+  "http://127.0.0.1:$port/metrics" | grep '^regionfs_replication_lag_seconds_bucket' > "$out.lag-histogram" || true
 echo "lag-p50 regionfs $p50" >> "$work/results"; echo "lag-p99 regionfs $p99" >> "$work/results"
 echo "# steady load: $n files written in 30 s; $count replicated; replication lag p50 ${p50}s p99 ${p99}s" >> "$work/versions"
 unmount "$mnt"; wait "$rfs_pid" || true
@@ -483,17 +602,39 @@ def r(w, a, b, target):
 def peers(sys):
     r("big-close", sys, "local", "<= 1.25")
     r("big-durable", sys, "raw", "<= 1.15")
-    r("small-close", sys, "rclone", "<= 0.2")
-    r("small-durable", sys, "raw", "<= 1.3")
+    r("small-close", sys, "rclone", "<= 1.0")
+    r("small-close", sys, "local-fsync", "<= 3.0")
+    r("small-durable", sys, "raw", "<= 1.2")
     r("repl", sys, "rclone-sync", "<= 0.7")
     ratio("repl-total", ("repl-total", sys), ("repl", "rclone-sync"), "first write to last replica")
     r("ls-cold", sys, "s3fs", "<= 0.5")
-    r("read-cold", sys, "raw", "<= 1.11 (throughput >= 0.9 x raw)")
+    if ("read-cold", "raw") in med and ("read-cold", "raw-ranged") in med:
+        best = min(("raw", "raw-ranged"), key=lambda s: med[("read-cold", s)])
+        r("read-cold", sys, best, "<= 1.11 (throughput >= 0.9 x the raw client's best)")
+    else:
+        r("read-cold", sys, "raw", "<= 1.11 (throughput >= 0.9 x raw)")
     r("read-warm", sys, "local-read", "<= 1.25 (throughput >= 0.8 x local)")
     r("ls-warm", sys, "s3fs", "")
     r("rename-dir", sys, "s3fs", "")
     r("rss", sys, "rclone", "")
 peers("regionfs")
+def apps(sys):
+    r("tar-exit", sys, "rclone", "<= 1.0")
+    r("tar-exit", sys, "local-fsync", "")
+    r("tar-exit", sys, "local", "")
+    r("tar-durable", sys, "raw", "<= 1.3")
+    if ("tar-versions", sys) in med:
+        print(f"{'tar-versions':<16} {sys:<13} {med[('tar-versions', sys)]:6.2f}   [1.00 versions per object]")
+    r("git-clone", sys, "rclone", "<= 1.0 (and fsck clean)")
+    r("git-clone", sys, "local", "")
+    ratio("randwrite-iops", ("randwrite-iops", sys), ("randwrite-iops", "local"), ">= 0.8 (IOPS)")
+    ratio("randwrite-iops", ("randwrite-iops", sys), ("randwrite-iops", "rclone"), "(IOPS)")
+    r("small-busy-close", sys, "rclone", "<= 1.0")
+    r("small-busy-close", sys, "local", "")
+    r("small-busy-durable", sys, "rclone", "")
+    r("ls-foreign", sys, "s3fs", "<= 0.5")
+    r("ls-foreign", sys, "rclone", "")
+apps("regionfs")
 if ("big-close", "baseline") in med:
     print("# the same for REGIONFS_BENCH_BASELINE, then this build against it")
     peers("baseline")
@@ -526,4 +667,6 @@ if len(sizes) > 1:
         ratio(f"tar-{hi}-rss-anon/{sizes[-2]}", (f"tar-{hi}-rss-anon", "regionfs"), (f"tar-{sizes[-2]}-rss-anon", "regionfs"), "")
     ratio(f"tar-{hi}/{lo}", (f"tar-{hi}-per-file", "regionfs"), (f"tar-{lo}-per-file", "regionfs"), "flat: <= 1.3")
 PY
+"$REGIONFS_VENV/bin/python" scripts/bench_charts.py "$out.raw" \
+  "$([ -f "$out.lag-histogram" ] && echo "$out.lag-histogram" || echo -)" "${out%.txt}-charts" >> "$out"
 cat "$out"

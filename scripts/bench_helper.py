@@ -78,8 +78,27 @@ def raw_get(endpoint, bucket, key, out):
     client(endpoint).download_file(bucket, key, out, Config=cfg)
 
 
-def write_small(root, dirs, per_dir, size):
-    """Writes dirs × per_dir files of `size` bytes; prints seconds until the last close."""
+def raw_get_ranged(endpoint, bucket, key, out):
+    """The object in 8 MiB ranged GETs, 16 at a time, each written at its
+    offset (the raw client's other way to read one large object)."""
+    s3 = client(endpoint)
+    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    chunk = 8 << 20
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def part(off):
+        end = min(off + chunk, size) - 1
+        body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={off}-{end}")["Body"].read()
+        os.pwrite(fd, body, off)
+
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(part, range(0, size, chunk)))
+    os.close(fd)
+
+
+def write_small(root, dirs, per_dir, size, fsync=False):
+    """Writes dirs × per_dir files of `size` bytes (each fsynced before its
+    close with `fsync`); prints seconds until the last close."""
     body = os.urandom(size)
     t = time.time()
     for d in range(dirs):
@@ -88,6 +107,9 @@ def write_small(root, dirs, per_dir, size):
         for i in range(per_dir):
             with open(os.path.join(p, f"f{i}"), "wb") as fh:
                 fh.write(body)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
     print(f"{time.time() - t:.3f}")
 
 
@@ -107,6 +129,104 @@ def make_tree(root, files):
             fh.write(rng.randbytes(size))
         total += size
     print(total)
+
+
+def make_source_tree(root, files):
+    """A source tree as tar would carry it, the same on every run: `files`
+    files in directories of 10 (100 directories per parent), sizes drawn
+    log-normally and kept within 100 B to 1 MiB (about 15 KiB each on
+    average: 150 MiB for 10,000), modes 644, 755 or 600, and mtimes spread
+    over the last three years. Prints the total bytes."""
+    import random
+    rng = random.Random(files * 7 + 1)
+    now = time.time()
+    total = 0
+    for i in range(files):
+        d = os.path.join(root, f"p{i // 1000:02d}", f"d{i // 10:04d}")
+        os.makedirs(d, exist_ok=True)
+        size = int(min(1 << 20, max(100, rng.lognormvariate(8.6, 1.45))))
+        path = os.path.join(d, f"f{i:05d}.{rng.choice(('c', 'h', 'rs', 'py', 'md'))}")
+        with open(path, "wb") as fh:
+            fh.write(rng.randbytes(size))
+        os.chmod(path, rng.choice((0o644, 0o644, 0o644, 0o755, 0o600)))
+        t = now - rng.uniform(0, 3 * 365 * 86400)
+        os.utime(path, (t, t))
+        total += size
+    print(total)
+
+
+def untar_fsync(archive, dest):
+    """Extracts `archive` into `dest` as tar does (modes, mtimes), fsyncing
+    each file before its close: the physical floor of a durable close per
+    file on local disk. Prints seconds."""
+    import tarfile
+    t = time.time()
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            path = os.path.join(dest, m.name)
+            if m.isdir():
+                os.makedirs(path, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as out:
+                out.write(tf.extractfile(m).read())
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(path, m.mode & 0o7777)
+            os.utime(path, (m.mtime, m.mtime))
+    print(f"{time.time() - t:.3f}")
+
+
+def raw_put_tree(endpoint, bucket, prefix, root):
+    """PUTs every file under `root` as `prefix` + its relative path, 16 at a
+    time (what a parallel S3 client takes for the same files)."""
+    s3 = client(endpoint)
+    files = []
+    for d, _, names in os.walk(root):
+        for f in names:
+            p = os.path.join(d, f)
+            files.append((prefix + os.path.relpath(p, root), p))
+
+    def put(item):
+        key, path = item
+        with open(path, "rb") as fh:
+            s3.put_object(Bucket=bucket, Key=key, Body=fh.read())
+
+    with ThreadPoolExecutor(16) as ex:
+        list(ex.map(put, files))
+
+
+def versions_per_object(endpoint, bucket, prefix):
+    """Versions of files per file under `prefix`: not directory markers
+    (keys ending in /) nor regionfs's own objects (`.regionfs-dir/` holding a
+    directory's attributes, `.regionfs-index/`)."""
+    s3 = client(endpoint)
+    keys, versions = set(), 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            k = v["Key"]
+            if not k.endswith("/") and not k.startswith(".regionfs-") and "/.regionfs-" not in k:
+                keys.add(k)
+                versions += 1
+    print(f"{versions / max(len(keys), 1):.3f}")
+
+
+def random_writes(path, size_mib, count, seed=1):
+    """`count` writes of 4 KiB at random 4 KiB-aligned offsets of an existing
+    file of `size_mib` MiB, one at a time, then one fsync; prints IOPS
+    (writes per second, the fsync included)."""
+    import random
+    rng = random.Random(seed)
+    blocks = (size_mib << 20) // 4096
+    body = os.urandom(4096)
+    fd = os.open(path, os.O_RDWR)
+    t = time.time()
+    for _ in range(count):
+        os.pwrite(fd, body, rng.randrange(blocks) * 4096)
+    os.fsync(fd)
+    s = time.time() - t
+    os.close(fd)
+    print(f"{count / s:.1f}")
 
 
 def steady_writes(root, rate, seconds, size, writers=4):
@@ -187,6 +307,18 @@ if __name__ == "__main__":
     elif cmd == "mktree":
         make_tree(args[0], int(args[1]))
     elif cmd == "write-small":
-        write_small(args[0], int(args[1]), int(args[2]), int(args[3]))
+        write_small(args[0], int(args[1]), int(args[2]), int(args[3]), args[4:5] == ["fsync"])
+    elif cmd == "get-ranged":
+        raw_get_ranged(*args)
+    elif cmd == "mksrc":
+        make_source_tree(args[0], int(args[1]))
+    elif cmd == "untar-fsync":
+        untar_fsync(args[0], args[1])
+    elif cmd == "put-tree":
+        raw_put_tree(*args)
+    elif cmd == "versions":
+        versions_per_object(*args)
+    elif cmd == "randwrite":
+        random_writes(args[0], int(args[1]), int(args[2]))
     else:
         sys.exit(f"unknown command {cmd}")
