@@ -343,6 +343,9 @@ for rep in $(seq 1 "$reps"); do
   record cpu s3fs "$(add "$cpu" "$(cpu_s $s3_pid)")"
   unmount "$mnt"; wait "$s3_pid" 2>/dev/null || true
   rm -rf "$work/small.src" "$work/rclone-cache" "$work/local.big"
+  # Each bucket is a SeaweedFS collection with volumes of its own: freed with it.
+  $py rmbuckets $A "rfs$rep" "rc$rep" "s3$rep" "raw$rep" ${REGIONFS_BENCH_BASELINE:+"base$rep"}
+  $py rmbuckets $B "rfs$rep" "sync$rep" ${REGIONFS_BENCH_BASELINE:+"base$rep"}
 done
 
 
@@ -431,6 +434,8 @@ if phase apps; then
     mount_rclone "foreign$rep" "$mnt"
     settle; t=$(now); ls -l "$mnt"/small/d*/ > /dev/null; record ls-foreign rclone "$(since $t)"
     unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
+    $py rmbuckets $A "apprfs$rep" "apprc$rep" "apps3$rep" "appraw$rep" "foreign$rep"
+    $py rmbuckets $B "apprfs$rep" "foreign$rep"
   done
   rm -rf "$work/src.tar" "$work/gitsrc" "$work/foreign.src"
 fi
@@ -452,6 +457,7 @@ read -r count p50 p99 <<< "$($py lag "http://127.0.0.1:$port/metrics" b)"
 echo "lag-p50 regionfs $p50" >> "$work/results"; echo "lag-p99 regionfs $p99" >> "$work/results"
 echo "# steady load: $n files written in 30 s; $count replicated; replication lag p50 ${p50}s p99 ${p99}s" >> "$work/versions"
 unmount "$mnt"; wait "$rfs_pid" || true
+$py rmbuckets $A lag; $py rmbuckets $B lag
 fi
 
 # Memory as the file count grows: N files, then 9 × N more (10 × in all), each
@@ -476,6 +482,7 @@ if phase rss && [ "$rss_files" -gt 0 ]; then
   ls -lR "$mnt" > /dev/null
   record rss-10x-ls regionfs "$(peak_rss $rfs_pid)"
   unmount "$mnt"; wait "$rfs_pid" || true
+  $py rmbuckets $A mem; $py rmbuckets $B mem
 fi
 
 # Many files: tar -xpf of 1,000 … 100,000 files, the per-file cost at each size
@@ -554,6 +561,7 @@ if phase scale; then
     peer_wait rclone "scalerc$n" "" "$n" "$bytes" && record "tar-$n-durable" rclone "$(since $t)"
     unmount "$mnt"; wait "$rc_pid" 2>/dev/null || true
     rm -rf "$work/rclone-cache" "$work/tree.tar"
+    $py rmbuckets $A "scale$n" "scalerc$n" "scalep$n"; $py rmbuckets $B "scale$n"
   done
 fi
 
@@ -573,6 +581,7 @@ if phase cpu; then
       record cpu-1g "$sys" "$(awk -v a="$(cpu_s $rfs_pid)" -v b="$cpu" 'BEGIN { printf "%.2f", a - b }')"
       unmount "$mnt"; wait "$rfs_pid" || true
       rm -rf "$work/cache-cpu-$sys$rep"
+      $py rmbuckets $A "cpu$sys$rep"; $py rmbuckets $B "cpu$sys$rep"
     done
   done
   bin=$own_bin

@@ -8,8 +8,8 @@ buckets at the end of the lag phase; "-" when there is none). Writes to OUTDIR:
 
 - ratios.png: regionfs's median against each peer's, per workload, with the
   target where there is one (times: lower is better; IOPS: higher is better);
-- lag.png: the share of versions replicated within each lag (the histogram's
-  cumulative buckets);
+- lag.png: the share of versions in each bucket of the replication lag
+  histogram;
 - rss.png: peak RSS against the files the mount has seen (the scale phase's
   tar of N files, and the rss phase's 1 x and 10 x batches).
 """
@@ -22,26 +22,28 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# (workload, peer, target, higher is better)
-RATIOS = [
-    ("big-close", "local", 1.25, False),
-    ("big-durable", "raw", 1.15, False),
-    ("small-close", "rclone", 1.0, False),
-    ("small-close", "local-fsync", 3.0, False),
-    ("small-durable", "raw", 1.2, False),
-    ("repl", "rclone-sync", 0.7, False),
-    ("ls-cold", "s3fs", 0.5, False),
-    ("read-cold", "raw", 1.11, False),
-    ("read-cold", "raw-ranged", 1.11, False),
-    ("read-warm", "local-read", 1.25, False),
-    ("tar-exit", "rclone", 1.0, False),
-    ("tar-exit", "local-fsync", None, False),
-    ("tar-durable", "raw", 1.3, False),
-    ("git-clone", "rclone", 1.0, False),
-    ("randwrite-iops", "local", 0.8, True),
-    ("small-busy-close", "rclone", 1.0, False),
-    ("ls-foreign", "s3fs", 0.5, False),
+# Per workload: (workload, label, {peer: target or None}, higher is better).
+# Each peer with a row in the run gets a bar; the target is the issue's.
+WORKLOADS = [
+    ("big-close", "1 GiB close", {"local": 1.25, "rclone": None, "s3fs": None}, False),
+    ("big-durable", "1 GiB durable", {"raw": 1.15, "rclone": None, "s3fs": None}, False),
+    ("small-close", "2,000 small, last close", {"rclone": 1.0, "local-fsync": 3.0, "s3fs": None}, False),
+    ("small-durable", "2,000 small, in bucket", {"raw": 1.2, "rclone": None, "s3fs": None}, False),
+    ("small-busy-close", "small after 1 GiB, close", {"rclone": None, "s3fs": None}, False),
+    ("repl", "replication", {"rclone-sync": 0.7}, False),
+    ("ls-cold", "cold ls -l", {"s3fs": 0.5, "rclone": None}, False),
+    ("ls-foreign", "cold ls -l, foreign", {"s3fs": 0.5, "rclone": None}, False),
+    ("read-cold", "cold 1 GiB read", {"raw": 1.11, "raw-ranged": None, "rclone": None, "s3fs": None}, False),
+    ("read-warm", "warm 1 GiB read", {"local-read": 1.25, "rclone": None, "s3fs": None}, False),
+    ("tar-exit", "tar -xf, exit", {"rclone": 1.0, "local-fsync": None, "s3fs": None}, False),
+    ("tar-durable", "tar -xf, in bucket", {"raw": 1.3, "rclone": None, "s3fs": None}, False),
+    ("git-clone", "git clone", {"rclone": 1.0, "s3fs": None}, False),
+    ("randwrite-iops", "random 4 KiB writes (IOPS)", {"local": 0.8, "rclone": None, "s3fs": None}, True),
 ]
+PEER_COLORS = {
+    "local": "#7f7f7f", "local-fsync": "#bcbd22", "local-read": "#7f7f7f", "raw": "#1f77b4",
+    "raw-ranged": "#17becf", "rclone": "#ff7f0e", "rclone-sync": "#ff7f0e", "s3fs": "#9467bd",
+}
 
 
 def medians(path):
@@ -54,34 +56,47 @@ def medians(path):
 
 
 def ratios_chart(med, out):
-    bars = []
-    for w, peer, target, higher in RATIOS:
-        a, b = med.get((w, "regionfs")), med.get((w, peer))
-        if a is None or not b:
-            continue
-        bars.append((f"{w} / {peer}", a / b, target, higher))
+    """One group of bars per workload, one bar per peer: regionfs's median
+    over the peer's (for IOPS, regionfs's over the peer's as well: higher is
+    better there). Log scale: 0.1 and 10 are as far from even."""
+    groups = []
+    for w, label, peers, higher in WORKLOADS:
+        a = med.get((w, "regionfs"))
+        bars = [(p, a / med[(w, p)], t) for p, t in peers.items() if a and med.get((w, p))]
+        if bars:
+            groups.append((label + (" ↑" if higher else ""), bars, higher))
     for n in sorted({int(w.split("-")[1]) for (w, _) in med if w.startswith("tar-") and w.endswith("-per-file")}):
-        a, b = med.get((f"tar-{n}-per-file", "regionfs")), med.get((f"tar-{n}-per-file", "rclone"))
-        if a and b:
-            bars.append((f"tar {n:,} files, per file / rclone", a / b, 1.0, False))
-    if not bars:
+        a = med.get((f"tar-{n}-per-file", "regionfs"))
+        bars = [(p, a / med[(f"tar-{n}-per-file", p)], 1.0 if p == "rclone" else None)
+                for p in ("rclone", "local") if a and med.get((f"tar-{n}-per-file", p))]
+        if bars:
+            groups.append((f"tar -xpf {n:,} files, per file", bars, False))
+    if not groups:
         return False
-    fig, ax = plt.subplots(figsize=(8, 0.38 * len(bars) + 1.2))
-    y = range(len(bars))
-    colors = []
-    for _, v, target, higher in bars:
-        met = target is None or (v >= target if higher else v <= target)
-        colors.append("#3a7d44" if met else "#c0392b")
-    ax.barh(list(y), [v for _, v, _, _ in bars], color=colors)
-    for i, (_, v, target, higher) in enumerate(bars):
-        if target is not None:
-            ax.plot([target, target], [i - 0.4, i + 0.4], color="black", linewidth=2)
-        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set_yticks(list(y), [label for label, _, _, _ in bars], fontsize=8)
-    ax.invert_yaxis()
+    rows = sum(len(b) for _, b, _ in groups) + len(groups)
+    fig, ax = plt.subplots(figsize=(10, 0.22 * rows + 1.5))
+    y, ticks, labels, seen = 0, [], [], set()
+    for label, bars, higher in groups:
+        ticks.append(y + (len(bars) - 1) / 2)
+        labels.append(label)
+        for peer, v, target in bars:
+            met = target is None or (v >= target if higher else v <= target)
+            ax.barh(y, v, color=PEER_COLORS.get(peer, "#333333"),
+                    edgecolor="black" if target is not None else "none",
+                    hatch="" if met else "///", label=None if peer in seen else peer)
+            seen.add(peer)
+            if target is not None:
+                ax.plot([target, target], [y - 0.45, y + 0.45], color="black", linewidth=2)
+            ax.text(v, y, f" {v:.2f} × {peer}", va="center", fontsize=7)
+            y += 1
+        y += 1
+    ax.set_xscale("log")
     ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("regionfs ÷ peer (medians; black tick: target; IOPS: higher is better)")
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("regionfs ÷ peer, medians (log scale; black tick: target; hatched: target missed; ↑: higher is better)")
     ax.set_title("regionfs against each peer")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -103,13 +118,22 @@ def lag_chart(path, out):
     if total == 0:
         return False
     points.sort()
+    # Each bucket's own share (the histogram is cumulative), up to the last
+    # bucket that adds any.
+    last = max(i for i, (_, c) in enumerate(points) if i == 0 or c > points[i - 1][1])
+    shares, labels, prev_le, prev_c = [], [], 0.0, 0.0
+    for le, c in points[: last + 1]:
+        shares.append(100 * (c - prev_c) / total)
+        labels.append(f"≤ {le:g} s" if prev_le == 0 else f"{prev_le:g}-{le:g} s")
+        prev_le, prev_c = le, c
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.step([le for le, _ in points], [100 * c / total for _, c in points], where="post")
-    ax.set_xscale("log")
-    ax.set_xlabel("replication lag (s, from close to the replica present)")
-    ax.set_ylabel("% of versions replicated within")
-    ax.set_ylim(0, 101)
-    ax.grid(True, which="both", alpha=0.3)
+    bars = ax.bar(range(len(shares)), shares, color="#1f77b4")
+    for b, v in zip(bars, shares):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.1f} %", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("replication lag (from close to the replica present; the histogram's buckets)")
+    ax.set_ylabel("% of versions")
+    ax.set_ylim(0, 105)
     ax.set_title(f"Replication lag at a steady 200 files/s ({int(total):,} versions)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -31,6 +31,25 @@ def mkbuckets(endpoint, *names):
         s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
 
 
+def rmbuckets(endpoint, *names):
+    """Deletes every version and delete marker of each bucket, then the
+    bucket: SeaweedFS frees a bucket's volumes (each bucket is a
+    collection) only with the bucket, and a full run makes more buckets
+    than a small disk has volumes for."""
+    s3 = client(endpoint)
+    for b in names:
+        try:
+            for page in s3.get_paginator("list_object_versions").paginate(Bucket=b):
+                doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                          for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+                for i in range(0, len(doomed), 1000):
+                    s3.delete_objects(Bucket=b, Delete={"Objects": doomed[i:i + 1000], "Quiet": True})
+            s3.delete_bucket(Bucket=b)
+        except Exception as e:  # already gone, or the store refused: the run goes on
+            if "NoSuchBucket" not in str(e):
+                print(f"# cannot delete bucket {b}: {e}", file=sys.stderr)
+
+
 def count(endpoint, bucket, prefix):
     s3 = client(endpoint)
     n, size = 0, 0
@@ -289,6 +308,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "mkbuckets":
         mkbuckets(*args)
+    elif cmd == "rmbuckets":
+        rmbuckets(*args)
     elif cmd == "wait":
         wait_objects(args[0], args[1], args[2], int(args[3]), int(args[4]),
                      *(int(a) for a in args[5:6]))
