@@ -77,11 +77,16 @@ def raw_put_big(endpoint, bucket, key, path):
 
 
 def raw_put_small(endpoint, bucket, prefix, src_dir):
-    s3 = client(endpoint)
     files = []
     for d in sorted(os.listdir(src_dir)):
         for f in sorted(os.listdir(os.path.join(src_dir, d))):
             files.append((f"{prefix}{d}/{f}", os.path.join(src_dir, d, f)))
+    put_files(endpoint, bucket, files)
+
+
+def put_files(endpoint, bucket, files):
+    """PUTs each (key, path) of `files`, 16 at a time."""
+    s3 = client(endpoint)
 
     def put(item):
         key, path = item
@@ -199,20 +204,12 @@ def untar_fsync(archive, dest):
 def raw_put_tree(endpoint, bucket, prefix, root):
     """PUTs every file under `root` as `prefix` + its relative path, 16 at a
     time (what a parallel S3 client takes for the same files)."""
-    s3 = client(endpoint)
     files = []
     for d, _, names in os.walk(root):
         for f in names:
             p = os.path.join(d, f)
             files.append((prefix + os.path.relpath(p, root), p))
-
-    def put(item):
-        key, path = item
-        with open(path, "rb") as fh:
-            s3.put_object(Bucket=bucket, Key=key, Body=fh.read())
-
-    with ThreadPoolExecutor(16) as ex:
-        list(ex.map(put, files))
+    put_files(endpoint, bucket, files)
 
 
 def versions_per_object(endpoint, bucket, prefix):
