@@ -366,7 +366,7 @@ if phase apps; then
   rm -rf "$work/src"
   mkdir -p "$work/foreign.src"; $py write-small "$work/foreign.src" 20 $per_dir 4096 > /dev/null
 
-  # system mountpoint bucket (none for local disk) [settled-command]
+  # system mountpoint bucket (none for local disk)
   apps_on() {
     local sys=$1 m=$2 bkt=$3 t s
     mkdir -p "$m/tar"

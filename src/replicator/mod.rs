@@ -143,6 +143,14 @@ pub(crate) struct SourceLoad {
     pub(crate) submitting: bool,
 }
 
+impl SourceLoad {
+    /// Any upload queued, or one submitted a moment ago: parts of large
+    /// replicas wait (see "Giving way").
+    pub(crate) fn busy(self) -> bool {
+        self.queued > 0 || self.submitting
+    }
+}
+
 /// The uploader's load as it changes. The replicator makes it and the
 /// uploader it is handed to keeps it current, so neither needs telling
 /// about the other once both exist. A replicator no uploader feeds (a

@@ -349,7 +349,7 @@ pub(super) async fn give_way(inner: &Inner, when: Yield) {
     let waits = || {
         let load = inner.source_load();
         match when {
-            Yield::Busy => load.queued > 0 || load.submitting,
+            Yield::Busy => load.busy(),
             Yield::BackedUp => load.queued > backed_up,
         }
     };

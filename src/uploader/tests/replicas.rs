@@ -335,10 +335,7 @@ async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_su
     };
     let quiet = Duration::from_millis(100);
     let up = start_with(&r, cfg, quiet, vec![]);
-    let busy = || {
-        let l = up.source_load();
-        l.queued > 0 || l.submitting
-    };
+    let busy = || up.source_load().busy();
     assert!(!busy(), "idle before any write");
     // An upload retrying after two refusals (backoffs of at least 125 and
     // 250 ms) keeps the source busy past the pause.
@@ -351,6 +348,12 @@ async fn the_source_counts_as_busy_while_an_upload_is_queued_and_just_after_a_su
         assert!(busy(), "busy while the upload is queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    idle_once_uploaded(&r, &up, busy).await;
+}
+
+/// Waits (10 s at most) until `busy` says the source is idle, then checks
+/// the upload of `k` is done and in the source.
+async fn idle_once_uploaded(r: &Rig, up: &Uploader, busy: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while busy() {
         assert!(Instant::now() < deadline, "idle once uploaded and quiet");
@@ -368,10 +371,7 @@ async fn a_replicator_reads_the_load_of_the_uploader_it_is_handed_to() {
     let r = rig();
     let (up, rep, _dest) = replicating(&r);
     let gauge = rep.source_gauge();
-    let busy = || {
-        let l = gauge.load();
-        l.queued > 0 || l.submitting
-    };
+    let busy = || gauge.load().busy();
     assert!(!busy(), "idle before any write");
     // Refused twice: queued for at least the first two backoffs.
     r.faulty.fail_next(2);
@@ -379,13 +379,7 @@ async fn a_replicator_reads_the_load_of_the_uploader_it_is_handed_to() {
     up.submit(put("k", &f, 15)).await.unwrap();
     assert!(busy(), "the replicator sees the submit at once");
     assert_eq!(gauge.load().queued, 1, "and the queued upload");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while busy() {
-        assert!(Instant::now() < deadline, "idle once uploaded and quiet");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(up.pending_count(), 0);
-    assert!(r.mem.head("k", None).await.is_ok());
+    idle_once_uploaded(&r, &up, busy).await;
 }
 
 #[tokio::test]
